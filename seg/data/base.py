@@ -1,0 +1,230 @@
+"""Common base for the segmentation datasets: decoding, label checks, and the sample contract.
+
+Every dataset lists `(image, mask)` file pairs and knows how to turn a raw mask file into train ids.
+Without a transform ``ds[i]`` is::
+
+    {'image': HxWx3 uint8 RGB numpy, 'mask': HxW int64 numpy (train ids, 255 = ignore), 'path': str}
+
+With an albumentations transform the image comes back as a float32 (3, H, W) tensor and the mask as an
+int64 (H, W) tensor (what `SegDataModule` batches).
+
+Bad input never passes silently: an unreadable file, an image/mask size mismatch or a mask value that is
+neither a class nor ignore raises `DataError` naming the file and the offending values.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+IGNORE_INDEX = 255
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.webp')
+
+Palette = list[tuple[int, int, int]]
+
+
+class DataError(ValueError):
+    """A problem with the data on disk (the message names the file and what is wrong)."""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB (grayscale is expanded, alpha dropped, 16-bit rescaled)."""
+    path = Path(path)
+    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
+    if data is None:
+        raise DataError(f'{path}: image file does not exist')
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise DataError(f'{path}: cannot decode image (corrupt or unsupported format); re-export it as PNG/JPEG')
+    if img.dtype == np.uint16:
+        img = (img // 257).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise DataError(f'{path}: unsupported image dtype {img.dtype}; expected 8-bit (or 16-bit) RGB')
+    if img.ndim == 2:
+        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    if img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    raise DataError(f'{path}: image has {img.shape[2]} channels; expected 1, 3 or 4')
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask file without any colour conversion: HxW (index/P-mode/grayscale) or HxWx3 (RGB colours).
+
+    PIL keeps palettised ('P') PNGs as their indices, which is what VOC-style masks mean.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f'{path}: mask file does not exist')
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ('RGBA', 'LA'):
+                im = im.convert('RGB' if im.mode == 'RGBA' else 'L')
+            elif im.mode not in ('1', 'L', 'P', 'I', 'I;16', 'I;16B', 'I;16L', 'RGB'):
+                raise DataError(f'{path}: unsupported mask mode {im.mode!r}; save masks as 8-bit index PNGs')
+            arr = np.array(im)
+    except DataError:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise DataError(f'{path}: cannot decode mask ({type(e).__name__}: {e}); re-export it as a PNG') from e
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def _format_values(values: np.ndarray, limit: int = 10) -> str:
+    values = np.unique(values)
+    text = ', '.join(str(int(v)) for v in values[:limit])
+    return text + (f', ... ({len(values)} distinct)' if len(values) > limit else '')
+
+
+def map_index_mask(raw: np.ndarray, lut: np.ndarray, path: Path | str, valid: str) -> np.ndarray:
+    """Map an integer mask through a lookup table; entries of -1 are invalid and raise `DataError`.
+
+    Args:
+        raw: HxW integer mask as stored in the file.
+        lut: int64 table indexed by stored value -> train id (255 ignore) or -1 (not allowed).
+        path: file name for the error message.
+        valid: human description of the allowed values, for the error message.
+    """
+    if raw.ndim != 2:
+        raise DataError(f'{path}: expected a single-channel index mask, got shape {raw.shape}')
+    raw = raw.astype(np.int64, copy=False)
+    lo, hi = int(raw.min()), int(raw.max())
+    if lo < 0 or hi >= len(lut):
+        bad = raw[(raw < 0) | (raw >= len(lut))]
+        raise DataError(f'{path}: mask values {_format_values(bad)} are neither a class nor ignore ({valid})')
+    out = lut[raw]
+    if lut.min() < 0 and out.min() < 0:
+        raise DataError(f'{path}: mask values {_format_values(raw[out < 0])} are neither a class nor ignore ({valid})')
+    return out
+
+
+def index_lut(num_classes: int, ignore_value: int = IGNORE_INDEX, size: int = 256) -> np.ndarray:
+    """Lookup table for masks that already hold train ids: 0..C-1 -> themselves, ignore -> 255, rest invalid."""
+    lut = np.full(max(size, ignore_value + 1, num_classes), -1, dtype=np.int64)
+    lut[:num_classes] = np.arange(num_classes)
+    lut[ignore_value] = IGNORE_INDEX
+    return lut
+
+
+def map_color_mask(raw: np.ndarray, palette: Palette) -> np.ndarray:
+    """RGB colour mask -> train ids; colours not in the palette become ignore (255)."""
+    code = (raw[..., 0].astype(np.int32) << 16) | (raw[..., 1].astype(np.int32) << 8) | raw[..., 2]
+    out = np.full(code.shape, IGNORE_INDEX, dtype=np.int64)
+    for k, (r, g, b) in enumerate(palette):
+        out[code == ((r << 16) | (g << 8) | b)] = k
+    return out
+
+
+def default_palette(num_classes: int) -> Palette:
+    """A deterministic, well-spread palette (the PASCAL VOC bit-interleaving scheme)."""
+    palette = []
+    for k in range(num_classes):
+        r = g = b = 0
+        c = k + 1  # skip black for class 0 so it is visible against padding
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+class SegDataset(Dataset):
+    """Base class: a list of (image, mask) files, classes, palette, and a `decode_mask` per layout.
+
+    Subclasses set `self.classes`, `self.palette` and `self.samples`, and implement `decode_mask`.
+
+    Args:
+        transform: an albumentations pipeline called as ``transform(image=..., mask=...)``; None gives the
+            raw numpy contract.
+        strict: raise on layout problems (image without mask, empty split). With False they are collected in
+            `self.problems` instead (used by ``python -m seg.data.check``).
+    """
+
+    ignore_index: int = IGNORE_INDEX
+
+    def __init__(self, transform: Callable[..., dict[str, Any]] | None = None, strict: bool = True) -> None:
+        self.transform = transform
+        self.strict = strict
+        self.problems: list[str] = []
+        self.samples: list[tuple[Path, Path]] = []
+        self.classes: list[str] = []
+        self.palette: Palette = []
+
+    # -- listing helpers -------------------------------------------------------------------------------
+    def _problem(self, message: str) -> None:
+        if self.strict:
+            raise DataError(message)
+        self.problems.append(message)
+
+    def _pair(self, images: Sequence[Path], mask_for: Callable[[Path], Path], what: str) -> None:
+        """Pair every image with its mask; images without a mask are problems (all listed at once)."""
+        missing = []
+        for img in images:
+            mask = mask_for(img)
+            if mask.is_file():
+                self.samples.append((img, mask))
+            else:
+                missing.append(f'{img} has no mask (expected {mask})')
+        if missing:
+            head = '\n  '.join(missing[:20]) + (f'\n  ... and {len(missing) - 20} more' if len(missing) > 20 else '')
+            for m in missing if not self.strict else [head]:
+                self._problem(f'{what}: image without mask: {m}')
+        if not images:
+            self._problem(f'{what}: empty split (no images found)')
+
+    # -- decoding ----------------------------------------------------------------------------------------
+    def decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """Raw mask array (as stored) -> HxW int64 train ids with 255 ignore. Raises `DataError`."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decode and check sample `index`: (HxWx3 uint8 RGB image, HxW int64 train-id mask)."""
+        img_path, mask_path = self.samples[index]
+        image = read_image(img_path)
+        mask = self.decode_mask(read_mask(mask_path), mask_path)
+        if image.shape[:2] != mask.shape[:2]:
+            raise DataError(
+                f'{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) does not match image '
+                f'{img_path} size {image.shape[1]}x{image.shape[0]}'
+            )
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask = self.load(index)
+        path = str(self.samples[index][0])
+        if self.transform is None:
+            return {'image': image, 'mask': mask, 'path': path}
+        out = self.transform(image=image, mask=mask.astype(np.uint8))  # train ids < 255 fit uint8
+        img, m = out['image'], out['mask']
+        if isinstance(img, np.ndarray):
+            img = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W)
+        if isinstance(m, np.ndarray):
+            m = torch.from_numpy(np.ascontiguousarray(m))
+        return {'image': img.float(), 'mask': m.long(), 'path': path}
+
+    def reseed(self, seed: int | None) -> None:
+        """Give the transform a fresh random state (called per worker and epoch by the DataModule)."""
+        from .transforms import reseed
+
+        reseed(self.transform, seed)
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(n={len(self)}, classes={self.num_classes})'

@@ -1,0 +1,212 @@
+"""SegDataModule: any seg dataset + the mmseg augmentation recipe, as a LightningDataModule.
+
+Batches are dicts ``{'image': float32 (B, 3, H, W) normalised, 'mask': int64 (B, H, W), 'path': list[str]}``.
+Attributes for the model/visualisation side: `num_classes`, `classes`, `palette`, `ignore_index` (255),
+`mean`, `std` (0-255 RGB, to de-normalise).
+
+* Workers: `worker_init_fn` reseeds the albumentations pipeline from torch's per-worker seed, which differs
+  per worker and per epoch (albumentations otherwise repeats the same draws in every worker and epoch).
+* Validation/test never pad or duplicate samples under DDP (`UnpaddedDistributedSampler`), so mIoU over all
+  ranks equals the single-process value. Images of different sizes in one val batch are padded bottom/right
+  (image 0, mask 255); the default val_batch_size=1 avoids padding altogether.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, get_worker_info
+
+from .ade20k import ADE20KDataset
+from .base import IGNORE_INDEX, SegDataset
+from .cityscapes import CityscapesDataset
+from .folder import FolderDataset, resolve_classes
+from .samplers import UnpaddedDistributedSampler
+from .synthetic import ensure_demo_data
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
+
+DatasetName = Literal['folder', 'cityscapes', 'ade20k']
+
+# mmseg base sizes (W, H); folder data defaults to each image's own size
+BASE_SIZES: dict[str, tuple[int, int] | None] = {
+    'cityscapes': (2048, 1024),
+    'ade20k': (2048, 512),
+    'folder': None,
+}
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: reseed the dataset's augmentation pipeline from torch's worker seed.
+
+    torch gives each worker ``base_seed + worker_id`` and draws a new base_seed for every epoch's iterator
+    (which itself follows `torch.manual_seed` / Lightning's `seed_everything`), so draws differ across workers
+    and epochs and stay reproducible.
+    """
+    info = get_worker_info()
+    if info is None:
+        return
+    dataset = info.dataset
+    while not isinstance(dataset, SegDataset) and hasattr(dataset, 'dataset'):  # e.g. torch Subset
+        dataset = dataset.dataset
+    if isinstance(dataset, SegDataset):
+        dataset.reseed(info.seed % 2**63)
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples; different sizes are padded bottom/right (image 0, mask 255)."""
+    h = max(s['image'].shape[-2] for s in samples)
+    w = max(s['image'].shape[-1] for s in samples)
+    images = samples[0]['image'].new_zeros((len(samples), 3, h, w))
+    masks = torch.full((len(samples), h, w), IGNORE_INDEX, dtype=torch.int64)
+    for i, s in enumerate(samples):
+        sh, sw = s['image'].shape[-2:]
+        images[i, :, :sh, :sw] = s['image']
+        masks[i, :sh, :sw] = s['mask']
+    return {'image': images, 'mask': masks, 'path': [s['path'] for s in samples]}
+
+
+class SegDataModule(L.LightningDataModule):
+    """Cityscapes, ADE20K or a folder of images + masks, with the mmseg training recipe.
+
+    Args:
+        dataset: 'folder' (``{root}/{split}/images|masks``), 'cityscapes' or 'ade20k'.
+        root: dataset root (for ade20k the folder that holds ``ADEChallengeData2016``, or that folder itself).
+        classes: class names for 'folder'; None reads ``{root}/classes.json``.
+        palette: RGB triple per class for 'folder' colour masks (RGB mask PNGs are decoded with it).
+        ignore_index: for 'folder', the mask value meaning ignore (emitted as 255).
+        label_train_ids: cityscapes: read ``*_labelTrainIds.png`` instead of mapping ``*_labelIds.png``.
+        train_split, val_split, test_split: split names (test defaults to val; ADE 'train'/'val' are aliases
+            of 'training'/'validation').
+        batch_size: training batch size (per device).
+        val_batch_size: validation/test batch size (1 = no padding, mmseg's choice).
+        num_workers: DataLoader workers (persistent when > 0).
+        crop_size: training crop (H, W).
+        base_size: rescale base (W, H); None = the dataset default (2048x1024 Cityscapes, 2048x512 ADE, the
+            image's own size for folder).
+        scale_range: random rescale ratio range.
+        cat_max_ratio: re-sample the crop while one class covers more than this (1.0 disables).
+        flip_prob: horizontal flip probability.
+        photometric: photometric distortion on/off.
+        val_mode: 'resize' (image and mask rescaled to fit base_size) or 'full' (original resolution).
+        mean, std: normalisation, 0-255 RGB (ImageNet by default).
+        seed: seed of the main-process pipeline (workers derive theirs from torch's seed).
+        pin_memory: pin batches when CUDA is available.
+        generate_demo: write the synthetic demo data (`seg.data.synthetic`) into `root` first if absent.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = 'folder',
+        root: str = 'data/demo',
+        classes: list[str] | None = None,
+        palette: list[tuple[int, int, int]] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        label_train_ids: bool = False,
+        train_split: str = 'train',
+        val_split: str = 'val',
+        test_split: str | None = None,
+        batch_size: int = 8,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+        crop_size: tuple[int, int] = (512, 1024),
+        base_size: tuple[int, int] | None = None,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        cat_max_ratio: float = 0.75,
+        flip_prob: float = 0.5,
+        photometric: bool = True,
+        val_mode: Literal['resize', 'full'] = 'resize',
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        seed: int | None = None,
+        pin_memory: bool = True,
+        generate_demo: bool = False,
+    ) -> None:
+        super().__init__()
+        if dataset not in BASE_SIZES:
+            raise ValueError(f'unknown dataset {dataset!r}; valid: {sorted(BASE_SIZES)}')
+        if val_mode not in ('resize', 'full'):
+            raise ValueError(f"val_mode must be 'resize' or 'full', got {val_mode!r}")
+        self.save_hyperparameters()
+        self.dataset_name = dataset
+        self.root = root
+        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        self.crop_size = tuple(crop_size)
+        self.base_size = tuple(base_size) if base_size is not None else BASE_SIZES[dataset]
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.ignore_index = IGNORE_INDEX
+        self.train_split, self.val_split = train_split, val_split
+        self.test_split = test_split if test_split is not None else val_split
+        self.pin_memory = pin_memory
+        self.train_transform = build_train_transform(
+            crop_size=self.crop_size, base_size=self.base_size, scale_range=tuple(scale_range),
+            cat_max_ratio=cat_max_ratio, flip_prob=flip_prob, photometric=photometric,
+            mean=self.mean, std=self.std, seed=seed,
+        )
+        self.eval_transform = build_eval_transform(self.base_size, val_mode, self.mean, self.std)
+        self._datasets: dict[str, SegDataset] = {}
+        # classes/palette are known without touching the splits (the model is built before setup())
+        if generate_demo:
+            ensure_demo_data(root)
+        if dataset == 'folder':
+            names, palette_, _ = resolve_classes(root, classes, palette)
+        else:
+            cls = CityscapesDataset if dataset == 'cityscapes' else ADE20KDataset
+            names, palette_ = list(cls.CLASSES), list(cls.PALETTE)
+        self.classes: list[str] = names
+        self.palette: list[tuple[int, int, int]] = [tuple(c) for c in palette_]
+        self.num_classes = len(self.classes)
+
+    def _make(self, split: str, transform: Any) -> SegDataset:
+        hp = self.hparams
+        if self.dataset_name == 'folder':
+            return FolderDataset(hp.root, split, hp.classes, hp.palette, hp.ignore_index, transform)
+        if self.dataset_name == 'cityscapes':
+            return CityscapesDataset(hp.root, split, label_train_ids=hp.label_train_ids, transform=transform)
+        return ADE20KDataset(hp.root, split, transform=transform)
+
+    def dataset(self, stage: Literal['train', 'val', 'test']) -> SegDataset:
+        """The (cached) dataset of a stage, with its transform."""
+        if stage not in self._datasets:
+            split = {'train': self.train_split, 'val': self.val_split, 'test': self.test_split}[stage]
+            transform = self.train_transform if stage == 'train' else self.eval_transform
+            self._datasets[stage] = self._make(split, transform)
+        return self._datasets[stage]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, 'fit'):
+            self.dataset('train')
+            self.dataset('val')
+        if stage == 'validate':
+            self.dataset('val')
+        if stage in (None, 'test'):
+            self.dataset('test')
+
+    def _loader(self, stage: Literal['train', 'val', 'test']) -> DataLoader:
+        ds = self.dataset(stage)
+        train = stage == 'train'
+        sampler = None
+        if not train and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            sampler = UnpaddedDistributedSampler(ds)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size if train else self.val_batch_size,
+            shuffle=train,
+            sampler=sampler,
+            drop_last=train and len(ds) > self.batch_size,  # BatchNorm fails on a last batch of 1
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            worker_init_fn=seed_worker,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader('train')
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader('val')
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader('test')
