@@ -1,0 +1,182 @@
+"""Dilated backbones from timm: the last two feature maps at output stride 8 or 16.
+
+Dilated ResNets as used by DeepLab, PSPNet, DANet, CCNet and the Non-local network
+("Rethinking Atrous Convolution for Semantic Image Segmentation", https://arxiv.org/abs/1706.05587).
+timm turns strides into dilation with one ``output_stride`` argument; the first block of a
+dilated stage keeps the previous stage's dilation, exactly like mmsegmentation's
+``contract_dilation=True``. timm ``resnet50c`` / ``resnet101c`` (deep 3x3 stem, strided 1x1
+downsample) are mmsegmentation's ``ResNetV1c``, the reference backbone of the context heads.
+
+Any timm model that supports ``features_only`` and ``output_stride`` works; the names in
+``TESTED_BACKBONES`` are the ones our tests and the mmseg conversion cover.
+
+Weights:
+    * ``None``: random init.
+    * ``'imagenet'``: timm's default pretrained weights (downloaded or taken from the HF cache);
+      offline without a cache this raises an error telling you to pass a local file.
+    * a path to a ``.pth`` / ``.pt`` / ``.bin`` / ``.safetensors`` file holding a timm state dict of
+      the same model (classifier keys are ignored). Loading is strict: any other missing or
+      unexpected key is an error (timm's own ``features_only`` loading only logs them, which would
+      silently leave layers at random init).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import timm
+import torch
+from torch import nn
+
+__all__ = ["TESTED_BACKBONES", "TimmBackbone", "create_backbone", "load_weights_file"]
+
+# Names covered by tests / mmseg conversion. Any other timm model with features_only + output_stride works too.
+TESTED_BACKBONES: tuple[str, ...] = (
+    "resnet50c", "resnet101c",
+    "resnet18", "resnet34", "resnet50", "resnet101",
+    "resnet50d", "resnet101d",
+    "resnet10t",
+)
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+class TimmBackbone(nn.Module):
+    """A timm ``features_only`` network returning its last two feature maps (stage 3 and stage 4).
+
+    Args:
+        name: timm model name, e.g. ``'resnet101c'``.
+        output_stride: 8 or 16 (dilated last stages); 32 leaves the network undilated.
+        weights: ``None``, ``'imagenet'`` or a path to a local weight file (see module docstring).
+        model_kwargs: extra timm constructor arguments, e.g. ``dict(layers=(1, 1, 2, 2),
+            channels=(8, 16, 32, 64), stem_width=8)`` for a tiny ResNet.
+
+    Attributes:
+        channels: channels of the returned feature maps, ``[stage3, stage4]``.
+        reductions: their strides w.r.t. the input, e.g. ``[8, 8]`` at output stride 8.
+        body: the timm ``FeatureListNet``; its state-dict keys are timm's (``conv1``, ``layer1.0`` ...).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        output_stride: Literal[8, 16, 32] = 8,
+        weights: str | Path | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+        _check_name(name)
+        self.name = name
+        self.output_stride = output_stride
+        kwargs = dict(model_kwargs or {})
+        kwargs.update(features_only=True, out_indices=(-2, -1))
+        if output_stride != 32:
+            kwargs["output_stride"] = output_stride
+
+        weights_path: Path | None = None
+        pretrained = False
+        if weights is None:
+            pass
+        elif isinstance(weights, str) and weights.lower() == "imagenet":
+            pretrained = True
+        else:
+            weights_path = Path(weights).expanduser()
+            if weights_path.suffix.lower() not in WEIGHT_SUFFIXES or not weights_path.is_file():
+                raise ValueError(
+                    f"weights={str(weights)!r} is neither None, 'imagenet' nor an existing weight file "
+                    f"({', '.join(WEIGHT_SUFFIXES)})."
+                )
+
+        try:
+            self.body = timm.create_model(name, pretrained=pretrained, **kwargs)
+        except TypeError as err:  # e.g. a model without output_stride support
+            raise ValueError(
+                f"timm model {name!r} cannot be built with {kwargs}: {err}. Backbones need "
+                "features_only and output_stride support (e.g. the ResNet family)."
+            ) from err
+        except (OSError, RuntimeError, ValueError) as err:
+            if not pretrained:
+                raise
+            raise RuntimeError(
+                f"Could not load timm's ImageNet weights for {name!r} ({type(err).__name__}: {err}). "
+                "This machine is probably offline and the weights are not in the Hugging Face cache. "
+                f"Download them elsewhere (timm.create_model({name!r}, pretrained=True) then "
+                "torch.save(model.state_dict(), 'file.pth')) and pass `weights: /path/to/file.pth` "
+                "(.pth or .safetensors), or use `weights: null` for random init."
+            ) from err
+        if weights_path is not None:
+            load_weights_file(self.body, weights_path)
+
+        self.channels: list[int] = list(self.body.feature_info.channels())
+        self.reductions: list[int] = list(self.body.feature_info.reduction())
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> ``[stage3 (B, C3, H/r3, W/r3), stage4 (B, C4, H/r4, W/r4)]``."""
+        return self.body(x)
+
+
+def create_backbone(
+    name: str,
+    output_stride: Literal[8, 16, 32] = 8,
+    weights: str | Path | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> TimmBackbone:
+    """Build a :class:`TimmBackbone` (see its Args)."""
+    return TimmBackbone(name, output_stride=output_stride, weights=weights, model_kwargs=model_kwargs)
+
+
+def _check_name(name: str) -> None:
+    if name in TESTED_BACKBONES or timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5)
+    raise ValueError(
+        f"Unknown backbone {name!r}. Tested backbones: {', '.join(TESTED_BACKBONES)}; any timm model "
+        "with features_only and output_stride support also works (see timm.list_models())."
+        + (f" Did you mean: {', '.join(close)}?" if close else "")
+    )
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    # Unwrap common containers ({'state_dict': ...}, {'model': ...}) and DDP prefixes.
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights_file(body: nn.Module, path: str | Path) -> None:
+    """Strictly load a timm state dict file into a ``features_only`` network.
+
+    Keys of modules that ``features_only`` dropped (the classifier ``fc``, ``head``, final norms ...)
+    are ignored; any other missing or unexpected key raises a ``ValueError`` listing them.
+    """
+    path = Path(path)
+    state = _read_state_dict(path)
+    own = body.state_dict()
+    kept_roots = {name for name, _ in body.named_children()}
+    missing = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own and k.split(".")[0] in kept_roots)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match the backbone: {len(missing)} missing keys {missing[:20]}"
+            f"{' ...' if len(missing) > 20 else ''}; {len(unexpected)} unexpected keys {unexpected[:20]}"
+            f"{' ...' if len(unexpected) > 20 else ''}. Pass a state dict of the same timm model "
+            "(same name and constructor arguments)."
+        )
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
+             if state[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{path}: shape mismatch for {len(wrong)} tensors: {wrong[:10]}")
+    body.load_state_dict({k: state[k] for k in own}, strict=True)

@@ -1,0 +1,95 @@
+"""Model assembly: backbone + decode head (+ auxiliary FCN head on stage 3).
+
+The whole construction of every model is in :func:`build_model`. Mirrors mmsegmentation's
+``EncoderDecoder`` with ``decode_head`` on the last stage and ``auxiliary_head`` (FCN, 256 channels,
+one conv, no concat) on stage 3; the loss (and the aux weight 0.4) lives in ``seg.training``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import TimmBackbone
+from .heads import FCNHead, create_head
+
+__all__ = ["SegmentationModel", "build_model"]
+
+
+class SegmentationModel(nn.Module):
+    """Backbone + head (+ aux head); ``forward`` returns a dict of logits at input resolution.
+
+    Train mode: ``{'out', 'aux' (if an aux head), + extra head outputs such as 'pam', 'cam'}``.
+    Eval mode: ``{'out'}`` only (the aux head is not run). Every tensor is (B, num_classes, H, W),
+    upsampled bilinearly with ``align_corners=False``.
+
+    Args:
+        backbone: returns ``[stage3, stage4]`` feature maps.
+        head: decode head on stage 4, returns ``{'out': ..., ...}`` at feature resolution.
+        aux_head: optional head on stage 3, or ``None``.
+    """
+
+    def __init__(self, backbone: TimmBackbone, head: nn.Module, aux_head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
+        # build_model() stores its arguments here, so a checkpoint can rebuild the model: build_model(**build_args)
+        self.build_args: dict[str, Any] = {}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.ndim != 4:
+            raise ValueError(f"expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
+        size = x.shape[-2:]
+        stage3, stage4 = self.backbone(x)[-2:]
+        outs = dict(self.head(stage4))
+        if self.training:
+            if self.aux_head is not None:
+                outs["aux"] = self.aux_head(stage3)["out"]
+        else:
+            outs = {"out": outs["out"]}
+        return {k: F.interpolate(v, size=size, mode="bilinear", align_corners=False) for k, v in outs.items()}
+
+
+def build_model(
+    backbone: str,
+    head: str,
+    num_classes: int,
+    output_stride: Literal[8, 16] = 8,
+    aux: bool = True,
+    weights: str | Path | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+    aux_channels: int = 256,
+    **head_kwargs: Any,
+) -> SegmentationModel:
+    """Build a segmentation model by name.
+
+    Args:
+        backbone: timm model name (``'resnet101c'``, ``'resnet50c'``, ``'resnet18'`` ...).
+        head: a ``seg.models.HEADS`` key (``'fcn'``, ``'ccnet'``, ``'danet'``, ``'nonlocal'``, ``'axial'``).
+        num_classes: number of classes.
+        output_stride: 8 or 16 (dilated ResNet).
+        aux: add the auxiliary FCN head on stage 3 (mmseg: 256 channels, 1 conv, no concat).
+        weights: backbone weights: ``None``, ``'imagenet'`` or a local ``.pth`` / ``.safetensors`` file.
+        backbone_kwargs: extra timm constructor arguments (e.g. tiny widths for tests).
+        aux_channels: width of the auxiliary head.
+        **head_kwargs: forwarded to the head class (e.g. ``channels=512``, ``attention='cbam'``,
+            ``recurrence=2``, ``pam_channels=64``).
+    """
+    body = TimmBackbone(backbone, output_stride=output_stride, weights=weights, model_kwargs=backbone_kwargs)
+    decode_head = create_head(head, body.channels[-1], num_classes, **head_kwargs)
+    aux_head = (
+        FCNHead(body.channels[-2], num_classes, channels=aux_channels, num_convs=1, concat_input=False)
+        if aux
+        else None
+    )
+    model = SegmentationModel(body, decode_head, aux_head)
+    model.build_args = dict(
+        backbone=backbone, head=head, num_classes=num_classes, output_stride=output_stride, aux=aux,
+        backbone_kwargs=dict(backbone_kwargs or {}), aux_channels=aux_channels, **head_kwargs,
+    )
+    return model

@@ -1,0 +1,139 @@
+"""seg.models: backbones, every registered head x output stride, assembly, weights loading.
+
+Tests follow the registries (``HEADS``, ``seg.layers.ATTENTION``): a new head or block is covered
+without new test code. Tiny timm ResNet-18 widths and an odd 65x97 input keep this fast on CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from seg.models import HEADS, TimmBackbone, build_model
+
+TINY = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64))  # timm ResNet kwargs: stage3/4 = 32/64 channels
+H, W = 65, 97
+NUM_CLASSES = 3
+
+
+def tiny_model(head: str, output_stride: int = 8, aux: bool = True, **head_kwargs):
+    head_kwargs.setdefault("channels", 16)
+    return build_model("resnet18", head, NUM_CLASSES, output_stride=output_stride, aux=aux,
+                       backbone_kwargs=TINY, aux_channels=8, **head_kwargs)
+
+
+def extra_keys(head: str) -> set[str]:
+    return {"pam", "cam"} if head == "danet" else set()
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_backbone_strides_and_channels(output_stride):
+    bb = TimmBackbone("resnet18", output_stride=output_stride, model_kwargs=TINY)
+    assert bb.channels == [32, 64]
+    assert bb.reductions == [output_stride, output_stride]
+    feats = bb(torch.randn(1, 3, H, W))
+    assert [f.shape[1] for f in feats] == bb.channels
+    # ceil-division through the strided convs: 65x97 -> 9x13 at os8, 5x7 at os16
+    expected = {8: (9, 13), 16: (5, 7)}[output_stride]
+    assert all(tuple(f.shape[-2:]) == expected for f in feats)
+
+
+def test_resnet50c_is_dilated_like_mmseg():
+    """Deep stem + contract_dilation: first block of a dilated stage keeps the previous dilation."""
+    bb = TimmBackbone("resnet50c", output_stride=8, model_kwargs=dict(layers=(1, 1, 2, 2), channels=(4, 8, 16, 32)))
+    body = bb.body
+    assert len(body.conv1) == 7  # deep 3x3 stem (mmseg ResNetV1c)
+    assert [b.conv2.dilation[0] for b in body.layer3] == [1, 2]
+    assert [b.conv2.dilation[0] for b in body.layer4] == [2, 4]
+    assert body.layer3[0].conv2.stride == (1, 1) and body.layer4[0].conv2.stride == (1, 1)
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_head_train_eval_grads(head, output_stride):
+    torch.manual_seed(0)
+    model = tiny_model(head, output_stride)
+    model.train()
+    x = torch.randn(1, 3, H, W)  # batch 1 in train mode (BatchNorm still has >1 value per channel)
+    outs = model(x)
+    assert set(outs) == {"out", "aux"} | extra_keys(head)
+    for k, v in outs.items():
+        assert v.shape == (1, NUM_CLASSES, H, W), k
+        assert torch.isfinite(v).all(), k
+    sum(v.float().pow(2).mean() for v in outs.values()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"parameters without gradient: {no_grad}"
+    model.eval()
+    with torch.no_grad():
+        ev = model(torch.randn(2, 3, H, W))
+    assert set(ev) == {"out"} and ev["out"].shape == (2, NUM_CLASSES, H, W)
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_head_without_aux(head):
+    model = tiny_model(head, aux=False).train()
+    assert model.aux_head is None
+    assert set(model(torch.randn(1, 3, H, W))) == {"out"} | extra_keys(head)
+
+
+def test_unknown_names_list_valid_ones():
+    with pytest.raises(ValueError, match="Valid heads:.*fcn"):
+        tiny_model("nope")
+    with pytest.raises(ValueError, match="Tested backbones:.*resnet101c.*Did you mean: resnet18"):
+        build_model("resnet18x", "fcn", 3)
+
+
+def test_build_args_rebuild_same_architecture():
+    model = tiny_model("fcn")
+    again = build_model(**model.build_args)
+    assert again.state_dict().keys() == model.state_dict().keys()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_weights_from_local_file(tmp_path, suffix):
+    src = timm.create_model("resnet18", **TINY)  # full classifier model, as a user would save it
+    path = tmp_path / f"r18{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(src.state_dict(), str(path))
+    else:
+        torch.save(src.state_dict(), path)
+    model = build_model("resnet18", "fcn", 3, weights=str(path), backbone_kwargs=TINY, channels=16)
+    loaded = model.backbone.body.state_dict()
+    ref = src.state_dict()
+    assert loaded.keys() <= ref.keys()
+    for k, v in loaded.items():
+        assert torch.equal(v, ref[k]), k
+
+
+def test_weights_file_mismatch_is_an_error(tmp_path):
+    wrong = timm.create_model("resnet18", layers=(1, 1, 1, 1), channels=(8, 16, 32, 32))  # other widths
+    path = tmp_path / "wrong.pth"
+    torch.save(wrong.state_dict(), path)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        TimmBackbone("resnet18", weights=path, model_kwargs=TINY)
+    state = timm.create_model("resnet18", **TINY).state_dict()
+    del state["layer4.0.conv1.weight"]
+    state["layer2.0.extra"] = torch.zeros(1)
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"missing keys \['layer4.0.conv1.weight'\].*unexpected keys \['layer2.0.extra'\]"):
+        TimmBackbone("resnet18", weights=path, model_kwargs=TINY)
+    with pytest.raises(ValueError, match="neither None, 'imagenet' nor an existing weight file"):
+        TimmBackbone("resnet18", weights=tmp_path / "missing.pth", model_kwargs=TINY)
+
+
+def test_imagenet_weights_offline_gives_clear_error(monkeypatch):
+    """Simulate an offline machine without HF cache: timm's download raises LocalEntryNotFoundError."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    import timm.models._builder as builder
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("Cannot find the requested files in the local cache (simulated)")
+
+    monkeypatch.setattr(builder, "load_state_dict_from_hf", offline)
+    monkeypatch.setattr(builder, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(builder, "download_cached_file", offline, raising=False)
+    with pytest.raises(RuntimeError, match=r"(?s)ImageNet weights.*offline.*weights: /path/to/file.pth"):
+        TimmBackbone("resnet18", weights="imagenet", model_kwargs=TINY)
