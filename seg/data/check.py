@@ -1,0 +1,116 @@
+"""Scan a dataset and report every problem at once, plus class pixel frequencies and image sizes.
+
+    python -m seg.data.check --dataset folder --root data/demo --split train
+    python -m seg.data.check --dataset cityscapes --root /data/cityscapes --split val
+    python -m seg.data.check --dataset folder --root my_data --split train --classes bg,road,car \
+        --palette "0,0,0;128,64,128;0,0,142"
+
+Exit code 0 when the split is clean, 1 when any problem was found (each printed with its file).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .base import IGNORE_INDEX, DataError, SegDataset
+
+
+@dataclass
+class Report:
+    """What `scan` found: problems (one line each, naming the file), pixel counts per class, image sizes."""
+
+    dataset: SegDataset | None
+    problems: list[str] = field(default_factory=list)
+    pixels: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+    sizes: Counter = field(default_factory=Counter)
+    checked: int = 0
+
+    def format(self) -> str:
+        lines = []
+        ds = self.dataset
+        if ds is not None:
+            lines.append(f'{type(ds).__name__}: {len(ds)} samples, {ds.num_classes} classes, {self.checked} checked')
+            total = int(self.pixels.sum())
+            if total:
+                lines.append('class pixel frequencies:')
+                for k, name in enumerate(ds.classes):
+                    lines.append(f'  {k:3d} {name:<24s} {self.pixels[k] / total:8.4%}  ({int(self.pixels[k])} px)')
+                lines.append(f'  {IGNORE_INDEX:3d} {"<ignore>":<24s} {self.pixels[IGNORE_INDEX] / total:8.4%}  '
+                             f'({int(self.pixels[IGNORE_INDEX])} px)')
+                absent = [ds.classes[k] for k in range(ds.num_classes) if self.pixels[k] == 0]
+                if absent:
+                    lines.append(f'  classes with no pixels: {", ".join(absent)}')
+            if self.sizes:
+                lines.append('image sizes (W x H: count):')
+                for (w, h), n in self.sizes.most_common():
+                    lines.append(f'  {w} x {h}: {n}')
+        if self.problems:
+            lines.append(f'{len(self.problems)} problem(s):')
+            lines += [f'  - {p}' for p in self.problems]
+        else:
+            lines.append('no problems found')
+        return '\n'.join(lines)
+
+
+def scan(dataset: SegDataset, limit: int | None = None) -> Report:
+    """Decode every sample of `dataset` (built with strict=False) and collect all problems."""
+    report = Report(dataset, problems=list(dataset.problems))
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for i in range(n):
+        try:
+            image, mask = dataset.load(i)
+        except DataError as e:
+            report.problems.append(str(e))
+            continue
+        report.checked += 1
+        report.sizes[(image.shape[1], image.shape[0])] += 1
+        report.pixels += np.bincount(mask.ravel(), minlength=256)[:256]
+    return report
+
+
+def _palette(text: str | None) -> list[tuple[int, int, int]] | None:
+    if not text:
+        return None
+    return [tuple(int(v) for v in c.split(',')) for c in text.split(';')]  # type: ignore[misc]
+
+
+def build(args: argparse.Namespace) -> SegDataset:
+    from .ade20k import ADE20KDataset
+    from .cityscapes import CityscapesDataset
+    from .folder import FolderDataset
+
+    if args.dataset == 'folder':
+        classes = args.classes.split(',') if args.classes else None
+        return FolderDataset(args.root, args.split, classes, _palette(args.palette), args.ignore_index, strict=False)
+    if args.dataset == 'cityscapes':
+        return CityscapesDataset(args.root, args.split, label_train_ids=args.label_train_ids, strict=False)
+    return ADE20KDataset(args.root, args.split, strict=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m seg.data.check', description=__doc__.split('\n')[0])
+    p.add_argument('--dataset', choices=['folder', 'cityscapes', 'ade20k'], default='folder')
+    p.add_argument('--root', required=True)
+    p.add_argument('--split', default='train')
+    p.add_argument('--classes', help='folder: comma-separated class names (default: {root}/classes.json)')
+    p.add_argument('--palette', help='folder: colour masks, "r,g,b;r,g,b;..." one per class')
+    p.add_argument('--ignore-index', type=int, default=IGNORE_INDEX, help='folder: mask value meaning ignore')
+    p.add_argument('--label-train-ids', action='store_true', help='cityscapes: read *_labelTrainIds.png')
+    p.add_argument('--limit', type=int, help='check only the first N samples')
+    args = p.parse_args(argv)
+    try:
+        dataset = build(args)
+    except DataError as e:  # the split itself is unusable (missing folder, no class names...)
+        print(Report(None, problems=[str(e)]).format())
+        return 1
+    report = scan(dataset, args.limit)
+    print(report.format())
+    return 1 if report.problems else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
