@@ -12,7 +12,8 @@ import torch
 
 from seg.models import HEADS, TimmBackbone, build_model
 
-TINY = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64))  # timm ResNet kwargs: stage3/4 = 32/64 channels
+# timm ResNet kwargs: stage3/4 = 32/64 channels; zero_init_last=False so every backbone weight gets a gradient
+TINY = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), zero_init_last=False)
 H, W = 65, 97
 NUM_CLASSES = 3
 
@@ -54,6 +55,10 @@ def test_resnet50c_is_dilated_like_mmseg():
 def test_head_train_eval_grads(head, output_stride):
     torch.manual_seed(0)
     model = tiny_model(head, output_stride)
+    with torch.no_grad():  # open the zero-initialised residual branches so every weight gets a non-zero gradient
+        for name, p in model.named_parameters():
+            if name.endswith("gamma") or name.endswith("nl_block.norm.weight"):
+                p.fill_(0.5)
     model.train()
     x = torch.randn(1, 3, H, W)  # batch 1 in train mode (BatchNorm still has >1 value per channel)
     outs = model(x)
@@ -62,8 +67,8 @@ def test_head_train_eval_grads(head, output_stride):
         assert v.shape == (1, NUM_CLASSES, H, W), k
         assert torch.isfinite(v).all(), k
     sum(v.float().pow(2).mean() for v in outs.values()).backward()
-    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not no_grad, f"parameters without gradient: {no_grad}"
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, f"parameters without (non-zero) gradient: {no_grad}"
     model.eval()
     with torch.no_grad():
         ev = model(torch.randn(2, 3, H, W))
@@ -137,3 +142,21 @@ def test_imagenet_weights_offline_gives_clear_error(monkeypatch):
     monkeypatch.setattr(builder, "download_cached_file", offline, raising=False)
     with pytest.raises(RuntimeError, match=r"(?s)ImageNet weights.*offline.*weights: /path/to/file.pth"):
         TimmBackbone("resnet18", weights="imagenet", model_kwargs=TINY)
+
+
+def _attention_keys() -> list[str]:
+    from seg.layers import ATTENTION
+
+    return sorted(ATTENTION)
+
+
+@pytest.mark.parametrize("attention", _attention_keys())
+def test_fcn_with_every_attention_block(attention):
+    model = tiny_model("fcn", attention=attention).train()
+    assert model.head.attention is not None
+    outs = model(torch.randn(1, 3, H, W))
+    assert set(outs) == {"out", "aux"} and outs["out"].shape == (1, NUM_CLASSES, H, W)
+    outs["out"].mean().backward()
+    assert all(p.grad is not None for p in model.head.attention.parameters())
+    with pytest.raises(ValueError, match="valid keys"):
+        tiny_model("fcn", attention="nope")

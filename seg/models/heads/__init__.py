@@ -9,13 +9,21 @@ from __future__ import annotations
 
 from torch import nn
 
+from .axial import AxialHead
+from .ccnet import CCHead
 from .conv_bn_act import ConvBnAct
+from .danet import DAHead
 from .fcn import FCNHead
+from .nonlocal_head import NLHead
 
-__all__ = ["HEADS", "ConvBnAct", "FCNHead", "create_head"]
+__all__ = ["HEADS", "AxialHead", "CCHead", "ConvBnAct", "DAHead", "FCNHead", "NLHead", "create_head"]
 
 HEADS: dict[str, type[nn.Module]] = {
     "fcn": FCNHead,
+    "ccnet": CCHead,
+    "danet": DAHead,
+    "nonlocal": NLHead,
+    "axial": AxialHead,
 }
 
 
