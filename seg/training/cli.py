@@ -1,0 +1,125 @@
+"""``python train.py --config configs/X.yaml [--section.key=value ...] [--ckpt_path last|PATH]``.
+
+LightningCLI with ``run=False`` then ``trainer.fit``. What the CLI adds to a plain LightningCLI:
+
+* ``data.num_classes`` is linked to ``model.num_classes`` (the model is built for the data's classes).
+* The run directory is ``trainer.default_root_dir`` (``runs/<recipe>`` in the configs)::
+
+      <run_dir>/config.yaml                 merged config of the latest launch
+      <run_dir>/checkpoints/best.ckpt       highest val/mIoU     (atomic writes)
+      <run_dir>/checkpoints/last.ckpt       latest validation    (--ckpt_path last resumes from it)
+      <run_dir>/summary.json                last/best val metrics, params, throughput (seg.compare reads it)
+      <run_dir>/csv/version_N/metrics.csv   one version per launch
+      <run_dir>/wandb/                      W&B files (online or offline), <run_dir>/wandb_id
+
+* ``--wandb auto|online|offline|off`` and ``--wandb_project`` (see :mod:`seg.training.loggers`).
+* Defaults for speed: bf16-mixed precision when CUDA (with bf16) is present, ``benchmark=True``
+  (cudnn autotuning), SyncBatchNorm under multi-GPU DDP; on CPU sync_batchnorm is switched off (it crashes).
+* Always-on callbacks: :class:`~seg.training.callbacks.SegCheckpoint` (section ``checkpoint``),
+  :class:`~seg.training.resume.ExactResume` (seeded from ``seed_everything``), ``RunSummary``,
+  ``ValImageLogger`` (W&B only) and a Rich progress bar.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from seg.data import SegDataModule
+
+from .callbacks import RunSummary, SegCheckpoint, ValImageLogger
+from .loggers import build_loggers
+from .module import SegmentationModule
+from .resume import ExactResume
+
+
+def _cuda_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+class SegSaveConfig(SaveConfigCallback):
+    """Writes the merged config to ``<run_dir>/config.yaml`` and logs it to W&B (rank 0)."""
+
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        run_dir = Path(trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, str(run_dir / "config.yaml"), skip_none=False, overwrite=True,
+                         multifile=False)
+        config = self.parser.dump(self.config, skip_none=False, format="json")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import json
+
+                logger.experiment.config.update({"cli": json.loads(config)}, allow_val_change=True)
+
+
+class SegCLI(LightningCLI):
+    """LightningCLI for :class:`SegmentationModule` + :class:`SegDataModule` (see the module docstring)."""
+
+    def __init__(self, args: Any = None, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_callback", SegSaveConfig)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True, "save_to_log_dir": False})
+        kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("parser_kwargs", {"description": "Train a segmentation model (seg)."})
+        super().__init__(SegmentationModule, SegDataModule, run=False, args=args, auto_configure_optimizers=False,
+                         **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.add_lightning_class_args(SegCheckpoint, "checkpoint")
+        parser.add_argument("--ckpt_path", type=Optional[str], default=None,
+                            help="resume: 'last' (the run's last.ckpt) or a checkpoint path")
+        parser.add_argument("--wandb", type=Literal["auto", "online", "offline", "off"], default="auto",
+                            help="W&B logging: auto = online if logged in, else offline; off = CSV only")
+        parser.add_argument("--wandb_project", type=str, default="seg", help="W&B project name")
+        parser.set_defaults({
+            "trainer.default_root_dir": "runs/seg",
+            "trainer.precision": "bf16-mixed" if _cuda_bf16() else "32-true",
+            "trainer.benchmark": True,
+            "trainer.sync_batchnorm": True,  # only takes effect under multi-process strategies; off on CPU
+        })
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config
+        trainer = cfg.trainer
+        run_dir = trainer.default_root_dir
+        if cfg.checkpoint.dirpath is None:
+            cfg.checkpoint.dirpath = os.path.join(run_dir, "checkpoints")
+        if trainer.sync_batchnorm and (str(trainer.accelerator) == "cpu" or not torch.cuda.is_available()):
+            trainer.sync_batchnorm = False  # torch SyncBatchNorm has no CPU implementation
+        if str(trainer.precision).startswith("bf16") and (str(trainer.accelerator) == "cpu"
+                                                          or not torch.cuda.is_available()):
+            rank_zero_warn("bf16 precision on CPU is slow; the default without CUDA is 32-true")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        cfg = self.config
+        tcfg = self.config_init.trainer
+        callbacks = list(tcfg.callbacks or [])
+        callbacks += [ExactResume(seed=int(cfg.seed_everything or 0)), RunSummary(tcfg.default_root_dir),
+                      ValImageLogger()]
+        if tcfg.enable_progress_bar is not False and not any(isinstance(c, RichProgressBar) for c in callbacks):
+            callbacks.append(RichProgressBar(leave=True))
+        kwargs["callbacks"] = callbacks
+        if tcfg.logger is None or tcfg.logger is True:
+            kwargs["logger"] = build_loggers(tcfg.default_root_dir, cfg.wandb, cfg.wandb_project,
+                                             resume=cfg.ckpt_path is not None)
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(args: Any = None) -> SegCLI:
+    """Entry point of ``train.py``: parse, build, fit (resuming from ``--ckpt_path`` if given)."""
+    cli = SegCLI(args=args)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    return cli
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

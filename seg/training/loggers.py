@@ -1,0 +1,79 @@
+"""Loggers of a run: CSV always, W&B online when the user is logged in, else offline (sync later).
+
+``--wandb auto`` (default) honours ``WANDB_MODE`` if set, otherwise goes online when an API key is found
+(``WANDB_API_KEY`` or the netrc entry ``wandb login`` writes) and offline otherwise, printing one line with
+the ``wandb sync`` command. ``--wandb off`` disables W&B. The W&B run id is kept in ``<run_dir>/wandb_id``
+so that a resumed run (``--ckpt_path last``) continues the same W&B run.
+"""
+from __future__ import annotations
+
+import importlib.util
+import netrc
+import os
+import uuid
+from pathlib import Path
+from typing import Literal, Optional
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+WandbMode = Literal["auto", "online", "offline", "off"]
+
+
+def wandb_logged_in() -> bool:
+    """True when W&B has credentials: ``WANDB_API_KEY`` or a netrc entry for the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return bool(auth and auth[2])
+
+
+def resolve_wandb_mode(mode: WandbMode) -> Literal["online", "offline", "off"]:
+    """The effective W&B mode for ``--wandb``."""
+    if mode == "off":
+        return "off"
+    if importlib.util.find_spec("wandb") is None:
+        if mode != "auto":
+            raise RuntimeError("--wandb needs the wandb package: pip install wandb")
+        return "off"
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE", "").lower()
+    if env in ("disabled", "off"):
+        return "off"
+    if env in ("offline", "dryrun"):
+        return "offline"
+    if env == "online":
+        return "online"
+    return "online" if wandb_logged_in() else "offline"
+
+
+def build_loggers(run_dir: str | Path, wandb: WandbMode = "auto", project: str = "seg",
+                  name: Optional[str] = None, resume: bool = False) -> list[Logger]:
+    """CSV (``<run_dir>/csv/version_N/metrics.csv``, one version per launch) + W&B (``<run_dir>/wandb``)."""
+    run_dir = Path(run_dir)
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv")]
+    mode = resolve_wandb_mode(wandb)
+    if mode == "off":
+        return loggers
+    from lightning.pytorch.loggers import WandbLogger
+
+    # W&B only creates the run on rank 0; a resumed launch (ckpt_path) continues the previous W&B run.
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
+    if run_id is None:
+        run_id = uuid.uuid4().hex[:12]
+        if rank_zero_only.rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(run_id)
+    loggers.append(WandbLogger(project=project, name=name or run_dir.name, save_dir=str(run_dir), id=run_id,
+                               resume="allow", offline=(mode == "offline")))
+    if mode == "offline":
+        rank_zero_info(f"wandb: not logged in, logging offline to {run_dir / 'wandb'}; upload later with: "
+                       f"wandb sync {run_dir / 'wandb'}/offline-run-*")
+    return loggers

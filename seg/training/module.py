@@ -1,0 +1,246 @@
+"""SegmentationModule: the Lightning glue around a ``seg.models`` network (held as ``self.model``).
+
+One shared step computes the loss of every output (``out`` + ``aux`` 0.4 + DANet's ``pam``/``cam`` 1.0, see
+:mod:`seg.training.losses`), SGD with per-iteration poly decay (mmseg recipe), and a dataset-level confusion
+matrix for val/test (:mod:`seg.training.metrics`). Checkpoints store the network under ``model.`` keys, which
+is the *seg checkpoint* layout of docs/design.md.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from .inference import predict_probs
+from .losses import SegLoss
+from .metrics import SegMetrics
+from .scheduler import PolyLR
+
+
+def load_matching_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Loads every tensor of a checkpoint whose name and shape match ``model``; the rest keep their init.
+
+    Accepts a seg checkpoint / ``seg.convert`` output (``state_dict`` with ``model.`` keys), or a bare state dict.
+    Returns ``{'loaded', 'shape_mismatch', 'missing', 'unexpected'}`` key lists (shape mismatches are typically
+    the classifiers of a different class count, which stay freshly initialised).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: {path} does not exist (expected a seg .ckpt or a converted mmseg one)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own / converted files: trusted input
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"init_from: {path} holds no state dict")
+    if any(k.startswith("model.") for k in state):
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    own = model.state_dict()
+    loaded, mismatch = {}, []
+    for k, v in state.items():
+        if k in own and isinstance(v, Tensor):
+            if own[k].shape == v.shape:
+                loaded[k] = v
+            else:
+                mismatch.append(f"{k} {tuple(v.shape)} -> {tuple(own[k].shape)}")
+    model.load_state_dict(loaded, strict=False)
+    return {
+        "loaded": sorted(loaded),
+        "shape_mismatch": mismatch,
+        "missing": sorted(k for k in own if k not in state),
+        "unexpected": sorted(k for k in state if k not in own),
+    }
+
+
+class SegmentationModule(L.LightningModule):
+    """Semantic segmentation training/evaluation for any backbone + head of ``seg.models``.
+
+    Args:
+        backbone: timm backbone name (``resnet50c`` = mmseg ResNetV1c).
+        head: head name in ``seg.models.HEADS`` (fcn, ccnet, danet, nonlocal, axial, ...).
+        num_classes: number of classes (the CLI links it from ``data.num_classes``).
+        output_stride: backbone output stride (8 = the "-D8" recipes).
+        aux: add the auxiliary FCN head on stage 3.
+        aux_weight: loss weight of the auxiliary output (0.4); other outputs weigh 1.0.
+        weights: backbone weights: None (random), 'imagenet', or a local .pth/.safetensors path.
+        head_kwargs: extra keyword arguments of the head (e.g. ``{attention: cbam}``, ``{channels: 512}``).
+        backbone_kwargs: extra timm constructor arguments of the backbone (e.g. narrow widths in tests).
+        loss: 'ce' or 'ohem' (threshold ``ohem_thresh``, at least ``ohem_min_kept`` pixels per image).
+        ohem_thresh: OHEM probability threshold.
+        ohem_min_kept: OHEM minimum kept pixels per image.
+        lr: SGD base learning rate.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        power: poly decay exponent.
+        min_lr: poly decay floor.
+        max_iters: iterations of the poly schedule; None = ``trainer.max_steps``.
+        init_from: seg checkpoint (or converted mmseg one) to start from: matching weights are loaded,
+            classifiers whose class count differs are re-initialised, and what was skipped is printed.
+        freeze_backbone: keep the backbone fixed (no gradients, BatchNorm statistics frozen).
+        compile: ``torch.compile`` the network (in place; checkpoint keys unchanged).
+        channels_last: run the network in channels_last memory format (faster convolutions on GPU).
+        ignore_index: label value excluded from loss and metrics.
+        eval_mode: inference mode of val/test: 'whole' image or 'slide' windows.
+        eval_crop_size: sliding-window crop (H, W).
+        eval_stride: sliding-window stride (H, W).
+        eval_scales: test-time scales (val/test probabilities are averaged over them).
+        eval_flip: add horizontally flipped inputs at test time.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50c",
+        head: str = "fcn",
+        num_classes: int = 19,
+        output_stride: Literal[8, 16, 32] = 8,
+        aux: bool = True,
+        aux_weight: float = 0.4,
+        weights: Optional[str] = None,
+        head_kwargs: Optional[dict[str, Any]] = None,
+        backbone_kwargs: Optional[dict[str, Any]] = None,
+        loss: Literal["ce", "ohem"] = "ce",
+        ohem_thresh: float = 0.7,
+        ohem_min_kept: int = 100_000,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        power: float = 0.9,
+        min_lr: float = 1e-4,
+        max_iters: Optional[int] = None,
+        init_from: Optional[str] = None,
+        freeze_backbone: bool = False,
+        compile: bool = False,
+        channels_last: bool = True,
+        ignore_index: int = 255,
+        eval_mode: Literal["whole", "slide"] = "whole",
+        eval_crop_size: tuple[int, int] = (512, 1024),
+        eval_stride: tuple[int, int] = (341, 341),
+        eval_scales: tuple[float, ...] = (1.0,),
+        eval_flip: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        from seg.models import build_model  # the only dependency on the models part
+
+        self.model = build_model(backbone, head, num_classes, output_stride=output_stride, aux=aux,
+                                 weights=weights, backbone_kwargs=backbone_kwargs,
+                                 **(head_kwargs or {}))
+        if init_from:
+            report = load_matching_weights(self.model, init_from)
+            rank_zero_info(
+                f"init_from {init_from}: loaded {len(report['loaded'])} tensors; re-initialised "
+                f"{len(report['shape_mismatch'])} (shape differs): {report['shape_mismatch']}; "
+                f"not in checkpoint {len(report['missing'])}: {report['missing'][:10]}; "
+                f"unused from checkpoint {len(report['unexpected'])}: {report['unexpected'][:10]}")
+            self.init_report = report
+        if freeze_backbone:
+            self.model.backbone.requires_grad_(False)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model.compile()
+        self.criterion = SegLoss(loss, aux_weight, ignore_index, ohem_thresh, ohem_min_kept)
+        self.val_metrics = SegMetrics(num_classes, ignore_index)
+        self.test_metrics = SegMetrics(num_classes, ignore_index)
+        self.class_names: list[str] = [f"class_{i}" for i in range(num_classes)]
+        self.last_metrics: dict[str, dict[str, Any]] = {}  # stage -> python floats, for callbacks/commands
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def _prep(self, images: Tensor) -> Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return self.model(self._prep(images))
+
+    def logits(self, images: Tensor) -> Tensor:
+        """Main-output logits (B, C, H, W) at input resolution."""
+        return self(images)["out"]
+
+    def predict_probs(self, images: Tensor) -> Tensor:
+        """Probabilities (B, C, H, W) with this module's eval mode / scales / flip."""
+        hp = self.hparams
+        if hp.eval_mode == "whole" and tuple(hp.eval_scales) == (1.0,) and not hp.eval_flip:
+            return self.logits(images).float().softmax(1)
+        return predict_probs(self.logits, images, hp.num_classes, hp.eval_mode, tuple(hp.eval_crop_size),
+                             tuple(hp.eval_stride), tuple(hp.eval_scales), hp.eval_flip)
+
+    def train(self, mode: bool = True) -> "SegmentationModule":
+        super().train(mode)
+        if self.hparams.freeze_backbone:
+            self.model.backbone.eval()  # frozen backbone: BatchNorm statistics stay as loaded
+        return self
+
+    # -- steps --------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(dm, "classes", None)
+        if names is not None and len(names) == self.hparams.num_classes:
+            self.class_names = list(names)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        outputs = self(batch["image"])
+        loss, parts = self.criterion(outputs, batch["mask"])
+        bs = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for name, value in parts.items():
+            self.log(f"train/loss_{name}", value, batch_size=bs)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=bs)
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], metrics: SegMetrics) -> Tensor:
+        preds = self.predict_probs(batch["image"]).argmax(dim=1)  # (B, H, W)
+        metrics.update(preds, batch["mask"])
+        return preds
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        return {"preds": self._eval_step(batch, self.val_metrics)}
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        return {"preds": self._eval_step(batch, self.test_metrics)}
+
+    def _log_metrics(self, stage: str, metrics: SegMetrics) -> None:
+        res = metrics.compute()  # summed over all ranks
+        metrics.reset()
+        iou, acc = res["IoU"].tolist(), res["Acc"].tolist()
+        summary = {
+            "mIoU": float(res["mIoU"]), "aAcc": float(res["aAcc"]), "mAcc": float(res["mAcc"]),
+            "per_class_IoU": dict(zip(self.class_names, iou)), "per_class_Acc": dict(zip(self.class_names, acc)),
+            "step": int(self.global_step),
+        }
+        if self.trainer.sanity_checking:
+            return
+        self.last_metrics[stage] = summary
+        # values are already identical on every rank: no sync_dist needed
+        self.log(f"{stage}/mIoU", summary["mIoU"], prog_bar=True)
+        self.log(f"{stage}/aAcc", summary["aAcc"])
+        self.log(f"{stage}/mAcc", summary["mAcc"])
+        for name, value in summary["per_class_IoU"].items():
+            self.log(f"{stage}/IoU/{name}", float("nan") if value is None else value)
+        for logger in self.loggers:  # a per-class table where the logger has tables (W&B)
+            if hasattr(logger, "log_table"):
+                rows = [[n, i, a] for n, i, a in zip(self.class_names, iou, acc)]
+                logger.log_table(key=f"{stage}/per_class", columns=["class", "IoU", "Acc"], data=rows,
+                                 step=self.global_step)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.test_metrics)
+
+    # -- optimisation -------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        max_iters = hp.max_iters or (self.trainer.max_steps if self.trainer.max_steps > 0 else None)
+        if max_iters is None:
+            est = self.trainer.estimated_stepping_batches
+            if not math.isfinite(est):
+                raise ValueError("set trainer.max_steps (or model.max_iters) for the poly LR schedule")
+            max_iters = int(est)
+        scheduler = PolyLR(optimizer, max_iters=max_iters, power=hp.power, min_lr=hp.min_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
