@@ -93,18 +93,29 @@ def map_index_mask(raw: np.ndarray, lut: np.ndarray, path: Path | str, valid: st
         lut: int64 table indexed by stored value -> train id (255 ignore) or -1 (not allowed).
         path: file name for the error message.
         valid: human description of the allowed values, for the error message.
+
+    Returns:
+        HxW uint8 train ids (255 ignore).
     """
     if raw.ndim != 2:
         raise DataError(f'{path}: expected a single-channel index mask, got shape {raw.shape}')
+    if raw.dtype == np.uint8 and len(lut) >= 256:  # fast path (all common masks): one histogram, one gather
+        present = np.bincount(raw.ravel(), minlength=256) > 0
+        bad = present & (lut[:256] < 0)
+        if bad.any():
+            raise DataError(
+                f'{path}: mask values {_format_values(np.flatnonzero(bad))} are neither a class nor ignore ({valid})'
+            )
+        return np.maximum(lut[:256], 0).astype(np.uint8)[raw]
     raw = raw.astype(np.int64, copy=False)
     lo, hi = int(raw.min()), int(raw.max())
     if lo < 0 or hi >= len(lut):
-        bad = raw[(raw < 0) | (raw >= len(lut))]
-        raise DataError(f'{path}: mask values {_format_values(bad)} are neither a class nor ignore ({valid})')
+        bad_values = raw[(raw < 0) | (raw >= len(lut))]
+        raise DataError(f'{path}: mask values {_format_values(bad_values)} are neither a class nor ignore ({valid})')
     out = lut[raw]
-    if lut.min() < 0 and out.min() < 0:
+    if out.min() < 0:
         raise DataError(f'{path}: mask values {_format_values(raw[out < 0])} are neither a class nor ignore ({valid})')
-    return out
+    return out.astype(np.uint8)
 
 
 def index_lut(num_classes: int, ignore_value: int = IGNORE_INDEX, size: int = 256) -> np.ndarray:
@@ -116,9 +127,9 @@ def index_lut(num_classes: int, ignore_value: int = IGNORE_INDEX, size: int = 25
 
 
 def map_color_mask(raw: np.ndarray, palette: Palette) -> np.ndarray:
-    """RGB colour mask -> train ids; colours not in the palette become ignore (255)."""
+    """RGB colour mask -> uint8 train ids; colours not in the palette become ignore (255)."""
     code = (raw[..., 0].astype(np.int32) << 16) | (raw[..., 1].astype(np.int32) << 8) | raw[..., 2]
-    out = np.full(code.shape, IGNORE_INDEX, dtype=np.int64)
+    out = np.full(code.shape, IGNORE_INDEX, dtype=np.uint8)
     for k, (r, g, b) in enumerate(palette):
         out[code == ((r << 16) | (g << 8) | b)] = k
     return out
@@ -185,7 +196,7 @@ class SegDataset(Dataset):
 
     # -- decoding ----------------------------------------------------------------------------------------
     def decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        """Raw mask array (as stored) -> HxW int64 train ids with 255 ignore. Raises `DataError`."""
+        """Raw mask array (as stored) -> HxW uint8 train ids with 255 ignore. Raises `DataError`."""
         raise NotImplementedError
 
     @property
@@ -196,7 +207,7 @@ class SegDataset(Dataset):
         return len(self.samples)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Decode and check sample `index`: (HxWx3 uint8 RGB image, HxW int64 train-id mask)."""
+        """Decode and check sample `index`: (HxWx3 uint8 RGB image, HxW uint8 train-id mask, 255 ignore)."""
         img_path, mask_path = self.samples[index]
         image = read_image(img_path)
         mask = self.decode_mask(read_mask(mask_path), mask_path)
@@ -211,8 +222,8 @@ class SegDataset(Dataset):
         image, mask = self.load(index)
         path = str(self.samples[index][0])
         if self.transform is None:
-            return {'image': image, 'mask': mask, 'path': path}
-        out = self.transform(image=image, mask=mask.astype(np.uint8))  # train ids < 255 fit uint8
+            return {'image': image, 'mask': mask.astype(np.int64), 'path': path}
+        out = self.transform(image=image, mask=mask)  # uint8 masks: what OpenCV resizes fastest
         img, m = out['image'], out['mask']
         if isinstance(img, np.ndarray):
             img = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W)
