@@ -1,0 +1,381 @@
+"""Functional attention cores: pure tensor functions without parameters, inputs (B, C, H, W).
+
+Each core has two implementations:
+
+* the main one (``position_attention``, ``channel_attention``, ``criss_cross_attention``,
+  ``axial_attention``) - memory-safe, softmax in fp32, safe under bf16/fp16 autocast and
+  ``torch.compile``;
+* ``*_reference`` - the plain explicit-energy formulation that mmsegmentation / mmcv compute
+  (build the whole energy tensor, softmax, weighted sum). Tests check the two agree; ``seg.bench``
+  times them against each other. ``explicit_attention()`` switches the main functions (and so every
+  block in ``seg.layers``) to the references, e.g. to benchmark a whole model "as mmseg runs it".
+
+Papers: DANet (Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019,
+https://arxiv.org/abs/1809.02983), Non-local (Wang et al., CVPR 2018, https://arxiv.org/abs/1711.07971),
+CCNet (Huang et al., ICCV 2019, https://arxiv.org/abs/1811.11721), Axial attention (Ho et al. 2019,
+https://arxiv.org/abs/1912.12180; Wang et al., ECCV 2020, https://arxiv.org/abs/2003.07853).
+
+Memory of ``position_attention`` (the only core whose explicit energy is HW x HW):
+
+* CUDA: ``position_attention_sdpa`` - ``F.scaled_dot_product_attention`` with v split into heads of
+  the q/k width (q and k are shared by every head via ``expand``, no copy), so the flash / cuDNN /
+  memory-efficient kernels apply (they need equal q/k/v head dims <= 256); the scale is passed
+  explicitly.
+* elsewhere (CPU, or ``chunk_size`` given): ``position_attention_chunked`` - queries are processed in
+  chunks sized automatically so that one chunk's energies take about ``CHUNK_BYTES``; peak extra memory
+  is O(chunk * HW). When gradients are needed and there is more than one chunk, each chunk is
+  recomputed in backward (activation checkpointing), so training does not store HW x HW either.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "position_attention",
+    "position_attention_chunked",
+    "position_attention_sdpa",
+    "position_attention_reference",
+    "channel_attention",
+    "channel_attention_reference",
+    "criss_cross_attention",
+    "criss_cross_attention_reference",
+    "axial_attention",
+    "axial_attention_reference",
+    "explicit_attention",
+    "CHUNK_BYTES",
+]
+
+#: Target size in bytes of one chunk's fp32 energies in ``position_attention_chunked``.
+CHUNK_BYTES = 16 * 2**20
+
+_EXPLICIT = False
+
+
+@contextlib.contextmanager
+def explicit_attention(enabled: bool = True) -> Iterator[None]:
+    """Within this context the main cores run their ``*_reference`` (explicit-energy) versions."""
+    global _EXPLICIT
+    previous, _EXPLICIT = _EXPLICIT, enabled
+    try:
+        yield
+    finally:
+        _EXPLICIT = previous
+
+
+def _check_qkv(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"{name}: q, k, v must be (B, C, H, W), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape != k.shape:
+        raise ValueError(f"{name}: q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
+    if v.shape[0] != q.shape[0] or v.shape[2:] != q.shape[2:]:
+        raise ValueError(
+            f"{name}: v must match q in batch and spatial size, got q {tuple(q.shape)} and v {tuple(v.shape)}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# position attention (DANet PAM, Non-local embedded Gaussian)
+
+
+def position_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0, chunk_size: int | None = None
+) -> torch.Tensor:
+    """Self-attention over all H*W positions.
+
+    ``out[:, :, p] = sum_j softmax_j(scale * q[:, :, p] . k[:, :, j]) v[:, :, j]``
+
+    Args:
+        q: queries (B, Cq, H, W).
+        k: keys (B, Cq, H, W).
+        v: values (B, Cv, H, W).
+        scale: multiplies the energies before the softmax (DANet PAM: 1, Non-local: 1/sqrt(Cq)).
+        chunk_size: queries per chunk for the chunked path; forces that path (also on CUDA).
+            ``None`` picks the fused CUDA path on GPU and an automatic chunk size elsewhere.
+
+    Returns:
+        (B, Cv, H, W), never materialising the (H*W) x (H*W) energies.
+    """
+    if _EXPLICIT:
+        return position_attention_reference(q, k, v, scale)
+    _check_qkv("position_attention", q, k, v)
+    if chunk_size is None and q.device.type == "cuda":
+        return position_attention_sdpa(q, k, v, scale)
+    return position_attention_chunked(q, k, v, scale, chunk_size)
+
+
+def _attend_chunk(qc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # qc: (B, n, Cq) already scaled; k: (B, Cq, N); v: (B, Cv, N)
+    energy = torch.bmm(qc, k)  # (B, n, N)
+    attn = torch.softmax(energy.float(), dim=-1).to(v.dtype)  # (B, n, N), softmax in fp32
+    return torch.bmm(v, attn.transpose(1, 2))  # (B, Cv, n)
+
+
+def _chunked_inference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    # q: (B, N, Cq) scaled; k: (B, Cq, N); v: (B, Cv, N). No autograd: every chunk reuses one fp32
+    # energy buffer (softmax in place) and writes into one preallocated output. Allocating fresh
+    # buffers per chunk fragments the heap (the small outputs land in the freed holes) and the peak
+    # resident memory then grows with the number of chunks.
+    b, n, _ = q.shape
+    cv = v.shape[1]
+    out = torch.empty(b, n, cv, dtype=v.dtype, device=v.device)  # (B, N, Cv)
+    energy_buf = torch.empty(b * chunk_size * n, dtype=torch.float32, device=q.device)
+    out_buf = torch.empty(b * chunk_size * cv, dtype=v.dtype, device=v.device)
+    v_t = v.transpose(1, 2)  # (B, N, Cv)
+    for start in range(0, n, chunk_size):
+        m = min(chunk_size, n - start)
+        energy = energy_buf[: b * m * n].view(b, m, n)  # (B, m, N)
+        if q.dtype == torch.float32:
+            torch.bmm(q[:, start : start + m], k, out=energy)
+        else:
+            energy.copy_(torch.bmm(q[:, start : start + m], k))
+        # softmax over the keys, in place, in fp32
+        energy.sub_(energy.amax(dim=-1, keepdim=True)).exp_()
+        energy.div_(energy.sum(dim=-1, keepdim=True))
+        attn = energy if v.dtype == torch.float32 else energy.to(v.dtype)  # (B, m, N)
+        chunk_out = out_buf[: b * m * cv].view(b, m, cv)  # (B, m, Cv)
+        torch.bmm(attn, v_t, out=chunk_out)
+        out[:, start : start + m].copy_(chunk_out)
+    return out.transpose(1, 2)  # (B, Cv, N)
+
+
+def auto_chunk_size(batch: int, positions: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Queries per chunk so that one chunk's fp32 energies (batch, chunk, positions) take ~chunk_bytes."""
+    return int(max(1, min(positions, chunk_bytes // max(1, 4 * batch * positions))))
+
+
+def position_attention_chunked(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0, chunk_size: int | None = None
+) -> torch.Tensor:
+    """``position_attention`` by query chunks: peak extra memory O(B * chunk_size * H * W)."""
+    _check_qkv("position_attention_chunked", q, k, v)
+    b, _, h, w = q.shape
+    n = h * w
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(b, n)
+    if chunk_size < 1:
+        raise ValueError(f"position_attention: chunk_size must be >= 1, got {chunk_size}")
+    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    if torch.is_autocast_enabled(q.device.type):
+        dtype = torch.get_autocast_dtype(q.device.type)
+    q_flat = (q.flatten(2).transpose(1, 2) * scale).to(dtype)  # (B, N, Cq), scale folded into q
+    k_flat = k.flatten(2).to(dtype)  # (B, Cq, N)
+    v_flat = v.flatten(2).to(dtype)  # (B, Cv, N)
+    if chunk_size >= n:
+        out = _attend_chunk(q_flat, k_flat, v_flat)  # (B, Cv, N)
+    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        # Recompute chunks in backward instead of storing every chunk's attention (= HW x HW).
+        outs = [
+            checkpoint(_attend_chunk, q_flat[:, start : start + chunk_size], k_flat, v_flat, use_reentrant=False)
+            for start in range(0, n, chunk_size)
+        ]  # each (B, Cv, n)
+        out = torch.cat(outs, dim=2)  # (B, Cv, N)
+    else:
+        out = _chunked_inference(q_flat, k_flat, v_flat, chunk_size)  # (B, Cv, N)
+    return out.reshape(b, v.shape[1], h, w)  # (B, Cv, H, W)
+
+
+def position_attention_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0, head_dim: int | None = None
+) -> torch.Tensor:
+    """``position_attention`` through ``F.scaled_dot_product_attention`` (the CUDA fast path).
+
+    Fused kernels (flash, cuDNN, memory-efficient) need q, k and v with one head dim (<= 256 for
+    flash/cuDNN), but DANet's PAM has q/k 64 channels and v 512. Splitting v into heads of ``head_dim``
+    channels while every head shares the same q and k (``expand``: a stride-0 view, no copy) gives
+    exactly the single-head result, because the attention weights do not depend on v.
+
+    Args:
+        head_dim: v channels per head; default the q/k width when it divides Cv and is <= 256,
+            else one head with all of v.
+    """
+    _check_qkv("position_attention_sdpa", q, k, v)
+    b, cq, h, w = q.shape
+    cv = v.shape[1]
+    n = h * w
+    if head_dim is None:
+        head_dim = cq if (cq <= 256 and cv % cq == 0) else cv
+    if cv % head_dim != 0:
+        raise ValueError(f"position_attention_sdpa: head_dim {head_dim} must divide the v channels {cv}")
+    heads = cv // head_dim
+    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    if torch.is_autocast_enabled(q.device.type):
+        dtype = torch.get_autocast_dtype(q.device.type)
+    qs = q.to(dtype).flatten(2).transpose(1, 2).contiguous()[:, None]  # (B, 1, N, Cq)
+    ks = k.to(dtype).flatten(2).transpose(1, 2).contiguous()[:, None]  # (B, 1, N, Cq)
+    qs = qs.expand(b, heads, n, cq)  # (B, heads, N, Cq), no copy
+    ks = ks.expand(b, heads, n, cq)  # (B, heads, N, Cq), no copy
+    vs = v.to(dtype).reshape(b, heads, head_dim, n).transpose(2, 3).contiguous()  # (B, heads, N, d)
+    out = F.scaled_dot_product_attention(qs, ks, vs, scale=scale)  # (B, heads, N, d)
+    return out.transpose(2, 3).reshape(b, cv, h, w)  # (B, Cv, H, W)
+
+
+def position_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0
+) -> torch.Tensor:
+    """Explicit ``position_attention`` as mmseg's PAM / mmcv's NonLocal2d compute it (HW x HW energy)."""
+    _check_qkv("position_attention_reference", q, k, v)
+    b, _, h, w = q.shape
+    query = q.flatten(2).transpose(1, 2)  # (B, N, Cq)
+    energy = torch.bmm(query, k.flatten(2)) * scale  # (B, N, N)
+    attn = torch.softmax(energy.float(), dim=-1).to(v.dtype)  # (B, N, N)
+    out = torch.bmm(v.flatten(2), attn.transpose(1, 2))  # (B, Cv, N)
+    return out.reshape(b, v.shape[1], h, w)
+
+
+# ------------------------------------------------------------------------------------------------
+# channel attention (DANet CAM)
+
+
+def channel_attention(x: torch.Tensor) -> torch.Tensor:
+    """DANet's channel attention aggregation (no gamma, no residual).
+
+    ``energy = X X^T`` over channels (X: (C, HW)), ``attn = softmax(rowmax(energy) - energy)``,
+    ``out = attn X``. Since softmax is shift invariant per row, ``softmax(rowmax - energy)`` equals
+    ``softmax(-energy)``, which is what is computed here. The C x C energies are sums over all H*W
+    positions and large: they are computed in fp32 even under autocast (bf16 would round them by
+    several units and wreck the softmax).
+    """
+    if _EXPLICIT:
+        return channel_attention_reference(x)
+    if x.dim() != 4:
+        raise ValueError(f"channel_attention: x must be (B, C, H, W), got {tuple(x.shape)}")
+    b, c, h, w = x.shape
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xf = x.flatten(2).float()  # (B, C, N)
+        energy = torch.bmm(xf, xf.transpose(1, 2))  # (B, C, C)
+        attn = torch.softmax(-energy, dim=-1)  # (B, C, C)
+        out = torch.bmm(attn.to(dtype), x.flatten(2).to(dtype))  # (B, C, N)
+    return out.reshape(b, c, h, w)
+
+
+def channel_attention_reference(x: torch.Tensor) -> torch.Tensor:
+    """Explicit DANet CAM as mmseg writes it: ``softmax(max(energy) - energy)``."""
+    b, c, h, w = x.shape
+    query = x.flatten(2)  # (B, C, N)
+    energy = torch.bmm(query, query.transpose(1, 2))  # (B, C, C)
+    energy_new = energy.max(dim=-1, keepdim=True)[0].expand_as(energy) - energy  # (B, C, C)
+    attn = torch.softmax(energy_new.float(), dim=-1).to(x.dtype)
+    out = torch.bmm(attn, query)  # (B, C, N)
+    return out.reshape(b, c, h, w)
+
+
+# ------------------------------------------------------------------------------------------------
+# criss-cross attention (CCNet)
+
+
+def criss_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Criss-cross attention: for each pixel one softmax over the H+W-1 positions of its row and
+    column (itself counted once), applied to v. No scaling of the energies (as CCNet / mmcv).
+
+    Energies of the column part and of the row part are computed separately, O(HW(H+W)); the pixel
+    itself appears in both, so it is masked (-inf, in fp32) in the column part.
+    """
+    if _EXPLICIT:
+        return criss_cross_attention_reference(q, k, v)
+    _check_qkv("criss_cross_attention", q, k, v)
+    h = q.shape[2]
+    energy_col = torch.einsum("bchw,bciw->bhwi", q, k).float()  # (B, H, W, H): pixel vs its column
+    energy_row = torch.einsum("bchw,bchj->bhwj", q, k).float()  # (B, H, W, W): pixel vs its row
+    self_mask = torch.eye(h, dtype=torch.bool, device=q.device)[:, None, :]  # (H, 1, H) [h, ., i]
+    energy_col = energy_col.masked_fill(self_mask, float("-inf"))
+    attn = torch.softmax(torch.cat([energy_col, energy_row], dim=-1), dim=-1)  # (B, H, W, H+W)
+    attn = attn.to(v.dtype if not torch.is_autocast_enabled(v.device.type) else torch.get_autocast_dtype(v.device.type))
+    out = torch.einsum("bciw,bhwi->bchw", v, attn[..., :h])  # (B, C, H, W) column part
+    out = out + torch.einsum("bchj,bhwj->bchw", v, attn[..., h:])  # (B, C, H, W) row part
+    return out
+
+
+def criss_cross_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Criss-cross attention as mmcv's pure-PyTorch ``CrissCrossAttention`` writes it (energies with a
+    -inf diagonal added, transposed, concatenated, softmax)."""
+    _check_qkv("criss_cross_attention_reference", q, k, v)
+    h = q.shape[2]
+    neg_inf_diag = torch.diag(torch.full((h,), float("-inf"), device=q.device))  # (H, H), 0 off-diagonal
+    energy_h = torch.einsum("bchw,bciw->bwhi", q, k).float() + neg_inf_diag  # (B, W, H, H)
+    energy_h = energy_h.transpose(1, 2)  # (B, H, W, H)
+    energy_w = torch.einsum("bchw,bchj->bhwj", q, k).float()  # (B, H, W, W)
+    attn = F.softmax(torch.cat([energy_h, energy_w], dim=-1), dim=-1).to(v.dtype)  # (B, H, W, H+W)
+    out = torch.einsum("bciw,bhwi->bchw", v, attn[..., :h])
+    out = out + torch.einsum("bchj,bhwj->bchw", v, attn[..., h:])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# axial attention
+
+
+def _axis(axis: int) -> int:
+    if axis in (-1, 3):
+        return -1
+    if axis in (-2, 2):
+        return -2
+    raise ValueError(f"axial_attention: axis must be -1 (along W, within rows) or -2 (along H, within columns), got {axis}")
+
+
+def axial_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    axis: int,
+    scale: float = 1.0,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention along one spatial axis only.
+
+    ``axis=-1``: each pixel attends to the W pixels of its row; ``axis=-2``: to the H pixels of its
+    column. ``scale`` multiplies the energies; ``bias`` (optional, e.g. relative-position logits) is
+    added to them after scaling and must broadcast to (B, L_other, L, L) = (B, H, W, W) for axis -1 and
+    (B, W, H, H) for axis -2, indexed [batch, row-or-column, query, key].
+    """
+    if _EXPLICIT:
+        return axial_attention_reference(q, k, v, axis, scale, bias)
+    _check_qkv("axial_attention", q, k, v)
+    out_dtype = torch.get_autocast_dtype(v.device.type) if torch.is_autocast_enabled(v.device.type) else v.dtype
+    if _axis(axis) == -1:
+        energy = torch.einsum("bchi,bchj->bhij", q, k).float() * scale  # (B, H, W, W)
+        if bias is not None:
+            energy = energy + bias
+        attn = torch.softmax(energy, dim=-1).to(out_dtype)
+        return torch.einsum("bhij,bchj->bchi", attn, v)  # (B, C, H, W)
+    energy = torch.einsum("bciw,bcjw->bwij", q, k).float() * scale  # (B, W, H, H)
+    if bias is not None:
+        energy = energy + bias
+    attn = torch.softmax(energy, dim=-1).to(out_dtype)
+    return torch.einsum("bwij,bcjw->bciw", attn, v)  # (B, C, H, W)
+
+
+def axial_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    axis: int,
+    scale: float = 1.0,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Explicit axial attention as usually written: fold the other axis into the batch, bmm, softmax."""
+    _check_qkv("axial_attention_reference", q, k, v)
+    b, cq, h, w = q.shape
+    cv = v.shape[1]
+    if _axis(axis) == -2:  # transpose so that the attended axis is the last one
+        q, k, v = q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3)
+    _, _, other, length = q.shape
+    query = q.permute(0, 2, 3, 1).reshape(b * other, length, cq)  # (B*other, L, Cq)
+    key = k.permute(0, 2, 1, 3).reshape(b * other, cq, length)  # (B*other, Cq, L)
+    value = v.permute(0, 2, 3, 1).reshape(b * other, length, cv)  # (B*other, L, Cv)
+    energy = torch.bmm(query, key).float() * scale  # (B*other, L, L)
+    if bias is not None:
+        energy = energy + bias.expand(b, other, length, length).reshape(b * other, length, length)
+    attn = torch.softmax(energy, dim=-1).to(value.dtype)
+    out = torch.bmm(attn, value)  # (B*other, L, Cv)
+    out = out.reshape(b, other, length, cv).permute(0, 3, 1, 2)  # (B, Cv, other, L)
+    if _axis(axis) == -2:
+        out = out.transpose(2, 3)  # (B, Cv, H, W)
+    return out.contiguous()
