@@ -2,9 +2,12 @@
 
 from .backbone import TESTED_BACKBONES, TimmBackbone, create_backbone
 from .heads import HEADS, create_head
+from .checkpoint import load_seg_checkpoint, save_seg_checkpoint
+from .mmseg import convert_mmseg_checkpoint, convert_mmseg_state_dict, load_mmseg_checkpoint
 from .segmentation_model import SegmentationModel, build_model
 
 __all__ = [
     "HEADS", "TESTED_BACKBONES", "SegmentationModel", "TimmBackbone",
-    "build_model", "create_backbone", "create_head",
+    "build_model", "convert_mmseg_checkpoint", "convert_mmseg_state_dict", "create_backbone", "create_head",
+    "load_mmseg_checkpoint", "load_seg_checkpoint", "save_seg_checkpoint",
 ]

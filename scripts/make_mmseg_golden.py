@@ -1,0 +1,185 @@
+"""Generate the small mmsegmentation golden files in tests/data/mmseg/ (and R50-D8 parameter counts).
+
+NOT part of the seg package and NOT run in CI: it imports mmsegmentation 1.x / mmengine / mmcv-lite,
+which seg never depends on. Run it in a separate virtual environment, e.g.:
+
+    python -m venv --system-site-packages /tmp/mmenv
+    /tmp/mmenv/bin/pip install mmsegmentation mmengine "mmcv-lite==2.1.0" ftfy regex
+    /tmp/mmenv/bin/python scripts/make_mmseg_golden.py            # writes tests/data/mmseg/
+    /tmp/mmenv/bin/python scripts/make_mmseg_golden.py --counts   # prints R50-D8 head parameter counts
+
+(mmseg 1.2.2 refuses mmcv >= 2.2.) mmcv-lite has no compiled ops, so ``mmcv.ops`` cannot be imported;
+we register a stub ``mmcv.ops`` whose only real member is ``CrissCrossAttention``, loaded from
+mmcv's pure-PyTorch ``mmcv/ops/cc_attention.py``. Every other name is a placeholder that fails if used.
+
+For each of FCN, CCNet, DANet and Non-local it builds an mmseg ``EncoderDecoder`` that is
+architecturally the R50-D8 config (``configs/_base_/models/*_r50-d8.py``: ResNetV1c, dilations
+(1, 1, 2, 4), strides (1, 2, 1, 1), contract_dilation, decode head on stage 4, FCN aux head on
+stage 3) but tiny (Bottleneck blocks (1, 1, 2, 2), base_channels 2, stem_channels 8, head
+channels 8, aux channels 4, pam_channels 4, 3 classes). All parameters and BN statistics are randomised (including
+the zero-initialised attention gammas and the Non-local output norm) so that every branch counts.
+It saves, per head, ``<head>.pth`` = ``{'state_dict': mmseg state dict, 'meta': ...}`` (the layout
+of mmseg's published checkpoints), and ``golden.pt`` holds the shared input plus, per head, mmseg's
+``encode_decode`` logits, the aux-head logits and (DANet) the pam/cam logits in eval mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "mmseg"
+HEADS = ("fcn", "ccnet", "danet", "nonlocal")
+NUM_CLASSES = 3
+INPUT_SHAPE = (1, 3, 49, 65)  # odd sizes catch interpolation / padding bugs
+
+# Tiny R50-D8 twin. The seg side of each entry is what tests/test_mmseg_compat.py passes to
+# seg.models.load_mmseg_checkpoint: timm resnet50c with the same widths (timm stem_width is half of
+# mmseg's stem_channels: timm's deep stem ends with 2 * stem_width channels).
+TINY_BLOCKS = (1, 1, 2, 2)
+SEG_KWARGS = dict(
+    backbone="resnet50c",
+    num_classes=NUM_CLASSES,
+    backbone_kwargs=dict(layers=TINY_BLOCKS, channels=(2, 4, 8, 16), stem_width=4),
+    aux_channels=4,
+    channels=8,
+)
+SEG_HEAD_KWARGS = {"fcn": {}, "ccnet": {}, "danet": {"pam_channels": 4}, "nonlocal": {}}
+
+
+def install_mmcv_ops_stub() -> None:
+    import mmcv
+
+    class _Missing:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("compiled mmcv op stubbed out by make_mmseg_golden.py")
+
+    ops = types.ModuleType("mmcv.ops")
+    ops.__path__ = []  # a package, so submodules can be registered below it
+    def __getattr__(name: str):  # PEP 562 module __getattr__: placeholders for the compiled ops
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Missing
+
+    ops.__getattr__ = __getattr__
+    ops.__file__ = __file__
+    sys.modules["mmcv.ops"] = ops
+    mmcv.ops = ops
+    path = Path(mmcv.__file__).parent / "ops" / "cc_attention.py"
+    spec = importlib.util.spec_from_file_location("mmcv.ops.cc_attention", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mmcv.ops.cc_attention"] = module
+    spec.loader.exec_module(module)
+    ops.CrissCrossAttention = module.CrissCrossAttention
+
+
+def mmseg_cfg(head: str, num_classes: int, tiny: bool) -> dict:
+    norm_cfg = dict(type="BN", requires_grad=True)
+    if tiny:
+        backbone = dict(type="ResNetV1c", depth=26, base_channels=2, stem_channels=8)
+        in4, in3, ch, aux_ch, pam = 64, 32, 8, 4, 4
+    else:
+        backbone = dict(type="ResNetV1c", depth=50)
+        in4, in3, ch, aux_ch, pam = 2048, 1024, 512, 256, 64
+    backbone.update(num_stages=4, out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1),
+                    norm_cfg=norm_cfg, norm_eval=False, style="pytorch", contract_dilation=True)
+    common = dict(in_channels=in4, in_index=3, channels=ch, dropout_ratio=0.1, num_classes=num_classes,
+                  norm_cfg=norm_cfg, align_corners=False)
+    decode = {
+        "fcn": dict(type="FCNHead", num_convs=2, concat_input=True, **common),
+        "ccnet": dict(type="CCHead", recurrence=2, concat_input=True, **common),
+        "danet": dict(type="DAHead", pam_channels=pam, **common),
+        "nonlocal": dict(type="NLHead", reduction=2, use_scale=True, mode="embedded_gaussian",
+                         concat_input=True, **common),
+    }[head]
+    aux = dict(type="FCNHead", in_channels=in3, in_index=2, channels=aux_ch, num_convs=1, concat_input=False,
+               dropout_ratio=0.1, num_classes=num_classes, norm_cfg=norm_cfg, align_corners=False)
+    return dict(type="EncoderDecoder", backbone=backbone, decode_head=decode, auxiliary_head=aux,
+                train_cfg=dict(), test_cfg=dict(mode="whole"))
+
+
+def build(cfg: dict):
+    from mmseg.registry import MODELS
+
+    return MODELS.build(cfg)
+
+
+@torch.no_grad()
+def randomise(model: torch.nn.Module, gen: torch.Generator) -> None:
+    """Random weights AND statistics, so zero-initialised branches (gammas, NL norm) are exercised."""
+    for name, t in model.state_dict().items():
+        if not t.is_floating_point():
+            continue
+        if name.endswith("running_var"):
+            t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+        elif name.endswith("running_mean"):
+            t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
+        elif t.ndim == 1 and ("bn" in name or ".stem." in name or "gamma" in name):
+            # BN weight/bias, Scale gammas: weight-like in [0.5, 1.5), bias-like small.
+            t.copy_(torch.rand(t.shape, generator=gen) + 0.5 if name.endswith(("weight", "scale"))
+                    else torch.randn(t.shape, generator=gen) * 0.1)
+        else:
+            fan_in = t[0].numel() if t.ndim > 1 else 1
+            t.copy_(torch.randn(t.shape, generator=gen) * (1.0 / fan_in) ** 0.5)
+
+
+def make_golden() -> None:
+    from mmseg.models.backbones.resnet import Bottleneck, ResNet
+
+    ResNet.arch_settings[26] = (Bottleneck, TINY_BLOCKS)  # a tiny Bottleneck ResNet, not an mmseg depth
+    OUT.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(INPUT_SHAPE, generator=gen)
+    golden: dict = {"input": x, "seg_kwargs": SEG_KWARGS, "heads": {}}
+    metas = [dict(img_shape=tuple(x.shape[-2:]), ori_shape=tuple(x.shape[-2:]), pad_shape=tuple(x.shape[-2:]))]
+    for head in HEADS:
+        model = build(mmseg_cfg(head, NUM_CLASSES, tiny=True))
+        randomise(model, gen)
+        model.eval()
+        with torch.no_grad():
+            logits = model.encode_decode(x, metas)
+            feats = model.extract_feat(x)
+            aux = model.auxiliary_head(feats)
+            extra = {}
+            if head == "danet":
+                _, pam, cam = model.decode_head(feats)
+                extra = {"pam": pam, "cam": cam}
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        torch.save({"state_dict": state, "meta": {"generator": "scripts/make_mmseg_golden.py",
+                                                  "mmseg_cfg": mmseg_cfg(head, NUM_CLASSES, tiny=True)}},
+                   OUT / f"{head}.pth")
+        golden["heads"][head] = {"logits": logits, "aux": aux, "head_kwargs": SEG_HEAD_KWARGS[head], **extra}
+        print(f"{head}: logits {tuple(logits.shape)} |max| {logits.abs().max():.3f}, "
+              f"{sum(v.numel() for v in state.values())} state values")
+    torch.save(golden, OUT / "golden.pt")
+    total = sum(p.stat().st_size for p in OUT.iterdir())
+    print(f"wrote {OUT} ({total / 1024:.0f} KiB)")
+
+
+def print_counts(num_classes: int = 19) -> None:
+    """Parameter counts of the real R50-D8 models (copied into tests/test_mmseg_compat.py)."""
+    for head in HEADS:
+        model = build(mmseg_cfg(head, num_classes, tiny=False))
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        print(f"{head}: decode_head {count(model.decode_head)}, auxiliary_head {count(model.auxiliary_head)}, "
+              f"backbone {count(model.backbone)}, total {count(model)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--counts", action="store_true", help="print R50-D8 parameter counts instead")
+    args = parser.parse_args()
+    install_mmcv_ops_stub()
+    from mmseg.utils import register_all_modules
+
+    register_all_modules()
+    print_counts() if args.counts else make_golden()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Convert foreign checkpoints into seg checkpoints.
+
+    python -m seg.convert mmseg ccnet_r101-d8_cityscapes.pth ccnet_r101.ckpt \\
+        --head ccnet --backbone resnet101c --num-classes 19
+
+reads an mmsegmentation FCN / CCNet / DANet / Non-local checkpoint (ResNetV1c = timm ``resnet50c`` /
+``resnet101c``), checks that every key fits (a mismatch lists the keys), and writes
+``{'state_dict': {'model.<key>': ...}, 'seg_model': build_model arguments}`` (see docs/design.md),
+which the training / evaluation commands accept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from seg.models import HEADS
+from seg.models.mmseg import convert_mmseg_checkpoint
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({err})") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m seg.convert", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="source", required=True)
+    mm = sub.add_parser("mmseg", help="mmsegmentation FCN / CCNet / DANet / Non-local checkpoint")
+    mm.add_argument("src", help="mmseg checkpoint (.pth)")
+    mm.add_argument("dst", help="seg checkpoint to write (.ckpt)")
+    mm.add_argument("--head", required=True, choices=sorted(HEADS))
+    mm.add_argument("--backbone", required=True, help="timm name: resnet50c / resnet101c for mmseg ResNetV1c")
+    mm.add_argument("--num-classes", type=int, required=True, help="19 Cityscapes, 150 ADE20K")
+    mm.add_argument("--output-stride", type=int, default=8, choices=[8, 16], help="8 for *-d8 configs")
+    mm.add_argument("--channels", type=int, default=None, help="decode head width (default: the head's, 512)")
+    mm.add_argument("--aux-channels", type=int, default=256, help="auxiliary head width")
+    mm.add_argument("--aux", action=argparse.BooleanOptionalAction, default=None,
+                    help="keep the auxiliary head (default: when the checkpoint has one)")
+    mm.add_argument("--backbone-kwargs", type=_json_dict, default=None, help="extra timm kwargs, JSON")
+    mm.add_argument("--head-kwargs", type=_json_dict, default={}, help="extra head kwargs, JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    head_kwargs = dict(args.head_kwargs)
+    if args.channels is not None:
+        head_kwargs["channels"] = args.channels
+    try:
+        out = convert_mmseg_checkpoint(
+            args.src, args.dst, head=args.head, backbone=args.backbone, num_classes=args.num_classes,
+            aux=args.aux, output_stride=args.output_stride, backbone_kwargs=args.backbone_kwargs,
+            aux_channels=args.aux_channels, **head_kwargs,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Load mmsegmentation 1.x (and 0.x) checkpoints of FCN / CCNet / DANet / Non-local into seg models.
+
+Our heads keep mmseg's module names (``convs``, ``conv_cat``, ``conv_seg``, ``cca``, ``pam_in_conv``
+...), and timm ``resnet50c`` / ``resnet101c`` are mmseg's ``ResNetV1c`` with the same block names, so
+the mapping is a short list of renames (``MMSEG_RENAMES``):
+
+==========================================  ==========================================
+mmseg                                       seg
+==========================================  ==========================================
+``backbone.stem.{0,1,3,4,6}.``              ``backbone.body.conv1.{0,1,3,4,6}.`` (deep stem;
+``backbone.stem.7.``                        ``backbone.body.bn1.`` timm's stem_width = stem_channels / 2)
+``backbone.<rest>``                         ``backbone.body.<rest>`` (layer1..4, conv1/bn1)
+``decode_head.`` / ``auxiliary_head.``      ``head.`` / ``aux_head.``
+``*.gamma.scale`` (mmcv ``Scale``, 0-d)     ``*.gamma`` (shape (1,))
+``pam.{query,key,value}_project.``          ``pam.{query,key,value}_conv.``
+``nl_block.{g,theta,phi}.conv.``            ``nl_block.{g,theta,phi}.``
+``nl_block.conv_out.conv.`` / ``.bn.``      ``nl_block.conv_out.`` / ``nl_block.norm.``
+==========================================  ==========================================
+
+mmseg's ``EncoderDecoder.encode_decode`` = backbone -> decode head -> bilinear resize
+(align_corners=False) to the input size, which is ``SegmentationModel.forward(x)['out']`` in eval
+mode; tests/test_mmseg_compat.py checks the logits against mmseg-generated golden tensors.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .segmentation_model import SegmentationModel, build_model
+
+__all__ = [
+    "MMSEG_RENAMES", "convert_mmseg_checkpoint", "convert_mmseg_state_dict", "load_converted_state_dict",
+    "load_mmseg_checkpoint", "read_mmseg_state_dict",
+]
+
+# (regex, replacement) applied in order to every mmseg key.
+MMSEG_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^backbone\.stem\.7\.", "backbone.bn1."),
+    (r"^backbone\.stem\.([0-6])\.", r"backbone.conv1.\1."),
+    (r"^backbone\.", "backbone.body."),
+    (r"^decode_head\.", "head."),
+    (r"^auxiliary_head\.", "aux_head."),
+    (r"\.gamma\.scale$", ".gamma"),
+    (r"\.pam\.(query|key|value)_project\.", r".pam.\1_conv."),
+    (r"\.nl_block\.(g|theta|phi)\.conv\.", r".nl_block.\1."),
+    (r"\.nl_block\.conv_out\.conv\.", ".nl_block.conv_out."),
+    (r"\.nl_block\.conv_out\.bn\.", ".nl_block.norm."),
+)
+
+
+def convert_mmseg_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename mmseg ``EncoderDecoder`` keys to ``SegmentationModel`` keys (see the module table)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        new = key.removeprefix("module.")
+        for pattern, repl in MMSEG_RENAMES:
+            new = re.sub(pattern, repl, new)
+        if key.endswith(".gamma.scale") and value.ndim == 0:
+            value = value.reshape(1)  # mmcv Scale holds a 0-d parameter, our gammas are (1,)
+        out[new] = value
+    return out
+
+
+class _LenientUnpickler(pickle.Unpickler):
+    """Unpickles checkpoint metadata whose classes (mmengine, numpy...) are not importable here."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return type(name, (), {"__setstate__": lambda self, state: None, "__init__": lambda self, *a, **k: None})
+
+
+class _LenientPickle:
+    Unpickler = _LenientUnpickler
+    load = pickle.load
+    __name__ = "lenient_pickle"
+
+
+def read_mmseg_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of an mmseg checkpoint file (or a bare state dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mmseg checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # mmseg 1.x checkpoints pickle mmengine objects in 'meta' / 'message_hub'. Only trusted files!
+        warnings.warn(f"{path}: not loadable with weights_only=True; unpickling it fully (only do this for "
+                      "checkpoints you trust, e.g. OpenMMLab's published ones)", stacklevel=2)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LenientPickle)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not look like an mmseg checkpoint (expected a dict with 'state_dict')")
+    return state
+
+
+def load_mmseg_checkpoint(
+    path: str | Path,
+    head: str,
+    backbone: str,
+    num_classes: int,
+    aux: bool | None = None,
+    **kwargs: Any,
+) -> SegmentationModel:
+    """Build ``build_model(backbone, head, num_classes, **kwargs)`` and load an mmseg checkpoint into it.
+
+    Args:
+        path: mmseg checkpoint (``{'state_dict': ...}`` as published by OpenMMLab, or a bare state dict).
+        head: ``'fcn'``, ``'ccnet'``, ``'danet'`` or ``'nonlocal'`` (mmseg FCNHead/CCHead/DAHead/NLHead).
+        backbone: timm name of the mmseg backbone: ``'resnet50c'`` / ``'resnet101c'`` for ResNetV1c
+            (the ``*_r50-d8`` / ``*_r101-d8`` configs), ``'resnet50d'`` for ResNetV1d ...
+        num_classes: classes of the checkpoint (19 for Cityscapes, 150 for ADE20K).
+        aux: build the auxiliary head; ``None`` = exactly when the checkpoint has ``auxiliary_head`` keys.
+        **kwargs: further ``build_model`` arguments (``output_stride`` (8 for D8), ``backbone_kwargs``,
+            ``aux_channels``, head kwargs such as ``channels``).
+
+    Returns:
+        The model in eval mode; ``model(x)['out']`` equals mmseg's ``encode_decode(x)``
+        (for DANet: its fused ``pam_cam`` output, which is what mmseg predicts with).
+
+    Raises:
+        ValueError: listing missing / unexpected keys or shape mismatches after renaming.
+    """
+    state = convert_mmseg_state_dict(read_mmseg_state_dict(path))
+    if aux is None:
+        aux = any(k.startswith("aux_head.") for k in state)
+    model = build_model(backbone, head, num_classes, aux=aux, weights=None, **kwargs)
+    load_converted_state_dict(model, state, source=str(path))
+    return model.eval()
+
+
+def convert_mmseg_checkpoint(
+    src: str | Path,
+    dst: str | Path,
+    head: str,
+    backbone: str,
+    num_classes: int,
+    aux: bool | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Load an mmseg checkpoint (see :func:`load_mmseg_checkpoint`) and write it as a seg checkpoint."""
+    from .checkpoint import save_seg_checkpoint
+
+    model = load_mmseg_checkpoint(src, head, backbone, num_classes, aux=aux, **kwargs)
+    return save_seg_checkpoint(model, dst, extra={"converted_from": str(src)})
+
+
+def load_converted_state_dict(model: SegmentationModel, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load with an error that lists every missing / unexpected / mis-shaped key."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        args = model.build_args
+        lines = [f"{source} does not fit build_model({', '.join(f'{k}={v!r}' for k, v in args.items())}):"]
+        if missing:
+            lines.append(f"  {len(missing)} missing keys (in the model, not in the checkpoint): {missing}")
+        if unexpected:
+            lines.append(f"  {len(unexpected)} unexpected keys (in the checkpoint, not in the model): {unexpected}")
+        if wrong:
+            lines.append(f"  {len(wrong)} shape mismatches: {wrong}")
+        lines.append("  Check --head, --backbone (resnet50c/resnet101c for mmseg ResNetV1c), --num-classes, "
+                     "the head width (channels) and whether the checkpoint has an auxiliary head.")
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
