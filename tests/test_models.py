@@ -160,3 +160,20 @@ def test_fcn_with_every_attention_block(attention):
     assert all(p.grad is not None for p in model.head.attention.parameters())
     with pytest.raises(ValueError, match="valid keys"):
         tiny_model("fcn", attention="nope")
+
+
+def test_any_timm_features_model_with_output_stride():
+    """Not only ResNets: a ConvNeXt with dilated last stages, under the FCN head."""
+    model = build_model("convnext_atto", "fcn", NUM_CLASSES, output_stride=16, aux=True, channels=16, aux_channels=8)
+    assert model.backbone.reductions == [16, 16]
+    outs = model.train()(torch.randn(1, 3, H, W))
+    assert {k: tuple(v.shape) for k, v in outs.items()} == {k: (1, NUM_CLASSES, H, W) for k in ("out", "aux")}
+
+
+def test_axial_head_kwargs_reach_the_block():
+    model = tiny_model("axial", recurrence=2, heads=2, positional=True, max_size=16)
+    assert model.head.recurrence == 2 and model.head.axial.positional
+    outs = model.train()(torch.randn(1, 3, H, W))
+    assert outs["out"].shape == (1, NUM_CLASSES, H, W)
+    with pytest.raises(TypeError):  # typos are not swallowed by **kwargs
+        tiny_model("ccnet", recurence=3)
