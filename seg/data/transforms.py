@@ -15,13 +15,16 @@ reseeds everything (see `SegDataModule` worker_init_fn).
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
-import albumentations as A
-import cv2
-import numpy as np
+os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # no PyPI version check at import (offline machines)
 
-from .base import IGNORE_INDEX
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .base import IGNORE_INDEX  # noqa: E402
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
