@@ -123,3 +123,91 @@ def main(args: Any = None) -> SegCLI:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def find_run_config(ckpt: str | os.PathLike) -> Optional[Path]:
+    """``<run_dir>/config.yaml`` for a checkpoint at ``<run_dir>/checkpoints/*.ckpt``, if it exists."""
+    p = Path(ckpt).resolve()
+    for cand in (p.parent / "config.yaml", p.parent.parent / "config.yaml"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def load_seg_weights(module: SegmentationModule, ckpt: str | os.PathLike) -> None:
+    """Strictly loads a seg checkpoint (or ``seg.convert`` output) into ``module.model``."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = state.get("state_dict", state)
+    model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    if not model_state:
+        raise ValueError(f"{path}: no 'model.*' weights (not a seg checkpoint; convert mmseg ones with seg.convert)")
+    try:
+        module.model.load_state_dict(model_state, strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(f"{path} does not fit the configured model (check --config / --model.* against the "
+                           f"checkpoint's run config):\n{e}") from None
+
+
+class SegToolCLI(SegCLI):
+    """The train.py parser (same config files and dotted overrides) for ``seg.evaluate`` / ``seg.predict``:
+    adds ``--ckpt``, the inference options and the tool's own arguments; builds a Trainer without loggers or
+    training callbacks. Without ``--config``, the ``config.yaml`` of the checkpoint's run dir is used."""
+
+    def __init__(self, args: Optional[list[str]] = None, **kwargs: Any) -> None:
+        args = list(sys.argv[1:] if args is None else args)
+        if not any(a in ("-c", "--config") or a.startswith("--config=") for a in args):
+            ckpt = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--ckpt"), None)
+            ckpt = ckpt or next((a.split("=", 1)[1] for a in args if a.startswith("--ckpt=")), None)
+            cfg = find_run_config(ckpt) if ckpt else None
+            if cfg is not None:
+                args = ["--config", str(cfg)] + args
+        kwargs.setdefault("save_config_callback", None)
+        super().__init__(args=args, **kwargs)
+
+    def add_tool_arguments(self, parser: LightningArgumentParser) -> None:
+        """Hook for the tool's own arguments."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--ckpt", type=str, required=True, help="seg checkpoint (or seg.convert output)")
+        parser.add_argument("--mode", type=Optional[Literal["whole", "slide"]], default=None,
+                            help="inference mode (default: model.eval_mode)")
+        parser.add_argument("--scales", type=Optional[list[float]], default=None,
+                            help="test-time scales, e.g. [0.5,0.75,1.0,1.25,1.5,1.75]")
+        parser.add_argument("--flip", type=bool, default=False, help="add horizontal flips")
+        parser.add_argument("--crop_size", type=Optional[tuple[int, int]], default=None, help="slide crop (H, W)")
+        parser.add_argument("--stride", type=Optional[tuple[int, int]], default=None, help="slide stride (H, W)")
+        self.add_tool_arguments(parser)
+
+    def before_instantiate_classes(self) -> None:
+        super().before_instantiate_classes()
+        cfg = self.config
+        model = cfg.model
+        model.init_from = None  # the checkpoint provides every weight
+        model.weights = None
+        if cfg.mode is not None:
+            model.eval_mode = cfg.mode
+        if cfg.scales is not None:
+            model.eval_scales = tuple(cfg.scales)
+        if cfg.flip:
+            model.eval_flip = True
+        if cfg.crop_size is not None:
+            model.eval_crop_size = tuple(cfg.crop_size)
+        if cfg.stride is not None:
+            model.eval_stride = tuple(cfg.stride)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        tcfg = self.config_init.trainer
+        callbacks = []
+        if tcfg.enable_progress_bar is not False:
+            callbacks.append(RichProgressBar(leave=True))
+        kwargs.update(callbacks=callbacks, logger=False, enable_checkpointing=False)
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        return self._instantiate_trainer(trainer_config, [])  # no checkpoint section callback
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        load_seg_weights(self.model, self.config.ckpt)

@@ -8,6 +8,7 @@ is the *seg checkpoint* layout of docs/design.md.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -20,6 +21,9 @@ from .inference import predict_probs
 from .losses import SegLoss
 from .metrics import SegMetrics
 from .scheduler import PolyLR
+
+# val/test metrics are computed from the rank-summed confusion matrix, so they are already equal on every rank.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
 def load_matching_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
@@ -147,6 +151,7 @@ class SegmentationModule(L.LightningModule):
         self.test_metrics = SegMetrics(num_classes, ignore_index)
         self.class_names: list[str] = [f"class_{i}" for i in range(num_classes)]
         self.last_metrics: dict[str, dict[str, Any]] = {}  # stage -> python floats, for callbacks/commands
+        self._eval_images = 0
 
     # -- forward ------------------------------------------------------------------------------------------
     def _prep(self, images: Tensor) -> Tensor:
@@ -193,6 +198,7 @@ class SegmentationModule(L.LightningModule):
     def _eval_step(self, batch: dict[str, Any], metrics: SegMetrics) -> Tensor:
         preds = self.predict_probs(batch["image"]).argmax(dim=1)  # (B, H, W)
         metrics.update(preds, batch["mask"])
+        self._eval_images += preds.shape[0]
         return preds
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
@@ -204,11 +210,14 @@ class SegmentationModule(L.LightningModule):
     def _log_metrics(self, stage: str, metrics: SegMetrics) -> None:
         res = metrics.compute()  # summed over all ranks
         metrics.reset()
+        images = torch.tensor(float(self._eval_images), device=self.device)
+        self._eval_images = 0
+        images = int(self.trainer.strategy.reduce(images, reduce_op="sum").item())
         iou, acc = res["IoU"].tolist(), res["Acc"].tolist()
         summary = {
             "mIoU": float(res["mIoU"]), "aAcc": float(res["aAcc"]), "mAcc": float(res["mAcc"]),
             "per_class_IoU": dict(zip(self.class_names, iou)), "per_class_Acc": dict(zip(self.class_names, acc)),
-            "step": int(self.global_step),
+            "step": int(self.global_step), "num_images": images,
         }
         if self.trainer.sanity_checking:
             return
