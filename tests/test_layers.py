@@ -118,6 +118,20 @@ def test_torch_compile(key):
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("key,kwargs", VARIANTS, ids=IDS)
+def test_cuda_bf16_autocast_train_step(key, kwargs):
+    block = build(key, kwargs).cuda().train()
+    perturb_zero_params(block)
+    x = torch.randn(2, C, 13, 7, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = run(key, block, x)
+    out.float().square().mean().backward()
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
+
+
 # ------------------------------------------------------------------------------------------------
 # registry
 
