@@ -77,6 +77,27 @@ class SegCheckpoint(ModelCheckpoint):
                          save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
                          every_n_train_steps=every_n_train_steps)
 
+        self._last_written_step = -1
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_written_step = trainer.global_step
+
+    def _ensure_last(self, trainer: L.Trainer) -> None:
+        # Lightning >= 2.5 writes last.ckpt only when a top-k checkpoint was written at the same step; a resume
+        # point must follow every validation (and the end of training) whether or not the metric improved.
+        if (self.save_last and not trainer.fast_dev_run and trainer.state.fn == "fit" and not trainer.sanity_checking
+                and self._last_written_step != trainer.global_step):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._ensure_last(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._ensure_last(trainer)
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         strategy = trainer.strategy

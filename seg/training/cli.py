@@ -51,9 +51,8 @@ class SegSaveConfig(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         run_dir = Path(trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, str(run_dir / "config.yaml"), skip_none=False, overwrite=True,
-                         multifile=False)
-        config = self.parser.dump(self.config, skip_none=False, format="json")
+        self.parser.save(self.config, str(run_dir / "config.yaml"), overwrite=True, multifile=False)
+        config = self.parser.dump(self.config, format="json")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 import json

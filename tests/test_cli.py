@@ -1,0 +1,209 @@
+"""train.py / SegCLI end to end on CPU: quickstart fast_dev_run, a short real run with checkpoints, exact
+resume, W&B offline, fine-tuning with another class count, and 2-process CPU DDP (subprocesses: DDP
+re-executes sys.argv). A tiny ResNet-18 on 48x48 synthetic scenes keeps every run to seconds.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from seg.data.synthetic import write_demo
+from seg.training.cli import SegCLI, main
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_BACKBONE = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "zero_init_last": False}
+
+
+def tiny_config(path: Path, data_root: Path, run_dir: Path, **trainer) -> Path:
+    """A train.py config: tiny backbone, 48x48 scenes, CPU, a few steps."""
+    cfg = {
+        "seed_everything": 0,
+        "model": {"backbone": "resnet18", "backbone_kwargs": TINY_BACKBONE, "head": "fcn",
+                  "head_kwargs": {"channels": 16}, "weights": None, "channels_last": False, "lr": 0.02},
+        "data": {"dataset": "folder", "root": str(data_root), "batch_size": 4, "val_batch_size": 2,
+                 "num_workers": 0, "crop_size": [32, 32]},
+        "trainer": {"default_root_dir": str(run_dir), "accelerator": "cpu", "devices": 1, "max_steps": 6,
+                    "max_epochs": -1, "val_check_interval": 3, "check_val_every_n_epoch": None,
+                    "log_every_n_steps": 1, "num_sanity_val_steps": 0, "enable_progress_bar": False,
+                    "enable_model_summary": False, **trainer},
+        "wandb": "off",
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """12 train / 7 val (odd, for DDP) demo scenes of 48x48, 5 classes."""
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    write_demo(root, splits={"train": 12, "val": 7}, size=48)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_data, tmp_path_factory) -> Path:
+    """A finished 6-step run (validated at steps 3 and 6); its run dir."""
+    tmp = tmp_path_factory.mktemp("trained")
+    config = tiny_config(tmp / "cfg.yaml", tiny_data, tmp / "run")
+    main(["--config", str(config)])
+    return tmp / "run"
+
+
+def run_cmd(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def model_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_quickstart_fast_dev_run(tmp_path):
+    """configs/quickstart.yaml as shipped (its model and recipe), one train and one val batch."""
+    cli = main(["--config", str(ROOT / "configs/quickstart.yaml"), "--trainer.fast_dev_run=true",
+                f"--data.root={tmp_path / 'demo'}", "--data.num_workers=0", "--wandb=off",
+                f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.enable_progress_bar=false"])
+    assert cli.trainer.state.finished
+    assert cli.trainer.global_step == 1
+    assert cli.model.hparams.num_classes == 5  # linked from the data
+    assert cli.model.class_names == ["sand", "grass", "concrete", "lake", "pool"]
+
+
+def test_short_run_checkpoints_metrics_and_poly_lr(trained_run):
+    ckpts = trained_run / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temp files left
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 6
+    assert any(k.startswith("model.backbone.") for k in last["state_dict"])  # seg checkpoint layout
+    assert (trained_run / "config.yaml").is_file()
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["global_step"] == 6 and 0.0 <= summary["last"]["mIoU"] <= 1.0
+    assert set(summary["last"]["per_class_IoU"]) == {"sand", "grass", "concrete", "lake", "pool"}
+    assert summary["best"]["mIoU"] >= summary["last"]["mIoU"]
+    # per-step CSV: losses and the poly LR, (0.02 - 1e-4) * (1 - t/6)^0.9 + 1e-4 at step t
+    rows = list(csv.DictReader(open(glob.glob(str(trained_run / "csv/version_*/metrics.csv"))[0])))
+    lrs = {int(r["step"]): float(r["train/lr"]) for r in rows if r.get("train/lr")}
+    assert sorted(lrs) == list(range(6))
+    for t, lr in lrs.items():
+        assert lr == pytest.approx((0.02 - 1e-4) * (1 - t / 6) ** 0.9 + 1e-4, rel=1e-6)
+    assert all(float(r["train/loss_aux"]) > 0 for r in rows if r.get("train/loss_aux"))
+    val = [r for r in rows if r.get("val/mIoU")]
+    assert [int(r["step"]) for r in val] == [2, 5]  # validations after steps 3 and 6 (0-based log step)
+    assert float(val[-1]["val/mIoU"]) == pytest.approx(summary["last"]["mIoU"])
+
+
+def test_resume_is_exact(tiny_data, tmp_path):
+    """8 steps straight == 4 steps + `--ckpt_path last` + 4 steps: same weights, optimizer state, LR, step and
+    val mIoU. The resume point is mid-epoch (3 batches/epoch) and the head has dropout; the straight run
+    uses 2 workers, the resumed one none (augmentations are seeded per sample)."""
+    common = ["--model.max_iters=8", "--trainer.val_check_interval=4"]
+    a = tiny_config(tmp_path / "a.yaml", tiny_data, tmp_path / "a", max_steps=8)
+    main(["--config", str(a), *common, "--data.num_workers=2"])
+    b = tiny_config(tmp_path / "b.yaml", tiny_data, tmp_path / "b", max_steps=4)
+    main(["--config", str(b), *common])
+    cli = main(["--config", str(b), *common, "--trainer.max_steps=8", "--ckpt_path=last"])
+    assert cli.trainer.global_step == 8
+    ca = torch.load(tmp_path / "a/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    cb = torch.load(tmp_path / "b/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ca["global_step"] == cb["global_step"] == 8
+    for k, v in ca["state_dict"].items():
+        assert torch.equal(v, cb["state_dict"][k]), k
+    for sa, sb in zip(ca["optimizer_states"][0]["state"].values(), cb["optimizer_states"][0]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert ca["lr_schedulers"][0]["last_epoch"] == cb["lr_schedulers"][0]["last_epoch"] == 8
+    sa = json.loads((tmp_path / "a/summary.json").read_text())["last"]
+    sb = json.loads((tmp_path / "b/summary.json").read_text())["last"]
+    assert sa["mIoU"] == sb["mIoU"]
+
+
+def test_wandb_offline(tiny_data, tmp_path, monkeypatch):
+    wb = tmp_path / "wandb_home"
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(wb / var.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=2, val_check_interval=2)
+    import wandb
+
+    try:
+        main(["--config", str(cfg), "--wandb=auto"])
+    finally:
+        wandb.finish()
+    runs = glob.glob(str(tmp_path / "run/wandb/offline-run-*"))
+    assert len(runs) == 1, os.listdir(tmp_path / "run")
+    data = glob.glob(os.path.join(runs[0], "run-*.wandb"))
+    assert data and os.path.getsize(data[0]) > 0
+    blob = open(data[0], "rb").read()
+    for key in (b"val/mIoU", b"train/loss", b"train/lr", b"val/per_class", b"val/examples"):
+        assert key in blob, key
+
+
+def test_finetune_init_from_other_class_count(trained_run, tmp_path):
+    """init_from a 5-class run onto 3-class data: backbone/head convs load, the classifiers re-initialise."""
+    root = tmp_path / "three"
+    write_demo(root, splits={"train": 8, "val": 3}, size=48)
+    meta = json.loads((root / "classes.json").read_text())
+    meta.update(classes=["sand", "grass", "concrete"], palette=meta["palette"][:3])
+    (root / "classes.json").write_text(json.dumps(meta))
+    for m in (root / "train/masks").glob("*.png"):  # fold lake/pool (3, 4) into concrete: 3 classes
+        import cv2
+
+        mask = cv2.imread(str(m), cv2.IMREAD_UNCHANGED)
+        mask[mask >= 3] = 2
+        cv2.imwrite(str(m), mask)
+    for m in (root / "val/masks").glob("*.png"):
+        import cv2
+
+        mask = cv2.imread(str(m), cv2.IMREAD_UNCHANGED)
+        mask[mask >= 3] = 2
+        cv2.imwrite(str(m), mask)
+    src = trained_run / "checkpoints/last.ckpt"
+    cfg = tiny_config(tmp_path / "cfg.yaml", root, tmp_path / "run", max_steps=2, val_check_interval=2)
+    cli = SegCLI(args=["--config", str(cfg), f"--model.init_from={src}", "--model.freeze_backbone=true"])
+    module = cli.model
+    assert module.hparams.num_classes == 3
+    report = module.init_report
+    mismatched = {s.split()[0] for s in report["shape_mismatch"]}
+    assert mismatched and all(k.endswith(("weight", "bias")) for k in mismatched)
+    assert any("cls" in k or "classifier" in k for k in mismatched), mismatched
+    assert len(report["loaded"]) > 20 and not report["missing"]
+    old = model_state(src)
+    new = module.model.state_dict()
+    for k in report["loaded"]:
+        assert torch.equal(new[k], old["model." + k]), k
+    before = {k: v.clone() for k, v in module.model.backbone.state_dict().items()}
+    cli.trainer.fit(module, datamodule=cli.datamodule)
+    after = module.model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # frozen: weights and BN stats unchanged
+    assert json.loads((tmp_path / "run/summary.json").read_text())["num_classes"] == 3
+
+
+def test_ddp_two_cpu_processes_match_single_process(tiny_data, tmp_path):
+    """train.py with 2 gloo processes; its validation mIoU (7 images: 4 + 3 per rank) must equal a
+    single-process evaluation of the same weights, and a 2-process seg.evaluate too."""
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=2, val_check_interval=2)
+    run_cmd(["train.py", "--config", str(cfg), "--trainer.devices=2", "--trainer.strategy=ddp"])
+    ddp_val = json.loads((tmp_path / "run/summary.json").read_text())["last"]
+    ckpt = tmp_path / "run/checkpoints/last.ckpt"
+    run_cmd(["-m", "seg.evaluate", "--config", str(cfg), "--ckpt", str(ckpt), "--output", str(tmp_path / "one.json")])
+    run_cmd(["-m", "seg.evaluate", "--config", str(cfg), "--ckpt", str(ckpt), "--output", str(tmp_path / "two.json"),
+             "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu"])
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert one["num_images"] == two["num_images"] == ddp_val["num_images"] == 7
+    assert two["world_size"] == 2
+    for key in ("mIoU", "aAcc", "mAcc"):
+        assert one[key] == two[key] == ddp_val[key], key
+    assert one["per_class_IoU"] == two["per_class_IoU"]
