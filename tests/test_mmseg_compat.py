@@ -159,3 +159,16 @@ def test_r50_d8_aux_head_and_backbone_parameter_counts_match_mmseg():
     assert count(model.aux_head) == MMSEG_R50_D8_AUX_HEAD
     assert count(model.backbone) == MMSEG_R50_V1C_BACKBONE
     assert count(model.head) == MMSEG_R50_D8_DECODE_HEAD["fcn"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("head", MM_HEADS)
+def test_logits_equal_mmseg_on_cuda(head, golden, monkeypatch):
+    """The CUDA paths of seg.layers (fused attention) against the CPU mmseg golden, TF32 off."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    model = load(head, golden).cuda()
+    with torch.no_grad():
+        out = model(golden["input"].cuda())["out"].cpu()
+    assert rel_err(out, golden["heads"][head]["logits"]) <= RTOL
