@@ -2,6 +2,8 @@
 (shape, gradients, finiteness, bf16 autocast, torch.compile) without new test code."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -247,3 +249,35 @@ def test_fusion_blocks_reject_mismatched_inputs():
     for key in FUSION:
         with pytest.raises(ValueError, match="same shape"):
             create_attention(key, C)(torch.randn(1, C, 4, 4), torch.randn(1, C, 4, 3))
+
+
+# ------------------------------------------------------------------------------------------------
+# numerical match with mmsegmentation / mmcv, given the same weights (golden tensors written by
+# tests/data/make_mm_layers_golden.py with the real mmseg 1.2.2 / mmcv 2.2.0 modules)
+
+GOLDEN = Path(__file__).parent / "data" / "mm_layers_golden.pt"
+
+
+def mm_to_seg_key(block: str, key: str) -> str:
+    """mmseg/mmcv parameter names -> seg.layers names (what the checkpoint conversion does)."""
+    key = key.replace("gamma.scale", "gamma")  # mmcv Scale module -> nn.Parameter
+    if block == "pam":
+        return key.replace("key_project", "key_conv").replace("query_project", "query_conv").replace(
+            "value_project", "value_conv")
+    if block.startswith("nonlocal"):  # ConvModules: g.conv -> g, conv_out.bn -> norm
+        return key.replace(".conv.", ".").replace("conv_out.bn.", "norm.")
+    return key
+
+
+@pytest.mark.parametrize("case", ["pam", "cam", "criss_cross", "nonlocal", "nonlocal_noscale", "nonlocal_dot_nonorm"])
+def test_matches_mmseg_mmcv_given_same_weights(case):
+    golden = torch.load(GOLDEN, weights_only=True)[case]
+    block = create_attention(case.split("_")[0] if case.startswith("nonlocal") else case, C, **golden["kwargs"]).eval()
+    # mmcv's Scale holds a 0-d tensor; seg's gamma is shape (1,)
+    state = {mm_to_seg_key(case, k): v.reshape(1) if k.endswith("gamma.scale") else v
+             for k, v in golden["state_dict"].items()}
+    block.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        out = block(golden["x"])
+    assert not torch.allclose(golden["out"], golden["x"], atol=1e-3)  # the attention term is not negligible
+    torch.testing.assert_close(out, golden["out"], rtol=1e-5, atol=1e-5)

@@ -80,6 +80,17 @@ def _check_qkv(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
         )
 
 
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls run in: autocast's when it is on, else the promoted input dtype."""
+    device_type = tensors[0].device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
 # ------------------------------------------------------------------------------------------------
 # position attention (DANet PAM, Non-local embedded Gaussian)
 
@@ -161,9 +172,7 @@ def position_attention_chunked(
         chunk_size = auto_chunk_size(b, n)
     if chunk_size < 1:
         raise ValueError(f"position_attention: chunk_size must be >= 1, got {chunk_size}")
-    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    if torch.is_autocast_enabled(q.device.type):
-        dtype = torch.get_autocast_dtype(q.device.type)
+    dtype = _compute_dtype(q, k, v)
     q_flat = (q.flatten(2).transpose(1, 2) * scale).to(dtype)  # (B, N, Cq), scale folded into q
     k_flat = k.flatten(2).to(dtype)  # (B, Cq, N)
     v_flat = v.flatten(2).to(dtype)  # (B, Cv, N)
@@ -202,9 +211,7 @@ def position_attention_sdpa(
     b, cq, h, w = q.shape
     cv = v.shape[1]
     n = h * w
-    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    if torch.is_autocast_enabled(q.device.type):
-        dtype = torch.get_autocast_dtype(q.device.type)
+    dtype = _compute_dtype(q, k, v)
     if head_dim is None:
         half = dtype in (torch.float16, torch.bfloat16)
         head_dim = cq if (half and cq <= 256 and cv % cq == 0) else cv
@@ -251,7 +258,7 @@ def channel_attention(x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 4:
         raise ValueError(f"channel_attention: x must be (B, C, H, W), got {tuple(x.shape)}")
     b, c, h, w = x.shape
-    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    dtype = _compute_dtype(x)
     with torch.autocast(device_type=x.device.type, enabled=False):
         xf = x.flatten(2).float()  # (B, C, N)
         energy = torch.bmm(xf, xf.transpose(1, 2))  # (B, C, C)
@@ -291,7 +298,7 @@ def criss_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     self_mask = torch.eye(h, dtype=torch.bool, device=q.device)[:, None, :]  # (H, 1, H) [h, ., i]
     energy_col = energy_col.masked_fill(self_mask, float("-inf"))
     attn = torch.softmax(torch.cat([energy_col, energy_row], dim=-1), dim=-1)  # (B, H, W, H+W)
-    attn = attn.to(v.dtype if not torch.is_autocast_enabled(v.device.type) else torch.get_autocast_dtype(v.device.type))
+    attn = attn.to(_compute_dtype(v))
     out = torch.einsum("bciw,bhwi->bchw", v, attn[..., :h])  # (B, C, H, W) column part
     out = out + torch.einsum("bchj,bhwj->bchw", v, attn[..., h:])  # (B, C, H, W) row part
     return out
@@ -342,7 +349,7 @@ def axial_attention(
     if _EXPLICIT:
         return axial_attention_reference(q, k, v, axis, scale, bias)
     _check_qkv("axial_attention", q, k, v)
-    out_dtype = torch.get_autocast_dtype(v.device.type) if torch.is_autocast_enabled(v.device.type) else v.dtype
+    out_dtype = _compute_dtype(v)
     if _axis(axis) == -1:
         energy = torch.einsum("bchi,bchj->bhij", q, k).float() * scale  # (B, H, W, W)
         if bias is not None:
