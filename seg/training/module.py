@@ -178,6 +178,10 @@ class SegmentationModule(L.LightningModule):
             self.model.backbone.eval()  # frozen backbone: BatchNorm statistics stay as loaded
         return self
 
+    def on_train_start(self) -> None:
+        # Lightning does not call .train() itself; modes are captured/restored per submodule around validation.
+        self.train()
+
     # -- steps --------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
