@@ -1,0 +1,456 @@
+"""`python -m seg.bench`: speed and memory of seg's attention cores and whole models.
+
+Two parts, printed as tables and written as JSON + Markdown:
+
+* **cores** - each functional attention core (`position_attention` as used by DANet's PAM and by
+  Non-local, `criss_cross_attention`, `axial_attention`, `channel_attention`): forward and
+  forward+backward time and peak memory, seg's implementation against the explicit-energy
+  reference (the formulation mmseg/mmcv compute), at Cityscapes training shapes
+  (B=8, 512 channels, 64x128 features) and whole-image inference shapes (B=1, 128x256 features).
+* **models** - whole-model training throughput (img/s) and peak memory for every head on R50-D8
+  at 512x1024, batch 8: "explicit fp32 eager" (what mmseg runs by default: explicit attention
+  energies, fp32, NCHW) against seg's default fast path (bf16 autocast, channels_last, cuDNN
+  benchmark, fused attention). Also whole-image inference memory (1024x2048) and the fraction of
+  the GPU's dense bf16 FLOP/s the training step reaches.
+
+`--quick` shrinks every shape (small backbone, small features) so the whole run takes about a
+minute on a CPU; its numbers only show that the harness works.
+
+Peak memory: on CUDA, `torch.cuda.max_memory_allocated` above what was allocated before the
+measured call. On CPU, each case runs in a fresh subprocess and reports the growth of its peak
+resident set size (VmHWM, reset just before the call) over its resident size just before the call.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from seg.layers import functional as AF
+
+# Dense bf16 tensor-core peak (FLOP/s, without sparsity) of GPUs we know, matched on device name.
+GPU_BF16_PEAK = {
+    "H200": 989e12,
+    "H100 SXM": 989e12,
+    "H100 80GB HBM3": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "4090": 165e12,
+}
+
+HEADS = ("fcn", "ccnet", "danet", "nonlocal", "axial")
+
+
+@dataclass
+class Result:
+    part: str  # 'core' | 'train' | 'infer'
+    name: str  # core or head name
+    shape: str
+    impl: str  # 'seg' | 'explicit'
+    dtype: str
+    fwd_ms: float | None = None
+    fwd_bwd_ms: float | None = None
+    peak_mb: float | None = None
+    img_s: float | None = None
+    tflops: float | None = None
+    mfu: float | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# measuring
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
+    """Median seconds per call of `fn` after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _status_mb(field: str) -> float:
+    """A memory line of /proc/self/status (VmRSS: resident now, VmHWM: peak resident) in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status (seg.bench measures CPU memory on Linux only)")
+
+
+def _reset_peak_rss() -> None:
+    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0). ru_maxrss cannot be reset
+    # and, in a child process, starts at the parent's RSS: it would hide small peaks.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak extra memory (MiB) of one call of `fn` (see module docstring)."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    _reset_peak_rss()
+    base = _status_mb("VmRSS")
+    fn()
+    return max(0.0, _status_mb("VmHWM") - base)
+
+
+def _in_subprocess(target, *args):
+    """Run target(*args) in a fresh process (CPU peak memory must not see earlier cases)."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(target, args)
+
+
+# --------------------------------------------------------------------------------------------
+# attention cores
+
+
+def core_cases(quick: bool) -> list[tuple[str, str, dict]]:
+    """(core, shape label, dims) at Cityscapes training and whole-image inference shapes."""
+    if quick:
+        shapes = {"train B=2 16x32": (2, 16, 32), "infer B=1 32x64": (1, 32, 64)}
+        c, qk, nl = 64, 16, 32
+    else:
+        shapes = {"train B=8 64x128": (8, 64, 128), "infer B=1 128x256": (1, 128, 256)}
+        c, qk, nl = 512, 64, 256
+    cases = []
+    for label, (b, h, w) in shapes.items():
+        dims = dict(b=b, h=h, w=w)
+        cases += [
+            ("pam position_attention", label, dict(dims, qk=qk, v=c, scale=1.0)),
+            ("nonlocal position_attention", label, dict(dims, qk=nl, v=nl, scale=nl**-0.5)),
+            ("criss_cross_attention", label, dict(dims, qk=qk, v=c)),
+            ("axial_attention", label, dict(dims, qk=qk, v=c)),
+            ("channel_attention", label, dict(dims, v=c)),
+        ]
+    return cases
+
+
+def _core_fn(core: str, impl: str) -> Callable:
+    ref = impl == "explicit"
+    if "position_attention" in core:
+        f = AF.position_attention_reference if ref else AF.position_attention
+        return lambda q, k, v, d: f(q, k, v, scale=d["scale"])
+    if core == "criss_cross_attention":
+        f = AF.criss_cross_attention_reference if ref else AF.criss_cross_attention
+        return lambda q, k, v, d: f(q, k, v)
+    if core == "axial_attention":
+        f = AF.axial_attention_reference if ref else AF.axial_attention
+        # height then width, as the axial block runs it
+        return lambda q, k, v, d: f(q, k, f(q, k, v, axis=-2), axis=-1)
+    if core == "channel_attention":
+        f = AF.channel_attention_reference if ref else AF.channel_attention
+        return lambda q, k, v, d: f(v)
+    raise KeyError(core)
+
+
+def run_core_case(core: str, label: str, dims: dict, impl: str, device: str, dtype: str, iters: int) -> dict:
+    dev = torch.device(device)
+    dt = getattr(torch, dtype)
+    torch.manual_seed(0)
+    b, h, w = dims["b"], dims["h"], dims["w"]
+    qk = dims.get("qk", dims["v"])
+    mk = lambda c: torch.randn(b, c, h, w, device=dev, dtype=dt, requires_grad=True)  # noqa: E731
+    q, k, v = mk(qk), mk(qk), mk(dims["v"])
+    fn = _core_fn(core, impl)
+    res = Result("core", core, label, impl, dtype)
+
+    def fwd():
+        with torch.no_grad():
+            return fn(q, k, v, dims)
+
+    def fwd_bwd():
+        out = fn(q, k, v, dims)
+        out.float().sum().backward()
+        q.grad = k.grad = v.grad = None
+
+    try:
+        res.peak_mb = _peak_mb(fwd_bwd, dev)
+        res.fwd_ms = 1e3 * _time(fwd, dev, 1, iters)
+        res.fwd_bwd_ms = 1e3 * _time(fwd_bwd, dev, 1, iters)
+    except torch.OutOfMemoryError:
+        res.note = "out of memory"
+    return asdict(res)
+
+
+# --------------------------------------------------------------------------------------------
+# whole models
+
+
+@contextlib.contextmanager
+def _explicit(enabled: bool):
+    if enabled:
+        with AF.explicit_attention():
+            yield
+    else:
+        yield
+
+
+def _build(head: str, backbone: str, num_classes: int, device: torch.device, channels_last: bool, **kw):
+    from seg.models import build_model
+
+    model = build_model(backbone=backbone, head=head, num_classes=num_classes, output_stride=8, aux=True, weights=None, **kw)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _loss(outputs: dict, mask: torch.Tensor) -> torch.Tensor:
+    loss = 0.0
+    for name, logits in outputs.items():
+        weight = 0.4 if name == "aux" else 1.0
+        loss = loss + weight * F.cross_entropy(logits.float(), mask, ignore_index=255)
+    return loss
+
+
+def run_train_case(head: str, impl: str, device: str, quick: bool, iters: int) -> dict:
+    """Training step throughput: forward, loss (all outputs), backward, SGD step."""
+    dev = torch.device(device)
+    fast = impl != "explicit"
+    backbone, (b, hh, ww), nc = ("resnet18", (2, 64, 128), 19) if quick else ("resnet50c", (8, 512, 1024), 19)
+    use_bf16 = fast and dev.type == "cuda"
+    torch.backends.cudnn.benchmark = fast
+    torch.manual_seed(0)
+    eager = _build(head, backbone, nc, dev, channels_last=fast).train()
+    model = torch.compile(eager) if impl == "seg+compile" else eager
+    opt = torch.optim.SGD(eager.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(b, 3, hh, ww, device=dev)
+    if fast:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, nc, (b, hh, ww), device=dev)
+    res = Result("train", head, f"{backbone}-D8 B={b} {hh}x{ww}", impl, "bf16" if use_bf16 else "fp32")
+
+    def step():
+        with _explicit(not fast), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = _loss(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    try:
+        res.peak_mb = _peak_mb(step, dev)
+        sec = _time(step, dev, 2 if quick else 5, iters)
+        res.fwd_bwd_ms = 1e3 * sec
+        res.img_s = b / sec
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:  # on the eager model: same FLOPs, countable
+            with _explicit(not fast), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = _loss(eager(x), y)
+            loss.backward()
+        opt.zero_grad(set_to_none=True)
+        flops = counter.get_total_flops()
+        res.tflops = flops / sec / 1e12
+        res.extra["tflop_per_img"] = flops / b / 1e12
+        peak = _gpu_peak_flops(dev)
+        if peak and use_bf16:
+            res.mfu = flops / sec / peak
+    except torch.OutOfMemoryError:
+        res.note = "out of memory"
+    return asdict(res)
+
+
+def run_infer_case(head: str, impl: str, device: str, quick: bool, iters: int) -> dict:
+    """Whole-image inference (one 1024x2048 image) time and peak memory."""
+    dev = torch.device(device)
+    fast = impl == "seg"
+    backbone, (hh, ww), nc = ("resnet18", (128, 256), 19) if quick else ("resnet50c", (1024, 2048), 19)
+    use_bf16 = fast and dev.type == "cuda"
+    torch.backends.cudnn.benchmark = fast
+    torch.manual_seed(0)
+    model = _build(head, backbone, nc, dev, channels_last=fast).eval()
+    x = torch.randn(1, 3, hh, ww, device=dev)
+    if fast:
+        x = x.contiguous(memory_format=torch.channels_last)
+    res = Result("infer", head, f"{backbone}-D8 B=1 {hh}x{ww}", impl, "bf16" if use_bf16 else "fp32")
+
+    def fwd():
+        with torch.inference_mode(), _explicit(not fast), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            return model(x)["out"]
+
+    try:
+        res.peak_mb = _peak_mb(fwd, dev)
+        res.fwd_ms = 1e3 * _time(fwd, dev, 1, iters)
+    except torch.OutOfMemoryError:
+        res.note = "out of memory"
+    return asdict(res)
+
+
+def _gpu_peak_flops(dev: torch.device) -> float | None:
+    if dev.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(dev)
+    for key, value in GPU_BF16_PEAK.items():
+        if key in name:
+            return value
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# reporting
+
+
+def _fmt(v, digits=1):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if not math.isnan(v) else "nan"
+    return str(v)
+
+
+def to_markdown(results: list[dict], meta: dict) -> str:
+    lines = [f"# seg.bench on {meta['device_name']}", "", f"`{meta['command']}` - torch {meta['torch']}, {meta['date']}", ""]
+    cores = [r for r in results if r["part"] == "core"]
+    if cores:
+        lines += ["## Attention cores", "", "| core | shape | impl | dtype | fwd ms | fwd+bwd ms | peak MiB |", "|---|---|---|---|---:|---:|---:|"]
+        for r in cores:
+            lines.append(
+                f"| {r['name']} | {r['shape']} | {r['impl']} | {r['dtype']} | {_fmt(r['fwd_ms'], 2)} | "
+                f"{_fmt(r['fwd_bwd_ms'], 2)} | {_fmt(r['peak_mb'], 0)} | " + (r["note"] or "")
+            )
+        lines.append("")
+    train = [r for r in results if r["part"] == "train"]
+    if train:
+        fcn = {r["impl"]: r for r in train if r["name"] == "fcn"}
+        lines += [
+            "## Training step (forward + backward + SGD)",
+            "",
+            "| head | shape | impl | dtype | img/s | x FCN (same impl) | x explicit | peak MiB | x FCN mem | TFLOP/s | MFU |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        by = {(r["name"], r["impl"]): r for r in train}
+        for r in train:
+            base = fcn.get(r["impl"])
+            expl = by.get((r["name"], "explicit"))
+            rel = r["img_s"] / base["img_s"] if base and base["img_s"] and r["img_s"] else None
+            spd = r["img_s"] / expl["img_s"] if expl and expl["img_s"] and r["img_s"] else None
+            mem = r["peak_mb"] / base["peak_mb"] if base and base["peak_mb"] and r["peak_mb"] else None
+            lines.append(
+                f"| {r['name']} | {r['shape']} | {r['impl']} | {r['dtype']} | {_fmt(r['img_s'])} | {_fmt(rel, 2)} | "
+                f"{_fmt(spd, 2)} | {_fmt(r['peak_mb'], 0)} | {_fmt(mem, 2)} | {_fmt(r['tflops'])} | "
+                f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], 0)}{'%' if r['mfu'] else ''} | {r['note']}"
+            )
+        lines.append("")
+    infer = [r for r in results if r["part"] == "infer"]
+    if infer:
+        lines += ["## Whole-image inference", "", "| head | shape | impl | dtype | ms | peak MiB | mem / explicit |", "|---|---|---|---|---:|---:|---:|"]
+        by = {(r["name"], r["impl"]): r for r in infer}
+        for r in infer:
+            expl = by.get((r["name"], "explicit"))
+            ratio = r["peak_mb"] / expl["peak_mb"] if expl and expl["peak_mb"] and r["peak_mb"] is not None else None
+            lines.append(
+                f"| {r['name']} | {r['shape']} | {r['impl']} | {r['dtype']} | {_fmt(r['fwd_ms'])} | {_fmt(r['peak_mb'], 0)} | "
+                f"{_fmt(ratio, 3)} | {r['note']}"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(
+    device: str = "cpu",
+    quick: bool = False,
+    parts=("cores", "models"),
+    heads=HEADS,
+    out: str | Path = "bench_results",
+    iters: int | None = None,
+    compile: bool = False,
+) -> list[dict]:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("seg.bench: --device cuda asked for, but torch sees no CUDA device. Use --device cpu.")
+    iters = iters or (2 if quick else (10 if device == "cuda" else 3))
+    isolate = device == "cpu"  # fresh process per case so ru_maxrss sees only that case
+    call = (lambda f, *a: _in_subprocess(f, *a)) if isolate else (lambda f, *a: f(*a))
+    core_dtype = "bfloat16" if device == "cuda" else "float32"
+    results: list[dict] = []
+
+    def report(r):
+        results.append(r)
+        print(
+            f"{r['part']:5s} {r['name']:28s} {r['shape']:28s} {r['impl']:8s} {r['dtype']:8s} "
+            f"fwd {_fmt(r['fwd_ms'], 2):>8s} ms  fwd+bwd {_fmt(r['fwd_bwd_ms'], 2):>8s} ms  "
+            f"peak {_fmt(r['peak_mb'], 0):>7s} MiB  img/s {_fmt(r['img_s']):>6s} {r['note']}",
+            flush=True,
+        )
+
+    if "cores" in parts:
+        for core, label, dims in core_cases(quick):
+            for impl in ("explicit", "seg"):
+                report(call(run_core_case, core, label, dims, impl, device, core_dtype, iters))
+    if "models" in parts:
+        impls = ("explicit", "seg") + (("seg+compile",) if compile else ())
+        for head in heads:
+            for impl in impls:
+                report(call(run_train_case, head, impl, device, quick, iters))
+        for head in [h for h in heads if h in ("danet", "nonlocal")] or list(heads)[:1]:
+            for impl in ("explicit", "seg"):
+                report(call(run_infer_case, head, impl, device, quick, iters))
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+    meta = {
+        "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "quick": quick,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": "python -m seg.bench --device " + device + (" --quick" if quick else "") + (" --compile" if compile else ""),
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"bench_{device}{'_quick' if quick else ''}{'_compile' if compile else ''}"
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    md = to_markdown(results, meta)
+    (out / f"{stem}.md").write_text(md)
+    print("\n" + md)
+    print(f"\nwrote {out / (stem + '.json')} and {out / (stem + '.md')}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m seg.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small shapes: a harness check that runs in about a minute on CPU")
+    p.add_argument("--parts", nargs="+", choices=["cores", "models"], default=["cores", "models"])
+    p.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS))
+    p.add_argument("--iters", type=int, default=None, help="timed iterations per case (median is reported)")
+    p.add_argument("--out", default="bench_results", help="folder for the JSON and Markdown results")
+    p.add_argument("--compile", action="store_true", help="also time the training step under torch.compile")
+    a = p.parse_args(argv)
+    run(a.device, a.quick, a.parts, a.heads, a.out, a.iters, a.compile)
+
+
+if __name__ == "__main__":
+    main()
