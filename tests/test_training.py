@@ -1,0 +1,175 @@
+"""Unit tests of seg.training: losses (CE ignore, OHEM, output weights), confusion-matrix metrics, poly LR,
+exact-resume sampler/dataset, atomic checkpoint writes, sliding-window inference, W&B mode resolution."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seg.training.callbacks import atomic_torch_save
+from seg.training.inference import predict_probs, slide_logits
+from seg.training.loggers import resolve_wandb_mode
+from seg.training.losses import SegLoss, ohem_weights
+from seg.training.metrics import SegMetrics
+from seg.training.resume import EpochSampler, SeededDataset
+from seg.training.scheduler import PolyLR
+
+
+def test_ce_ignores_255_and_weights_outputs():
+    torch.manual_seed(0)
+    target = torch.randint(0, 4, (2, 9, 11))
+    target[:, :3] = 255
+    outs = {k: torch.randn(2, 4, 9, 11) for k in ("out", "aux", "pam", "cam")}
+    total, parts = SegLoss("ce", aux_weight=0.4)(outs, target)
+    valid = target != 255
+    for k, logits in outs.items():
+        ref = F.cross_entropy(logits.permute(0, 2, 3, 1)[valid], target[valid])
+        assert parts[k] == pytest.approx(ref.item(), rel=1e-5)
+    assert total.item() == pytest.approx(parts["out"] + 0.4 * parts["aux"] + parts["pam"] + parts["cam"], rel=1e-6)
+    with pytest.raises(ValueError, match="input resolution"):
+        SegLoss()({"out": torch.randn(2, 4, 5, 5)}, target)
+
+
+def test_ohem_keeps_hard_pixels_as_mmseg():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 10, 10) * 3
+    target = torch.randint(0, 3, (2, 10, 10))
+    target[0, 0] = 255
+    prob = logits.softmax(1).gather(1, target.clamp(max=2).unsqueeze(1)).squeeze(1)
+    valid = target != 255
+    # threshold mode: keep p < 0.7 unless fewer than min_kept*batch would be kept
+    w = ohem_weights(logits, target, thresh=0.7, min_kept=5)
+    assert torch.equal(w.bool(), valid & (prob < 0.7))
+    # a large min_kept raises the threshold to the (min_kept*B)-th smallest probability
+    w = ohem_weights(logits, target, thresh=0.7, min_kept=80)
+    kth = prob[valid].sort().values[160]
+    assert torch.equal(w.bool(), valid & (prob < max(kth, torch.tensor(0.7))))
+    assert not w[~valid].any()
+    total, parts = SegLoss("ohem", ohem_thresh=0.7, ohem_min_kept=5)({"out": logits, "aux": logits}, target)
+    ce = F.cross_entropy(logits, target, ignore_index=255, reduction="none")
+    assert parts["out"].item() == pytest.approx((ce * (valid & (prob < 0.7))).mean().item(), rel=1e-5)
+    assert parts["aux"].item() == pytest.approx(F.cross_entropy(logits, target, ignore_index=255).item(), rel=1e-5)
+
+
+def test_metrics_match_bincount_reference():
+    rng = np.random.default_rng(0)
+    m = SegMetrics(num_classes=4)
+    conf = np.zeros((4, 4), np.int64)
+    for _ in range(3):
+        t = rng.integers(0, 4, (2, 7, 9))
+        t[t == 3] = 255  # class 3 never in GT
+        p = rng.integers(0, 3, (2, 7, 9))  # nor predicted -> NaN IoU, excluded from the mean
+        m.update(torch.from_numpy(p), torch.from_numpy(t))
+        v = t != 255
+        conf += np.bincount(4 * t[v] + p[v], minlength=16).reshape(4, 4)
+    res = m.compute()
+    iou = np.diag(conf) / (conf.sum(0) + conf.sum(1) - np.diag(conf))
+    assert np.isnan(res["IoU"][3].item())
+    assert res["mIoU"].item() == pytest.approx(np.nanmean(iou[:3]))
+    assert res["aAcc"].item() == pytest.approx(np.diag(conf).sum() / conf.sum())
+    assert res["mAcc"].item() == pytest.approx(np.nanmean(np.diag(conf)[:3] / conf.sum(1)[:3]))
+    with pytest.raises(ValueError, match="outside"):
+        m.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.full((1, 2, 2), 7))
+
+
+def test_poly_lr_and_state_roundtrip():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.01)
+    sched = PolyLR(opt, max_iters=10, power=0.9, min_lr=1e-4)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx((0.01 - 1e-4) * 0.6 ** 0.9 + 1e-4)
+    opt2 = torch.optim.SGD([p], lr=0.01)
+    sched2 = PolyLR(opt2, max_iters=10)
+    sched2.load_state_dict(sched.state_dict())
+    opt.step(), sched.step(), opt2.step(), sched2.step()
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    for _ in range(10):
+        opt.step(), sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_epoch_sampler_deterministic_skip_and_shards():
+    s = EpochSampler(11, seed=3)
+    s.set_epoch(2)
+    a = list(s)
+    assert a == list(s) and sorted(i for i, _ in a) == list(range(11))
+    s.set_epoch(3)
+    assert [i for i, _ in s] != [i for i, _ in a]
+    s.set_epoch(2)
+    s.skip_next(4)
+    assert list(s) == a[4:] and list(s) == a  # the skip applies once
+    shards = [list(EpochSampler(11, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 6
+    assert {i for sh in shards for i, _ in sh} == set(range(11))
+
+
+class _AugDataset(torch.utils.data.Dataset):
+    """Draws its 'augmentation' from a reseedable generator, like the albumentations pipeline."""
+
+    def __init__(self):
+        self.rng = random.Random(0)
+
+    def reseed(self, seed):
+        self.rng = random.Random(seed)
+
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        return i, self.rng.random()
+
+
+def test_seeded_dataset_is_order_independent_and_leaves_global_rng():
+    ds = SeededDataset(_AugDataset())
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = [ds[(i, 100 + i)] for i in range(5)]
+    assert [ds[(i, 100 + i)] for i in reversed(range(5))] == first[::-1]
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_atomic_save_replaces_and_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1}, path)
+    atomic_torch_save({"step": 2}, path)
+    assert torch.load(path)["step"] == 2
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_torch_save({"step": 3, "x": Boom()}, path)
+    assert torch.load(path)["step"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_slide_inference_equals_whole_for_pointwise_model():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 5, 1)
+    x = torch.randn(2, 3, 45, 61)
+    with torch.no_grad():
+        whole = conv(x)
+        slide = slide_logits(conv, x, 5, crop_size=(16, 24), stride=(10, 13))
+        assert torch.allclose(slide, whole, atol=1e-5)
+        p = predict_probs(conv, x, 5, mode="slide", crop_size=(16, 24), stride=(10, 13), scales=(1.0,), flip=True)
+        assert torch.allclose(p, whole.softmax(1), atol=1e-5)  # a pointwise model is flip-equivariant
+        p = predict_probs(conv, x, 5, scales=(0.5, 1.5))
+        assert p.shape == (2, 5, 45, 61) and torch.allclose(p.sum(1), torch.ones(2, 45, 61), atol=1e-5)
+
+
+def test_wandb_mode_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert resolve_wandb_mode("auto") == "offline"
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc123\n")
+    assert resolve_wandb_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_wandb_mode("auto") == "off"
+    assert resolve_wandb_mode("offline") == "offline" and resolve_wandb_mode("off") == "off"
