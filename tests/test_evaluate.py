@@ -56,8 +56,8 @@ def test_predict_writes_masks_matching_evaluation(trained_run, tiny_data, tmp_pa
 def test_compare_runs_table_and_chart(trained_run, tmp_path):
     md, png = compare_cmd.compare([trained_run, trained_run], tmp_path)
     table = md.read_text()
-    assert table.count("| run |") == 1 and "IoU lake" in table and "mIoU" in table
-    assert len([line for line in table.splitlines() if line.startswith(f"| {trained_run.name} |")]) == 2
+    assert table.splitlines()[0].startswith("| run | head | backbone | params (M)") and "IoU lake" in table
+    assert len([line for line in table.splitlines()[2:] if line.startswith(f"| {trained_run.name} | fcn |")]) == 2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
