@@ -99,7 +99,7 @@ class SegmentationModule(L.LightningModule):
         backbone: str = "resnet50c",
         head: str = "fcn",
         num_classes: int = 19,
-        output_stride: Literal[8, 16, 32] = 8,
+        output_stride: Literal[8, 16] = 8,
         aux: bool = True,
         aux_weight: float = 0.4,
         weights: Optional[str] = None,
