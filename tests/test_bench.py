@@ -1,0 +1,42 @@
+"""seg.bench runs end to end on CPU (numbers are not asserted: speed belongs to the benchmark, not the tests)."""
+import json
+
+import pytest
+import torch
+
+from seg import bench
+
+
+def test_core_cases_agree_and_report(tmp_path, monkeypatch):
+    tiny = [
+        (core, "tiny", dict(dims, b=1, h=5, w=7))
+        for core, _, dims in bench.core_cases(quick=True)[:5]  # the five cores once each
+    ]
+    monkeypatch.setattr(bench, "core_cases", lambda quick: tiny)
+    monkeypatch.setattr(bench, "_in_subprocess", lambda f, *a: f(*a))  # in-process: fast
+    results = bench.run(device="cpu", quick=True, parts=("cores",), out=tmp_path, iters=1)
+    assert len(results) == 2 * len(tiny)
+    assert {r["impl"] for r in results} == {"seg", "explicit"}
+    for r in results:
+        assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["peak_mb"] >= 0, r
+    saved = json.loads((tmp_path / "bench_cpu_quick.json").read_text())
+    assert saved["results"] == results
+    md = (tmp_path / "bench_cpu_quick.md").read_text()
+    assert "## Attention cores" in md and "criss_cross_attention" in md
+
+
+@pytest.mark.slow
+def test_train_case_counts_useful_flops_independent_of_the_formulation():
+    explicit = bench.run_train_case("danet", "explicit", "cpu", quick=True, iters=1)
+    fast = bench.run_train_case("danet", "seg", "cpu", quick=True, iters=1)
+    assert explicit["img_s"] > 0 and fast["img_s"] > 0
+    assert explicit["extra"]["tflop_per_img"] == pytest.approx(fast["extra"]["tflop_per_img"])
+    md = bench.to_markdown([explicit, fast], {"device_name": "cpu", "command": "x", "torch": torch.__version__, "date": "d"})
+    assert "| danet |" in md and "x explicit" in md
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        bench.run(device="cuda", out=tmp_path)
