@@ -218,12 +218,14 @@ def _explicit(enabled: bool):
         yield
 
 
-def _build(head: str, backbone: str, num_classes: int, device: torch.device, channels_last: bool, **kw):
+def _build(head: str, backbone: str, num_classes: int, device: torch.device, fast: bool, **kw):
+    """fast: seg's path (channels_last, matmul logit resize); else mmseg's (NCHW, F.interpolate)."""
     from seg.models import build_model
 
     model = build_model(backbone=backbone, head=head, num_classes=num_classes, output_stride=8, aux=True, weights=None, **kw)
     model = model.to(device)
-    if channels_last:
+    model.fast_resize = fast
+    if fast:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -244,7 +246,7 @@ def run_train_case(head: str, impl: str, device: str, quick: bool, iters: int) -
     use_bf16 = fast and dev.type == "cuda"
     torch.backends.cudnn.benchmark = fast
     torch.manual_seed(0)
-    eager = _build(head, backbone, nc, dev, channels_last=fast).train()
+    eager = _build(head, backbone, nc, dev, fast=fast).train()
     model = torch.compile(eager) if impl == "seg+compile" else eager
     opt = torch.optim.SGD(eager.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(b, 3, hh, ww, device=dev)
@@ -293,7 +295,7 @@ def run_infer_case(head: str, impl: str, device: str, quick: bool, iters: int) -
     use_bf16 = fast and dev.type == "cuda"
     torch.backends.cudnn.benchmark = fast
     torch.manual_seed(0)
-    model = _build(head, backbone, nc, dev, channels_last=fast).eval()
+    model = _build(head, backbone, nc, dev, fast=fast).eval()
     x = torch.randn(1, 3, hh, ww, device=dev)
     if fast:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 from seg.models import HEADS, TimmBackbone, build_model
 
@@ -177,3 +178,29 @@ def test_axial_head_kwargs_reach_the_block():
     assert outs["out"].shape == (1, NUM_CLASSES, H, W)
     with pytest.raises(TypeError):  # typos are not swallowed by **kwargs
         tiny_model("ccnet", recurence=3)
+
+
+@pytest.mark.parametrize("size_in,size_out", [((8, 16), (64, 128)), ((7, 13), (65, 97)), ((33, 17), (9, 40)), ((5, 5), (5, 5))])
+def test_resize_bilinear_equals_interpolate(size_in, size_out):
+    from seg.models.resize import resize_bilinear
+
+    x = torch.randn(2, 3, *size_in, dtype=torch.float32, requires_grad=True)
+    ref = F.interpolate(x, size=size_out, mode="bilinear", align_corners=False)
+    out = resize_bilinear(x, size_out)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)  # fp32 summation order
+    g = torch.randn_like(ref)
+    (gx_ref,) = torch.autograd.grad(ref, x, g)
+    (gx,) = torch.autograd.grad(out, x, g)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert resize_bilinear(x.bfloat16(), size_out).dtype == torch.float32
+
+
+def test_model_fast_resize_matches_interpolate():
+    model = build_model(backbone="resnet18", head="fcn", num_classes=3, weights=None, channels=16).eval()
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        fast = model(x)["out"]
+        model.fast_resize = False
+        ref = model(x)["out"]
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)

@@ -16,6 +16,7 @@ from torch import nn
 
 from .backbone import TimmBackbone
 from .heads import FCNHead, create_head
+from .resize import resize_bilinear
 
 __all__ = ["SegmentationModel", "build_model"]
 
@@ -25,7 +26,9 @@ class SegmentationModel(nn.Module):
 
     Train mode: ``{'out', 'aux' (if an aux head), + extra head outputs such as 'pam', 'cam'}``.
     Eval mode: ``{'out'}`` only (the aux head is not run). Every tensor is (B, num_classes, H, W),
-    upsampled bilinearly with ``align_corners=False``.
+    upsampled bilinearly with ``align_corners=False``: by ``resize_bilinear`` (matrix products, fp32,
+    a fast backward on GPU) or, with ``fast_resize = False``, by ``F.interpolate`` (mmseg's way; in the
+    input dtype).
 
     Args:
         backbone: returns ``[stage3, stage4]`` feature maps.
@@ -40,6 +43,7 @@ class SegmentationModel(nn.Module):
         self.aux_head = aux_head
         # build_model() stores its arguments here, so a checkpoint can rebuild the model: build_model(**build_args)
         self.build_args: dict[str, Any] = {}
+        self.fast_resize = True
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.ndim != 4:
@@ -52,6 +56,8 @@ class SegmentationModel(nn.Module):
                 outs["aux"] = self.aux_head(stage3)["out"]
         else:
             outs = {"out": outs["out"]}
+        if self.fast_resize:
+            return {k: resize_bilinear(v, size) for k, v in outs.items()}
         return {k: F.interpolate(v, size=size, mode="bilinear", align_corners=False) for k, v in outs.items()}
 
 
