@@ -269,12 +269,14 @@ def run_train_case(head: str, impl: str, device: str, quick: bool, iters: int) -
         res.img_s = b / sec
         from torch.utils.flop_counter import FlopCounterMode
 
-        # Useful FLOPs: counted on the eager model with the explicit formulation, so that work a fused
+        # Useful FLOPs: counted on the eager model with the explicit formulation (attention and resize), so that work a fused
         # kernel repeats (e.g. q.k once per v head in split-head SDPA) does not inflate the utilisation.
+        eager.fast_resize = False  # F.interpolate: no FLOPs counted for resizing, as in mmseg
         with FlopCounterMode(display=False) as counter:
             with _explicit(True), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss = _loss(eager(x), y)
             loss.backward()
+        eager.fast_resize = fast
         opt.zero_grad(set_to_none=True)
         flops = counter.get_total_flops()
         res.tflops = flops / sec / 1e12
