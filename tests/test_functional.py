@@ -360,3 +360,18 @@ def test_cores_cuda_bf16_autocast():
         for out in (AF.position_attention(q, k, v), AF.channel_attention(v), AF.criss_cross_attention(q, k, v),
                     AF.axial_attention(q, k, v, -1)):
             assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("head_dim", [None, 8, 32])
+def test_position_attention_sdpa_layouts_match_reference(channels_last, head_dim):
+    # The SDPA path reads channels_last v as a view and returns channels_last output: same values, same grads.
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    q, k = (torch.randn(2, 8, 5, 7).contiguous(memory_format=fmt) for _ in range(2))
+    v = torch.randn(2, 32, 5, 7).contiguous(memory_format=fmt).requires_grad_()
+    out = AF.position_attention_sdpa(q, k, v, scale=0.5, head_dim=head_dim)
+    ref = AF.position_attention_reference(q, k, v, scale=0.5)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, v, g)[0], torch.autograd.grad(ref, v, g)[0], rtol=1e-5, atol=1e-5)

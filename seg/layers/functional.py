@@ -222,9 +222,13 @@ def position_attention_sdpa(
     ks = k.to(dtype).flatten(2).transpose(1, 2).contiguous()[:, None]  # (B, 1, N, Cq)
     qs = qs.expand(b, heads, n, cq)  # (B, heads, N, Cq), no copy
     ks = ks.expand(b, heads, n, cq)  # (B, heads, N, Cq), no copy
-    vs = v.to(dtype).reshape(b, heads, head_dim, n).transpose(2, 3).contiguous()  # (B, heads, N, d)
+    vs = v.to(dtype).reshape(b, heads, head_dim, n).transpose(2, 3)  # (B, heads, N, d)
+    if vs.stride(-1) != 1:  # NCHW v; a channels_last v is already a usable view (no copy)
+        vs = vs.contiguous()
     out = F.scaled_dot_product_attention(qs, ks, vs, scale=scale)  # (B, heads, N, d)
-    return out.transpose(2, 3).reshape(b, cv, h, w)  # (B, Cv, H, W)
+    # The fused kernels return (B, N, heads, d) memory: read it back as channels_last (B, Cv, H, W), a view
+    out = out.permute(0, 2, 1, 3).reshape(b, h, w, cv)  # (B, H, W, Cv)
+    return out.permute(0, 3, 1, 2)  # (B, Cv, H, W)
 
 
 def position_attention_reference(
