@@ -375,3 +375,131 @@ def test_position_attention_sdpa_layouts_match_reference(channels_last, head_dim
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(ref)
     torch.testing.assert_close(torch.autograd.grad(out, v, g)[0], torch.autograd.grad(ref, v, g)[0], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# channel attention: fp32 energies without an fp32 copy of x (``_GramFp32``)
+
+
+def _channel_attention_old(x):
+    """The formulation ``channel_attention`` had before ``_GramFp32``: autograd through ``x.float()``."""
+    b, c, h, w = x.shape
+    dtype = AF._compute_dtype(x)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xf = x.flatten(2).float()
+        energy = torch.bmm(xf, xf.transpose(1, 2))
+        attn = torch.softmax(-energy, dim=-1)
+        out = torch.bmm(attn.to(dtype), x.flatten(2).to(dtype))
+    return out.reshape(b, c, h, w)
+
+
+def _out_and_grad(fn, x, g):
+    x = x.detach().requires_grad_()
+    out = fn(x)
+    (gx,) = torch.autograd.grad(out, x, g.to(out.dtype))
+    return out.detach(), gx
+
+
+def test_channel_attention_gradcheck_float64():
+    x = torch.randn(2, 5, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.5
+    assert torch.autograd.gradcheck(AF.channel_attention, (x.requires_grad_(),))
+    xs = torch.randn(2, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(AF._GramFp32.apply, (xs,))
+    assert torch.autograd.gradgradcheck(AF._GramFp32.apply, (xs,))  # its backward is differentiable too
+    assert AF._GramFp32.apply(xs).dtype == torch.float64
+
+
+def test_channel_attention_equals_old_formulation_fp32():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 16, 9, 11, generator=g) * 0.2
+    up = torch.randn(2, 16, 9, 11, generator=g)
+    out, gx = _out_and_grad(AF.channel_attention, x, up)
+    out_old, gx_old = _out_and_grad(_channel_attention_old, x, up)
+    torch.testing.assert_close(out, out_old, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, gx_old, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("input_dtype", [torch.bfloat16, torch.float32])
+def test_channel_attention_equals_old_formulation_bf16_autocast(input_dtype):
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(2, 16, 9, 11, generator=g) * 0.3).to(input_dtype)
+    up = torch.randn(2, 16, 9, 11, generator=g)
+    results = []
+    for fn in (AF.channel_attention, _channel_attention_old):
+        xr = x.detach().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            o = fn(xr)
+        (gr,) = torch.autograd.grad(o, xr, up.to(o.dtype))  # backward outside autocast, as recommended
+        results += [o.detach(), gr]
+    out, gx, out_old, gx_old = results
+    assert out.dtype == out_old.dtype == torch.bfloat16
+    assert gx.dtype == gx_old.dtype == input_dtype
+    # same fp32 energies and softmax: the forward is the same computation
+    torch.testing.assert_close(out, out_old, rtol=0, atol=0)
+    # gradient: one fp32 matmul (G + G^T) X instead of G X + G^T X, then the same roundings
+    torch.testing.assert_close(gx.float(), gx_old.float(), rtol=1.6e-2, atol=1e-2 * gx_old.abs().max().item())
+    assert (gx.float() - gx_old.float()).norm() / gx_old.float().norm() < 1e-3
+
+
+def _saved_storages(fn, x):
+    """Distinct storages autograd saves for backward while running fn(x) under CPU bf16 autocast."""
+    saved = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        saved[s.data_ptr()] = (s.nbytes(), t.dtype, t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fn(x)
+    return list(saved.values())
+
+
+def test_channel_attention_saves_no_fp32_copy_of_x():
+    b, c, h, w = 2, 8, 16, 16
+    x = torch.randn(b, c, h, w).bfloat16().requires_grad_()
+    saved = _saved_storages(AF.channel_attention, x)
+    fp32_copy = b * c * h * w * 4
+    assert not [s for s in saved if s[1] == torch.float32 and s[2] == x.numel()], saved
+    total = sum(s[0] for s in saved)
+    # x itself (bf16) + the C x C attention (fp32 for softmax, bf16 for the bmm)
+    assert total < fp32_copy, f"{total} bytes saved, an fp32 copy of x alone is {fp32_copy}"
+    assert total == x.numel() * 2 + b * c * c * (4 + 2)
+
+
+@pytest.mark.slow
+def test_channel_attention_torch_compile_with_gradients():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 5, 3, generator=g) * 0.3
+    up = torch.randn(2, 8, 5, 3, generator=g)
+    compiled = torch.compile(AF.channel_attention, dynamic=False, fullgraph=True)
+    out, gx = _out_and_grad(compiled, x, up)
+    out_ref, gx_ref = _out_and_grad(_channel_attention_old, x, up)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5)
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True])
+def test_channel_attention_cuda_bf16_matches_fp32(compiled):
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(2, 64, 24, 17, generator=g) * 0.2).bfloat16().cuda()  # exact bf16 values
+    up = torch.randn(2, 64, 24, 17, generator=g).cuda()
+    # energies: bf16 inputs, fp32 output, equal to the fp32 product up to summation order
+    xs = x.flatten(2)
+    energy = AF._GramFp32.apply(xs)
+    assert energy.dtype == torch.float32
+    xd = xs.double()  # float64 reference: independent of the TF32 setting
+    torch.testing.assert_close(energy.double(), torch.bmm(xd, xd.transpose(1, 2)), rtol=1e-5, atol=1e-4)
+    fn = torch.compile(AF.channel_attention, dynamic=False, fullgraph=True) if compiled else AF.channel_attention
+    xr = x.detach().requires_grad_()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = fn(xr)
+    (gx,) = torch.autograd.grad(out, xr, up.to(out.dtype))
+    assert out.dtype == gx.dtype == torch.bfloat16
+    out_ref, gx_ref = _out_and_grad(_channel_attention_old, x.float(), up)  # fp32 throughout
+    assert (out.float() - out_ref).norm() / out_ref.norm() < 1e-2
+    assert (gx.float() - gx_ref).norm() / gx_ref.norm() < 2e-2
+    torch.testing.assert_close(gx.float(), gx_ref, rtol=3e-2, atol=3e-2 * gx_ref.abs().max().item())

@@ -248,14 +248,69 @@ def position_attention_reference(
 # channel attention (DANet CAM)
 
 
+#: ``aten::bmm.dtype`` (``torch.bmm(..., out_dtype=)``, CUDA only): fp16/bf16 inputs, fp32 output.
+_HAS_BMM_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")
+
+
+def _energy_dtype(dtype: torch.dtype) -> torch.dtype:
+    """At least fp32: fp16/bf16/fp32 -> fp32, float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class _GramFp32(torch.autograd.Function):
+    """``X X^T`` for X (B, C, N) of any float dtype, computed and returned in (at least) fp32.
+
+    Autograd of ``bmm(X.float(), X.float().transpose(1, 2))`` would save the fp32 copy of X (twice the
+    size of a bf16 X) and run two fp32 matmuls in backward, one per operand. Here only X itself is saved
+    (in its own dtype; the network keeps it for other uses anyway, so no new storage), and since the
+    two operands are the same tensor, backward is one matmul: ``grad_X = (G + G^T) X``.
+    """
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if _HAS_BMM_OUT_DTYPE and x.device.type == "cuda" and x.dtype in (torch.bfloat16, torch.float16):
+            # fp16/bf16 tensor cores accumulating into fp32: X's values are exact in its own dtype, so
+            # this is the fp32 product (up to summation order) without the fp32 copy of X.
+            return torch.bmm(x, x.transpose(1, 2), out_dtype=torch.float32)
+        xf = x.to(_energy_dtype(x.dtype))
+        return torch.bmm(xf, xf.transpose(1, 2))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        (x,) = inputs
+        ctx.save_for_backward(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor | None:
+        if not ctx.needs_input_grad[0]:
+            return None
+        (x,) = ctx.saved_tensors
+        # explicit dtypes below: no autocast recasting if backward() is called inside an autocast region
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            sym = grad + grad.transpose(1, 2)  # (B, C, C) in the energy dtype
+            if x.device.type == "cuda" and x.dtype == torch.bfloat16:
+                # The gradient is returned in bf16 anyway: one bf16 tensor-core matmul (fp32
+                # accumulation), as autocast runs the other matmuls of the backward, instead of an fp32
+                # one on an fp32 copy of X. Rounding sym to bf16 costs about one bf16 ulp per term (bf16
+                # has fp32's range, so nothing overflows). fp16 (max 65504, loss-scaled gradients) and
+                # CPU keep fp32.
+                return torch.bmm(sym.to(x.dtype), x)
+            return torch.bmm(sym, x.to(sym.dtype)).to(x.dtype)
+
+
 def channel_attention(x: torch.Tensor) -> torch.Tensor:
     """DANet's channel attention aggregation (no gamma, no residual).
 
     ``energy = X X^T`` over channels (X: (C, HW)), ``attn = softmax(rowmax(energy) - energy)``,
     ``out = attn X``. Since softmax is shift invariant per row, ``softmax(rowmax - energy)`` equals
     ``softmax(-energy)``, which is what is computed here. The C x C energies are sums over all H*W
-    positions and large: they are computed in fp32 even under autocast (bf16 would round them by
-    several units and wreck the softmax).
+    positions and large: they are computed in fp32 (float64 for a float64 x) even under autocast
+    (bf16 would round them by several units and wreck the softmax).
+
+    The energies come from ``_GramFp32``, which saves only x itself for backward - not an fp32 copy of
+    it (with a bf16 x: B*C*HW*4 bytes less, e.g. 128 MiB at B=8, C=512, 64x128) - and computes the
+    input gradient with one matmul instead of two. On CUDA a bf16/fp16 x is multiplied on tensor cores
+    with fp32 output (``torch.bmm(..., out_dtype=torch.float32)``) when this torch has it.
     """
     if _EXPLICIT:
         return channel_attention_reference(x)
@@ -264,10 +319,10 @@ def channel_attention(x: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     dtype = _compute_dtype(x)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        xf = x.flatten(2).float()  # (B, C, N)
-        energy = torch.bmm(xf, xf.transpose(1, 2))  # (B, C, C)
+        xs = x.flatten(2)  # (B, C, N)
+        energy = _GramFp32.apply(xs)  # (B, C, C), fp32 (float64 for float64 x)
         attn = torch.softmax(-energy, dim=-1)  # (B, C, C)
-        out = torch.bmm(attn.to(dtype), x.flatten(2).to(dtype))  # (B, C, N)
+        out = torch.bmm(attn.to(dtype), xs.to(dtype))  # (B, C, N)
     return out.reshape(b, c, h, w)
 
 
