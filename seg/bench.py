@@ -9,16 +9,23 @@ Two parts, printed as tables and written as JSON + Markdown:
   (B=8, 512 channels, 64x128 features) and whole-image inference shapes (B=1, 128x256 features).
 * **models** - whole-model training throughput (img/s) and peak memory for every head on R50-D8
   at 512x1024, batch 8: "explicit fp32 eager" (what mmseg runs by default: explicit attention
-  energies, fp32, NCHW) against seg's default fast path (bf16 autocast, channels_last, cuDNN
-  benchmark, fused attention). Also whole-image inference memory (1024x2048) and the fraction of
+  energies, fp32, NCHW, F.interpolate + F.cross_entropy) against seg's default fast path (bf16
+  autocast, channels_last, cuDNN benchmark, fused attention, the training loss of ``train.py``:
+  fused resize + cross-entropy). Also whole-image inference memory (1024x2048) and the fraction of
   the GPU's dense bf16 FLOP/s the training step reaches.
 
 `--quick` shrinks every shape (small backbone, small features) so the whole run takes about a
 minute on a CPU; its numbers only show that the harness works.
 
 Peak memory: on CUDA, `torch.cuda.max_memory_allocated` above what was allocated before the
-measured call. On CPU, each case runs in a fresh subprocess and reports the growth of its peak
-resident set size (VmHWM, reset just before the call) over its resident size just before the call.
+measured call. On CPU, each case runs in a fresh subprocess and reports the peak of the bytes
+malloc holds (glibc ``mallinfo2``), sampled after every aten op of the call, above what it held
+before: allocated memory, like CUDA's figure. Where ``mallinfo2`` is missing, and for compiled
+models, it is the growth of the peak resident set size (VmHWM, reset just before the call), which
+also counts pages malloc has freed but kept.
+
+`--bf16` runs seg's path under bf16 autocast on the CPU too (on CUDA it always does): a CPU proxy
+for the memory of the GPU fast path.
 """
 from __future__ import annotations
 
@@ -111,7 +118,57 @@ def _reset_peak_rss() -> None:
         f.write("5")
 
 
-def _peak_mb(fn: Callable[[], object], device: torch.device) -> float:
+def _malloc_in_use() -> Callable[[], int] | None:
+    """glibc's bytes in use (``mallinfo2``: heap chunks + mmapped chunks), or None where it is missing."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                  "keepcost")
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in fields]
+
+        libc.mallinfo2.restype = MallInfo2
+        libc.mallinfo2()
+    except (OSError, AttributeError):
+        return None
+
+    def in_use() -> int:
+        info = libc.mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    return in_use
+
+
+def _cpu_alloc_peak_mb(fn: Callable[[], object]) -> float | None:
+    """Peak of the bytes malloc holds for the process, sampled after every aten op of one call of `fn`
+    (forward and backward), above the bytes held before the call: what is allocated, like CUDA's
+    ``max_memory_allocated``, unlike the resident set, which keeps pages malloc has freed. Temporaries
+    that live inside one op are not seen. None where glibc's ``mallinfo2`` is missing."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    in_use = _malloc_in_use()
+    if in_use is None:
+        return None
+
+    class Sampler(TorchDispatchMode):
+        peak = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            Sampler.peak = max(Sampler.peak, in_use())
+            return out
+
+    base = in_use()
+    Sampler.peak = base
+    with Sampler():
+        fn()
+    return (Sampler.peak - base) / 2**20
+
+
+def _peak_mb(fn: Callable[[], object], device: torch.device, per_op: bool = True) -> float:
     """Peak extra memory (MiB) of one call of `fn` (see module docstring)."""
     if device.type == "cuda":
         _sync(device)
@@ -120,6 +177,10 @@ def _peak_mb(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         _sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    if per_op:
+        peak = _cpu_alloc_peak_mb(fn)
+        if peak is not None:
+            return peak
     _reset_peak_rss()
     base = _status_mb("VmRSS")
     fn()
@@ -231,6 +292,7 @@ def _build(head: str, backbone: str, num_classes: int, device: torch.device, fas
 
 
 def _loss(outputs: dict, mask: torch.Tensor) -> torch.Tensor:
+    """mmseg's loss: cross-entropy on each output at input resolution (aux weighted 0.4)."""
     loss = 0.0
     for name, logits in outputs.items():
         weight = 0.4 if name == "aux" else 1.0
@@ -238,17 +300,34 @@ def _loss(outputs: dict, mask: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def run_train_case(head: str, impl: str, device: str, quick: bool, iters: int) -> dict:
-    """Training step throughput: forward, loss (all outputs), backward, SGD step."""
+def train_shape(quick: bool, backbone: str | None = None, batch: int | None = None,
+                crop: tuple[int, int] | None = None) -> tuple[str, int, int, int]:
+    """(backbone, batch, height, width) of the training cases: R50-D8 B=8 512x1024 (quick: resnet18 B=2 64x128)."""
+    b0, n0, (h0, w0) = ("resnet18", 2, (64, 128)) if quick else ("resnet50c", 8, (512, 1024))
+    h, w = crop or (h0, w0)
+    return backbone or b0, batch or n0, h, w
+
+
+def run_train_case(head: str, impl: str, device: str, quick: bool, iters: int,
+                   shape: tuple[str, int, int, int] | None = None, bf16: bool = False) -> dict:
+    """Training step throughput: forward, loss (all outputs), backward, SGD step.
+
+    explicit: model(x) -> logits at input resolution (F.interpolate) -> F.cross_entropy per output (mmseg).
+    seg: model(x, resize=False) -> seg.training.SegLoss (fused resize + cross-entropy), as ``train.py`` trains.
+    """
+    from seg.training.losses import SegLoss
+
     dev = torch.device(device)
     fast = impl != "explicit"
-    backbone, (b, hh, ww), nc = ("resnet18", (2, 64, 128), 19) if quick else ("resnet50c", (8, 512, 1024), 19)
-    use_bf16 = fast and dev.type == "cuda"
+    backbone, b, hh, ww = shape or train_shape(quick)
+    nc = 19
+    use_bf16 = fast and (dev.type == "cuda" or bf16)
     torch.backends.cudnn.benchmark = fast
     torch.manual_seed(0)
     eager = _build(head, backbone, nc, dev, fast=fast).train()
     model = torch.compile(eager) if impl == "seg+compile" else eager
     opt = torch.optim.SGD(eager.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    seg_loss = SegLoss()
     x = torch.randn(b, 3, hh, ww, device=dev)
     if fast:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -257,13 +336,13 @@ def run_train_case(head: str, impl: str, device: str, quick: bool, iters: int) -
 
     def step():
         with _explicit(not fast), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = _loss(model(x), y)
+            loss = seg_loss(model(x, resize=False), y)[0] if fast else _loss(model(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     try:
-        res.peak_mb = _peak_mb(step, dev)
+        res.peak_mb = _peak_mb(step, dev, per_op=impl != "seg+compile")
         sec = _time(step, dev, 2 if quick else 5, iters)
         res.fwd_bwd_ms = 1e3 * sec
         res.img_s = b / sec
@@ -289,12 +368,14 @@ def run_train_case(head: str, impl: str, device: str, quick: bool, iters: int) -
     return asdict(res)
 
 
-def run_infer_case(head: str, impl: str, device: str, quick: bool, iters: int) -> dict:
+def run_infer_case(head: str, impl: str, device: str, quick: bool, iters: int,
+                   shape: tuple[str, int, int] | None = None, bf16: bool = False) -> dict:
     """Whole-image inference (one 1024x2048 image) time and peak memory."""
     dev = torch.device(device)
     fast = impl == "seg"
-    backbone, (hh, ww), nc = ("resnet18", (128, 256), 19) if quick else ("resnet50c", (1024, 2048), 19)
-    use_bf16 = fast and dev.type == "cuda"
+    backbone, hh, ww = shape or (("resnet18", 128, 256) if quick else ("resnet50c", 1024, 2048))
+    nc = 19
+    use_bf16 = fast and (dev.type == "cuda" or bf16)
     torch.backends.cudnn.benchmark = fast
     torch.manual_seed(0)
     model = _build(head, backbone, nc, dev, fast=fast).eval()
@@ -393,13 +474,19 @@ def run(
     out: str | Path = "bench_results",
     iters: int | None = None,
     compile: bool = False,
+    backbone: str | None = None,
+    batch: int | None = None,
+    crop: tuple[int, int] | None = None,
+    infer_size: tuple[int, int] | None = None,
+    command: str | None = None,
+    bf16: bool = False,
 ) -> list[dict]:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("seg.bench: --device cuda asked for, but torch sees no CUDA device. Use --device cpu.")
     iters = iters or (2 if quick else (10 if device == "cuda" else 3))
     isolate = device == "cpu"  # fresh process per case so ru_maxrss sees only that case
     call = (lambda f, *a: _in_subprocess(f, *a)) if isolate else (lambda f, *a: f(*a))
-    core_dtype = "bfloat16" if device == "cuda" else "float32"
+    core_dtype = "bfloat16" if device == "cuda" or bf16 else "float32"
     results: list[dict] = []
 
     def report(r):
@@ -417,12 +504,14 @@ def run(
                 report(call(run_core_case, core, label, dims, impl, device, core_dtype, iters))
     if "models" in parts:
         impls = ("explicit", "seg") + (("seg+compile",) if compile else ())
+        tshape = train_shape(quick, backbone, batch, crop)
+        ib, ih, iw = train_shape(quick, backbone)[0], *(infer_size or ((128, 256) if quick else (1024, 2048)))
         for head in heads:
             for impl in impls:
-                report(call(run_train_case, head, impl, device, quick, iters))
+                report(call(run_train_case, head, impl, device, quick, iters, tshape, bf16))
         for head in [h for h in heads if h in ("danet", "nonlocal")] or list(heads)[:1]:
             for impl in ("explicit", "seg"):
-                report(call(run_infer_case, head, impl, device, quick, iters))
+                report(call(run_infer_case, head, impl, device, quick, iters, (ib, ih, iw), bf16))
         if device == "cuda":
             torch.cuda.empty_cache()
 
@@ -432,11 +521,12 @@ def run(
         "torch": torch.__version__,
         "quick": quick,
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "command": "python -m seg.bench --device " + device + (" --quick" if quick else "") + (" --compile" if compile else ""),
+        "command": command or ("python -m seg.bench --device " + device + (" --quick" if quick else "")
+                               + (" --compile" if compile else "")),
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_{device}{'_quick' if quick else ''}{'_compile' if compile else ''}"
+    stem = f"bench_{device}{'_quick' if quick else ''}{'_bf16' if bf16 and device == 'cpu' else ''}{'_compile' if compile else ''}"
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     md = to_markdown(results, meta)
     (out / f"{stem}.md").write_text(md)
@@ -454,8 +544,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=None, help="timed iterations per case (median is reported)")
     p.add_argument("--out", default="bench_results", help="folder for the JSON and Markdown results")
     p.add_argument("--compile", action="store_true", help="also time the training step under torch.compile")
+    p.add_argument("--backbone", default=None, help="timm backbone of the model cases (default resnet50c; quick: resnet18)")
+    p.add_argument("--batch", type=int, default=None, help="training batch size (default 8; quick: 2)")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="training crop (default 512 1024; quick: 64 128)")
+    p.add_argument("--infer-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="whole-image inference size (default 1024 2048; quick: 128 256)")
+    p.add_argument("--bf16", action="store_true",
+                   help="seg's path under bf16 autocast on CPU too (always on CUDA): a CPU proxy of GPU memory")
     a = p.parse_args(argv)
-    run(a.device, a.quick, a.parts, a.heads, a.out, a.iters, a.compile)
+    import sys
+
+    command = "python -m seg.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    run(a.device, a.quick, a.parts, a.heads, a.out, a.iters, a.compile, a.backbone, a.batch,
+        None if a.crop is None else tuple(a.crop), None if a.infer_size is None else tuple(a.infer_size), command, a.bf16)
 
 
 if __name__ == "__main__":

@@ -40,3 +40,18 @@ def test_cuda_request_without_cuda_is_a_clear_error(tmp_path):
         pytest.skip("CUDA is available")
     with pytest.raises(SystemExit, match="no CUDA device"):
         bench.run(device="cuda", out=tmp_path)
+
+
+def test_cpu_peak_counts_allocations_not_resident_pages():
+    """The CPU peak is what was allocated during the call (sampled after every op, backward included)."""
+    if bench._malloc_in_use() is None:
+        pytest.skip("no glibc mallinfo2 on this platform")
+
+    def fn():
+        x = torch.ones(16 * 2**20 // 4, requires_grad=True)  # 16 MiB
+        y = (x * 2).exp()  # +16 (x*2), +16 (exp, saved)
+        y.sum().backward()  # + grads
+
+    peak = bench._cpu_alloc_peak_mb(fn)
+    assert 48 <= peak < 160, peak
+    assert bench._cpu_alloc_peak_mb(lambda: torch.ones(4)) < 4

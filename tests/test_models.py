@@ -204,3 +204,20 @@ def test_model_fast_resize_matches_interpolate():
         model.fast_resize = False
         ref = model(x)["out"]
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_model_resize_false_returns_feature_resolution_logits():
+    """Training asks for logits at feature resolution (the loss resizes them); resizing them gives forward(x)."""
+    torch.manual_seed(0)
+    model = build_model(backbone="resnet18", head="danet", num_classes=3, weights=None, channels=16,
+                        pam_channels=8, aux_channels=8).train()
+    x = torch.randn(2, 3, 64, 96)
+    torch.manual_seed(1)
+    low = model(x, resize=False)
+    torch.manual_seed(1)  # same dropout masks
+    full = model(x)
+    assert set(low) == set(full) == {"out", "aux", "pam", "cam"}
+    for k in low:
+        assert low[k].shape[-2:] == (8, 12) and full[k].shape[-2:] == (64, 96)
+        torch.testing.assert_close(F.interpolate(low[k], (64, 96), mode="bilinear", align_corners=False), full[k],
+                                   rtol=1e-4, atol=1e-5)

@@ -29,8 +29,90 @@ def test_ce_ignores_255_and_weights_outputs():
         ref = F.cross_entropy(logits.permute(0, 2, 3, 1)[valid], target[valid])
         assert parts[k] == pytest.approx(ref.item(), rel=1e-5)
     assert total.item() == pytest.approx(parts["out"] + 0.4 * parts["aux"] + parts["pam"] + parts["cam"], rel=1e-6)
-    with pytest.raises(ValueError, match="input resolution"):
-        SegLoss()({"out": torch.randn(2, 4, 5, 5)}, target)
+    with pytest.raises(ValueError, match="expected \\(B, C, h, w\\)"):
+        SegLoss()({"out": torch.randn(3, 4, 5, 5)}, target)
+
+
+@pytest.mark.parametrize("size,out_size", [((8, 16), (64, 128)), ((5, 7), (33, 61)), ((9, 11), (9, 11)),
+                                           ((16, 16), (8, 12))])
+def test_loss_resizes_like_interpolate_then_cross_entropy(size, out_size):
+    """The fused resize + CE equals F.interpolate(bilinear, align_corners=False) + F.cross_entropy, value
+    and gradient, for up-, down-, odd-ratio and no resizing; small blocks force several row blocks."""
+    from seg.training import losses
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, *size, requires_grad=True)
+    target = torch.randint(0, 5, (3, *out_size))
+    target[:, :2] = 255
+    target[1, :, -3:] = 255
+    ref = F.cross_entropy(F.interpolate(x, out_size, mode="bilinear", align_corners=False), target,
+                          ignore_index=255)
+    (g_ref,) = torch.autograd.grad(ref, x)
+    for chunk in (losses.LOSS_CHUNK_BYTES, 4 * 3 * 5 * out_size[1] * 3):  # one block / blocks of 3 rows
+        old, losses.LOSS_CHUNK_BYTES = losses.LOSS_CHUNK_BYTES, chunk
+        try:
+            total, parts = SegLoss("ce", aux_weight=0.4)({"out": x, "aux": x}, target)
+            (g,) = torch.autograd.grad(total, x)
+        finally:
+            losses.LOSS_CHUNK_BYTES = old
+        assert parts["out"].item() == pytest.approx(ref.item(), rel=1e-5)
+        torch.testing.assert_close(g, 1.4 * g_ref, rtol=1e-4, atol=1e-7)
+
+
+def test_loss_gradcheck_and_all_ignored():
+    from seg.training.losses import cross_entropy, ohem_cross_entropy
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 3, (2, 9, 7))
+    target[0, 0] = 255
+    assert torch.autograd.gradcheck(lambda v: cross_entropy(v, target), (x,))
+    assert torch.autograd.gradcheck(lambda v: ohem_cross_entropy(v, target, min_kept=3), (x,))
+    # no labelled pixel: 0 and a zero gradient, not NaN (F.cross_entropy would give NaN)
+    loss = cross_entropy(x, torch.full((2, 9, 7), 255))
+    loss.backward()
+    assert loss.item() == 0 and torch.count_nonzero(x.grad) == 0
+
+
+def test_loss_bf16_logits_get_bf16_grad_and_fp32_loss():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8).bfloat16().requires_grad_()
+    target = torch.randint(0, 4, (2, 32, 32))
+    total, _ = SegLoss()({"out": x}, target)
+    total.backward()
+    assert total.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
+    ref = F.cross_entropy(F.interpolate(x.float(), (32, 32), mode="bilinear"), target)
+    assert total.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd saves for backward while running fn()."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def test_loss_saves_no_full_resolution_logits():
+    """The point of the fused loss: for 4 outputs, backward keeps low-resolution logits + one value per pixel,
+    where F.interpolate + F.cross_entropy keeps (B, C, H, W) fp32 tensors per output."""
+    torch.manual_seed(0)
+    b, c, h, w, up = 2, 19, 16, 32, 8
+    outs = {k: torch.randn(b, c, h, w, requires_grad=True) for k in ("out", "aux", "pam", "cam")}
+    target = torch.randint(0, c, (b, h * up, w * up))
+    full = b * c * h * up * w * up * 4  # one full-resolution fp32 logits tensor
+
+    def naive():
+        sum(F.cross_entropy(F.interpolate(v, scale_factor=up, mode="bilinear"), target) for v in outs.values())
+
+    fused = _saved_bytes(lambda: SegLoss()(outs, target))
+    assert _saved_bytes(naive) > 4 * full
+    assert fused < full / 2, (fused, full)
 
 
 def test_ohem_keeps_hard_pixels_as_mmseg():
@@ -52,6 +134,16 @@ def test_ohem_keeps_hard_pixels_as_mmseg():
     ce = F.cross_entropy(logits, target, ignore_index=255, reduction="none")
     assert parts["out"].item() == pytest.approx((ce * (valid & (prob < 0.7))).mean().item(), rel=1e-5)
     assert parts["aux"].item() == pytest.approx(F.cross_entropy(logits, target, ignore_index=255).item(), rel=1e-5)
+    # at feature resolution: weights and loss follow the bilinearly resized logits, as in mmseg
+    small = torch.randn(2, 3, 5, 5, requires_grad=True)
+    up = F.interpolate(small, (10, 10), mode="bilinear", align_corners=False)
+    prob_up = up.softmax(1).gather(1, target.clamp(max=2).unsqueeze(1)).squeeze(1)
+    assert torch.equal(ohem_weights(small, target, thresh=0.7, min_kept=5).bool(), valid & (prob_up < 0.7))
+    _, parts = SegLoss("ohem", ohem_thresh=0.7, ohem_min_kept=5)({"out": small}, target)
+    ce_up = F.cross_entropy(up, target, ignore_index=255, reduction="none")
+    ref = (ce_up * (valid & (prob_up < 0.7))).mean()
+    assert parts["out"].item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(parts["out"], small)[0], torch.autograd.grad(ref, small)[0])
 
 
 def test_metrics_match_bincount_reference():
@@ -173,3 +265,16 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert resolve_wandb_mode("auto") == "off"
     assert resolve_wandb_mode("offline") == "offline" and resolve_wandb_mode("off") == "off"
+
+
+@pytest.mark.parametrize("max_epochs,max_steps,expected", [(-1, 500, "Epoch 3 (max 500 iters)"), (10, -1, "Epoch 3/9")])
+def test_progress_bar_epoch_label(max_epochs, max_steps, expected):
+    import lightning as L
+
+    from seg.training.callbacks import SegProgressBar
+
+    bar = SegProgressBar()
+    trainer = L.Trainer(max_epochs=max_epochs, max_steps=max_steps, callbacks=[bar], logger=False,
+                        enable_checkpointing=False, accelerator="cpu")
+    bar.setup(trainer, None, "fit")
+    assert bar._get_train_description(3).strip() == expected

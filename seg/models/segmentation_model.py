@@ -28,7 +28,9 @@ class SegmentationModel(nn.Module):
     Eval mode: ``{'out'}`` only (the aux head is not run). Every tensor is (B, num_classes, H, W),
     upsampled bilinearly with ``align_corners=False``: by ``resize_bilinear`` (matrix products, fp32,
     a fast backward on GPU) or, with ``fast_resize = False``, by ``F.interpolate`` (mmseg's way; in the
-    input dtype).
+    input dtype). ``forward(x, resize=False)`` returns the logits at feature resolution (1/8 or 1/16):
+    training does that and lets the loss resize them (``seg.training.losses``), which never stores
+    full-resolution logits for backward.
 
     Args:
         backbone: returns ``[stage3, stage4]`` feature maps.
@@ -45,7 +47,7 @@ class SegmentationModel(nn.Module):
         self.build_args: dict[str, Any] = {}
         self.fast_resize = True
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, resize: bool = True) -> dict[str, torch.Tensor]:
         if x.ndim != 4:
             raise ValueError(f"expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
         size = x.shape[-2:]
@@ -56,6 +58,8 @@ class SegmentationModel(nn.Module):
                 outs["aux"] = self.aux_head(stage3)["out"]
         else:
             outs = {"out": outs["out"]}
+        if not resize:
+            return outs
         if self.fast_resize:
             return {k: resize_bilinear(v, size) for k, v in outs.items()}
         return {k: F.interpolate(v, size=size, mode="bilinear", align_corners=False) for k, v in outs.items()}

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
 
@@ -204,3 +204,17 @@ class ValImageLogger(L.Callback):
             for lg in self._wandb_loggers(trainer):
                 lg.log_image(key="val/examples", images=self._images, step=trainer.global_step)
         self._images = []
+
+
+class SegProgressBar(RichProgressBar):
+    """Rich progress bar whose epoch label reads ``Epoch 3 (max 80000 iters)`` in iteration-based runs
+    (``max_epochs: -1`` with ``max_steps``, the mmseg way) instead of Lightning's ``Epoch 3/-2``."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        text = f"Epoch {current_epoch}"
+        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+            text += f"/{trainer.max_epochs - 1}"
+        elif trainer.max_steps is not None and trainer.max_steps > 0:
+            text += f" (max {trainer.max_steps} iters)"
+        return f"{text:{len(self.validation_description)}}"  # padded: no flicker against "Validation"

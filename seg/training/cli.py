@@ -35,7 +35,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from seg.data import SegDataModule
 
-from .callbacks import RunSummary, SegCheckpoint, ValImageLogger
+from .callbacks import RunSummary, SegCheckpoint, SegProgressBar, ValImageLogger
 from .loggers import build_loggers
 from .module import SegmentationModule
 from .resume import ExactResume
@@ -105,7 +105,7 @@ class SegCLI(LightningCLI):
         callbacks += [ExactResume(seed=int(cfg.seed_everything or 0)), RunSummary(tcfg.default_root_dir),
                       ValImageLogger()]
         if tcfg.enable_progress_bar is not False and not any(isinstance(c, RichProgressBar) for c in callbacks):
-            callbacks.append(RichProgressBar(leave=True))
+            callbacks.append(SegProgressBar(leave=True))
         kwargs["callbacks"] = callbacks
         if tcfg.logger is None or tcfg.logger is True:
             kwargs["logger"] = build_loggers(tcfg.default_root_dir, cfg.wandb, cfg.wandb_project,
@@ -202,7 +202,7 @@ class SegToolCLI(SegCLI):
         tcfg = self.config_init.trainer
         callbacks = []
         if tcfg.enable_progress_bar is not False:
-            callbacks.append(RichProgressBar(leave=True))
+            callbacks.append(SegProgressBar(leave=True))
         kwargs.update(callbacks=callbacks, logger=False, enable_checkpointing=False)
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         return self._instantiate_trainer(trainer_config, [])  # no checkpoint section callback

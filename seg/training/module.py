@@ -190,7 +190,8 @@ class SegmentationModule(L.LightningModule):
             self.class_names = list(names)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        outputs = self(batch["image"])
+        # logits at feature resolution: the loss resizes them without storing full-resolution tensors
+        outputs = self.model(self._prep(batch["image"]), resize=False)
         loss, parts = self.criterion(outputs, batch["mask"])
         bs = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
