@@ -10,7 +10,8 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from seg.bench import _build, _loss
+from seg.bench import _build
+from seg.training.losses import SegLoss
 
 
 def main():
@@ -30,7 +31,7 @@ def main():
 
         def step():
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = _loss(model(x), y)
+                loss = SegLoss()(model(x, resize=False), y)[0]  # what train.py runs
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -414,7 +414,11 @@ def _fmt(v, digits=1):
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.{digits}f}" if not math.isnan(v) else "nan"
+        if math.isnan(v):
+            return "nan"
+        if 0 < abs(v) < 10 ** -digits * 5:  # e.g. CPU img/s: 3 significant digits instead of "0.0"/"0.1"
+            return f"{v:.3g}"
+        return f"{v:.{digits}f}"
     return str(v)
 
 

@@ -104,6 +104,23 @@ def test_short_run_checkpoints_metrics_and_poly_lr(trained_run):
     assert float(val[-1]["val/mIoU"]) == pytest.approx(summary["last"]["mIoU"])
 
 
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tiny_data, tmp_path):
+    """`model.compile: true` trains through train.py (torch.compile of the network, fused loss outside it):
+    same losses as eager to float tolerance, a seg-layout checkpoint (no `_orig_mod.` keys)."""
+    losses = {}
+    for compiled in (False, True):
+        run = tmp_path / f"run_{compiled}"
+        config = tiny_config(tmp_path / f"cfg_{compiled}.yaml", tiny_data, run, max_steps=2, val_check_interval=2)
+        main(["--config", str(config), f"--model.compile={str(compiled).lower()}"])
+        rows = list(csv.DictReader(open(glob.glob(str(run / "csv/version_*/metrics.csv"))[0])))
+        losses[compiled] = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+        keys = model_state(run / "checkpoints/last.ckpt")
+        assert not any("_orig_mod" in k for k in keys) and any(k.startswith("model.head.") for k in keys)
+    assert len(losses[True]) == 2
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
 def test_resume_is_exact(tiny_data, tmp_path):
     """8 steps straight == 4 steps + `--ckpt_path last` + 4 steps: same weights, optimizer state, LR, step and
     val mIoU. The resume point is mid-epoch (3 batches/epoch) and the head has dropout; the straight run

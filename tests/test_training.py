@@ -68,6 +68,9 @@ def test_loss_gradcheck_and_all_ignored():
     target[0, 0] = 255
     assert torch.autograd.gradcheck(lambda v: cross_entropy(v, target), (x,))
     assert torch.autograd.gradcheck(lambda v: ohem_cross_entropy(v, target, min_kept=3), (x,))
+    # a label outside [0, C) that is not the ignore index is an error, never trained on silently
+    with pytest.raises((RuntimeError, IndexError), match="out of bounds"):
+        cross_entropy(x, torch.full((2, 9, 7), 3))
     # no labelled pixel: 0 and a zero gradient, not NaN (F.cross_entropy would give NaN)
     loss = cross_entropy(x, torch.full((2, 9, 7), 255))
     loss.backward()
