@@ -281,3 +281,17 @@ def test_progress_bar_epoch_label(max_epochs, max_steps, expected):
                         enable_checkpointing=False, accelerator="cpu")
     bar.setup(trainer, None, "fit")
     assert bar._get_train_description(3).strip() == expected
+
+
+def test_predict_labels_equals_argmax_of_probabilities():
+    from seg.training.module import SegmentationModule
+
+    torch.manual_seed(0)
+    module = SegmentationModule(backbone="resnet18", head="fcn", num_classes=4, weights=None,
+                                backbone_kwargs={"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64]},
+                                head_kwargs={"channels": 8}, channels_last=False).eval()
+    x = torch.randn(2, 3, 40, 56)
+    with torch.no_grad():
+        assert torch.equal(module.predict_labels(x), module.predict_probs(x).argmax(1))
+        module.hparams.eval_flip = True  # the averaged-probabilities path
+        assert torch.equal(module.predict_labels(x), module.predict_probs(x).argmax(1))

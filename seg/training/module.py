@@ -200,8 +200,15 @@ class SegmentationModule(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=bs)
         return loss
 
+    def predict_labels(self, images: Tensor) -> Tensor:
+        """Predicted class per pixel (B, H, W) with this module's eval mode / scales / flip."""
+        hp = self.hparams
+        if hp.eval_mode == "whole" and tuple(hp.eval_scales) == (1.0,) and not hp.eval_flip:
+            return self.logits(images).argmax(dim=1)  # argmax(softmax(z)) == argmax(z): no (B, C, H, W) softmax
+        return self.predict_probs(images).argmax(dim=1)
+
     def _eval_step(self, batch: dict[str, Any], metrics: SegMetrics) -> Tensor:
-        preds = self.predict_probs(batch["image"]).argmax(dim=1)  # (B, H, W)
+        preds = self.predict_labels(batch["image"])  # (B, H, W)
         metrics.update(preds, batch["mask"])
         self._eval_images += preds.shape[0]
         return preds
