@@ -174,16 +174,10 @@ def test_finetune_init_from_other_class_count(trained_run, tmp_path):
     meta = json.loads((root / "classes.json").read_text())
     meta.update(classes=["sand", "grass", "concrete"], palette=meta["palette"][:3])
     (root / "classes.json").write_text(json.dumps(meta))
-    for m in (root / "train/masks").glob("*.png"):  # fold lake/pool (3, 4) into concrete: 3 classes
-        import cv2
+    import cv2
 
-        mask = cv2.imread(str(m), cv2.IMREAD_UNCHANGED)
-        mask[mask >= 3] = 2
-        cv2.imwrite(str(m), mask)
-    for m in (root / "val/masks").glob("*.png"):
-        import cv2
-
-        mask = cv2.imread(str(m), cv2.IMREAD_UNCHANGED)
+    for m in sorted((root / "train/masks").glob("*.png")) + sorted((root / "val/masks").glob("*.png")):
+        mask = cv2.imread(str(m), cv2.IMREAD_UNCHANGED)  # fold lake/pool (3, 4) into concrete: 3 classes
         mask[mask >= 3] = 2
         cv2.imwrite(str(m), mask)
     src = trained_run / "checkpoints/last.ckpt"

@@ -221,3 +221,54 @@ def test_model_resize_false_returns_feature_resolution_logits():
         assert low[k].shape[-2:] == (8, 12) and full[k].shape[-2:] == (64, 96)
         torch.testing.assert_close(F.interpolate(low[k], (64, 96), mode="bilinear", align_corners=False), full[k],
                                    rtol=1e-4, atol=1e-5)
+
+
+def _fake_cuda_model(head: str):
+    """A bf16 model whose tensors are fake CUDA tensors (FakeTensorMode): no GPU needed, no data computed."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        kw = dict(channels=16, pam_channels=8) if head == "danet" else dict(channels=16)
+        return build_model("resnet18", head, 5, weights=None, aux_channels=8, **kw)
+    finally:
+        torch.set_default_dtype(old)
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_cuda_code_paths_trace_with_fake_cuda_tensors(head):
+    """The CUDA-only branches (split-head SDPA, bf16 x bf16 -> fp32 CAM energies, the fused loss) run here only
+    as fake CUDA tensors: shapes, dtypes and op signatures are checked on every CPU run; numbers need a GPU
+    (the CUDA tests in test_functional.py / test_mmseg_compat.py)."""
+    import types
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from seg.layers.functional import _GramFp32
+    from seg.training.losses import SegLoss, _ResizedCrossEntropy
+
+    with FakeTensorMode(allow_non_fake_inputs=True), torch.device("cuda"):
+        model = _fake_cuda_model(head).train()  # (.to() cannot swap fake parameters: built in place)
+        assert next(model.parameters()).device.type == "cuda"
+        x = torch.empty(2, 3, 64, 96, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        outs = model(x, resize=False)
+        expected = {"out", "aux"} | ({"pam", "cam"} if head == "danet" else set())
+        assert set(outs) == expected
+        assert all(v.shape == (2, 5, 8, 12) and v.dtype == torch.bfloat16 and v.is_cuda for v in outs.values())
+        mask = torch.zeros(2, 64, 96, dtype=torch.long)
+        loss, _ = SegLoss()(outs, mask)
+        assert loss.dtype == torch.float32 and loss.is_cuda
+        # backward of the custom functions, called directly (the autograd engine needs a real device)
+        logits = outs["out"]
+        lse = torch.empty(2, 64, 96)
+        ctx = types.SimpleNamespace(saved_tensors=(logits, mask, lse.clone(), lse, torch.empty(())),
+                                    chunk_bytes=2**12)
+        grad = _ResizedCrossEntropy.backward(ctx, torch.empty(()))[0]
+        assert grad.shape == logits.shape and grad.dtype == torch.bfloat16
+        xs = torch.empty(2, 16, 96, dtype=torch.bfloat16)
+        energy = _GramFp32.apply(xs)
+        assert energy.shape == (2, 16, 16) and energy.dtype == torch.float32
+        ctx = types.SimpleNamespace(saved_tensors=(xs,), needs_input_grad=(True,))
+        assert _GramFp32.backward(ctx, energy).dtype == torch.bfloat16
+        model.eval()
+        out = model(x)["out"]
+        assert out.shape == (2, 5, 64, 96) and out.dtype == torch.float32

@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seg.models.resize import interpolation_matrix
@@ -41,7 +40,6 @@ class _Resizer:
 
     def __init__(self, logits: Tensor, size: tuple[int, int]) -> None:
         h, w = logits.shape[-2:]
-        self.h, self.w = h, w
         self.size = int(size[0]), int(size[1])
         dev = logits.device
         dtype = torch.promote_types(logits.dtype, torch.float32)  # fp32 (fp64 stays fp64, for gradcheck)
