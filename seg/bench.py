@@ -18,11 +18,12 @@ Two parts, printed as tables and written as JSON + Markdown:
 minute on a CPU; its numbers only show that the harness works.
 
 Peak memory: on CUDA, `torch.cuda.max_memory_allocated` above what was allocated before the
-measured call. On CPU, each case runs in a fresh subprocess and reports the peak of the bytes
-malloc holds (glibc ``mallinfo2``), sampled after every aten op of the call, above what it held
-before: allocated memory, like CUDA's figure. Where ``mallinfo2`` is missing, and for compiled
-models, it is the growth of the peak resident set size (VmHWM, reset just before the call), which
-also counts pages malloc has freed but kept.
+measured call. On CPU, the peak of the bytes malloc holds (glibc ``mallinfo2``), sampled after
+every aten op of the call, above what it held before: allocated memory, like CUDA's figure (so
+cases can share one process; ``--quick`` takes about 35 s on 2 cores). Where ``mallinfo2`` is
+missing, and for compiled models, each case runs in a fresh subprocess and reports the growth of
+its peak resident set size (VmHWM, reset just before the call), which also counts pages malloc
+has freed but kept.
 
 `--bf16` runs seg's path under bf16 autocast on the CPU too (on CUDA it always does): a CPU proxy
 for the memory of the GPU fast path.
@@ -488,8 +489,13 @@ def run(
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("seg.bench: --device cuda asked for, but torch sees no CUDA device. Use --device cpu.")
     iters = iters or (2 if quick else (10 if device == "cuda" else 3))
-    isolate = device == "cpu"  # fresh process per case so ru_maxrss sees only that case
-    call = (lambda f, *a: _in_subprocess(f, *a)) if isolate else (lambda f, *a: f(*a))
+    # CPU: malloc's bytes in use are measured against the bytes held before the call, so cases can share this
+    # process; the resident-set fallback (no mallinfo2, compiled models) needs a fresh process per case.
+    rss_only = device == "cpu" and _malloc_in_use() is None
+
+    def call(f, *a):
+        compiled = f is run_train_case and a[1] == "seg+compile"
+        return _in_subprocess(f, *a) if device == "cpu" and (rss_only or compiled) else f(*a)
     core_dtype = "bfloat16" if device == "cuda" or bf16 else "float32"
     results: list[dict] = []
 
