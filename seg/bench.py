@@ -36,6 +36,7 @@ import json
 import math
 import multiprocessing as mp
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -515,13 +516,13 @@ def run(
     if "models" in parts:
         impls = ("explicit", "seg") + (("seg+compile",) if compile else ())
         tshape = train_shape(quick, backbone, batch, crop)
-        ib, ih, iw = train_shape(quick, backbone)[0], *(infer_size or ((128, 256) if quick else (1024, 2048)))
+        ih, iw = infer_size or ((128, 256) if quick else (1024, 2048))
         for head in heads:
             for impl in impls:
                 report(call(run_train_case, head, impl, device, quick, iters, tshape, bf16))
         for head in [h for h in heads if h in ("danet", "nonlocal")] or list(heads)[:1]:
             for impl in ("explicit", "seg"):
-                report(call(run_infer_case, head, impl, device, quick, iters, (ib, ih, iw), bf16))
+                report(call(run_infer_case, head, impl, device, quick, iters, (tshape[0], ih, iw), bf16))
         if device == "cuda":
             torch.cuda.empty_cache()
 
@@ -563,8 +564,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bf16", action="store_true",
                    help="seg's path under bf16 autocast on CPU too (always on CUDA): a CPU proxy of GPU memory")
     a = p.parse_args(argv)
-    import sys
-
     command = "python -m seg.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     run(a.device, a.quick, a.parts, a.heads, a.out, a.iters, a.compile, a.backbone, a.batch,
         None if a.crop is None else tuple(a.crop), None if a.infer_size is None else tuple(a.infer_size), command, a.bf16)

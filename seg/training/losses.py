@@ -107,11 +107,13 @@ class _ResizedCrossEntropy(torch.autograd.Function):
             resizer = _Resizer(logits.detach(), safe_target.shape[-2:])
             scale = weight * (grad.to(resizer.y.dtype) / denom)  # (B, H, W): d loss / d CE per pixel
 
+            minus_one = torch.full((), -1.0, dtype=resizer.y.dtype, device=logits.device)
+
             def blocks():
                 for r0, r1 in resizer.blocks(ctx.chunk_bytes):
                     idx = safe_target[:, None, r0:r1]
                     g = (resizer.rows(r0, r1) - lse[:, None, r0:r1]).exp_()  # softmax
-                    g.scatter_add_(1, idx, torch.full(idx.shape, -1.0, dtype=g.dtype, device=g.device))  # - one-hot
+                    g.scatter_add_(1, idx, minus_one.expand(idx.shape))  # - one-hot
                     yield (r0, r1), g.mul_(scale[:, None, r0:r1])
 
             grad_logits = resizer.grad_input(blocks())

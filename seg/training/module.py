@@ -164,10 +164,16 @@ class SegmentationModule(L.LightningModule):
         """Main-output logits (B, C, H, W) at input resolution."""
         return self(images)["out"]
 
+    @property
+    def _single_pass_eval(self) -> bool:
+        """Whole image, one scale, no flip: the network's logits are the prediction (no averaging)."""
+        hp = self.hparams
+        return hp.eval_mode == "whole" and tuple(hp.eval_scales) == (1.0,) and not hp.eval_flip
+
     def predict_probs(self, images: Tensor) -> Tensor:
         """Probabilities (B, C, H, W) with this module's eval mode / scales / flip."""
         hp = self.hparams
-        if hp.eval_mode == "whole" and tuple(hp.eval_scales) == (1.0,) and not hp.eval_flip:
+        if self._single_pass_eval:
             return self.logits(images).float().softmax(1)
         return predict_probs(self.logits, images, hp.num_classes, hp.eval_mode, tuple(hp.eval_crop_size),
                              tuple(hp.eval_stride), tuple(hp.eval_scales), hp.eval_flip)
@@ -202,8 +208,7 @@ class SegmentationModule(L.LightningModule):
 
     def predict_labels(self, images: Tensor) -> Tensor:
         """Predicted class per pixel (B, H, W) with this module's eval mode / scales / flip."""
-        hp = self.hparams
-        if hp.eval_mode == "whole" and tuple(hp.eval_scales) == (1.0,) and not hp.eval_flip:
+        if self._single_pass_eval:
             return self.logits(images).argmax(dim=1)  # argmax(softmax(z)) == argmax(z): no (B, C, H, W) softmax
         return self.predict_probs(images).argmax(dim=1)
 
