@@ -27,8 +27,8 @@ def test_ce_ignores_255_and_weights_outputs():
     valid = target != 255
     for k, logits in outs.items():
         ref = F.cross_entropy(logits.permute(0, 2, 3, 1)[valid], target[valid])
-        assert parts[k] == pytest.approx(ref.item(), rel=1e-5)
-    assert total.item() == pytest.approx(parts["out"] + 0.4 * parts["aux"] + parts["pam"] + parts["cam"], rel=1e-6)
+        assert parts[k].item() == pytest.approx(ref.item(), rel=1e-5)
+    assert total.item() == pytest.approx((parts["out"] + 0.4 * parts["aux"] + parts["pam"] + parts["cam"]).item(), rel=1e-6)
     with pytest.raises(ValueError, match="expected \\(B, C, h, w\\)"):
         SegLoss()({"out": torch.randn(3, 4, 5, 5)}, target)
 
