@@ -111,10 +111,11 @@ def main(argv: list[str] | None = None) -> None:
         full = {}
         for name, f in rows:
             wall, cpu = _rate(f, args.iters)
-            full[name] = wall
+            full[name] = cpu  # a worker's capacity on an idle core
             print(f'{name:38s} {wall:8.2f} {cpu:8.2f}   {1e3 / cpu:6.1f}')
         for name in ('decode PNG + augment', 'decode cache + augment'):
-            print(f'workers for 90 img/s (R50-D8 on one GPU), {name}: {int(np.ceil(90 / full[name]))}')
+            print(f'workers for 90 img/s (R50-D8 on one GPU), {name}: {int(np.ceil(90 / full[name]))} '
+                  '(+1-2 for headroom; from the CPU rate: one idle core per worker)')
         if args.workers:
             from torch.utils.data import DataLoader, RandomSampler
 
