@@ -41,9 +41,14 @@ def stub_mmcv_ops() -> None:
         def __init__(self, *args: object, **kwargs: object) -> None:
             raise RuntimeError('compiled mmcv op not available (mmcv-lite)')
 
+    def missing(name: str) -> type:
+        if name.startswith('__'):
+            raise AttributeError(name)
+        return _Missing
+
     ops = types.ModuleType('mmcv.ops')
     ops.__path__ = []
-    ops.__getattr__ = lambda name: _Missing if not name.startswith('__') else (_ for _ in ()).throw(AttributeError(name))
+    ops.__getattr__ = missing
     sys.modules['mmcv.ops'] = ops
     mmcv.ops = ops
 

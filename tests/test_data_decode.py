@@ -104,7 +104,8 @@ def test_cache_entries_hold_only_plain_numbers(tmp_path):
     write_entry(tmp_path / 'ok.bin', np.arange(12, dtype=np.int32).reshape(3, 4))
     np.testing.assert_array_equal(read_entry(tmp_path / 'ok.bin'), np.arange(12).reshape(3, 4))
     evil = tmp_path / 'evil.bin'
-    evil.write_bytes(b'SEGCACHE1\n' + json.dumps({'dtype': '|O', 'shape': [1], 'zlib': False}).encode() + b'\n' + b'x' * 8)
+    header = json.dumps({'dtype': '|O', 'shape': [1], 'zlib': False}).encode()  # an object array: refused
+    evil.write_bytes(b'SEGCACHE1\n' + header + b'\n' + b'x' * 8)
     with pytest.raises(ValueError, match='unsupported entry'):
         read_entry(evil)
     with pytest.raises(ValueError, match='not a seg cache entry'):

@@ -14,7 +14,7 @@ neither a class nor ignore raises `DataError` naming the file and the offending 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .cache import FileCache
+if TYPE_CHECKING:
+    from .cache import FileCache
 
 IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.webp')
@@ -208,6 +209,8 @@ class SegDataset(Dataset):
 
     def set_cache(self, cache_dir: str | Path | None) -> None:
         """Keep decoded images and masks in `cache_dir` (see `seg.data.cache`); None turns caching off."""
+        from .cache import FileCache  # lazily: `python -m seg.data.cache` must not find itself imported
+
         self.cache = FileCache(cache_dir) if cache_dir is not None else None
 
     # -- listing helpers -------------------------------------------------------------------------------

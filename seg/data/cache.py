@@ -9,7 +9,7 @@ every sample), so reading one costs a file read:
     python train.py ... --data.cache_dir /fast/seg_cache      # or fill it lazily during the first epoch
 
 Images are stored uncompressed (natural images barely compress losslessly, and inflating would cost what
-decoding does): 6.3 MB per 2048x1024 frame, ~19 GB for Cityscapes train+val; masks compress ~100x with zlib
+decoding does): 6.3 MB per 2048x1024 frame, ~22 GB for Cityscapes train+val; masks compress ~100x with zlib
 level 1 (~0.7 ms to inflate) and are stored that way. An entry is keyed by the source file's absolute path,
 size and modification time, so an edited or replaced file is decoded afresh. Entries are written atomically
 (temp file + rename), so concurrent DataLoader workers and DDP ranks can share one folder. Reading an entry

@@ -98,7 +98,7 @@ class SegDataModule(L.LightningDataModule):
         pin_memory: pin batches when CUDA is available (faster, asynchronous host-to-device copies).
         cache_dir: keep decoded images and masks there (`seg.data.cache`): decoding then costs a file read
             instead of a PNG decode, ~3-4x more samples/s per worker. Filled on first use, or ahead of time with
-            ``python -m seg.data.cache``; needs raw-pixel disk space (~19 GB for Cityscapes).
+            ``python -m seg.data.cache``; needs raw-pixel disk space (~22 GB for Cityscapes train+val).
         generate_demo: write the synthetic demo data (`seg.data.synthetic`) into `root` first if absent.
     """
 
