@@ -128,3 +128,12 @@ def test_cache_cli_fills_every_split(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'train: 2 samples' in out and 'val: 1 samples' in out
     assert len(list((tmp_path / 'c').glob('*/*.bin'))) == 6
+
+
+def test_data_bench_reports_the_split(capsys):
+    from seg.data.bench import main as bench_main
+
+    bench_main(['--iters', '2', '--crop', '64', '128'])
+    out = capsys.readouterr().out
+    for row in ('decode PNG pair', 'decode from cache', 'augment only', 'decode cache + augment', 'workers for 90'):
+        assert row in out, out
