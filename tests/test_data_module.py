@@ -51,6 +51,23 @@ def test_val_batches_of_mixed_sizes_are_padded_with_ignore(tmp_path):
     assert (b['mask'][0, 20:] == 255).all()
 
 
+def test_decode_cache_and_gpu_loader_defaults(demo, tmp_path):
+    kw = dict(batch_size=4, crop_size=(64, 96), seed=0)
+    plain = SegDataModule('folder', str(demo), num_workers=0, **kw)
+    cached = SegDataModule('folder', str(demo), num_workers=0, cache_dir=str(tmp_path / 'cache'), **kw)
+    a, b = plain.dataset('train'), cached.dataset('train')
+    assert a.cache is None and b.cache is not None and cached.dataset('val').cache is not None
+    for i in (0, 5):  # cached samples are the same tensors (same seed -> same augmentation)
+        a.reseed(i)
+        b.reseed(i)
+        sa, sb = a[i], b[i]
+        assert torch.equal(sa['image'], sb['image']) and torch.equal(sa['mask'], sb['mask'])
+    assert len(list((tmp_path / 'cache').glob('*/*.bin'))) == 4
+    dl = SegDataModule('folder', str(demo), num_workers=2, **kw).train_dataloader()
+    assert dl.persistent_workers and dl.prefetch_factor == 4
+    assert dl.pin_memory == torch.cuda.is_available()
+
+
 def test_val_loader_uses_unpadded_sampler_under_ddp(monkeypatch, demo):
     monkeypatch.setattr(dm_module.dist, 'is_initialized', lambda: True)
     monkeypatch.setattr(dm_module.dist, 'get_world_size', lambda: 7)

@@ -8,7 +8,10 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from seg.data import UnpaddedDistributedSampler, build_eval_transform, build_train_transform
-from seg.data.transforms import CatMaxRandomCrop, PhotoMetricDistortion, RandomRescale, reseed
+import albumentations as A
+from seg.data.transforms import (
+    CatMaxRandomCrop, NormalizeToTensor, PhotoMetricDistortion, RandomRescale, RandomRescaleCrop, nearest_index, reseed,
+)
 
 COLOURS = np.array([(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0), (0, 250, 250)], np.uint8)
 
@@ -45,7 +48,7 @@ def test_train_recipe_keeps_image_and_mask_aligned(base_size):
         pad = (img == 0).all(-1)  # padding: image 0 and mask 255
         assert (m[pad] == 255).all()
         shapes.add(pad.any())
-        flips += bool(t.transforms[2].params)  # HorizontalFlip records that it ran
+        flips += bool(t.transforms[1].params)  # HorizontalFlip records that it ran
     assert shapes == {True, False}  # both padded (small scales) and unpadded crops occurred
     assert 40 < flips < 160
 
@@ -53,15 +56,15 @@ def test_train_recipe_keeps_image_and_mask_aligned(base_size):
 def test_train_recipe_bilinear_and_photometric_masks_stay_nearest():
     image, mask = _scene()
     t = build_train_transform(crop_size=(40, 50), base_size=(80, 60), seed=2)  # the full recipe as used
-    assert isinstance(t.transforms[3], PhotoMetricDistortion)
+    assert isinstance(t.transforms[2], PhotoMetricDistortion)
     for _ in range(100):
         out = t(image=image, mask=mask)
-        assert out['image'].dtype == np.float32 and out['image'].shape == (40, 50, 3)
+        assert out['image'].dtype == torch.float32 and out['image'].shape == (3, 40, 50)
         assert set(np.unique(out['mask'])) <= {0, 1, 2, 3, 4, 255}
     # the image-only steps never touch the mask: with photometric distortion, colours still decode right
     t2 = build_train_transform(crop_size=(40, 50), base_size=(80, 60), normalize=False, seed=3)
     t2.transforms[0].interpolation = cv2.INTER_NEAREST
-    t2.transforms[3] = PhotoMetricDistortion(brightness_delta=0, contrast_range=(1, 1), saturation_range=(1, 1),
+    t2.transforms[2] = PhotoMetricDistortion(brightness_delta=0, contrast_range=(1, 1), saturation_range=(1, 1),
                                              hue_delta=0)
     reseed(t2, 3)
     out = t2(image=image, mask=mask)
@@ -121,7 +124,8 @@ def test_padding_uses_fill_mask_255_not_zero():
     t = build_train_transform(crop_size=(64, 64), base_size=None, scale_range=(1.0, 1.0), seed=0)
     out = t(image=image, mask=mask)
     assert (out['mask'][20:] == 255).all() and (out['mask'][:, 20:] == 255).all()
-    assert (out['image'][20:] == 0).all()
+    assert (out['image'][:, 20:] == 0).all() and (out['image'][:, :, 20:] == 0).all()
+    assert (out['image'][:, :20, :20] != 0).any()
 
 
 def test_seeded_pipelines_repeat_and_reseed_changes_draws():
@@ -131,6 +135,156 @@ def test_seeded_pipelines_repeat_and_reseed_changes_draws():
     np.testing.assert_array_equal(a(image=image, mask=mask)['image'], b(image=image, mask=mask)['image'])
     reseed(b, 6)
     assert not np.array_equal(a(image=image, mask=mask)['image'], b(image=image, mask=mask)['image'])
+
+
+def _smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A natural-looking image: smooth shading plus mild texture (what the recipe sees in practice)."""
+    rng = np.random.default_rng(seed)
+    img = cv2.resize(rng.uniform(0, 255, (max(h // 8, 2), max(w // 8, 2), 3)).astype(np.float32), (w, h),
+                     interpolation=cv2.INTER_CUBIC) + rng.normal(0, 3, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize('src, base_size, ratios, crop', [
+    ((45, 61), None, (0.3, 0.9), (20, 30)),       # downscale, odd sizes
+    ((45, 61), None, (1.1, 2.3), (40, 50)),       # upscale, odd sizes
+    ((37, 83), (100, 50), (0.5, 2.0), (33, 47)),  # base size, both directions, crops sometimes larger
+    ((64, 128), (128, 64), (2.0, 2.0), (32, 64)),  # exactly 2x
+])
+def test_rescale_crop_equals_resize_then_crop(src, base_size, ratios, crop):
+    """Resampling only the crop gives resize-then-crop's pixels: masks exactly, images within 1 grey level."""
+    h, w = src
+    image, mask = _smooth_image(h, w), np.random.default_rng(1).integers(0, 7, (h, w)).astype(np.uint8)
+    t = RandomRescaleCrop(*crop, base_size=base_size, ratio_range=ratios, cat_max_ratio=0.75)
+    nn = RandomRescaleCrop(*crop, base_size=base_size, ratio_range=ratios, interpolation=cv2.INTER_NEAREST)
+    t.set_random_seed(0)
+    nn.set_random_seed(0)
+    seen_sizes = set()
+    for _ in range(25):
+        out = t(image=image, mask=mask)
+        size, (x1, y1, x2, y2) = t.params['size'], t.params['box']
+        seen_sizes.add(size)
+        full = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)[y1:y2, x1:x2]
+        full_mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)[y1:y2, x1:x2]
+        assert out['image'].shape == full.shape and out['mask'].shape == full_mask.shape
+        np.testing.assert_array_equal(out['mask'], full_mask)
+        assert np.abs(out['image'].astype(int) - full).max() <= 1
+        assert np.abs(out['image'].astype(int) - full).mean() < 0.3
+        out_nn = nn(image=image, mask=mask)  # nearest image: exact as well
+        size, (x1, y1, x2, y2) = nn.params['size'], nn.params['box']
+        np.testing.assert_array_equal(out_nn['image'],
+                                      cv2.resize(image, size, interpolation=cv2.INTER_NEAREST)[y1:y2, x1:x2])
+    assert len(seen_sizes) > (1 if ratios[0] < ratios[1] else 0)
+
+
+def test_rescale_crop_sharp_edges_stay_close():
+    """Worst case for the fixed-point sample positions: random noise. Still a few grey levels at most."""
+    image = np.random.default_rng(2).integers(0, 256, (41, 59, 3), dtype=np.uint8)
+    t = RandomRescaleCrop(30, 40, base_size=None, ratio_range=(0.5, 2.0))
+    t.set_random_seed(3)
+    for _ in range(20):
+        out = t(image=image)['image'].astype(int)
+        size, (x1, y1, x2, y2) = t.params['size'], t.params['box']
+        d = np.abs(out - cv2.resize(image, size)[y1:y2, x1:x2])
+        assert d.max() <= 8 and d.mean() < 1.0, (size, d.max(), d.mean())
+
+
+def test_nearest_index_matches_opencv_for_many_sizes():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        src, dst = int(rng.integers(1, 3000)), int(rng.integers(1, 5000))
+        ramp = np.arange(src, dtype=np.int32)[None].repeat(2, 0)
+        np.testing.assert_array_equal(nearest_index(src, dst, 0, dst),
+                                      cv2.resize(ramp, (dst, 2), interpolation=cv2.INTER_NEAREST)[0])
+
+
+@pytest.mark.parametrize('cat_max_ratio', [0.75, 1.0])
+def test_rescale_crop_draws_like_rescale_then_cat_max_crop(cat_max_ratio):
+    """Same generator state -> same scale, same crop (cat-max re-draws included) as the two separate steps."""
+    mask = np.zeros((50, 90), np.uint8)
+    mask[:, 70:] = 1  # most crops see one class only: the cat-max re-draws matter
+    mask[:4] = 255
+    image = np.zeros((50, 90, 3), np.uint8)
+    fused = A.Compose([RandomRescaleCrop(30, 40, (90, 50), (0.5, 2.0), cat_max_ratio)])
+    steps = A.Compose([RandomRescale((90, 50), (0.5, 2.0)), CatMaxRandomCrop(30, 40, cat_max_ratio)])
+    reseed(fused, 7)
+    reseed(steps, 7)
+    accepted = 0
+    for _ in range(150):
+        a, b = fused(image=image, mask=mask)['mask'], steps(image=image, mask=mask)['mask']
+        assert fused.transforms[0].params['box'] == steps.transforms[1].params['box']
+        np.testing.assert_array_equal(a, b)
+        counts = np.bincount(a[a != 255], minlength=2)
+        accepted += (counts > 0).sum() > 1 and counts.max() / counts.sum() < 0.75
+    assert (accepted > 100) if cat_max_ratio < 1 else (accepted < 75), accepted
+
+
+def _pmd_reference(img: np.ndarray, beta, contrast_first, contrast, saturation, hue) -> np.ndarray:
+    """mmseg's PhotoMetricDistortion arithmetic written out in float (BGR image, as mmseg holds it)."""
+    def convert(x, alpha=1.0, b=0.0):
+        return np.clip(x.astype(np.float32) * alpha + b, 0, 255).astype(np.uint8)
+    bgr = img[:, :, ::-1].copy()
+    if beta is not None:
+        bgr = convert(bgr, b=beta)
+    if contrast is not None and contrast_first:
+        bgr = convert(bgr, alpha=contrast)
+    if saturation is not None:
+        hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+        hsv[:, :, 1] = convert(hsv[:, :, 1], alpha=saturation)
+        bgr = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    if hue is not None:
+        hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+        hsv[:, :, 0] = (hsv[:, :, 0].astype(int) + hue) % 180
+        bgr = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    if contrast is not None and not contrast_first:
+        bgr = convert(bgr, alpha=contrast)
+    return bgr[:, :, ::-1]
+
+
+PMD_KEYS = ('beta', 'contrast_first', 'contrast', 'saturation', 'hue')
+
+
+def test_photometric_lookup_tables_match_float_formula():
+    image = np.random.default_rng(4).integers(0, 256, (23, 37, 3), dtype=np.uint8)
+    t = PhotoMetricDistortion()
+    t.set_random_seed(0)
+    for _ in range(60):
+        out = t(image=image)['image']
+        np.testing.assert_array_equal(out, _pmd_reference(image, **{k: t.params[k] for k in PMD_KEYS}))
+
+
+def test_photometric_draws_follow_mmseg_ranges():
+    """mmseg: hue np.random.randint(-18, 18) (18 never drawn), brightness/contrast/saturation uniform, coins 1/2."""
+    t = PhotoMetricDistortion()
+    t.set_random_seed(0)
+    draws = [t.get_params() for _ in range(4000)]
+    hues = [d['hue'] for d in draws if d['hue'] is not None]
+    assert min(hues) == -18 and max(hues) == 17 and len(set(hues)) == 36
+    betas = [d['beta'] for d in draws if d['beta'] is not None]
+    assert -32 <= min(betas) < -31 and 31 < max(betas) < 32
+    for key, (lo, hi) in (('contrast', (0.5, 1.5)), ('saturation', (0.5, 1.5))):
+        vals = [d[key] for d in draws if d[key] is not None]
+        assert lo <= min(vals) < lo + 0.01 and hi - 0.01 < max(vals) <= hi
+    for key in ('beta', 'contrast', 'saturation', 'hue'):
+        assert 0.45 < np.mean([d[key] is not None for d in draws]) < 0.55
+    assert 0.45 < np.mean([d['contrast_first'] for d in draws]) < 0.55
+    zero = PhotoMetricDistortion(hue_delta=0)
+    zero.set_random_seed(0)
+    assert {zero.get_params()['hue'] for _ in range(50)} == {None, 0}
+
+
+def test_normalize_to_tensor_matches_normalize_pad_transpose():
+    image, mask = _scene(21, 33)
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    out = NormalizeToTensor(mean, std, pad_size=(25, 30))(image=image, mask=mask)
+    img, m = out['image'], out['mask']
+    assert isinstance(img, torch.Tensor) and img.dtype == torch.float32 and img.shape == (3, 25, 33)
+    expected = ((image.astype(np.float64) - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(img[:, :21].numpy(), expected, atol=1e-5)
+    assert (img[:, 21:] == 0).all() and m.shape == (25, 33) and (m[21:] == 255).all()
+    np.testing.assert_array_equal(m[:21], mask)
+    same = NormalizeToTensor(mean, std, pad_size=(5, 5))(image=image)['image']  # no padding: written in place
+    np.testing.assert_allclose(same.numpy(), expected, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------- sampler

@@ -1,12 +1,13 @@
-"""Decode + augment throughput of the Cityscapes training recipe, in samples/s per worker.
+"""Decode + augment throughput of the Cityscapes training recipe, in samples/s per worker (one core).
 
     python -m seg.data.bench                    # 1 process, 2048x1024 PNG, crop 512x1024
     python -m seg.data.bench --workers 4        # also through a DataLoader with 4 workers
 
-A 2048x1024 image and labelIds mask are synthesised as PNGs in a temporary Cityscapes tree (a smooth scene
-plus noise, so the PNG is about as large as a real leftImg8bit file), then `CityscapesDataset` with the
-SegDataModule train transform is read repeatedly: PNG decode, label-id mapping and checks, rescale 0.5-2.0,
-cat-max crop, flip, photometric distortion, normalise, pad, tensor conversion.
+A 2048x1024 image and labelIds mask are synthesised as PNGs in a temporary Cityscapes tree (`fake_scene`: its
+PNG is ~2.2 MB, like a real leftImg8bit frame), then `CityscapesDataset` with the SegDataModule train
+transform is read repeatedly: decode (PNG, or the `seg.data.cache` decode cache), label-id mapping and checks,
+rescale 0.5-2.0 + cat-max crop, flip, photometric distortion, normalise, pad, tensor conversion. Rates are
+given per wall second and per CPU second of the process (the latter barely moves on a busy machine).
 """
 from __future__ import annotations
 
@@ -14,31 +15,57 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
 import torch
 
 
-def write_fake_cityscapes(root: Path, n: int = 1, size: tuple[int, int] = (2048, 1024)) -> None:
-    """n synthetic 2048x1024 samples in the Cityscapes layout (train split, city 'bench')."""
+def fake_scene(seed: int = 0, size: tuple[int, int] = (2048, 1024)) -> tuple[np.ndarray, np.ndarray]:
+    """A street-scene stand-in: (HxWx3 uint8 RGB image, HxW uint8 Cityscapes label ids).
+
+    Class blocks of 128 px with one colour each, smooth shading and mild blurred texture: its PNG is ~2.2 MB at
+    2048x1024, like a real ``leftImg8bit`` frame (pure noise would be ~6 MB and decode slower than real data).
+    """
     w, h = size
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
+    label_ids = np.array([7, 8, 11, 21, 23, 24, 26, 0], np.uint8)
+    labels = cv2.resize(label_ids[rng.integers(0, len(label_ids), (max(h // 128, 1), max(w // 128, 1)))], (w, h),
+                        interpolation=cv2.INTER_NEAREST)
+    colours = rng.integers(30, 226, (256, 3)).astype(np.float32)
+    shade = cv2.resize(rng.normal(0, 25, (max(h // 32, 1), max(w // 32, 1), 3)).astype(np.float32), (w, h),
+                       interpolation=cv2.INTER_CUBIC)
+    img = cv2.GaussianBlur(colours[labels] + shade + rng.normal(0, 4, (h, w, 3)).astype(np.float32), (0, 0), 1.0)
+    return np.clip(img, 0, 255).astype(np.uint8), labels
+
+
+def write_fake_cityscapes(root: Path, n: int = 1, size: tuple[int, int] = (2048, 1024)) -> None:
+    """n `fake_scene` samples in the Cityscapes layout (train split, city 'bench'): image, labelIds and
+    labelTrainIds PNGs."""
+    from .cityscapes import label_id_lut
+
+    to_train = np.maximum(label_id_lut(), 0).astype(np.uint8)
     img_dir, gt_dir = root / 'leftImg8bit/train/bench', root / 'gtFine/train/bench'
     img_dir.mkdir(parents=True)
     gt_dir.mkdir(parents=True)
     for i in range(n):
-        coarse = rng.integers(0, 256, (h // 64, w // 64, 3), dtype=np.uint8)
-        img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-        img = np.clip(img.astype(np.int16) + rng.integers(-6, 7, img.shape), 0, 255).astype(np.uint8)
-        label_ids = np.array([7, 8, 11, 21, 23, 24, 26, 0], np.uint8)
-        labels = label_ids[rng.integers(0, len(label_ids), (h // 128, w // 128))]
-        labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
-        cv2.imwrite(str(img_dir / f'bench_{i:06d}_000019_leftImg8bit.png'), img)
+        img, labels = fake_scene(i, size)
+        cv2.imwrite(str(img_dir / f'bench_{i:06d}_000019_leftImg8bit.png'), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(gt_dir / f'bench_{i:06d}_000019_gtFine_labelIds.png'), labels)
+        cv2.imwrite(str(gt_dir / f'bench_{i:06d}_000019_gtFine_labelTrainIds.png'), to_train[labels])
+
+
+def _rate(f: Callable[[int], object], iters: int) -> tuple[float, float]:
+    """(samples per wall second, samples per CPU second) of f(0..iters-1)."""
+    t, c = time.perf_counter(), time.process_time()
+    for i in range(iters):
+        f(i)
+    return iters / (time.perf_counter() - t), iters / max(time.process_time() - c, 1e-9)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from . import base
     from .cityscapes import CityscapesDataset
     from .datamodule import collate, seed_worker
     from .transforms import build_train_transform
@@ -46,47 +73,65 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog='python -m seg.data.bench', description=__doc__.split('\n')[0])
     p.add_argument('--iters', type=int, default=30, help='samples timed per measurement')
     p.add_argument('--workers', type=int, default=0, help='also measure a DataLoader with this many workers')
+    p.add_argument('--batch-size', type=int, default=8, help='DataLoader batch size')
     p.add_argument('--crop', type=int, nargs=2, default=(512, 1024), metavar=('H', 'W'))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)  # one core per worker, as in a DataLoader worker
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / 'cityscapes'
         write_fake_cityscapes(root, n=4)
         png = next((root / 'leftImg8bit').rglob('*.png'))
         transform = build_train_transform(crop_size=tuple(args.crop), base_size=(2048, 1024), seed=0)
         ds = CityscapesDataset(root, 'train', transform=transform)
-        raw = CityscapesDataset(root, 'train')
-        for i in range(2):  # warm-up
-            ds[i % len(ds)]
+        cached = CityscapesDataset(root, 'train', transform=transform)
+        cached.set_cache(Path(tmp) / 'cache')
+        raw, raw_cached = CityscapesDataset(root, 'train'), CityscapesDataset(root, 'train')
+        raw_cached.set_cache(Path(tmp) / 'cache')
+        loaded = [raw.load(i) for i in range(len(raw))]
+        for i in range(len(ds)):  # warm-up, and fills the cache
+            ds[i], cached[i]
+        n = len(ds)
 
-        t = time.perf_counter()
-        for i in range(args.iters):
-            raw.load(i % len(raw))
-        decode = args.iters / (time.perf_counter() - t)
+        def augment(i: int) -> object:
+            image, mask = loaded[i % n]
+            return transform(image=image, mask=mask)
 
-        t = time.perf_counter()
-        for i in range(args.iters):
-            ds[i % len(ds)]
-        full = args.iters / (time.perf_counter() - t)
-
-        print(f'image: 2048x1024 PNG, {png.stat().st_size / 1e6:.1f} MB; crop {args.crop[0]}x{args.crop[1]}; '
-              f'1 thread per worker')
-        print(f'decode only (image + mask + label mapping): {decode:6.2f} samples/s per worker')
-        print(f'decode + augment (full train recipe):        {full:6.2f} samples/s per worker')
-        print(f'workers needed for 90 img/s (R50-D8 on one GPU): {int(np.ceil(90 / full))}')
+        rows = [
+            ('decode PNG pair (+ label mapping)', lambda i: raw.load(i % n)),
+            ('decode from cache (+ label mapping)', lambda i: raw_cached.load(i % n)),
+            ('augment only (recipe, to tensors)', augment),
+            ('decode PNG + augment', lambda i: ds[i % n]),
+            ('decode cache + augment', lambda i: cached[i % n]),
+        ]
+        decoder = 'libspng (pyspng)' if base._pyspng is not None else 'OpenCV (libpng)'
+        print(f'image: 2048x1024 PNG, {png.stat().st_size / 1e6:.1f} MB, decoded by {decoder}; '
+              f'crop {args.crop[0]}x{args.crop[1]}; 1 thread')
+        print(f'{"samples/s per worker":38s} {"wall":>8s} {"CPU":>8s}   ms/sample (CPU)')
+        full = {}
+        for name, f in rows:
+            wall, cpu = _rate(f, args.iters)
+            full[name] = cpu  # a worker's capacity on an idle core
+            print(f'{name:38s} {wall:8.2f} {cpu:8.2f}   {1e3 / cpu:6.1f}')
+        for name in ('decode PNG + augment', 'decode cache + augment'):
+            print(f'workers for 90 img/s (R50-D8 on one GPU), {name}: {int(np.ceil(90 / full[name]))} '
+                  '(+1-2 for headroom; from the CPU rate: one idle core per worker)')
         if args.workers:
-            from torch.utils.data import DataLoader
+            from torch.utils.data import DataLoader, RandomSampler
 
-            dl = DataLoader(ds, batch_size=2, num_workers=args.workers, worker_init_fn=seed_worker,
-                            collate_fn=collate, sampler=torch.utils.data.RandomSampler(
-                                ds, replacement=True, num_samples=args.iters * args.workers))
-            it = iter(dl)
-            next(it)
-            t, n = time.perf_counter(), 0
-            for batch in it:
-                n += len(batch['path'])
-            print(f'DataLoader with {args.workers} workers: {n / (time.perf_counter() - t):6.2f} samples/s total')
+            for name, data in (('PNG', ds), ('cache', cached)):
+                num = max(args.iters, 4 * args.batch_size) * args.workers
+                dl = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers, worker_init_fn=seed_worker,
+                                collate_fn=collate, persistent_workers=True, prefetch_factor=4,
+                                pin_memory=torch.cuda.is_available(),
+                                sampler=RandomSampler(data, replacement=True, num_samples=num))
+                it = iter(dl)
+                next(it)  # workers started
+                t, count = time.perf_counter(), 0
+                for batch in it:
+                    count += len(batch['path'])
+                print(f'DataLoader, {args.workers} workers, batch {args.batch_size}, {name}: '
+                      f'{count / (time.perf_counter() - t):7.2f} samples/s total', flush=True)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,139 @@
+"""Decoding: libspng and OpenCV give the same pixels; the decode cache is lossless, invalidated by edits,
+robust to damaged entries, and never loads anything but plain numbers."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_fixtures import folder_tree
+from seg.data import FolderDataset
+from seg.data import base as base_module
+from seg.data.cache import FileCache, main as cache_main, read_entry, write_entry
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (13, 21, 3), dtype=np.uint8)
+
+
+def _pngs(tmp_path: Path) -> dict[str, tuple[Path, np.ndarray]]:
+    """PNG kinds and the RGB pixels each must decode to (computed by PIL, independently of both decoders)."""
+    out = {}
+    rgba = np.concatenate([RGB, RNG.integers(0, 256, (13, 21, 1), dtype=np.uint8)], -1)
+    grey = RGB[:, :, 0]
+    for name, im in {
+        'rgb': Image.fromarray(RGB), 'rgba': Image.fromarray(rgba), 'grey': Image.fromarray(grey),
+        'palette': Image.fromarray(RGB).quantize(16),
+        'grey16': Image.fromarray((grey.astype(np.uint16) * 257)),
+    }.items():
+        path = tmp_path / f'{name}.png'
+        im.save(path)
+        with Image.open(path) as back:
+            ref = np.array(back.convert('RGB')) if name != 'grey16' else np.repeat(grey[:, :, None], 3, 2)
+        out[name] = path, ref
+    return out
+
+
+@pytest.mark.parametrize('decoder', ['opencv', 'libspng'])
+def test_png_kinds_decode_to_the_same_rgb(tmp_path, monkeypatch, decoder):
+    if decoder == 'opencv':
+        monkeypatch.setattr(base_module, '_pyspng', None)
+    else:
+        pyspng = pytest.importorskip('pyspng')
+        used = []
+        monkeypatch.setattr(base_module, '_pyspng', type('Spy', (), {
+            'load': staticmethod(lambda data, **kw: used.append(1) or pyspng.load(data, **kw))}))
+    for name, (path, ref) in _pngs(tmp_path).items():
+        img = base_module.read_image(path)
+        assert img.dtype == np.uint8 and img.shape == (13, 21, 3) and img.flags.c_contiguous, name
+        np.testing.assert_array_equal(img, ref, err_msg=name)
+    if decoder == 'libspng':
+        assert len(used) == 2  # the 8-bit RGB and RGBA files; the others went to OpenCV
+
+
+def test_corrupt_png_is_a_clear_error_with_either_decoder(tmp_path):
+    path = tmp_path / 'bad.png'
+    path.write_bytes(_pngs(tmp_path)['rgb'][0].read_bytes()[:60])  # valid header, truncated data
+    with pytest.raises(base_module.DataError, match='bad.png: cannot decode image'):
+        base_module.read_image(path)
+
+
+def test_cache_is_lossless_and_replaces_decoding(tmp_path, monkeypatch):
+    folder_tree(tmp_path / 'd', n=2, size=(24, 32), values=[0, 1, 2, 255])
+    plain = FolderDataset(tmp_path / 'd', 'train', classes=['a', 'b', 'c'])
+    cached = FolderDataset(tmp_path / 'd', 'train', classes=['a', 'b', 'c'])
+    cached.set_cache(tmp_path / 'cache')
+    cached.load(0), cached.load(1)  # decodes and stores
+    expected = [plain.load(i) for i in range(2)]
+    entries = sorted((tmp_path / 'cache').glob('*/*.bin'))
+    assert len(entries) == 4  # image + mask per sample
+    sizes = sorted(e.stat().st_size for e in entries)
+    assert sizes[0] < 24 * 32 // 4 < 24 * 32 * 3 < sizes[-1]  # band masks stored compressed, noise images raw
+    monkeypatch.setattr(base_module, 'read_image', lambda p: pytest.fail(f'decoded {p} again'))
+    monkeypatch.setattr(base_module, 'read_mask', lambda p: pytest.fail(f'decoded {p} again'))
+    for i in range(2):
+        (img, mask), (img1, mask1) = cached.load(i), expected[i]
+        np.testing.assert_array_equal(img, img1)
+        np.testing.assert_array_equal(mask, mask1)
+        assert img.flags.writeable and mask.dtype == np.uint8
+
+
+def test_cache_follows_edits_and_survives_damaged_entries(tmp_path):
+    folder_tree(tmp_path / 'd', n=1, size=(24, 32), values=[0, 1])
+    ds = FolderDataset(tmp_path / 'd', 'train', classes=['a', 'b', 'c'])
+    ds.set_cache(tmp_path / 'cache')
+    assert set(np.unique(ds.load(0)[1])) == {0, 1}
+    mask_file = tmp_path / 'd/train/masks/im0.png'
+    Image.fromarray(np.full((24, 32), 2, np.uint8)).save(mask_file)
+    os.utime(mask_file, ns=(10**18, 10**18))  # a different mtime even on coarse-clock filesystems
+    assert set(np.unique(ds.load(0)[1])) == {2}  # the edit is seen, not the stale entry
+    entry = ds.cache.entry(mask_file)
+    entry.write_bytes(entry.read_bytes()[:-3])  # damaged entry: warned about, decoded again, rewritten
+    with pytest.warns(UserWarning, match='unreadable cache entry'):
+        assert set(np.unique(ds.load(0)[1])) == {2}
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert set(np.unique(ds.load(0)[1])) == {2}
+
+
+def test_cache_entries_hold_only_plain_numbers(tmp_path):
+    write_entry(tmp_path / 'ok.bin', np.arange(12, dtype=np.int32).reshape(3, 4))
+    np.testing.assert_array_equal(read_entry(tmp_path / 'ok.bin'), np.arange(12).reshape(3, 4))
+    evil = tmp_path / 'evil.bin'
+    header = json.dumps({'dtype': '|O', 'shape': [1], 'zlib': False}).encode()  # an object array: refused
+    evil.write_bytes(b'SEGCACHE1\n' + header + b'\n' + b'x' * 8)
+    with pytest.raises(ValueError, match='unsupported entry'):
+        read_entry(evil)
+    with pytest.raises(ValueError, match='not a seg cache entry'):
+        (tmp_path / 'npy.bin').write_bytes(b'\x93NUMPY' + b'\0' * 40)
+        read_entry(tmp_path / 'npy.bin')
+
+
+def test_unwritable_cache_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder')
+    with pytest.raises(ValueError, match='cannot use it as the decode cache'):
+        FileCache(blocker / 'cache')
+
+
+def test_cache_cli_fills_every_split(tmp_path, capsys):
+    folder_tree(tmp_path / 'd', 'train', n=2, classes=['a', 'b', 'c'])
+    folder_tree(tmp_path / 'd', 'val', n=1, classes=['a', 'b', 'c'])
+    cache_main(['--dataset', 'folder', '--root', str(tmp_path / 'd'), '--cache-dir', str(tmp_path / 'c'),
+                '--workers', '0'])
+    out = capsys.readouterr().out
+    assert 'train: 2 samples' in out and 'val: 1 samples' in out
+    assert len(list((tmp_path / 'c').glob('*/*.bin'))) == 6
+
+
+def test_data_bench_reports_the_split(capsys):
+    from seg.data.bench import main as bench_main
+
+    bench_main(['--iters', '2', '--crop', '64', '128'])
+    out = capsys.readouterr().out
+    for row in ('decode PNG pair', 'decode from cache', 'augment only', 'decode cache + augment', 'workers for 90'):
+        assert row in out, out
