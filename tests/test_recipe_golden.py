@@ -182,6 +182,22 @@ def test_predict_probs_runs_tta_sizes_from_the_original():
     assert seen[0] == (23, 31)  # 22.5 -> 23, 30.5 -> 31 (mmcv int(x + 0.5); round() gives 22, 30)
 
 
+def test_cli_options(tmp_path):
+    """--model.avg_non_ignore reaches the loss; TTA switches the eval data to original images."""
+    from seg.data.synthetic import write_demo
+    from seg.training.cli import SegCLI
+
+    root = tmp_path / "data"
+    write_demo(root, splits={"train": 2, "val": 1}, size=32)
+    config = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+    args = ["--config", str(config), "--wandb=off", f"--trainer.default_root_dir={tmp_path}", f"--data.root={root}",
+            "--data.generate_demo=false", "--trainer.accelerator=cpu", "--data.val_mode=resize"]
+    cli = SegCLI(args=args + ["--model.avg_non_ignore=true", "--model.eval_flip=true"])
+    assert cli.model.criterion.avg_non_ignore is True and cli.datamodule.hparams.val_mode == "full"
+    cli = SegCLI(args=args)
+    assert cli.model.criterion.avg_non_ignore is False and cli.datamodule.hparams.val_mode == "resize"
+
+
 # -- 4. PolyLR ------------------------------------------------------------------------------------------------
 def test_poly_lr_matches_mmengine():
     for run in json.loads((DATA / "poly.json").read_text())["runs"]:

@@ -11,7 +11,9 @@ softmax; the network input is the image resized to the test scale by the data pi
 **Test-time augmentation** (several scales or flip) follows mmseg 1.x ``TestTimeAug`` + ``SegTTAModel``: scale
 factor ``r`` applies to the *original* image size, as mmcv ``Resize(scale_factor=r, keep_ratio=True)`` computes
 it (:func:`tta_size`, two ``int(x + 0.5)`` roundings), not to the test-scale image; the softmax of each
-flip/scale's logits resized to the original size is averaged.
+flip/scale's logits resized to the original size is averaged. The per-scale image resize is ``F.interpolate``
+(bilinear) of the normalised original, where mmcv resizes the uint8 image with OpenCV: the sizes are identical,
+pixel values differ by OpenCV's uint8 rounding only.
 """
 from __future__ import annotations
 
@@ -74,7 +76,8 @@ def predict_probs(fn: LogitsFn, images: Tensor, num_classes: int, mode: Literal[
     """Class probabilities (B, C, *out_size), averaged over ``scales`` x (no flip, flip).
 
     Args:
-        images: (B, 3, h, w) network input at the test scale (the data pipeline's resize).
+        images: (B, 3, h, w) the data pipeline's image: at the test scale, or the original image with TTA
+            (the CLI switches ``data.val_mode`` to 'full' then, as mmseg's TTA pipeline loads the original).
         out_size: (H, W) of the original image / ground truth (default: the input size). Logits are resized
             to it before the softmax; with TTA (:func:`is_tta`) scale factors are relative to it
             (:func:`tta_size`): the input is resized to each scale's size bilinearly.
