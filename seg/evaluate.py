@@ -53,7 +53,7 @@ def main(args: Optional[list[str]] = None) -> dict[str, Any]:
         "per_class_IoU": res["per_class_IoU"], "per_class_Acc": res["per_class_Acc"],
         "num_images": n, "images_per_s": (n / seconds) if n else None, "seconds": seconds,
         "mode": hp.eval_mode, "scales": list(hp.eval_scales), "flip": hp.eval_flip,
-        "val_mode": dm.hparams.val_mode, "test_scale": list(dm.base_size) if dm.base_size else None,
+        "val_mode": dm.hparams.val_mode, "test_scale": list(dm.base_size) if dm.base_size and dm.hparams.val_mode == "resize" else None,
         "crop_size": list(hp.eval_crop_size) if hp.eval_mode == "slide" else None,
         "stride": list(hp.eval_stride) if hp.eval_mode == "slide" else None,
         "ckpt": str(cli.config.ckpt), "split": dm.test_split, "world_size": trainer.world_size,
