@@ -4,6 +4,10 @@
 Writes ``metrics.json`` (mIoU, aAcc, mAcc, per-class IoU/Acc, images, images/s, inference settings); by default
 next to the run (``<run_dir>/metrics.json`` for ``<run_dir>/checkpoints/X.ckpt``). The confusion matrix is
 summed over ranks and the test sampler never pads, so the numbers are the same with any number of processes.
+
+Protocol (mmseg 1.x): the image is resized to the data's test scale (``data.val_mode: resize``), the ground truth
+keeps its original size, and the logits are resized bilinearly to it before scoring (per image, on every rank).
+``--scales``/``--flip`` follow mmseg's ``TestTimeAug``: each factor scales the original image size.
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ def main(args: Optional[list[str]] = None) -> dict[str, Any]:
         "per_class_IoU": res["per_class_IoU"], "per_class_Acc": res["per_class_Acc"],
         "num_images": n, "images_per_s": (n / seconds) if n else None, "seconds": seconds,
         "mode": hp.eval_mode, "scales": list(hp.eval_scales), "flip": hp.eval_flip,
+        "val_mode": dm.hparams.val_mode, "test_scale": list(dm.base_size) if dm.base_size and dm.hparams.val_mode == "resize" else None,
         "crop_size": list(hp.eval_crop_size) if hp.eval_mode == "slide" else None,
         "stride": list(hp.eval_stride) if hp.eval_mode == "slide" else None,
         "ckpt": str(cli.config.ckpt), "split": dm.test_split, "world_size": trainer.world_size,

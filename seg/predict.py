@@ -2,8 +2,8 @@
 
 For every image ``name.ext`` in INPUT_DIR (png/jpg/jpeg/bmp/tif), writes ``DIR/name.png`` (class-index mask),
 ``DIR/name_color.png`` (palette colours) and ``DIR/name_overlay.jpg`` (colours blended over the image).
-Images go through the data config's evaluation transform (resize + normalise); the prediction is resized
-back to the original size. ``--mode slide``, ``--scales`` and ``--flip`` work as in ``seg.evaluate``.
+Images go through the data config's evaluation transform (resize + normalise); the logits are resized back to
+the original size before the argmax (the evaluation protocol). ``--mode slide``, ``--scales`` and ``--flip`` work as in ``seg.evaluate``.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from typing import Optional
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LightningArgumentParser
 
 from seg.training.cli import SegToolCLI
@@ -59,11 +58,8 @@ def main(args: Optional[list[str]] = None) -> list[Path]:
         x = torch.as_tensor(np.ascontiguousarray(image)).float()
         if x.ndim == 3 and x.shape[-1] == 3:
             x = x.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
-        with torch.inference_mode():
-            probs = module.predict_probs(x.unsqueeze(0).to(device))  # (1, C, h', w')
-            if probs.shape[-2:] != (h, w):
-                probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-            label = probs.argmax(1)[0].byte().cpu().numpy()  # (H, W)
+        with torch.inference_mode():  # logits resized to the original (h, w) before the argmax, as evaluation
+            label = module.predict_labels(x.unsqueeze(0).to(device), out_size=(h, w))[0].byte().cpu().numpy()
         color = palette[label]  # (H, W, 3) RGB
         overlay = (rgb * (1 - cfg.alpha) + color * cfg.alpha).astype(np.uint8)
         cv2.imwrite(str(out_dir / f"{path.stem}.png"), label)

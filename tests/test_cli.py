@@ -93,12 +93,13 @@ def test_short_run_checkpoints_metrics_and_poly_lr(trained_run):
     assert summary["global_step"] == 6 and 0.0 <= summary["last"]["mIoU"] <= 1.0
     assert set(summary["last"]["per_class_IoU"]) == {"sand", "grass", "concrete", "lake", "pool"}
     assert summary["best"]["mIoU"] >= summary["last"]["mIoU"]
-    # per-step CSV: losses and the poly LR, (0.02 - 1e-4) * (1 - t/6)^0.9 + 1e-4 at step t
+    # per-step CSV: losses and the poly LR, (0.02 - 1e-4) * (1 - t/5)^0.9 + 1e-4 at step t (mmengine PolyLR:
+    # the last of the 6 iterations trains with min_lr)
     rows = list(csv.DictReader(open(glob.glob(str(trained_run / "csv/version_*/metrics.csv"))[0])))
     lrs = {int(r["step"]): float(r["train/lr"]) for r in rows if r.get("train/lr")}
     assert sorted(lrs) == list(range(6))
     for t, lr in lrs.items():
-        assert lr == pytest.approx((0.02 - 1e-4) * (1 - t / 6) ** 0.9 + 1e-4, rel=1e-6)
+        assert lr == pytest.approx((0.02 - 1e-4) * (1 - t / 5) ** 0.9 + 1e-4, rel=1e-6)
     assert all(float(r["train/loss_aux"]) > 0 for r in rows if r.get("train/loss_aux"))
     val = [r for r in rows if r.get("val/mIoU")]
     assert [int(r["step"]) for r in val] == [2, 5]  # validations after steps 3 and 6 (0-based log step)

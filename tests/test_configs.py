@@ -57,3 +57,8 @@ def test_config_instantiates(config, folder_root, tmp_path):
         hp = model.hparams
         assert (hp.lr, hp.momentum, hp.weight_decay, hp.power, hp.min_lr, hp.aux_weight) == (
             0.01, 0.9, 5e-4, 0.9, 1e-4, 0.4)
+        # mmseg's loss normalisation (CrossEntropyLoss default) and test pipeline: images fit the test scale
+        # (identity for 2048x1024 Cityscapes), the ground truth is scored at its original size
+        assert hp.avg_non_ignore is False and model.criterion.avg_non_ignore is False
+        assert tuple(dm.base_size) == ((2048, 1024) if city else (2048, 512))
+        assert dm.hparams.val_mode == ("full" if city else "resize")

@@ -111,7 +111,7 @@ def test_cat_max_crop_smaller_input_and_eval_transform():
     assert out['image'].shape == (30, 64, 3)
     t = build_eval_transform((80, 60), 'resize')
     out = t(image=np.zeros((45, 61, 3), np.uint8), mask=np.zeros((45, 61), np.uint8))
-    assert out['image'].shape == (59, 80, 3) and out['mask'].shape == (59, 80)
+    assert out['image'].shape == (59, 80, 3) and out['mask'].shape == (45, 61)  # mask: original size (mmseg)
     np.testing.assert_allclose(out['image'][0, 0], -np.array([123.675, 116.28, 103.53]) / [58.395, 57.12, 57.375],
                                rtol=1e-5)
     assert build_eval_transform((80, 60), 'full')(image=np.zeros((45, 61, 3), np.uint8))['image'].shape == (45, 61, 3)

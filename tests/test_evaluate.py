@@ -33,6 +33,7 @@ def test_evaluate_slide_multiscale_flip(trained_run, tmp_path):
                        "--flip", "true"])
     m = json.loads(out.read_text())
     assert m["mode"] == "slide" and m["scales"] == [0.75, 1.0, 1.25] and m["flip"] and m["crop_size"] == [32, 32]
+    assert m["val_mode"] == "full"  # TTA scales the original images (mmseg TestTimeAug)
     assert 0.0 <= m["mIoU"] <= 1.0 and m["num_images"] == 7
 
 

@@ -26,8 +26,12 @@ def test_ce_ignores_255_and_weights_outputs():
     total, parts = SegLoss("ce", aux_weight=0.4)(outs, target)
     valid = target != 255
     for k, logits in outs.items():
-        ref = F.cross_entropy(logits.permute(0, 2, 3, 1)[valid], target[valid])
+        # mmseg's default (avg_non_ignore=False): summed over labelled pixels, divided by all pixels
+        ref = F.cross_entropy(logits.permute(0, 2, 3, 1)[valid], target[valid], reduction="sum") / target.numel()
         assert parts[k].item() == pytest.approx(ref.item(), rel=1e-5)
+    _, parts_valid = SegLoss("ce", avg_non_ignore=True)(outs, target)  # divided by the labelled pixels
+    assert parts_valid["out"].item() == pytest.approx(
+        F.cross_entropy(outs["out"].permute(0, 2, 3, 1)[valid], target[valid]).item(), rel=1e-5)
     assert total.item() == pytest.approx((parts["out"] + 0.4 * parts["aux"] + parts["pam"] + parts["cam"]).item(), rel=1e-6)
     with pytest.raises(ValueError, match="expected \\(B, C, h, w\\)"):
         SegLoss()({"out": torch.randn(3, 4, 5, 5)}, target)
@@ -46,7 +50,7 @@ def test_loss_resizes_like_interpolate_then_cross_entropy(size, out_size):
     target[:, :2] = 255
     target[1, :, -3:] = 255
     ref = F.cross_entropy(F.interpolate(x, out_size, mode="bilinear", align_corners=False), target,
-                          ignore_index=255)
+                          ignore_index=255, reduction="sum") / target.numel()
     (g_ref,) = torch.autograd.grad(ref, x)
     for chunk in (losses.LOSS_CHUNK_BYTES, 4 * 3 * 5 * out_size[1] * 3):  # one block / blocks of 3 rows
         old, losses.LOSS_CHUNK_BYTES = losses.LOSS_CHUNK_BYTES, chunk
@@ -66,15 +70,19 @@ def test_loss_gradcheck_and_all_ignored():
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     target = torch.randint(0, 3, (2, 9, 7))
     target[0, 0] = 255
-    assert torch.autograd.gradcheck(lambda v: cross_entropy(v, target), (x,))
-    assert torch.autograd.gradcheck(lambda v: ohem_cross_entropy(v, target, min_kept=3), (x,))
+    for avg_non_ignore in (False, True):
+        assert torch.autograd.gradcheck(lambda v: cross_entropy(v, target, avg_non_ignore=avg_non_ignore), (x,))
+        assert torch.autograd.gradcheck(
+            lambda v: ohem_cross_entropy(v, target, min_kept=3, avg_non_ignore=avg_non_ignore), (x,))
     # a label outside [0, C) that is not the ignore index is an error, never trained on silently
     with pytest.raises((RuntimeError, IndexError), match="out of bounds"):
         cross_entropy(x, torch.full((2, 9, 7), 3))
     # no labelled pixel: 0 and a zero gradient, not NaN (F.cross_entropy would give NaN)
-    loss = cross_entropy(x, torch.full((2, 9, 7), 255))
-    loss.backward()
-    assert loss.item() == 0 and torch.count_nonzero(x.grad) == 0
+    for avg_non_ignore in (False, True):
+        x.grad = None
+        loss = cross_entropy(x, torch.full((2, 9, 7), 255), avg_non_ignore=avg_non_ignore)
+        loss.backward()
+        assert loss.item() == 0 and torch.count_nonzero(x.grad) == 0
 
 
 def test_loss_bf16_logits_get_bf16_grad_and_fp32_loss():
@@ -136,7 +144,15 @@ def test_ohem_keeps_hard_pixels_as_mmseg():
     total, parts = SegLoss("ohem", ohem_thresh=0.7, ohem_min_kept=5)({"out": logits, "aux": logits}, target)
     ce = F.cross_entropy(logits, target, ignore_index=255, reduction="none")
     assert parts["out"].item() == pytest.approx((ce * (valid & (prob < 0.7))).mean().item(), rel=1e-5)
-    assert parts["aux"].item() == pytest.approx(F.cross_entropy(logits, target, ignore_index=255).item(), rel=1e-5)
+    ce_aux = F.cross_entropy(logits, target, ignore_index=255, reduction="sum") / target.numel()
+    assert parts["aux"].item() == pytest.approx(ce_aux.item(), rel=1e-5)
+    # avg_non_ignore=True: the same kept-pixel sum over the labelled pixels, for OHEM and the plain-CE aux alike
+    _, parts_valid = SegLoss("ohem", ohem_thresh=0.7, ohem_min_kept=5, avg_non_ignore=True)(
+        {"out": logits, "aux": logits}, target)
+    n_valid = valid.sum().item()
+    assert parts_valid["out"].item() == pytest.approx((ce * (valid & (prob < 0.7))).sum().item() / n_valid, rel=1e-5)
+    assert parts_valid["aux"].item() == pytest.approx(F.cross_entropy(logits, target, ignore_index=255).item(),
+                                                      rel=1e-5)
     # at feature resolution: weights and loss follow the bilinearly resized logits, as in mmseg
     small = torch.randn(2, 3, 5, 5, requires_grad=True)
     up = F.interpolate(small, (10, 10), mode="bilinear", align_corners=False)
@@ -177,7 +193,8 @@ def test_poly_lr_and_state_roundtrip():
     for _ in range(4):
         opt.step()
         sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx((0.01 - 1e-4) * 0.6 ** 0.9 + 1e-4)
+    # iteration 4 of 10: mmengine's PolyLR decays over max_iters - 1 steps (the last iteration trains at min_lr)
+    assert opt.param_groups[0]["lr"] == pytest.approx((0.01 - 1e-4) * (1 - 4 / 9) ** 0.9 + 1e-4)
     opt2 = torch.optim.SGD([p], lr=0.01)
     sched2 = PolyLR(opt2, max_iters=10)
     sched2.load_state_dict(sched.state_dict())

@@ -1,6 +1,7 @@
 """SegDataModule: any seg dataset + the mmseg augmentation recipe, as a LightningDataModule.
 
-Batches are dicts ``{'image': float32 (B, 3, H, W) normalised, 'mask': int64 (B, H, W), 'path': list[str]}``.
+Batches are dicts ``{'image': float32 (B, 3, H, W) normalised, 'mask': int64 (B, H', W'), 'path': list[str],
+'img_shape': int64 (B, 2), 'ori_shape': int64 (B, 2)}`` (H', W' = H, W except at evaluation, see below).
 Attributes for the model/visualisation side: `num_classes`, `classes`, `palette`, `ignore_index` (255),
 `mean`, `std` (0-255 RGB, to de-normalise).
 
@@ -9,6 +10,9 @@ Attributes for the model/visualisation side: `num_classes`, `classes`, `palette`
 * Validation/test never pad or duplicate samples under DDP (`UnpaddedDistributedSampler`), so mIoU over all
   ranks equals the single-process value. Images of different sizes in one val batch are padded bottom/right
   (image 0, mask 255); the default val_batch_size=1 avoids padding altogether.
+* Evaluation protocol (mmseg): with ``val_mode='resize'`` only the image is resized to fit the test scale; the
+  mask keeps its original size, and the model resizes its logits back to it before scoring. Eval batches carry
+  ``img_shape`` / ``ori_shape`` (B, 2) for that (see `collate`).
 """
 from __future__ import annotations
 
@@ -55,16 +59,25 @@ def seed_worker(worker_id: int) -> None:
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack samples; different sizes are padded bottom/right (image 0, mask 255)."""
-    h = max(s['image'].shape[-2] for s in samples)
-    w = max(s['image'].shape[-1] for s in samples)
+    """Stack samples; different sizes are padded bottom/right (image 0, mask 255).
+
+    Images and masks are padded separately: at evaluation the image is resized to the test scale while the
+    mask keeps the original size. ``img_shape`` and ``ori_shape`` (B, 2) int64 hold each sample's unpadded
+    image and mask (H, W), what the model needs to crop the padding and resize its logits to the original.
+    """
+    img_shapes = [tuple(s['image'].shape[-2:]) for s in samples]
+    ori_shapes = [tuple(s['mask'].shape[-2:]) for s in samples]
+    h, w = max(s[0] for s in img_shapes), max(s[1] for s in img_shapes)
+    mh, mw = max(s[0] for s in ori_shapes), max(s[1] for s in ori_shapes)
     images = samples[0]['image'].new_zeros((len(samples), 3, h, w))
-    masks = torch.full((len(samples), h, w), IGNORE_INDEX, dtype=torch.int64)
+    masks = torch.full((len(samples), mh, mw), IGNORE_INDEX, dtype=torch.int64)
     for i, s in enumerate(samples):
-        sh, sw = s['image'].shape[-2:]
+        (sh, sw), (oh, ow) = img_shapes[i], ori_shapes[i]
         images[i, :, :sh, :sw] = s['image']
-        masks[i, :sh, :sw] = s['mask']
-    return {'image': images, 'mask': masks, 'path': [s['path'] for s in samples]}
+        masks[i, :oh, :ow] = s['mask']
+    return {'image': images, 'mask': masks, 'path': [s['path'] for s in samples],
+            'img_shape': torch.tensor(img_shapes, dtype=torch.int64),
+            'ori_shape': torch.tensor(ori_shapes, dtype=torch.int64)}
 
 
 class SegDataModule(L.LightningDataModule):
@@ -92,7 +105,8 @@ class SegDataModule(L.LightningDataModule):
         cat_max_ratio: re-sample the crop while one class covers more than this (1.0 disables).
         flip_prob: horizontal flip probability.
         photometric: photometric distortion on/off.
-        val_mode: 'resize' (image and mask rescaled to fit base_size) or 'full' (original resolution).
+        val_mode: 'resize' (the image is rescaled to fit base_size, mmseg's test pipeline) or 'full' (the image
+            at its original resolution). Either way the mask keeps its original size and is scored there.
         mean, std: normalisation, 0-255 RGB (ImageNet by default).
         seed: seed of the main-process pipeline (workers derive theirs from torch's seed).
         pin_memory: pin batches when CUDA is available (faster, asynchronous host-to-device copies).

@@ -454,19 +454,45 @@ def build_train_transform(
     return pipeline
 
 
+class EvalResize(A.ImageOnlyTransform):
+    """Resize the image only, keeping its aspect ratio, to fit the test scale (mmseg test pipeline
+    ``Resize(scale, keep_ratio=True)`` placed before ``LoadAnnotations``): the mask keeps its original size,
+    and predictions are resized back to it before scoring (:meth:`SegmentationModule.eval_predictions`).
+
+    Args:
+        scale: (W, H) test scale, e.g. (2048, 512) for ADE20K (mmcv ``rescale_size`` with a tuple).
+        interpolation: OpenCV flag (bilinear, as mmcv ``imresize``).
+    """
+
+    def __init__(self, scale: tuple[int, int], interpolation: int = cv2.INTER_LINEAR, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.scale = (int(scale[0]), int(scale[1]))
+        self.interpolation = interpolation
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        size = rescale_size(img.shape[1], img.shape[0], self.scale)  # (W, H)
+        if (img.shape[1], img.shape[0]) == size:
+            return img
+        return cv2.resize(img, size, interpolation=self.interpolation)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ('scale', 'interpolation')
+
+
 def build_eval_transform(
     base_size: tuple[int, int] | None = (2048, 1024),
     mode: str = 'resize',
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> A.Compose:
-    """Validation/test: 'resize' rescales image and mask (nearest) to fit base_size (W, H) keeping the aspect
-    ratio, as mmseg's test pipeline does for the image; 'full' keeps the original resolution (exact labels)."""
+    """Validation/test: 'resize' rescales the *image* to fit base_size (W, H) keeping the aspect ratio (mmseg's
+    test pipeline); the mask always keeps its original size, where predictions are scored. 'full' feeds the
+    image at its original resolution too."""
     if mode not in ('resize', 'full'):
         raise ValueError(f"val_mode must be 'resize' or 'full', got {mode!r}")
     steps: list[A.BasicTransform] = []
     if mode == 'resize' and base_size is not None:
-        steps.append(RandomRescale(base_size, (1.0, 1.0)))
+        steps.append(EvalResize(base_size))
     steps.append(_normalize(mean, std))
     return A.Compose(steps, strict=True, seed=0)
 

@@ -183,6 +183,7 @@ class ValImageLogger(L.Callback):
         if (trainer.sanity_checking or trainer.global_rank != 0 or not isinstance(outputs, dict)
                 or len(self._images) >= self.num_images or not self._wandb_loggers(trainer)):
             return
+        import cv2
         import numpy as np
         import wandb
 
@@ -195,6 +196,9 @@ class ValImageLogger(L.Callback):
             img = (batch["image"][i].float().cpu() * std + mean).clamp(0, 255).byte().permute(1, 2, 0).numpy()
             pred = outputs["preds"][i].cpu().numpy().astype(np.uint8)
             gt = batch["mask"][i].cpu().numpy().astype(np.uint8)
+            if "img_shape" in batch:  # eval images are at the test scale, masks at the original size: crop, resize
+                (h, w), (oh, ow) = batch["img_shape"][i].tolist(), batch["ori_shape"][i].tolist()
+                img, pred, gt = cv2.resize(np.ascontiguousarray(img[:h, :w]), (ow, oh)), pred[:oh, :ow], gt[:oh, :ow]
             self._images.append(wandb.Image(img, caption=Path(batch["path"][i]).name, masks={
                 "prediction": {"mask_data": pred, "class_labels": labels},
                 "ground_truth": {"mask_data": gt, "class_labels": labels}}))

@@ -31,11 +31,12 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from seg.data import SegDataModule
 
 from .callbacks import RunSummary, SegCheckpoint, SegProgressBar, ValImageLogger
+from .inference import is_tta
 from .loggers import build_loggers
 from .module import SegmentationModule
 from .resume import ExactResume
@@ -97,6 +98,7 @@ class SegCLI(LightningCLI):
         if str(trainer.precision).startswith("bf16") and (str(trainer.accelerator) == "cpu"
                                                           or not torch.cuda.is_available()):
             rank_zero_warn("bf16 precision on CPU is slow; the default without CUDA is 32-true")
+        tta_reads_original_images(cfg)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         cfg = self.config
@@ -122,6 +124,17 @@ def main(args: Any = None) -> SegCLI:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def tta_reads_original_images(cfg: Any) -> None:
+    """mmseg 1.x ``TestTimeAug`` scales the *original* image, not the test-scale one: with several scales or
+    flip, the eval data pipeline hands over the original image (``data.val_mode='full'``) and the model resizes
+    it to each scale's size (:func:`seg.training.inference.tta_size`)."""
+    model, data = cfg.model, cfg.data
+    if is_tta(model.eval_scales, model.eval_flip) and data.val_mode != "full":
+        rank_zero_info(f"test-time augmentation (scales {list(model.eval_scales)}, flip {model.eval_flip}) scales the "
+                       f"original images (mmseg TestTimeAug): data.val_mode {data.val_mode!r} -> 'full'")
+        data.val_mode = "full"
 
 
 def find_run_config(ckpt: str | os.PathLike) -> Optional[Path]:
@@ -175,7 +188,8 @@ class SegToolCLI(SegCLI):
         parser.add_argument("--mode", type=Optional[Literal["whole", "slide"]], default=None,
                             help="inference mode (default: model.eval_mode)")
         parser.add_argument("--scales", type=Optional[list[float]], default=None,
-                            help="test-time scales, e.g. [0.5,0.75,1.0,1.25,1.5,1.75]")
+                            help="test-time scale factors of the original image size (mmseg TestTimeAug), "
+                                 "e.g. [0.5,0.75,1.0,1.25,1.5,1.75]")
         parser.add_argument("--flip", type=bool, default=False, help="add horizontal flips")
         parser.add_argument("--crop_size", type=Optional[tuple[int, int]], default=None, help="slide crop (H, W)")
         parser.add_argument("--stride", type=Optional[tuple[int, int]], default=None, help="slide stride (H, W)")
@@ -197,6 +211,7 @@ class SegToolCLI(SegCLI):
             model.eval_crop_size = tuple(cfg.crop_size)
         if cfg.stride is not None:
             model.eval_stride = tuple(cfg.stride)
+        tta_reads_original_images(cfg)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         tcfg = self.config_init.trainer

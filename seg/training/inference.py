@@ -2,8 +2,18 @@
 
 Sliding-window inference follows mmseg's ``EncoderDecoder.slide_inference``: crops of ``crop_size`` every
 ``stride`` pixels (the last row/column of crops is aligned to the image border), logits summed and divided by
-the number of crops covering each pixel. Test-time augmentation averages softmax probabilities over scales
-and horizontal flips (mmseg ``aug_test``).
+the number of crops covering each pixel.
+
+**Scoring size.** As mmseg's ``postprocess_result``, logits are resized bilinearly (align_corners=False) to the
+*original* image size (``out_size``: that of the ground truth, which is never resized) before the argmax or
+softmax; the network input is the image resized to the test scale by the data pipeline.
+
+**Test-time augmentation** (several scales or flip) follows mmseg 1.x ``TestTimeAug`` + ``SegTTAModel``: scale
+factor ``r`` applies to the *original* image size, as mmcv ``Resize(scale_factor=r, keep_ratio=True)`` computes
+it (:func:`tta_size`, two ``int(x + 0.5)`` roundings), not to the test-scale image; the softmax of each
+flip/scale's logits resized to the original size is averaged. The per-scale image resize is ``F.interpolate``
+(bilinear) of the normalised original, where mmcv resizes the uint8 image with OpenCV: the sizes are identical,
+pixel values differ by OpenCV's uint8 rounding only.
 """
 from __future__ import annotations
 
@@ -35,19 +45,53 @@ def slide_logits(fn: LogitsFn, images: Tensor, num_classes: int, crop_size: tupl
     return logits / count
 
 
+def tta_size(ori_size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(H, W) of an image of original size ``ori_size`` (H, W) under mmcv ``Resize(scale_factor=scale,
+    keep_ratio=True)`` (mmseg 1.x ``TestTimeAug``): the scaled size ``int(x * scale + 0.5)`` is taken as a
+    keep-ratio bound (mmcv ``rescale_size``), whose factor is applied with ``int(x * factor + 0.5)`` again.
+    Python's ``round`` would differ at x.5 (banker's rounding) and the second rounding can move a pixel."""
+    h, w = int(ori_size[0]), int(ori_size[1])
+    bound_w, bound_h = int(w * float(scale) + 0.5), int(h * float(scale) + 0.5)  # mmcv _scale_size
+    factor = min(max(bound_w, bound_h) / max(h, w), min(bound_w, bound_h) / min(h, w))  # mmcv rescale_size
+    return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
+
+
+def is_tta(scales: Sequence[float], flip: bool) -> bool:
+    """Several scales or flips: mmseg's TTA pipeline (sizes from the original image) instead of its test one."""
+    return flip or tuple(float(s) for s in scales) != (1.0,)
+
+
+def resize_logits(logits: Tensor, out_size: Sequence[int]) -> Tensor:
+    """fp32 logits resized bilinearly (align_corners=False) to ``out_size`` (mmseg ``postprocess_result``)."""
+    logits = logits.float()
+    if tuple(logits.shape[-2:]) == tuple(out_size):
+        return logits
+    return F.interpolate(logits, size=tuple(int(v) for v in out_size), mode="bilinear", align_corners=False)
+
+
 def predict_probs(fn: LogitsFn, images: Tensor, num_classes: int, mode: Literal["whole", "slide"] = "whole",
                   crop_size: tuple[int, int] = (512, 1024), stride: tuple[int, int] = (341, 341),
-                  scales: Sequence[float] = (1.0,), flip: bool = False) -> Tensor:
-    """Class probabilities (B, C, H, W), averaged over ``scales`` x (no flip, flip)."""
+                  scales: Sequence[float] = (1.0,), flip: bool = False,
+                  out_size: Sequence[int] | None = None) -> Tensor:
+    """Class probabilities (B, C, *out_size), averaged over ``scales`` x (no flip, flip).
+
+    Args:
+        images: (B, 3, h, w) the data pipeline's image: at the test scale, or the original image with TTA
+            (the CLI switches ``data.val_mode`` to 'full' then, as mmseg's TTA pipeline loads the original).
+        out_size: (H, W) of the original image / ground truth (default: the input size). Logits are resized
+            to it before the softmax; with TTA (:func:`is_tta`) scale factors are relative to it
+            (:func:`tta_size`): the input is resized to each scale's size bilinearly.
+    """
     if mode not in ("whole", "slide"):
         raise ValueError(f"unknown inference mode {mode!r}; valid: 'whole', 'slide'")
-    h, w = images.shape[-2:]
+    h, w = (int(v) for v in (out_size if out_size is not None else images.shape[-2:]))
+    tta = is_tta(scales, flip)
     probs = images.new_zeros((images.shape[0], num_classes, h, w), dtype=torch.float32)
     n = 0
     for scale in scales:
         x = images
-        if scale != 1.0:
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        size = tta_size((h, w), scale) if tta else tuple(images.shape[-2:])
+        if size != tuple(images.shape[-2:]):
             x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         for flipped in ((False, True) if flip else (False,)):
             xi = x.flip(-1) if flipped else x
@@ -57,8 +101,6 @@ def predict_probs(fn: LogitsFn, images: Tensor, num_classes: int, mode: Literal[
                 logits = fn(xi).float()
             if flipped:
                 logits = logits.flip(-1)
-            if logits.shape[-2:] != (h, w):
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            probs += logits.softmax(dim=1)
+            probs += resize_logits(logits, (h, w)).softmax(dim=1)
             n += 1
     return probs / n

@@ -4,8 +4,14 @@ OHEM follows mmsegmentation's ``OHEMPixelSampler`` (threshold mode), from "Train
 with Online Hard Example Mining" (Shrivastava et al., https://arxiv.org/abs/1604.03540) as used by PSPNet/OCNet
 recipes: among the labelled pixels, keep those whose predicted probability of the true class is below
 ``max(thresh, p_k)``, where ``p_k`` is the ``min_kept * batch``-th smallest such probability, so at least
-``min_kept`` pixels per image are kept. As in mmseg, the kept per-pixel losses are averaged over *all* pixels
-of the batch (``weight_reduce_loss`` with ``reduction='mean'``), which is what the published recipes trained with.
+``min_kept`` pixels per image are kept.
+
+**Normalisation.** mmseg's recipes use ``CrossEntropyLoss`` with its default ``avg_non_ignore=False``: the summed
+loss of the labelled (for OHEM: kept) pixels is divided by *all* pixels of the batch, ignored ones included
+(``weight_reduce_loss`` with ``avg_factor = label.numel()``). That is the default here too, for CE and OHEM
+alike, so loss values and gradients (hence the effective learning rate) are the published recipe's.
+``avg_non_ignore=True`` divides by the labelled pixels instead (PyTorch's ``F.cross_entropy`` mean), which is
+``N_all / N_valid`` times larger.
 
 The network returns a dict of logits (``out``, ``aux``, DANet's ``pam``/``cam``); the :class:`SegLoss` sums the
 per-output losses with their weights (``aux`` 0.4, everything else 1.0).
@@ -134,12 +140,22 @@ def _fused_ce(logits: Tensor, safe_target: Tensor, valid: Tensor, denom: Tensor,
                                       denom, LOSS_CHUNK_BYTES)
 
 
-def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
-    """Mean cross-entropy over labelled pixels of ``logits`` (B, C, h, w) resized bilinearly to the mask
-    ``target`` (B, H, W); equals ``F.cross_entropy(F.interpolate(logits, (H, W), mode='bilinear'), target)``.
-    A batch without any labelled pixel gives 0 (not NaN) and no gradient."""
+def loss_denominator(target: Tensor, valid: Tensor, avg_non_ignore: bool) -> Tensor:
+    """What the summed per-pixel loss is divided by: every pixel of the batch (mmseg's default,
+    ``avg_non_ignore=False``) or the labelled ones (at least 1, so an all-ignored batch gives 0, not NaN)."""
+    if avg_non_ignore:
+        return valid.sum().clamp(min=1)
+    return torch.tensor(float(target.numel()), device=valid.device)
+
+
+def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255, avg_non_ignore: bool = False) -> Tensor:
+    """Cross-entropy of ``logits`` (B, C, h, w) resized bilinearly (align_corners=False) to the mask ``target``
+    (B, H, W), summed over the labelled pixels and divided by all B*H*W pixels (mmseg ``CrossEntropyLoss``
+    default), or by the labelled pixels with ``avg_non_ignore=True`` (then equal to ``F.cross_entropy(
+    F.interpolate(logits, (H, W), mode='bilinear'), target, ignore_index=ignore_index)``). A batch without any
+    labelled pixel gives 0 (not NaN) and no gradient."""
     safe, valid = _prepare_target(target, ignore_index)
-    return _fused_ce(logits, safe, valid, valid.sum().clamp(min=1))
+    return _fused_ce(logits, safe, valid, loss_denominator(target, valid, avg_non_ignore))
 
 
 @torch.no_grad()
@@ -169,19 +185,20 @@ def ohem_weights(logits: Tensor, target: Tensor, thresh: float = 0.7, min_kept: 
     return ohem_weights_from_prob((true_logit - lse).exp(), target, thresh, min_kept, ignore_index)
 
 
-def _fused_ohem(logits: Tensor, target: Tensor, safe: Tensor, valid: Tensor, thresh: float, min_kept: int,
-                ignore_index: int) -> Tensor:
+def _fused_ohem(logits: Tensor, target: Tensor, safe: Tensor, valid: Tensor, denom: Tensor, thresh: float,
+                min_kept: int, ignore_index: int) -> Tensor:
     lse, true_logit = resized_logit_stats(logits, safe)
     weight = ohem_weights_from_prob((true_logit - lse).exp(), target, thresh, min_kept, ignore_index)
-    denom = torch.tensor(float(target.numel()), device=logits.device)  # mean over all pixels, as mmseg
     return _fused_ce(logits, safe, valid, denom, stats=(lse, true_logit), weight=weight)
 
 
 def ohem_cross_entropy(logits: Tensor, target: Tensor, thresh: float = 0.7, min_kept: int = 100_000,
-                       ignore_index: int = 255) -> Tensor:
-    """Cross-entropy on the OHEM-kept pixels, averaged over all pixels of the batch (as mmseg)."""
+                       ignore_index: int = 255, avg_non_ignore: bool = False) -> Tensor:
+    """Cross-entropy summed over the OHEM-kept pixels, divided like :func:`cross_entropy` (all pixels of the
+    batch by default; the labelled pixels with ``avg_non_ignore=True``, as mmseg's sampler + loss do)."""
     safe, valid = _prepare_target(target, ignore_index)
-    return _fused_ohem(logits, target, safe, valid, thresh, min_kept, ignore_index)
+    return _fused_ohem(logits, target, safe, valid, loss_denominator(target, valid, avg_non_ignore), thresh,
+                       min_kept, ignore_index)
 
 
 class SegLoss(nn.Module):
@@ -194,10 +211,12 @@ class SegLoss(nn.Module):
         ignore_index: label value that never contributes (255).
         ohem_thresh: OHEM probability threshold (0.7).
         ohem_min_kept: minimum number of kept pixels per image (100k).
+        avg_non_ignore: divide the summed loss by the labelled pixels instead of all pixels of the batch
+            (mmseg's ``CrossEntropyLoss(avg_non_ignore=...)``; False, mmseg's default, is the published recipe).
     """
 
     def __init__(self, loss: Literal["ce", "ohem"] = "ce", aux_weight: float = 0.4, ignore_index: int = 255,
-                 ohem_thresh: float = 0.7, ohem_min_kept: int = 100_000) -> None:
+                 ohem_thresh: float = 0.7, ohem_min_kept: int = 100_000, avg_non_ignore: bool = False) -> None:
         super().__init__()
         if loss not in ("ce", "ohem"):
             raise ValueError(f"Unknown loss {loss!r}; valid: 'ce', 'ohem'")
@@ -206,6 +225,7 @@ class SegLoss(nn.Module):
         self.ignore_index = ignore_index
         self.ohem_thresh = ohem_thresh
         self.ohem_min_kept = ohem_min_kept
+        self.avg_non_ignore = avg_non_ignore
 
     def weight(self, name: str) -> float:
         """Loss weight of one output: 'aux' -> aux_weight, 'out'/'pam'/'cam'/... -> 1.0."""
@@ -215,16 +235,16 @@ class SegLoss(nn.Module):
         """Returns (total loss, {output name: unweighted loss}). Logits of any resolution are resized
         bilinearly to the mask size inside the loss (see the module docstring)."""
         safe, valid = _prepare_target(target, self.ignore_index)  # shared by every output (stored once)
-        n_valid = valid.sum().clamp(min=1)
+        denom = loss_denominator(target, valid, self.avg_non_ignore)
         parts: dict[str, Tensor] = {}
         for name, logits in outputs.items():
             if logits.ndim != 4 or logits.shape[0] != target.shape[0]:
                 raise ValueError(f"output {name!r} has shape {tuple(logits.shape)}; expected (B, C, h, w) logits "
                                  f"for the mask batch of shape {tuple(target.shape)}")
             if self.loss == "ohem" and name != "aux":
-                parts[name] = _fused_ohem(logits, target, safe, valid, self.ohem_thresh, self.ohem_min_kept,
-                                          self.ignore_index)
+                parts[name] = _fused_ohem(logits, target, safe, valid, denom, self.ohem_thresh,
+                                          self.ohem_min_kept, self.ignore_index)
             else:
-                parts[name] = _fused_ce(logits, safe, valid, n_valid)
+                parts[name] = _fused_ce(logits, safe, valid, denom)
         total = sum(self.weight(k) * v for k, v in parts.items())
         return total, parts

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from .inference import predict_probs
+from .inference import is_tta, predict_probs, resize_logits
 from .losses import SegLoss
 from .metrics import SegMetrics
 from .scheduler import PolyLR
@@ -75,6 +75,9 @@ class SegmentationModule(L.LightningModule):
         loss: 'ce' or 'ohem' (threshold ``ohem_thresh``, at least ``ohem_min_kept`` pixels per image).
         ohem_thresh: OHEM probability threshold.
         ohem_min_kept: OHEM minimum kept pixels per image.
+        avg_non_ignore: divide the summed loss by the labelled pixels instead of all pixels of the batch
+            (False = mmseg's ``CrossEntropyLoss`` default, the published recipe; True = PyTorch's mean, which
+            is N_all / N_valid times larger, i.e. a larger effective learning rate).
         lr: SGD base learning rate.
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
@@ -87,10 +90,12 @@ class SegmentationModule(L.LightningModule):
         compile: ``torch.compile`` the network (in place; checkpoint keys unchanged).
         channels_last: run the network in channels_last memory format (faster convolutions on GPU).
         ignore_index: label value excluded from loss and metrics.
-        eval_mode: inference mode of val/test: 'whole' image or 'slide' windows.
+        eval_mode: inference mode of val/test: 'whole' image or 'slide' windows. Val/test always score at the
+            ground truth's original size (logits resized bilinearly, as mmseg); see :meth:`eval_predictions`.
         eval_crop_size: sliding-window crop (H, W).
         eval_stride: sliding-window stride (H, W).
-        eval_scales: test-time scales (val/test probabilities are averaged over them).
+        eval_scales: test-time scales (val/test probabilities are averaged over them); factors of the original
+            image size, as mmseg 1.x ``TestTimeAug``.
         eval_flip: add horizontally flipped inputs at test time.
     """
 
@@ -108,6 +113,7 @@ class SegmentationModule(L.LightningModule):
         loss: Literal["ce", "ohem"] = "ce",
         ohem_thresh: float = 0.7,
         ohem_min_kept: int = 100_000,
+        avg_non_ignore: bool = False,
         lr: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
@@ -146,7 +152,7 @@ class SegmentationModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         if compile:
             self.model.compile()
-        self.criterion = SegLoss(loss, aux_weight, ignore_index, ohem_thresh, ohem_min_kept)
+        self.criterion = SegLoss(loss, aux_weight, ignore_index, ohem_thresh, ohem_min_kept, avg_non_ignore)
         self.val_metrics = SegMetrics(num_classes, ignore_index)
         self.test_metrics = SegMetrics(num_classes, ignore_index)
         self.class_names: list[str] = [f"class_{i}" for i in range(num_classes)]
@@ -168,15 +174,18 @@ class SegmentationModule(L.LightningModule):
     def _single_pass_eval(self) -> bool:
         """Whole image, one scale, no flip: the network's logits are the prediction (no averaging)."""
         hp = self.hparams
-        return hp.eval_mode == "whole" and tuple(hp.eval_scales) == (1.0,) and not hp.eval_flip
+        return hp.eval_mode == "whole" and not is_tta(hp.eval_scales, hp.eval_flip)
 
-    def predict_probs(self, images: Tensor) -> Tensor:
-        """Probabilities (B, C, H, W) with this module's eval mode / scales / flip."""
+    def predict_probs(self, images: Tensor, out_size: Optional[tuple[int, int]] = None) -> Tensor:
+        """Probabilities (B, C, *out_size) with this module's eval mode / scales / flip for test-scale
+        ``images``; ``out_size`` is the original image size (default: the input's), see
+        :func:`seg.training.inference.predict_probs`."""
         hp = self.hparams
+        out_size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
         if self._single_pass_eval:
-            return self.logits(images).float().softmax(1)
+            return resize_logits(self.logits(images), out_size).softmax(1)
         return predict_probs(self.logits, images, hp.num_classes, hp.eval_mode, tuple(hp.eval_crop_size),
-                             tuple(hp.eval_stride), tuple(hp.eval_scales), hp.eval_flip)
+                             tuple(hp.eval_stride), tuple(hp.eval_scales), hp.eval_flip, out_size=out_size)
 
     def train(self, mode: bool = True) -> "SegmentationModule":
         super().train(mode)
@@ -206,15 +215,44 @@ class SegmentationModule(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=bs)
         return loss
 
-    def predict_labels(self, images: Tensor) -> Tensor:
-        """Predicted class per pixel (B, H, W) with this module's eval mode / scales / flip."""
-        if self._single_pass_eval:
-            return self.logits(images).argmax(dim=1)  # argmax(softmax(z)) == argmax(z): no (B, C, H, W) softmax
-        return self.predict_probs(images).argmax(dim=1)
+    def predict_labels(self, images: Tensor, out_size: Optional[tuple[int, int]] = None) -> Tensor:
+        """Predicted class per pixel (B, *out_size) with this module's eval mode / scales / flip (see
+        :meth:`predict_probs`)."""
+        out_size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
+        if self._single_pass_eval:  # argmax(softmax(z)) == argmax(z): no (B, C, H, W) softmax
+            return resize_logits(self.logits(images), out_size).argmax(dim=1)
+        return self.predict_probs(images, out_size).argmax(dim=1)
+
+    def eval_predictions(self, batch: dict[str, Any]) -> Tensor:
+        """Predictions (B, H, W) in the layout of ``batch['mask']``: each image's at its ground truth's original
+        size, 255 where the mask is padding.
+
+        The mmseg protocol: the network sees the image resized to the test scale (``batch['image']``, padded
+        bottom/right to the batch's largest), the ground truth keeps its original size (``batch['mask']``), and
+        the logits are resized bilinearly to that size. ``batch['img_shape']`` / ``batch['ori_shape']`` (B, 2)
+        give each sample's unpadded sizes (absent: the full tensors). A batch of one size runs as one forward;
+        mixed sizes (ADE20K with val_batch_size > 1) run image by image, so no prediction is made on padding.
+        """
+        images, masks = batch["image"], batch["mask"]
+        b = images.shape[0]
+        img_shapes = _shapes(batch.get("img_shape"), images.shape[-2:], b)
+        ori_shapes = _shapes(batch.get("ori_shape"), masks.shape[-2:], b)
+        if len(set(img_shapes)) == 1 and len(set(ori_shapes)) == 1:
+            (h, w), (oh, ow) = img_shapes[0], ori_shapes[0]
+            preds = self.predict_labels(images[..., :h, :w], (oh, ow))  # (B, oh, ow)
+            if (oh, ow) == tuple(masks.shape[-2:]):
+                return preds
+            out = masks.new_full(masks.shape, self.hparams.ignore_index)
+            out[:, :oh, :ow] = preds
+            return out
+        out = masks.new_full(masks.shape, self.hparams.ignore_index)
+        for i, ((h, w), (oh, ow)) in enumerate(zip(img_shapes, ori_shapes)):
+            out[i, :oh, :ow] = self.predict_labels(images[i:i + 1, :, :h, :w], (oh, ow))[0]
+        return out
 
     def _eval_step(self, batch: dict[str, Any], metrics: SegMetrics) -> Tensor:
-        preds = self.predict_labels(batch["image"])  # (B, H, W)
-        metrics.update(preds, batch["mask"])
+        preds = self.eval_predictions(batch)  # (B, H, W) at the original mask size; padding 255
+        metrics.update(preds, batch["mask"])  # padding is 255 in the mask: never counted
         self._eval_images += preds.shape[0]
         return preds
 
@@ -270,3 +308,10 @@ class SegmentationModule(L.LightningModule):
             max_iters = int(est)
         scheduler = PolyLR(optimizer, max_iters=max_iters, power=hp.power, min_lr=hp.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+
+def _shapes(sizes: Optional[Tensor], default: torch.Size, batch: int) -> list[tuple[int, int]]:
+    """Per-sample (H, W) from a (B, 2) size tensor of the batch, or the tensor's own size for every sample."""
+    if sizes is None:
+        return [tuple(int(v) for v in default)] * batch
+    return [(int(h), int(w)) for h, w in sizes.tolist()]
