@@ -29,7 +29,8 @@ joins it with a head's keys into an mmseg checkpoint), and the golden outputs ar
 to the input, so the test checks both). Their configs are the recipes of ``configs/_base_/models/``
 (``zoo_cfg``) at the tiny widths; UPerNet's backbone is undilated (output stride 32), OCRNet is a
 ``CascadeEncoderDecoder`` (FCN on stage 3 -> OCRHead on stage 4). Dilations (ASPP) and the ISA down
-factor are scaled down with the 7x9 feature map so every tap and the padding are exercised. For EMANet it
+factor are scaled down with the 7x9 feature map so every tap and the padding are exercised, and GCNet's
+ratio is 1/2 so its LayerNorm'd context transform is 4 wide. For EMANet it
 also records the bases after one train-mode step of the head (the momentum update).
 """
 
@@ -68,7 +69,7 @@ ZOO_SEG_KWARGS = {
     "psp": {"channels": 4},
     "aspp": {"channels": 4, "dilations": TINY_DILATIONS},
     "sep_aspp": {"channels": 4, "dilations": TINY_DILATIONS, "c1_channels": 4},
-    "gc": {"channels": 8},  # ratio 1/4: a 2-wide context transform
+    "gc": {"channels": 8, "ratio": 1 / 2},  # recipe 1/4 would make the LayerNorm'd transform 2 wide
     "ema": {"channels": 8, "ema_channels": 8, "num_bases": 4},
     "isa": {"channels": 8, "isa_channels": 4, "down_factor": (3, 4)},
     "dnl": {"channels": 8},
@@ -161,7 +162,8 @@ def zoo_cfg(head: str, num_classes: int, tiny: bool) -> dict:
         "aspp": lambda: dict(type="ASPPHead", dilations=dil, **common),
         "sep_aspp": lambda: dict(type="DepthwiseSeparableASPPHead", dilations=dil, c1_in_channels=c1,
                                  c1_channels=c1_ch, **common),
-        "gc": lambda: dict(type="GCHead", ratio=1 / 4., pooling_type="att", fusion_types=("channel_add",), **common),
+        "gc": lambda: dict(type="GCHead", ratio=1 / 2 if tiny else 1 / 4, pooling_type="att",
+                           fusion_types=("channel_add",), **common),
         "ema": lambda: dict(type="EMAHead", ema_channels=ema, num_bases=bases, num_stages=3, momentum=0.1,
                             **dict(common, channels=common["channels"] if tiny else 256)),
         "isa": lambda: dict(type="ISAHead", isa_channels=isa, down_factor=isa_down, **common),
@@ -263,6 +265,10 @@ def make_zoo_golden() -> None:
         cfg = zoo_cfg(head, NUM_CLASSES, tiny=True)
         model = build(cfg)
         randomise(model, gen)
+        for m in model.modules():  # GCNet's LayerNorm: weight-like and bias-like (randomise() sees 3-d tensors)
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.data.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.data.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
         if head == "ema":  # unit-norm bases, as EMAModule keeps them
             model.decode_head.ema_module.bases.copy_(F.normalize(model.decode_head.ema_module.bases, dim=1))
         if zoo["backbone"] is None:
