@@ -302,3 +302,16 @@ def test_logits_equal_mmseg_on_cuda(head, golden, monkeypatch):
     with torch.no_grad():
         out = model(golden["input"].cuda())["out"].cpu()
     assert rel_err(out, golden["heads"][head]["logits"]) <= RTOL
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("head", ZOO_HEADS)
+def test_zoo_logits_equal_mmseg_on_cuda(head, golden, zoo, tmp_path, monkeypatch):
+    """The zoo heads' CUDA paths (SDPA kernels in OCR/ISA/ANN, DNL's fused attention), TF32 off."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    model = load_zoo(head, zoo, tmp_path).cuda()
+    with torch.no_grad():
+        low = model(golden["input"].cuda(), resize=False)["out"].cpu()
+    assert rel_err(low, zoo["heads"][head]["logits"]) <= RTOL

@@ -6,19 +6,19 @@ module names (``convs``, ``conv_cat``, ``conv_seg``, ``cca``, ``psp_modules``, `
 ``object_context_block`` ...), and timm ``resnet50c`` / ``resnet101c`` are mmseg's ``ResNetV1c`` with the same
 block names, so the mapping is a short list of renames (``MMSEG_RENAMES``):
 
-==========================================  ==========================================
-mmseg                                       seg
-==========================================  ==========================================
-``backbone.stem.{0,1,3,4,6}.``              ``backbone.body.conv1.{0,1,3,4,6}.`` (deep stem;
-``backbone.stem.7.``                        ``backbone.body.bn1.`` timm's stem_width = stem_channels / 2)
-``backbone.<rest>``                         ``backbone.body.<rest>`` (layer1..4, conv1/bn1)
-``decode_head.`` / ``auxiliary_head.``      ``head.`` / ``aux_head.``
-``decode_head.0.`` / ``decode_head.1.``    ``aux_head.`` / ``head.`` (OCRNet's cascade: FCN, then OCR)
-``*.gamma.scale`` (mmcv ``Scale``, 0-d)     ``*.gamma`` (shape (1,))
-``pam.{query,key,value}_project.``          ``pam.{query,key,value}_conv.``
-``{nl,dnl}_block.{g,theta,phi}.conv.``      ``{nl,dnl}_block.{g,theta,phi}.``
-``{nl,dnl}_block.conv_out.conv.`` / ``.bn.``  ``{nl,dnl}_block.conv_out.`` / ``{nl,dnl}_block.norm.``
-==========================================  ==========================================
+============================================  =============================================================
+mmseg                                         seg
+============================================  =============================================================
+``backbone.stem.{0,1,3,4,6}.``                ``backbone.body.conv1.{0,1,3,4,6}.`` (deep stem;
+``backbone.stem.7.``                          ``backbone.body.bn1.`` timm's stem_width = stem_channels / 2)
+``backbone.<rest>``                           ``backbone.body.<rest>`` (layer1..4, conv1/bn1)
+``decode_head.`` / ``auxiliary_head.``        ``head.`` / ``aux_head.``
+``decode_head.0.`` / ``decode_head.1.``       ``aux_head.`` / ``head.`` (OCRNet's cascade: FCN, then OCR)
+``*.gamma.scale`` (mmcv ``Scale``, 0-d)       ``*.gamma`` (shape (1,))
+``pam.{query,key,value}_project.``            ``pam.{query,key,value}_conv.``
+``{nl,dnl}_block.{g,theta,phi}.conv.``        ``{nl,dnl}_block.{g,theta,phi}.``
+``{nl,dnl}_block.conv_out.conv.`` / ``.bn.``  ``{nl,dnl}_block.conv_out.`` / ``.norm.``
+============================================  =============================================================
 
 mmseg's ``EncoderDecoder.encode_decode`` = backbone -> decode head -> bilinear resize
 (align_corners=False) to the input size, which is ``SegmentationModel.forward(x)['out']`` in eval
