@@ -209,7 +209,8 @@ def test_key_renames():
         "backbone.layer3.1.conv2.weight": torch.zeros(1), "decode_head.cca.gamma.scale": torch.tensor(0.5),
         "decode_head.pam.query_project.bias": torch.zeros(1), "auxiliary_head.conv_seg.bias": torch.zeros(1),
         "decode_head.nl_block.conv_out.bn.weight": torch.zeros(1), "decode_head.nl_block.theta.conv.bias": torch.zeros(1),
-        "decode_head.dnl_block.g.conv.weight": torch.zeros(1), "decode_head.dnl_block.conv_out.conv.weight": torch.zeros(1),
+        "decode_head.dnl_block.g.conv.weight": torch.zeros(1),
+        "decode_head.dnl_block.conv_out.conv.weight": torch.zeros(1),
         "decode_head.dnl_block.conv_mask.bias": torch.zeros(1),
     })
     assert sorted(renamed) == sorted([

@@ -44,7 +44,8 @@ class ContextBlock(nn.Module):
         if pooling not in ("att", "avg"):
             raise ValueError(f"ContextBlock: pooling must be 'att' or 'avg', got {pooling!r}")
         if not fusions or any(f not in ("channel_add", "channel_mul") for f in fusions):
-            raise ValueError(f"ContextBlock: fusions must be a non-empty subset of channel_add/channel_mul, got {fusions!r}")
+            raise ValueError("ContextBlock: fusions must be a non-empty subset of ('channel_add', 'channel_mul'), "
+                             f"got {fusions!r}")
         self.channels = channels
         self.planes = int(channels * ratio)
         self.pooling = pooling
