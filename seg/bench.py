@@ -60,7 +60,7 @@ GPU_BF16_PEAK = {
     "4090": 165e12,
 }
 
-HEADS = ("fcn", "ccnet", "danet", "nonlocal", "axial")
+HEADS = tuple(__import__("seg.models", fromlist=["HEADS"]).HEADS)  # every registered head
 
 
 @dataclass

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from seg.models import HEADS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -138,7 +140,8 @@ def main(argv: Optional[list[str]] = None) -> tuple[Path, Path]:
     p.add_argument("--out", default=None, help="output folder (default: . or runs/compare with --train)")
     p.add_argument("--train", action="store_true", help="train one run per --heads first")
     p.add_argument("--config", help="train.py config for --train")
-    p.add_argument("--heads", nargs="+", default=["fcn", "ccnet", "danet", "nonlocal", "axial"])
+    p.add_argument("--heads", nargs="+", choices=sorted(HEADS), default=list(HEADS),
+                   help="heads to train with --train (default: every registered head)")
     p.add_argument("--evaluate", action="store_true", help="with --train: also run seg.evaluate on last.ckpt")
     args, unknown = p.parse_known_args(argv)
     extra = unknown + extra  # e.g. --trainer.max_steps=300 goes to every train.py

@@ -3,7 +3,7 @@
     python -m seg.convert mmseg ccnet_r101-d8_cityscapes.pth ccnet_r101.ckpt \\
         --head ccnet --backbone resnet101c --num-classes 19
 
-reads an mmsegmentation FCN / CCNet / DANet / Non-local checkpoint (ResNetV1c = timm ``resnet50c`` /
+reads an mmsegmentation checkpoint of any ``seg.models.HEADS`` head (ResNetV1c = timm ``resnet50c`` /
 ``resnet101c``), checks that every key fits (a mismatch lists the keys), and writes
 ``{'state_dict': {'model.<key>': ...}, 'seg_model': build_model arguments}`` (see docs/design.md),
 which the training / evaluation commands accept.
@@ -32,14 +32,16 @@ def _json_dict(text: str) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m seg.convert", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="source", required=True)
-    mm = sub.add_parser("mmseg", help="mmsegmentation FCN / CCNet / DANet / Non-local checkpoint")
+    mm = sub.add_parser("mmseg", help="mmsegmentation checkpoint of any seg.models.HEADS head (--head)")
     mm.add_argument("src", help="mmseg checkpoint (.pth)")
     mm.add_argument("dst", help="seg checkpoint to write (.ckpt)")
     mm.add_argument("--head", required=True, choices=sorted(HEADS))
     mm.add_argument("--backbone", required=True, help="timm name: resnet50c / resnet101c for mmseg ResNetV1c")
     mm.add_argument("--num-classes", type=int, required=True, help="19 Cityscapes, 150 ADE20K")
-    mm.add_argument("--output-stride", type=int, default=8, choices=[8, 16], help="8 for *-d8 configs")
-    mm.add_argument("--channels", type=int, default=None, help="decode head width (default: the head's, 512)")
+    mm.add_argument("--output-stride", type=int, default=8, choices=[8, 16, 32],
+                    help="8 for *-d8 configs, 32 for UPerNet (undilated)")
+    mm.add_argument("--channels", type=int, default=None,
+                    help="decode head width (default: the head's, 512; EMANet 256)")
     mm.add_argument("--aux-channels", type=int, default=256, help="auxiliary head width")
     mm.add_argument("--aux", action=argparse.BooleanOptionalAction, default=None,
                     help="keep the auxiliary head (default: when the checkpoint has one)")

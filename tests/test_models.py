@@ -19,8 +19,17 @@ H, W = 65, 97
 NUM_CLASSES = 3
 
 
+# narrow inner widths; ISA's down factor fits the 9x13 / 5x7 maps (8x8 would leave one long-range group at os16)
+TINY_HEAD_KWARGS = {
+    "ema": dict(ema_channels=16, num_bases=8), "isa": dict(isa_channels=8, down_factor=(2, 3)),
+    "ann": dict(project_channels=8), "ocr": dict(ocr_channels=8), "sep_aspp": dict(c1_channels=8),
+}
+
+
 def tiny_model(head: str, output_stride: int = 8, aux: bool = True, **head_kwargs):
     head_kwargs.setdefault("channels", 16)
+    for key, value in TINY_HEAD_KWARGS.get(head, {}).items():
+        head_kwargs.setdefault(key, value)
     return build_model("resnet18", head, NUM_CLASSES, output_stride=output_stride, aux=aux,
                        backbone_kwargs=TINY, aux_channels=8, **head_kwargs)
 
@@ -29,16 +38,21 @@ def extra_keys(head: str) -> set[str]:
     return {"pam", "cam"} if head == "danet" else set()
 
 
-@pytest.mark.parametrize("output_stride", [8, 16])
+def head_output_stride(head: str, output_stride: int) -> int:
+    """Decoders reading stage 1 (DeepLabV3+, UPerNet) predict at stride 4."""
+    return 4 if HEADS[head].in_stages[0] == 0 else output_stride
+
+
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_backbone_strides_and_channels(output_stride):
     bb = TimmBackbone("resnet18", output_stride=output_stride, model_kwargs=TINY)
-    assert bb.channels == [32, 64]
-    assert bb.reductions == [output_stride, output_stride]
+    assert bb.channels == [8, 16, 32, 64]
+    assert bb.reductions == {8: [4, 8, 8, 8], 16: [4, 8, 16, 16], 32: [4, 8, 16, 32]}[output_stride]
     feats = bb(torch.randn(1, 3, H, W))
     assert [f.shape[1] for f in feats] == bb.channels
-    # ceil-division through the strided convs: 65x97 -> 9x13 at os8, 5x7 at os16
-    expected = {8: (9, 13), 16: (5, 7)}[output_stride]
-    assert all(tuple(f.shape[-2:]) == expected for f in feats)
+    # ceil-division through the strided convs: 65x97 -> 17x25 (s4), 9x13 (s8), 5x7 (s16), 3x4 (s32)
+    size = {4: (17, 25), 8: (9, 13), 16: (5, 7), 32: (3, 4)}
+    assert [tuple(f.shape[-2:]) for f in feats] == [size[r] for r in bb.reductions]
 
 
 def test_resnet50c_is_dilated_like_mmseg():
@@ -54,21 +68,31 @@ def test_resnet50c_is_dilated_like_mmseg():
 @pytest.mark.parametrize("output_stride", [8, 16])
 @pytest.mark.parametrize("head", sorted(HEADS))
 def test_head_train_eval_grads(head, output_stride):
+    """Every head x output stride: shapes, finite values, a gradient for every trainable weight."""
     torch.manual_seed(0)
     model = tiny_model(head, output_stride)
     with torch.no_grad():  # open the zero-initialised residual branches so every weight gets a non-zero gradient
         for name, p in model.named_parameters():
-            if name.endswith("gamma") or name.endswith("nl_block.norm.weight"):
+            if p.ndim > 0 and not p.any() and not name.endswith("bias"):  # gammas, last norms / convs of blocks
                 p.fill_(0.5)
     model.train()
-    x = torch.randn(1, 3, H, W)  # batch 1 in train mode (BatchNorm still has >1 value per channel)
+    x = torch.randn(2, 3, H, W)  # batch 2: pyramid/image pooling to 1x1 needs >1 value per channel for BatchNorm
+    with torch.no_grad():
+        low = model(x, resize=False)
+    stride = head_output_stride(head, output_stride)
+    assert low["out"].shape[-2:] == (-(-H // stride), -(-W // stride))
     outs = model(x)
     assert set(outs) == {"out", "aux"} | extra_keys(head)
     for k, v in outs.items():
-        assert v.shape == (1, NUM_CLASSES, H, W), k
+        assert v.shape == (2, NUM_CLASSES, H, W), k
         assert torch.isfinite(v).all(), k
     sum(v.float().pow(2).mean() for v in outs.values()).backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # EMANet's ema_mid_conv is frozen (mmseg: a fixed random projection). ANN's fusion value bias shifts every
+    # position's context equally (softmax weights sum to 1), and the 1x1 conv + train-mode BatchNorm after it
+    # remove such shifts: its gradient is exactly zero in mmseg's architecture too.
+    invariant = {"head.fusion.stages.0.value_project.bias"}
+    no_grad = [n for n, p in model.named_parameters()
+               if p.requires_grad and n not in invariant and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not no_grad, f"parameters without (non-zero) gradient: {no_grad}"
     model.eval()
     with torch.no_grad():
@@ -78,9 +102,13 @@ def test_head_train_eval_grads(head, output_stride):
 
 @pytest.mark.parametrize("head", sorted(HEADS))
 def test_head_without_aux(head):
+    if getattr(HEADS[head], "cascade", False):  # OCRNet: the aux FCN is its first stage
+        with pytest.raises(ValueError, match="cascade head.*aux=True"):
+            tiny_model(head, aux=False)
+        return
     model = tiny_model(head, aux=False).train()
     assert model.aux_head is None
-    assert set(model(torch.randn(1, 3, H, W))) == {"out"} | extra_keys(head)
+    assert set(model(torch.randn(2, 3, H, W))) == {"out"} | extra_keys(head)
 
 
 def test_unknown_names_list_valid_ones():
@@ -166,9 +194,67 @@ def test_fcn_with_every_attention_block(attention):
 def test_any_timm_features_model_with_output_stride():
     """Not only ResNets: a ConvNeXt with dilated last stages, under the FCN head."""
     model = build_model("convnext_atto", "fcn", NUM_CLASSES, output_stride=16, aux=True, channels=16, aux_channels=8)
-    assert model.backbone.reductions == [16, 16]
+    assert model.backbone.reductions == [4, 8, 16, 16]
     outs = model.train()(torch.randn(1, 3, H, W))
     assert {k: tuple(v.shape) for k, v in outs.items()} == {k: (1, NUM_CLASSES, H, W) for k in ("out", "aux")}
+    # and a head on all four stages, undilated
+    model = build_model("convnext_atto", "uper", NUM_CLASSES, output_stride=32, aux=False, channels=16).eval()
+    assert model.backbone.reductions == [4, 8, 16, 32] and model.head.in_channels == (40, 80, 160, 320)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, H, W), resize=False)["out"]
+    assert out.shape == (1, NUM_CLASSES, H // 4, W // 4)  # ConvNeXt's 4x4 patchify stem floors
+
+
+def test_new_residual_blocks_start_as_identity():
+    """GCNet's context block and DNLNet's block add zero at init (last conv / norm zeroed), like mmcv's."""
+    from seg.models.heads.dnl import DisentangledNonLocal2d
+    from seg.models.heads.gc import ContextBlock
+
+    x = torch.randn(2, 16, 9, 13)
+    for block in (ContextBlock(16, ratio=1 / 4), ContextBlock(16, pooling="avg", fusions=("channel_add",)),
+                  DisentangledNonLocal2d(16)):
+        torch.testing.assert_close(block.eval()(x), x)
+    # ANN's plain output projections start at zero too (mmseg's SelfAttentionBlock.init_weights)
+    model = tiny_model("ann")
+    assert not any(p.any() for p in model.head.fusion.stages[0].out_project.parameters())
+
+
+def test_ema_bases_are_averaged_over_processes(tmp_path):
+    """Under torch.distributed, each rank's batch bases are averaged (mmseg's reduce_mean) before the momentum
+    update: two ranks with one image each end with the bases of one process stepping on both images."""
+    import torch.multiprocessing as mp
+
+    from seg.models.heads.ema import EMAModule
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 5, 7)
+    ref = EMAModule(16, num_bases=8).train()
+    start = ref.bases.clone()
+    single = EMAModule(16, num_bases=8).train()
+    single.bases.copy_(start)
+    single(x[:1])  # what rank 0 alone would get
+    ref(x)  # one process, both images: the mean over the batch
+    mp.start_processes(_ema_rank, args=(2, tmp_path, x, start), nprocs=2, start_method="fork")
+    for rank in range(2):
+        bases = torch.load(tmp_path / f"bases{rank}.pt", weights_only=True)
+        torch.testing.assert_close(bases, ref.bases, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(single.bases, ref.bases, atol=1e-4)
+
+
+def _ema_rank(rank: int, world_size: int, tmp_path, x: torch.Tensor, start: torch.Tensor) -> None:
+    import torch.distributed as dist
+
+    from seg.models.heads.ema import EMAModule
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=rank, world_size=world_size)
+    try:
+        module = EMAModule(16, num_bases=8).train()
+        module.bases.copy_(start)
+        module(x[rank:rank + 1])
+        torch.save(module.bases, tmp_path / f"bases{rank}.pt")
+    finally:
+        dist.destroy_process_group()
 
 
 def test_axial_head_kwargs_reach_the_block():
@@ -253,7 +339,9 @@ def test_cuda_code_paths_trace_with_fake_cuda_tensors(head):
         outs = model(x, resize=False)
         expected = {"out", "aux"} | ({"pam", "cam"} if head == "danet" else set())
         assert set(outs) == expected
-        assert all(v.shape == (2, 5, 8, 12) and v.dtype == torch.bfloat16 and v.is_cuda for v in outs.values())
+        assert all(v.dtype == torch.bfloat16 and v.is_cuda for v in outs.values())
+        s = head_output_stride(head, 8)
+        assert all(v.shape == ((2, 5, 64 // s, 96 // s) if k == "out" else (2, 5, 8, 12)) for k, v in outs.items())
         mask = torch.zeros(2, 64, 96, dtype=torch.long)
         loss, _ = SegLoss()(outs, mask)
         assert loss.dtype == torch.float32 and loss.is_cuda

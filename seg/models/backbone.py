@@ -1,4 +1,4 @@
-"""Dilated backbones from timm: the last two feature maps at output stride 8 or 16.
+"""Dilated backbones from timm: the last four feature maps (stages 1-4) at output stride 8, 16 or 32.
 
 Dilated ResNets as used by DeepLab, PSPNet, DANet, CCNet and the Non-local network
 ("Rethinking Atrous Convolution for Semantic Image Segmentation", https://arxiv.org/abs/1706.05587).
@@ -44,7 +44,10 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
 class TimmBackbone(nn.Module):
-    """A timm ``features_only`` network returning its last two feature maps (stage 3 and stage 4).
+    """A timm ``features_only`` network returning its last four feature maps (stages 1 to 4).
+
+    Most heads read stage 4 (and the auxiliary head stage 3); DeepLabV3+ also reads stage 1, ANN
+    stages 3 + 4, UPerNet all four (``in_stages`` of each head class).
 
     Args:
         name: timm model name, e.g. ``'resnet101c'``.
@@ -54,8 +57,9 @@ class TimmBackbone(nn.Module):
             channels=(8, 16, 32, 64), stem_width=8)`` for a tiny ResNet.
 
     Attributes:
-        channels: channels of the returned feature maps, ``[stage3, stage4]``.
-        reductions: their strides w.r.t. the input, e.g. ``[8, 8]`` at output stride 8.
+        channels: channels of the returned feature maps, ``[stage1, stage2, stage3, stage4]``.
+        reductions: their strides w.r.t. the input, e.g. ``[4, 8, 8, 8]`` at output stride 8,
+            ``[4, 8, 16, 32]`` at 32 (undilated).
         body: the timm ``FeatureListNet``; its state-dict keys are timm's (``conv1``, ``layer1.0`` ...).
     """
 
@@ -73,7 +77,7 @@ class TimmBackbone(nn.Module):
         self.name = name
         self.output_stride = output_stride
         kwargs = dict(model_kwargs or {})
-        kwargs.update(features_only=True, out_indices=(-2, -1))
+        kwargs.update(features_only=True, out_indices=(-4, -3, -2, -1))
         if output_stride != 32:
             kwargs["output_stride"] = output_stride
 
@@ -115,7 +119,7 @@ class TimmBackbone(nn.Module):
         self.reductions: list[int] = list(self.body.feature_info.reduction())
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) -> ``[stage3 (B, C3, H/r3, W/r3), stage4 (B, C4, H/r4, W/r4)]``."""
+        """(B, 3, H, W) -> ``[stage1 (B, C1, H/r1, W/r1), ..., stage4 (B, C4, H/r4, W/r4)]``."""
         return self.body(x)
 
 

@@ -1,21 +1,24 @@
-"""Load mmsegmentation 1.x (and 0.x) checkpoints of FCN / CCNet / DANet / Non-local into seg models.
+"""Load mmsegmentation 1.x (and 0.x) checkpoints of every ``seg.models.HEADS`` head into seg models.
 
-Our heads keep mmseg's module names (``convs``, ``conv_cat``, ``conv_seg``, ``cca``, ``pam_in_conv``
-...), and timm ``resnet50c`` / ``resnet101c`` are mmseg's ``ResNetV1c`` with the same block names, so
-the mapping is a short list of renames (``MMSEG_RENAMES``):
+FCN, PSPNet, DeepLabV3 (``aspp``), DeepLabV3+ (``sep_aspp``), CCNet, DANet, Non-local, GCNet, EMANet,
+ISANet, DNLNet, ANN, OCRNet and UPerNet (``axial`` has no mmseg counterpart). Our heads keep mmseg's
+module names (``convs``, ``conv_cat``, ``conv_seg``, ``cca``, ``psp_modules``, ``aspp_modules``,
+``object_context_block`` ...), and timm ``resnet50c`` / ``resnet101c`` are mmseg's ``ResNetV1c`` with the same
+block names, so the mapping is a short list of renames (``MMSEG_RENAMES``):
 
-==========================================  ==========================================
-mmseg                                       seg
-==========================================  ==========================================
-``backbone.stem.{0,1,3,4,6}.``              ``backbone.body.conv1.{0,1,3,4,6}.`` (deep stem;
-``backbone.stem.7.``                        ``backbone.body.bn1.`` timm's stem_width = stem_channels / 2)
-``backbone.<rest>``                         ``backbone.body.<rest>`` (layer1..4, conv1/bn1)
-``decode_head.`` / ``auxiliary_head.``      ``head.`` / ``aux_head.``
-``*.gamma.scale`` (mmcv ``Scale``, 0-d)     ``*.gamma`` (shape (1,))
-``pam.{query,key,value}_project.``          ``pam.{query,key,value}_conv.``
-``nl_block.{g,theta,phi}.conv.``            ``nl_block.{g,theta,phi}.``
-``nl_block.conv_out.conv.`` / ``.bn.``      ``nl_block.conv_out.`` / ``nl_block.norm.``
-==========================================  ==========================================
+============================================  =============================================================
+mmseg                                         seg
+============================================  =============================================================
+``backbone.stem.{0,1,3,4,6}.``                ``backbone.body.conv1.{0,1,3,4,6}.`` (deep stem;
+``backbone.stem.7.``                          ``backbone.body.bn1.`` timm's stem_width = stem_channels / 2)
+``backbone.<rest>``                           ``backbone.body.<rest>`` (layer1..4, conv1/bn1)
+``decode_head.`` / ``auxiliary_head.``        ``head.`` / ``aux_head.``
+``decode_head.0.`` / ``decode_head.1.``       ``aux_head.`` / ``head.`` (OCRNet's cascade: FCN, then OCR)
+``*.gamma.scale`` (mmcv ``Scale``, 0-d)       ``*.gamma`` (shape (1,))
+``pam.{query,key,value}_project.``            ``pam.{query,key,value}_conv.``
+``{nl,dnl}_block.{g,theta,phi}.conv.``        ``{nl,dnl}_block.{g,theta,phi}.``
+``{nl,dnl}_block.conv_out.conv.`` / ``.bn.``  ``{nl,dnl}_block.conv_out.`` / ``.norm.``
+============================================  =============================================================
 
 mmseg's ``EncoderDecoder.encode_decode`` = backbone -> decode head -> bilinear resize
 (align_corners=False) to the input size, which is ``SegmentationModel.forward(x)['out']`` in eval
@@ -44,13 +47,15 @@ MMSEG_RENAMES: tuple[tuple[str, str], ...] = (
     (r"^backbone\.stem\.7\.", "backbone.bn1."),
     (r"^backbone\.stem\.([0-6])\.", r"backbone.conv1.\1."),
     (r"^backbone\.", "backbone.body."),
+    (r"^decode_head\.0\.", "aux_head."),  # CascadeEncoderDecoder (OCRNet): stage 1 = our aux FCN head
+    (r"^decode_head\.1\.", "head."),  # ... stage 2 = the decode head (no mmseg head has a child named 0/1)
     (r"^decode_head\.", "head."),
     (r"^auxiliary_head\.", "aux_head."),
     (r"\.gamma\.scale$", ".gamma"),
     (r"\.pam\.(query|key|value)_project\.", r".pam.\1_conv."),
-    (r"\.nl_block\.(g|theta|phi)\.conv\.", r".nl_block.\1."),
-    (r"\.nl_block\.conv_out\.conv\.", ".nl_block.conv_out."),
-    (r"\.nl_block\.conv_out\.bn\.", ".nl_block.norm."),
+    (r"\.(nl|dnl)_block\.(g|theta|phi)\.conv\.", r".\1_block.\2."),
+    (r"\.(nl|dnl)_block\.conv_out\.conv\.", r".\1_block.conv_out."),
+    (r"\.(nl|dnl)_block\.conv_out\.bn\.", r".\1_block.norm."),
 )
 
 

@@ -1,8 +1,10 @@
 """Model assembly: backbone + decode head (+ auxiliary FCN head on stage 3).
 
 The whole construction of every model is in :func:`build_model`. Mirrors mmsegmentation's
-``EncoderDecoder`` with ``decode_head`` on the last stage and ``auxiliary_head`` (FCN, 256 channels,
-one conv, no concat) on stage 3; the loss (and the aux weight 0.4) lives in ``seg.training``.
+``EncoderDecoder`` with ``decode_head`` on the stages its class names in ``in_stages`` (stage 4 for
+most heads) and ``auxiliary_head`` (FCN, 256 channels, one conv, no concat) on stage 3; for a cascade
+head (OCRNet, ``cascade = True``) it is mmseg's ``CascadeEncoderDecoder``: the FCN on stage 3 is the
+first stage, its logits feed the head. The loss (and the aux weight 0.4) lives in ``seg.training``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import TimmBackbone
-from .heads import FCNHead, create_head
+from .heads import HEADS, FCNHead, create_head
 from .resize import resize_bilinear
 
 __all__ = ["SegmentationModel", "build_model"]
@@ -32,14 +34,22 @@ class SegmentationModel(nn.Module):
     training does that and lets the loss resize them (``seg.training.losses``), which never stores
     full-resolution logits for backward.
 
+    Feeding (see ``seg.models.heads``): the backbone returns ``[stage1, ..., stage4]``; the head gets
+    ``feats[i]`` for its single ``in_stages`` entry, or the list of them; a ``cascade`` head also gets the
+    aux head's logits, so for it the aux head is required and runs in eval mode too. The aux head reads
+    stage 3.
+
     Args:
-        backbone: returns ``[stage3, stage4]`` feature maps.
-        head: decode head on stage 4, returns ``{'out': ..., ...}`` at feature resolution.
-        aux_head: optional head on stage 3, or ``None``.
+        backbone: returns the four stage feature maps.
+        head: decode head, returns ``{'out': ..., ...}`` at feature resolution.
+        aux_head: optional head on stage 3, or ``None`` (required for a cascade head).
     """
 
     def __init__(self, backbone: TimmBackbone, head: nn.Module, aux_head: nn.Module | None = None) -> None:
         super().__init__()
+        if getattr(head, "cascade", False) and aux_head is None:
+            raise ValueError(f"{type(head).__name__} is a cascade head: it needs the auxiliary FCN head "
+                             "(its first stage), so build it with aux=True")
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
@@ -51,11 +61,16 @@ class SegmentationModel(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
         size = x.shape[-2:]
-        stage3, stage4 = self.backbone(x)[-2:]
-        outs = dict(self.head(stage4))
+        feats = self.backbone(x)  # [stage1, stage2, stage3, stage4]
+        stages = getattr(self.head, "in_stages", (3,))
+        head_in = feats[stages[0]] if len(stages) == 1 else [feats[i] for i in stages]
+        aux = None
+        if self.aux_head is not None and (self.training or getattr(self.head, "cascade", False)):
+            aux = self.aux_head(feats[2])["out"]
+        outs = dict(self.head(head_in, aux) if getattr(self.head, "cascade", False) else self.head(head_in))
         if self.training:
-            if self.aux_head is not None:
-                outs["aux"] = self.aux_head(stage3)["out"]
+            if aux is not None:
+                outs["aux"] = aux
         else:
             outs = {"out": outs["out"]}
         if not resize:
@@ -69,7 +84,7 @@ def build_model(
     backbone: str,
     head: str,
     num_classes: int,
-    output_stride: Literal[8, 16] = 8,
+    output_stride: Literal[8, 16, 32] = 8,
     aux: bool = True,
     weights: str | Path | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
@@ -80,10 +95,13 @@ def build_model(
 
     Args:
         backbone: timm model name (``'resnet101c'``, ``'resnet50c'``, ``'resnet18'`` ...).
-        head: a ``seg.models.HEADS`` key (``'fcn'``, ``'ccnet'``, ``'danet'``, ``'nonlocal'``, ``'axial'``).
+        head: a ``seg.models.HEADS`` key (``'fcn'``, ``'psp'``, ``'aspp'``, ``'sep_aspp'``, ``'ccnet'``,
+            ``'danet'``, ``'nonlocal'``, ``'gc'``, ``'ema'``, ``'isa'``, ``'dnl'``, ``'ann'``, ``'ocr'``,
+            ``'uper'``, ``'axial'``).
         num_classes: number of classes.
-        output_stride: 8 or 16 (dilated ResNet).
-        aux: add the auxiliary FCN head on stage 3 (mmseg: 256 channels, 1 conv, no concat).
+        output_stride: 8 or 16 (dilated ResNet), 32 undilated (UPerNet's recipe).
+        aux: add the auxiliary FCN head on stage 3 (mmseg: 256 channels, 1 conv, no concat); for
+            ``'ocr'`` it is the cascade's first stage and required (mmseg: loss weight 0.4 as well).
         weights: backbone weights: ``None``, ``'imagenet'`` or a local ``.pth`` / ``.safetensors`` file.
         backbone_kwargs: extra timm constructor arguments (e.g. tiny widths for tests).
         aux_channels: width of the auxiliary head.
@@ -91,7 +109,12 @@ def build_model(
             ``recurrence=2``, ``pam_channels=64``).
     """
     body = TimmBackbone(backbone, output_stride=output_stride, weights=weights, model_kwargs=backbone_kwargs)
-    decode_head = create_head(head, body.channels[-1], num_classes, **head_kwargs)
+    if head in HEADS:
+        stages = getattr(HEADS[head], "in_stages", (3,))
+        in_channels = body.channels[stages[0]] if len(stages) == 1 else tuple(body.channels[i] for i in stages)
+    else:
+        in_channels = body.channels[-1]  # create_head raises, listing the valid names
+    decode_head = create_head(head, in_channels, num_classes, **head_kwargs)
     aux_head = (
         FCNHead(body.channels[-2], num_classes, channels=aux_channels, num_convs=1, concat_input=False)
         if aux

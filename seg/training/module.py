@@ -66,7 +66,7 @@ class SegmentationModule(L.LightningModule):
         backbone: timm backbone name (``resnet50c`` = mmseg ResNetV1c).
         head: head name in ``seg.models.HEADS`` (fcn, ccnet, danet, nonlocal, axial, ...).
         num_classes: number of classes (the CLI links it from ``data.num_classes``).
-        output_stride: backbone output stride (8 = the "-D8" recipes).
+        output_stride: backbone output stride (8 = the "-D8" recipes; 32 = undilated, UPerNet).
         aux: add the auxiliary FCN head on stage 3.
         aux_weight: loss weight of the auxiliary output (0.4); other outputs weigh 1.0.
         weights: backbone weights: None (random), 'imagenet', or a local .pth/.safetensors path.
@@ -104,7 +104,7 @@ class SegmentationModule(L.LightningModule):
         backbone: str = "resnet50c",
         head: str = "fcn",
         num_classes: int = 19,
-        output_stride: Literal[8, 16] = 8,
+        output_stride: Literal[8, 16, 32] = 8,
         aux: bool = True,
         aux_weight: float = 0.4,
         weights: Optional[str] = None,

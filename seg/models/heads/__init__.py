@@ -1,22 +1,45 @@
 """Decode heads, one file each. Heads return a dict of logits at feature resolution, never losses.
 
-``HEADS`` maps the names used in configs to the head classes; every head takes
-``(in_channels, num_classes, ...)`` and returns ``{'out': logits}`` plus, in train mode,
-any extra deep-supervision outputs (DANet: ``'pam'``, ``'cam'``).
+``HEADS`` maps the names used in configs to the head classes. The contract with ``SegmentationModel``:
+
+* ``in_stages`` (class attribute): the backbone stages the head reads, indices into
+  ``[stage1, stage2, stage3, stage4]`` (strides 4, 8, 8|16|32, 8|16|32). One stage: the constructor takes
+  ``in_channels: int`` and ``forward(x)``; several: ``in_channels`` is a tuple (one per stage, in order)
+  and ``forward([x, ...])``.
+* ``cascade`` (class attribute, default ``False``): the head also takes the auxiliary FCN head's logits,
+  ``forward(x, prev_logits)`` (OCRNet); the model then runs the aux head in eval mode too.
+* constructor ``(in_channels, num_classes, ...)``; ``forward`` returns ``{'out': logits}`` plus, in train
+  mode, any extra deep-supervision outputs (DANet: ``'pam'``, ``'cam'``).
 """
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 from torch import nn
 
+from .ann import ANNHead
+from .aspp import ASPPHead
 from .axial import AxialHead
 from .ccnet import CCHead
-from .conv_bn_act import ConvBnAct
+from .conv_bn_act import ConvBnAct, DepthwiseSeparableConvBnAct
 from .danet import DAHead
+from .dnl import DNLHead
+from .ema import EMAHead
 from .fcn import FCNHead
+from .gc import GCHead
+from .isa import ISAHead
 from .nonlocal_head import NLHead
+from .ocr import OCRHead
+from .psp import PSPHead
+from .sep_aspp import DepthwiseSeparableASPPHead
+from .uper import UPerHead
 
-__all__ = ["HEADS", "AxialHead", "CCHead", "ConvBnAct", "DAHead", "FCNHead", "NLHead", "create_head"]
+__all__ = [
+    "ANNHead", "ASPPHead", "AxialHead", "CCHead", "ConvBnAct", "DAHead", "DNLHead", "DepthwiseSeparableASPPHead",
+    "DepthwiseSeparableConvBnAct", "EMAHead", "FCNHead", "GCHead", "HEADS", "ISAHead", "NLHead", "OCRHead",
+    "PSPHead", "UPerHead", "create_head",
+]
 
 HEADS: dict[str, type[nn.Module]] = {
     "fcn": FCNHead,
@@ -24,11 +47,24 @@ HEADS: dict[str, type[nn.Module]] = {
     "danet": DAHead,
     "nonlocal": NLHead,
     "axial": AxialHead,
+    "psp": PSPHead,
+    "aspp": ASPPHead,
+    "sep_aspp": DepthwiseSeparableASPPHead,
+    "gc": GCHead,
+    "ema": EMAHead,
+    "isa": ISAHead,
+    "dnl": DNLHead,
+    "ann": ANNHead,
+    "ocr": OCRHead,
+    "uper": UPerHead,
 }
 
 
-def create_head(name: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
-    """``HEADS[name](in_channels, num_classes, **kwargs)``; unknown names list the valid ones."""
+def create_head(name: str, in_channels: int | Sequence[int], num_classes: int, **kwargs: Any) -> nn.Module:
+    """``HEADS[name](in_channels, num_classes, **kwargs)``; unknown names list the valid ones.
+
+    ``in_channels``: an int for single-stage heads, one int per ``in_stages`` entry for multi-stage heads.
+    """
     if name not in HEADS:
         raise ValueError(f"Unknown head {name!r}. Valid heads: {', '.join(sorted(HEADS))}")
     return HEADS[name](in_channels, num_classes, **kwargs)

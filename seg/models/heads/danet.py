@@ -10,6 +10,8 @@ losses 1.0; the loss lives in ``seg.training``). All three share one ``Dropout2d
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -32,6 +34,8 @@ class DAHead(nn.Module):
         norm_layer: normalisation class.
         act_layer: activation class.
     """
+
+    in_stages: ClassVar[tuple[int, ...]] = (3,)  # backbone stages fed to it as the decode head
 
     def __init__(
         self,

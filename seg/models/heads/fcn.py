@@ -10,6 +10,8 @@ mmseg's, so its checkpoints load without renaming. Our addition: ``attention`` p
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -33,6 +35,8 @@ class FCNHead(nn.Module):
         norm_layer: normalisation class.
         act_layer: activation class.
     """
+
+    in_stages: ClassVar[tuple[int, ...]] = (3,)  # backbone stages fed to it as the decode head
 
     def __init__(
         self,
