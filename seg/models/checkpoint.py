@@ -142,16 +142,15 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
                               f"copy it again.{_best_hint(path)}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err) and "allowlisted" not in str(err):
-            raise _unreadable(path, what, err) from None
-    except Exception as err:  # noqa: BLE001  EOFError, KeyError, RuntimeError (zip), ... for corrupt files
-        raise _unreadable(path, what, err) from None
-    # A valid file with pickled classes: metadata of OpenMMLab checkpoints, or something hostile.
+    except Exception as err:  # noqa: BLE001  UnpicklingError, EOFError, KeyError, RuntimeError (zip) ...
+        first_error = err
+    # A valid file with pickled classes (metadata of OpenMMLab checkpoints, or something hostile), or a broken one.
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception as err:  # noqa: BLE001
-        raise _unreadable(path, what, err) from None
+    except Exception:  # noqa: BLE001  not a zip checkpoint at all
+        names = []
+    if not names:
+        raise _unreadable(path, what, first_error) from None
     entries, refused = _metadata_allow_list(names)
     if refused:
         raise CheckpointError(
