@@ -8,6 +8,7 @@ import csv
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +68,7 @@ def run_cmd(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
 
 
 def model_state(ckpt: Path) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_quickstart_fast_dev_run(tmp_path):
@@ -84,7 +85,7 @@ def test_quickstart_fast_dev_run(tmp_path):
 def test_short_run_checkpoints_metrics_and_poly_lr(trained_run):
     ckpts = trained_run / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temp files left
-    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 6
     assert any(k.startswith("model.backbone.") for k in last["state_dict"])  # seg checkpoint layout
     assert (trained_run / "config.yaml").is_file()
@@ -144,6 +145,48 @@ def test_resume_is_exact(tiny_data, tmp_path):
     sa = json.loads((tmp_path / "a/summary.json").read_text())["last"]
     sb = json.loads((tmp_path / "b/summary.json").read_text())["last"]
     assert sa["mIoU"] == sb["mIoU"]
+
+
+def test_divergence_stops_with_one_error_and_no_nan_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """`--model.lr=1e6` as train.py runs it (command-line arguments): exit with one `error:` message naming the
+    step and the learning rate (SystemExit with a message: exit code 1, no traceback), and no checkpoint or
+    summary with NaN/Inf weights."""
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=8, val_check_interval=2)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(cfg), "--model.lr=1e6"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    last = exit_info.value.code
+    assert isinstance(last, str), last  # sys.exit(message): printed to stderr, exit code 1
+    assert re.match(r"error: .* at step \d+ \(learning rate [\d.e+]+, base --model.lr=1e\+06\): the run diverged", last), last
+    step = int(re.search(r"at step (\d+)", last).group(1))
+    for ckpt in (tmp_path / "run/checkpoints").glob("*.ckpt"):
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        assert state["global_step"] < step
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()), ckpt
+    summary = tmp_path / "run/summary.json"
+    if summary.exists():
+        assert json.loads(summary.read_text())["global_step"] < step
+
+
+def test_broken_last_ckpt_and_bad_interval_give_one_clear_error(trained_run, tiny_data, tmp_path, capsys):
+    """A 0-byte last.ckpt (e.g. a copy cut short) with `--ckpt_path last`: one error naming it and best.ckpt.
+    `val_check_interval=0`: a parser error instead of a ZeroDivisionError mid-training."""
+    import shutil
+
+    from seg.models.checkpoint import CheckpointError
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
+    (run / "checkpoints/last.ckpt").write_bytes(b"")
+    (run / "checkpoints/.last.ckpt.tmp999999999").write_bytes(b"partial")  # from a kill -9 mid-save
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, run, max_steps=8)
+    with pytest.raises(CheckpointError, match=rf"--ckpt_path: {run}/checkpoints/last.ckpt is empty \(0 bytes\).*"
+                                              rf"{run}/checkpoints/best.ckpt exists: resume from it"):
+        main(["--config", str(cfg), "--ckpt_path=last"])
+    assert not (run / "checkpoints/.last.ckpt.tmp999999999").exists()  # cleaned up at start
+    with pytest.raises(SystemExit):
+        main(["--config", str(cfg), "--trainer.val_check_interval=0"])
+    assert "trainer.val_check_interval=0: must be > 0" in capsys.readouterr().err
 
 
 def test_wandb_offline(tiny_data, tmp_path, monkeypatch):

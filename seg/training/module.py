@@ -199,11 +199,14 @@ class SegmentationModule(L.LightningModule):
             "lower --model.lr, or check the data (python -m seg.data.check) and the loss settings.")
 
     def on_validation_start(self) -> None:
-        # weights can overflow with a finite loss (inf gradient): do not validate or checkpoint them
+        # weights and BatchNorm statistics can overflow while the loss is still finite: neither validate (and
+        # write summary.json) nor checkpoint them
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+            from seg.models.checkpoint import non_finite_keys
+
+            bad = non_finite_keys(self.model.state_dict())
             if bad:
-                self._diverged(f"{len(bad)} weight tensors hold NaN/Inf ({', '.join(bad[:3])})")
+                self._diverged(f"{len(bad)} weight/statistics tensors hold NaN/Inf ({', '.join(bad[:3])})")
 
     def predict_labels(self, images: Tensor) -> Tensor:
         """Predicted class per pixel (B, H, W) with this module's eval mode / scales / flip."""
