@@ -171,6 +171,7 @@ class SegToolCLI(SegCLI):
     training callbacks. Without ``--config``, the ``config.yaml`` of the checkpoint's run dir is used."""
 
     def __init__(self, args: Optional[list[str]] = None, **kwargs: Any) -> None:
+        self._command_line = args is None  # then a bad --ckpt ends the process with one `error:` line
         args = list(sys.argv[1:] if args is None else args)
         if not any(a in ("-c", "--config") or a.startswith("--config=") for a in args):
             ckpt = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--ckpt"), None)
@@ -224,4 +225,9 @@ class SegToolCLI(SegCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        load_seg_weights(self.model, self.config.ckpt)
+        try:
+            load_seg_weights(self.model, self.config.ckpt)
+        except (CheckpointError, FileNotFoundError) as err:
+            if not self._command_line:
+                raise
+            sys.exit(f"error: {err}")
