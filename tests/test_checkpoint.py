@@ -69,6 +69,11 @@ def test_crafted_pickle_is_refused_by_every_loader(crafted, tmp_path):
             load()
         assert "evil." in str(err.value), name
         assert not marker.exists(), name
+    legacy = tmp_path / "evil_legacy.pt"  # the pre-torch-1.6 format: globals are found by trial, still never run
+    torch.save({"payload": _RunsShell(marker)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r"does not unpickle: (posix|nt)\.system"):
+        read_checkpoint(legacy)
+    assert not marker.exists()
     # the file really is hostile: a full unpickle runs the command
     torch.load(tmp_path / "evil.pth", weights_only=False)
     assert marker.exists()
@@ -85,7 +90,7 @@ def test_convert_command_refuses_crafted_file(crafted, tmp_path, capsys):
     assert not marker.exists() and not (tmp_path / "out.ckpt").exists()
 
 
-def _fake_mmengine_checkpoint(path: Path, state: dict[str, torch.Tensor]) -> None:
+def _fake_mmengine_checkpoint(path: Path, state: dict[str, torch.Tensor], legacy: bool = False) -> None:
     """What mmengine's Runner saves, with a stand-in mmengine (not installed here): HistoryBuffer objects whose
     state holds numpy arrays and class-level methods, numpy scalars in runtime_info and schedulers."""
     mod = types.ModuleType("mmengine.logging.history_buffer")
@@ -117,15 +122,19 @@ def _fake_mmengine_checkpoint(path: Path, state: dict[str, torch.Tensor]) -> Non
                     "state_dict": state,
                     "message_hub": {"log_scalars": {"train/loss": HistoryBuffer()},
                                     "runtime_info": {"iter": np.int64(40000)}},
-                    "param_schedulers": [{"power": np.float64(0.9)}]}, path)
+                    "param_schedulers": [{"power": np.float64(0.9)}]}, path,
+                   _use_new_zipfile_serialization=not legacy)  # legacy: the pre-torch-1.6 format of old checkpoints
     finally:
         for n, m in saved.items():
             sys.modules.pop(n) if m is None else sys.modules.__setitem__(n, m)
+    if legacy:
+        return
     names = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     assert {"mmengine.logging.history_buffer.HistoryBuffer", "builtins.getattr", "numpy.ndarray"} <= names  # as real
 
 
-def test_mmengine_metadata_is_read_through_the_allow_list(tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-format"])
+def test_mmengine_metadata_is_read_through_the_allow_list(tmp_path, legacy):
     model = tiny_model()
     from seg.models.mmseg import convert_mmseg_state_dict
 
@@ -138,7 +147,7 @@ def test_mmengine_metadata_is_read_through_the_allow_list(tmp_path):
     mm_state = {to_mmseg(k): v for k, v in model.state_dict().items()}
     assert convert_mmseg_state_dict(mm_state).keys() == model.state_dict().keys()
     path = tmp_path / "mm.pth"
-    _fake_mmengine_checkpoint(path, mm_state)
+    _fake_mmengine_checkpoint(path, mm_state, legacy)
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)  # plain weights_only refuses the metadata
     ckpt = read_checkpoint(path)

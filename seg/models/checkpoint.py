@@ -45,6 +45,7 @@ __all__ = [
 PREFIX = "model."
 # Classes of these packages, pickled as checkpoint metadata, are read as inert stand-ins (never imported).
 METADATA_MODULES: tuple[str, ...] = ("mmengine", "mmcv", "mmseg", "mmdet", "mmpretrain", "mmcls")
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")  # the global named by torch's weights_only errors
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
 
 
@@ -143,30 +144,48 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  UnpicklingError, EOFError, KeyError, RuntimeError (zip) ...
-        first_error = err
+        error: Exception = err
     # A valid file with pickled classes (metadata of OpenMMLab checkpoints, or something hostile), or a broken one.
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # noqa: BLE001  not a zip checkpoint at all
+    try:  # zip format: every global at once, without reading the tensors
+        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001  legacy (pre-1.6) format or not a checkpoint: names come from the errors
         names = []
-    if not names:
-        raise _unreadable(path, what, first_error) from None
-    entries, refused = _metadata_allow_list(names)
-    if refused:
-        raise CheckpointError(
-            f"{what}: {path} references Python objects that seg does not unpickle: {', '.join(refused)}. Loading "
-            "it fully could run code from the file. If you trust it, extract its weights in a Python session that "
-            "has the packages it needs: `c = torch.load(path, weights_only=False); "
-            "torch.save({'state_dict': c['state_dict']}, 'weights.pth')`, and pass weights.pth.")
-    with torch.serialization.safe_globals(entries):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001
-            raise _unreadable(path, what, err) from None
+    tried: set[str] = set()
+    for _ in range(64):
+        named = _GLOBAL_RE.search(str(error)) if isinstance(error, pickle.UnpicklingError) else None
+        if named is None and not names:
+            raise _unreadable(path, what, error) from None
+        if named is not None:
+            name = named.group(1) if "." in named.group(1) else f"builtins.{named.group(1)}"  # torch drops builtins.
+            if name in tried:  # allowed last time and still failing: not a metadata problem
+                raise _unreadable(path, what, error) from None
+            if name not in names:
+                names.append(name)
+        entries, refused = _metadata_allow_list(names)
+        tried.update(names)
+        if refused:
+            raise CheckpointError(
+                f"{what}: {path} references Python objects that seg does not unpickle: {', '.join(refused)}. "
+                "Loading it fully could run code from the file. If you trust it, extract its weights in a Python "
+                "session that has the packages it needs: `c = torch.load(path, weights_only=False); "
+                "torch.save({'state_dict': c['state_dict']}, 'weights.pth')`, and pass weights.pth.")
+        with torch.serialization.safe_globals(entries):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001
+                if not isinstance(err, pickle.UnpicklingError) or _GLOBAL_RE.search(str(err)) is None:
+                    raise _unreadable(path, what, err) from None
+                error = err
+    raise _unreadable(path, what, error)
 
 
 def _unreadable(path: Path, what: str, err: BaseException) -> CheckpointError:
-    detail = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}".rstrip(": ")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04" and head[:2] != b"\x80\x02":  # neither torch's zip format nor a legacy pickle
+        detail = f"not a PyTorch file: it starts with {head!r}"
+    else:
+        detail = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}".rstrip(": ")
     return CheckpointError(f"{what}: {path} is not a readable PyTorch checkpoint ({detail}); it is truncated, "
                            f"corrupt or another kind of file. Check the path, or copy the file again."
                            f"{_best_hint(path)}")
