@@ -27,7 +27,7 @@ import pickle
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -99,7 +99,8 @@ def _numpy_globals() -> dict[str, Any]:
 def _metadata_allow_list(names: list[str]) -> tuple[list[tuple[Any, str]], list[str]]:
     """(entries for ``torch.serialization.safe_globals``, refused names) for the globals a file references."""
     numpy_safe = _numpy_globals()
-    entries: list[tuple[Any, str]] = [(v, k) for k, v in numpy_safe.items() if k.startswith("numpy.dtypes.")]
+    entries: list[tuple[Any, str]] = [(v, k) for k, v in numpy_safe.items()  # dtype classes: never named in a file
+                                      if isinstance(v, type) and issubclass(v, np.dtype) and v is not np.dtype]
     refused = []
     for name in names:
         if name in numpy_safe:
