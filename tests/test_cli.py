@@ -189,6 +189,36 @@ def test_broken_last_ckpt_and_bad_interval_give_one_clear_error(trained_run, tin
     assert "trainer.val_check_interval=0: must be > 0" in capsys.readouterr().err
 
 
+def test_unknown_mask_colour_stops_training_with_the_file_named(tmp_path, monkeypatch):
+    """RGB palette masks with a colour outside the palette, loaded by 2 workers during train.py: one `error:`
+    naming the file and the colour (not a worker traceback, not silent ignore pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    palette = [(0, 0, 0), (255, 0, 0), (0, 0, 255)]
+    for split, n in (("train", 4), ("val", 2)):
+        for i in range(n):
+            (tmp_path / f"data/{split}/images").mkdir(parents=True, exist_ok=True)
+            (tmp_path / f"data/{split}/masks").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / f"data/{split}/images/{i}.png")
+            mask = np.zeros((40, 40, 3), np.uint8)
+            mask[:, 10:20], mask[:, 20:30] = palette[1], palette[2]
+            if split == "train" and i == 2:
+                mask[:5, :5] = (250, 0, 0)  # anti-aliasing / compression damage: close to red, not red
+            Image.fromarray(mask).save(tmp_path / f"data/{split}/masks/{i}.png")
+    (tmp_path / "data/classes.json").write_text(json.dumps({"classes": ["bg", "red", "blue"]}))
+    cfg = tiny_config(tmp_path / "cfg.yaml", tmp_path / "data", tmp_path / "run", max_steps=2, val_check_interval=2)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(cfg), "--data.num_workers=2",
+                                      "--data.palette=[[0,0,0],[255,0,0],[0,0,255]]"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    message = exit_info.value.code
+    assert isinstance(message, str) and message.startswith("error: "), message
+    assert "\n" not in message and "Traceback" not in message, message
+    assert re.search(r"train/masks/2\.png: 25 pixels \(1\.56%\) have colours that are not in the palette: "
+                     r"\(250, 0, 0\): 25 px", message), message
+
+
 def test_wandb_offline(tiny_data, tmp_path, monkeypatch):
     wb = tmp_path / "wandb_home"
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):

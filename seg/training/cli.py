@@ -142,8 +142,16 @@ def main(args: Any = None) -> SegCLI:
     except Exception as err:
         if args is not None or not _is_user_error(err):
             raise
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {_one_line(err)}")
     return cli
+
+
+def _one_line(err: BaseException) -> str:
+    """The message itself, also for errors re-raised from a DataLoader worker (which embed the worker's traceback)."""
+    text = str(err)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]  # "seg.data.base.DataError: <message>"
+    return text
 
 
 if __name__ == "__main__":
