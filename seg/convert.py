@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             aux=args.aux, output_stride=args.output_stride, backbone_kwargs=args.backbone_kwargs,
             aux_channels=args.aux_channels, **head_kwargs,
         )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # CheckpointError / missing file / full disk: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

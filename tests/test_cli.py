@@ -8,6 +8,7 @@ import csv
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -69,7 +70,7 @@ def run_cmd(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
 
 
 def model_state(ckpt: Path) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_quickstart_fast_dev_run(tmp_path):
@@ -86,7 +87,7 @@ def test_quickstart_fast_dev_run(tmp_path):
 def test_short_run_checkpoints_metrics_and_poly_lr(trained_run):
     ckpts = trained_run / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temp files left
-    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 6
     assert any(k.startswith("model.backbone.") for k in last["state_dict"])  # seg checkpoint layout
     assert (trained_run / "config.yaml").is_file()
@@ -125,27 +126,100 @@ def test_compiled_training_matches_eager(tiny_data, tmp_path):
 
 
 def test_resume_is_exact(tiny_data, tmp_path):
-    """8 steps straight == 4 steps + `--ckpt_path last` + 4 steps: same weights, optimizer state, LR, step and
-    val mIoU. The resume point is mid-epoch (3 batches/epoch) and the head has dropout; the straight run
-    uses 2 workers, the resumed one none (augmentations are seeded per sample)."""
-    common = ["--model.max_iters=8", "--trainer.val_check_interval=4"]
-    a = tiny_config(tmp_path / "a.yaml", tiny_data, tmp_path / "a", max_steps=8)
-    main(["--config", str(a), *common, "--data.num_workers=2"])
+    """10 steps straight == 4 steps + `--ckpt_path last` + 6 steps, both with 2 data workers: same weights,
+    optimizer state, LR, step and val mIoU. The resume point is mid-epoch (3 batches/epoch), the head has
+    dropout, and training goes on after the first post-resume validation (step 8): creating the validation
+    iterator must not shift the dropout RNG (it did when the val DataLoader drew its seed from the global RNG)."""
+    common = ["--model.max_iters=10", "--trainer.val_check_interval=4", "--data.num_workers=2"]
+    a = tiny_config(tmp_path / "a.yaml", tiny_data, tmp_path / "a", max_steps=10)
+    main(["--config", str(a), *common])
     b = tiny_config(tmp_path / "b.yaml", tiny_data, tmp_path / "b", max_steps=4)
     main(["--config", str(b), *common])
-    cli = main(["--config", str(b), *common, "--trainer.max_steps=8", "--ckpt_path=last"])
-    assert cli.trainer.global_step == 8
-    ca = torch.load(tmp_path / "a/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
-    cb = torch.load(tmp_path / "b/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
-    assert ca["global_step"] == cb["global_step"] == 8
-    for k, v in ca["state_dict"].items():
-        assert torch.equal(v, cb["state_dict"][k]), k
+    cli = main(["--config", str(b), *common, "--trainer.max_steps=10", "--ckpt_path=last"])
+    assert cli.trainer.global_step == 10
+    ca = torch.load(tmp_path / "a/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    cb = torch.load(tmp_path / "b/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert ca["global_step"] == cb["global_step"] == 10
+    differ = [k for k, v in ca["state_dict"].items() if not torch.equal(v, cb["state_dict"][k])]
+    assert not differ, f"{len(differ)} of {len(ca['state_dict'])} tensors differ: {differ[:5]}"
     for sa, sb in zip(ca["optimizer_states"][0]["state"].values(), cb["optimizer_states"][0]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    assert ca["lr_schedulers"][0]["last_epoch"] == cb["lr_schedulers"][0]["last_epoch"] == 8
+    assert ca["lr_schedulers"][0]["last_epoch"] == cb["lr_schedulers"][0]["last_epoch"] == 10
     sa = json.loads((tmp_path / "a/summary.json").read_text())["last"]
     sb = json.loads((tmp_path / "b/summary.json").read_text())["last"]
     assert sa["mIoU"] == sb["mIoU"]
+
+
+def test_divergence_stops_with_one_error_and_no_nan_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """`--model.lr=1e6` as train.py runs it (command-line arguments): exit with one `error:` message naming the
+    step and the learning rate (SystemExit with a message: exit code 1, no traceback), and no checkpoint or
+    summary with NaN/Inf weights."""
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=8, val_check_interval=2)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(cfg), "--model.lr=1e6"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    last = exit_info.value.code
+    assert isinstance(last, str), last  # sys.exit(message): printed to stderr, exit code 1
+    assert re.match(r"error: .* at step \d+ \(learning rate [\d.e+]+, base --model.lr=1e\+06\): the run diverged", last), last
+    step = int(re.search(r"at step (\d+)", last).group(1))
+    for ckpt in (tmp_path / "run/checkpoints").glob("*.ckpt"):
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        assert state["global_step"] < step
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()), ckpt
+    summary = tmp_path / "run/summary.json"
+    if summary.exists():
+        assert json.loads(summary.read_text())["global_step"] < step
+
+
+def test_broken_last_ckpt_and_bad_interval_give_one_clear_error(trained_run, tiny_data, tmp_path, capsys):
+    """A 0-byte last.ckpt (e.g. a copy cut short) with `--ckpt_path last`: one error naming it and best.ckpt.
+    `val_check_interval=0`: a parser error instead of a ZeroDivisionError mid-training."""
+    import shutil
+
+    from seg.models.checkpoint import CheckpointError
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
+    (run / "checkpoints/last.ckpt").write_bytes(b"")
+    (run / "checkpoints/.last.ckpt.tmp999999999").write_bytes(b"partial")  # from a kill -9 mid-save
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, run, max_steps=8)
+    with pytest.raises(CheckpointError, match=rf"--ckpt_path: {run}/checkpoints/last.ckpt is empty \(0 bytes\).*"
+                                              rf"{run}/checkpoints/best.ckpt exists: resume from it"):
+        main(["--config", str(cfg), "--ckpt_path=last"])
+    assert not (run / "checkpoints/.last.ckpt.tmp999999999").exists()  # cleaned up at start
+    with pytest.raises(SystemExit):
+        main(["--config", str(cfg), "--trainer.val_check_interval=0"])
+    assert "trainer.val_check_interval=0: must be > 0" in capsys.readouterr().err
+
+
+def test_unknown_mask_colour_stops_training_with_the_file_named(tmp_path, monkeypatch):
+    """RGB palette masks with a colour outside the palette, loaded by 2 workers during train.py: one `error:`
+    naming the file and the colour (not a worker traceback, not silent ignore pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    palette = [(0, 0, 0), (255, 0, 0), (0, 0, 255)]
+    for split, n in (("train", 4), ("val", 2)):
+        for i in range(n):
+            (tmp_path / f"data/{split}/images").mkdir(parents=True, exist_ok=True)
+            (tmp_path / f"data/{split}/masks").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / f"data/{split}/images/{i}.png")
+            mask = np.zeros((40, 40, 3), np.uint8)
+            mask[:, 10:20], mask[:, 20:30] = palette[1], palette[2]
+            if split == "train" and i == 2:
+                mask[:5, :5] = (250, 0, 0)  # anti-aliasing / compression damage: close to red, not red
+            Image.fromarray(mask).save(tmp_path / f"data/{split}/masks/{i}.png")
+    (tmp_path / "data/classes.json").write_text(json.dumps({"classes": ["bg", "red", "blue"]}))
+    cfg = tiny_config(tmp_path / "cfg.yaml", tmp_path / "data", tmp_path / "run", max_steps=2, val_check_interval=2)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(cfg), "--data.num_workers=2",
+                                      "--data.palette=[[0,0,0],[255,0,0],[0,0,255]]"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    message = exit_info.value.code
+    assert isinstance(message, str) and message.startswith("error: "), message
+    assert "\n" not in message and "Traceback" not in message, message
+    assert re.search(r"train/masks/2\.png: 25 pixels \(1\.56%\) have colours that are not in the palette: "
+                     r"\(250, 0, 0\): 25 px", message), message
 
 
 def test_wandb_offline(tiny_data, tmp_path, monkeypatch):

@@ -38,19 +38,63 @@ def test_folder_reads_classes_json_and_custom_ignore(tmp_path):
     assert set(np.unique(ds[0]['mask'])) == {0, 1, 255}
 
 
-def test_folder_palette_masks_unknown_colours_ignored(tmp_path):
-    palette = [(0, 0, 0), (255, 0, 0), (0, 0, 255)]
-    img = np.zeros((10, 12, 3), np.uint8)
+def _palette_tree(root: Path) -> list[tuple[int, int, int]]:
+    """One 10x12 RGB colour mask: bands bg | red | blue | (1, 2, 3) (not in the palette) | (224, 224, 192)."""
     mask = np.zeros((10, 12, 3), np.uint8)
     mask[:, 4:8] = (255, 0, 0)
     mask[:, 8:10] = (0, 0, 255)
-    mask[:, 10:] = (1, 2, 3)  # not in the palette -> ignore
-    write_rgb(tmp_path / 'train/images/a.jpg', img)
-    write_mask(tmp_path / 'train/masks/a.png', mask)
+    mask[:, 10] = (1, 2, 3)
+    mask[:, 11] = (224, 224, 192)
+    write_rgb(root / 'train/images/a.jpg', np.zeros((10, 12, 3), np.uint8))
+    write_mask(root / 'train/masks/a.png', mask)
+    return [(0, 0, 0), (255, 0, 0), (0, 0, 255)]
+
+
+def test_folder_palette_masks_unknown_colours_are_an_error(tmp_path):
+    palette = _palette_tree(tmp_path)
     ds = FolderDataset(tmp_path, 'train', classes=['bg', 'red', 'blue'], palette=palette)
+    with pytest.raises(DataError, match=r'masks/a\.png: 20 pixels \(16\.67%\) have colours that are not in the palette: '
+                                        r'\(1, 2, 3\): 10 px, \(224, 224, 192\): 10 px\. Add'):
+        ds[0]
+    # the two ways to fix it: declare ignore colours (argument or classes.json), or add a class colour
+    ds = FolderDataset(tmp_path, 'train', classes=['bg', 'red', 'blue'], palette=palette,
+                       ignore_colors=[(1, 2, 3), (224, 224, 192)])
     m = ds[0]['mask']
     assert (m[:, :4] == 0).all() and (m[:, 4:8] == 1).all() and (m[:, 8:10] == 2).all() and (m[:, 10:] == 255).all()
-    assert ds.palette == palette
+    (tmp_path / 'classes.json').write_text(json.dumps({'classes': ['bg', 'red', 'blue', 'x'],
+                                                       'ignore_colors': [[224, 224, 192]]}))
+    ds = FolderDataset(tmp_path, 'train', palette=palette + [(1, 2, 3)])
+    assert ds.palette == palette + [(1, 2, 3)]
+    m = ds[0]['mask']
+    assert (m[:, 10] == 3).all() and (m[:, 11] == 255).all()
+
+
+def test_check_reports_unknown_colours_per_file(tmp_path, capsys):
+    palette = _palette_tree(tmp_path)
+    write_rgb(tmp_path / 'train/images/b.png', np.zeros((10, 12, 3), np.uint8))
+    write_mask(tmp_path / 'train/masks/b.png', np.zeros((10, 12, 3), np.uint8))  # clean
+    args = ['--root', str(tmp_path), '--classes', 'bg,red,blue', '--palette', ';'.join(','.join(map(str, c)) for c in palette)]
+    assert check_main(args) == 1
+    out = capsys.readouterr().out
+    assert '1 problem(s)' in out and 'masks/a.png: 20 pixels' in out and '(224, 224, 192): 10 px' in out
+    assert check_main(args + ['--ignore-colors', '1,2,3;224,224,192']) == 0
+    assert 'no problems found' in capsys.readouterr().out
+
+
+def test_jpeg_masks_are_rejected_by_content(tmp_path, capsys):
+    """JPEG masks, whatever their name: lossy compression mislabels edges (here: exact to the eye, wrong in values)."""
+    import cv2
+
+    folder_tree(tmp_path, n=2, values=[0, 1, 2], classes=['a', 'b', 'c'])
+    ok, jpg = cv2.imencode('.jpg', blocks_mask(24, 32, [0, 1, 2]) * 100, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    (tmp_path / 'train/masks/im1.png').write_bytes(jpg.tobytes())  # a JPEG saved under .png
+    ds = FolderDataset(tmp_path, 'train')
+    ds[0]
+    with pytest.raises(DataError, match=r'masks/im1\.png: this mask is a JPEG file \(named \.png\)'):
+        ds[1]
+    assert check_main(['--root', str(tmp_path), '--split', 'train']) == 1
+    out = capsys.readouterr().out
+    assert '1 problem(s)' in out and 'im1.png: this mask is a JPEG file' in out
 
 
 def test_folder_palettised_png_uses_indices(tmp_path):

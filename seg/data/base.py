@@ -29,6 +29,7 @@ IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.webp')
 
 Palette = list[tuple[int, int, int]]
+JPEG_SIGNATURE = b'\xff\xd8\xff'  # every JPEG/JFIF/EXIF file starts with SOI + a marker
 
 
 class DataError(ValueError):
@@ -95,6 +96,12 @@ def read_mask(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f'{path}: mask file does not exist')
+    with open(path, 'rb') as f:
+        if f.read(3) == JPEG_SIGNATURE:
+            raise DataError(
+                f'{path}: this mask is a JPEG file{" (named " + path.suffix + ")" if path.suffix else ""}: JPEG '
+                'compression changes label values along edges, which silently mislabels pixels. Re-export the mask '
+                'losslessly as PNG from the original labels (converting this JPEG to PNG keeps the damage).')
     try:
         with Image.open(path) as im:
             im.load()
@@ -160,12 +167,37 @@ def index_lut(num_classes: int, ignore_value: int = IGNORE_INDEX, size: int = 25
     return lut
 
 
-def map_color_mask(raw: np.ndarray, palette: Palette) -> np.ndarray:
-    """RGB colour mask -> uint8 train ids; colours not in the palette become ignore (255)."""
+def _pack(r: int, g: int, b: int) -> int:
+    return (r << 16) | (g << 8) | b
+
+
+def map_color_mask(raw: np.ndarray, palette: Palette, path: Path | str = '<mask>',
+                   ignore_colors: Sequence[tuple[int, int, int]] = ()) -> np.ndarray:
+    """RGB colour mask -> uint8 train ids: palette colour k -> k, ``ignore_colors`` -> 255.
+
+    Any other colour raises `DataError` naming the file, the colours and their pixel counts: silently ignoring
+    them would drop labels (a typo in the palette, an anti-aliased or JPEG-damaged mask) without a trace.
+    """
     code = (raw[..., 0].astype(np.int32) << 16) | (raw[..., 1].astype(np.int32) << 8) | raw[..., 2]
     out = np.full(code.shape, IGNORE_INDEX, dtype=np.uint8)
-    for k, (r, g, b) in enumerate(palette):
-        out[code == ((r << 16) | (g << 8) | b)] = k
+    known = np.zeros(code.shape, dtype=bool)
+    for k, rgb in enumerate(palette):
+        hit = code == _pack(*rgb)
+        out[hit] = k
+        known |= hit
+    for rgb in ignore_colors:
+        known |= code == _pack(*rgb)
+    if not known.all():
+        values, counts = np.unique(code[~known], return_counts=True)
+        order = np.argsort(-counts)[:8]
+        listed = ', '.join(f'({v >> 16}, {(v >> 8) & 255}, {v & 255}): {c} px' for v, c in zip(values[order],
+                                                                                               counts[order]))
+        more = f', ... ({len(values)} colours)' if len(values) > len(order) else ''
+        raise DataError(
+            f'{path}: {int(counts.sum())} pixels ({counts.sum() / code.size:.2%}) have colours that are not in the '
+            f'palette: {listed}{more}. Add each colour that is a class to the palette, list colours that mean '
+            '"ignore" under "ignore_colors" in classes.json, or repaint them (many near-palette colours mean an '
+            'anti-aliased or lossy-compressed mask: re-export it from the original labels).')
     return out
 
 

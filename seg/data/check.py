@@ -85,7 +85,8 @@ def build(args: argparse.Namespace) -> SegDataset:
 
     if args.dataset == 'folder':
         classes = args.classes.split(',') if args.classes else None
-        return FolderDataset(args.root, args.split, classes, _palette(args.palette), args.ignore_index, strict=False)
+        return FolderDataset(args.root, args.split, classes, _palette(args.palette), args.ignore_index, strict=False,
+                             ignore_colors=_palette(args.ignore_colors))
     if args.dataset == 'cityscapes':
         return CityscapesDataset(args.root, args.split, label_train_ids=args.label_train_ids, strict=False)
     return ADE20KDataset(args.root, args.split, strict=False)
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--split', default='train')
     p.add_argument('--classes', help='folder: comma-separated class names (default: {root}/classes.json)')
     p.add_argument('--palette', help='folder: colour masks, "r,g,b;r,g,b;..." one per class')
+    p.add_argument('--ignore-colors', help='folder: colours meaning ignore in colour masks, "r,g,b;r,g,b" '
+                   '(default: "ignore_colors" of classes.json)')
     p.add_argument('--ignore-index', type=int, default=IGNORE_INDEX, help='folder: mask value meaning ignore')
     p.add_argument('--label-train-ids', action='store_true', help='cityscapes: read *_labelTrainIds.png')
     p.add_argument('--limit', type=int, help='check only the first N samples')

@@ -229,6 +229,9 @@ class SegDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             worker_init_fn=seed_worker,
             collate_fn=collate,
+            # val/test: a generator of their own, so creating an iterator (once per process with persistent
+            # workers) does not draw from the global RNG and shift dropout after a resume
+            generator=None if train else torch.Generator().manual_seed(0),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -4,11 +4,13 @@ Layout::
 
     {root}/{split}/images/<stem>.(png|jpg|jpeg|tif|tiff|bmp|webp)
     {root}/{split}/masks/<stem>.png
-    {root}/classes.json          optional: {"classes": [...], "palette": [[r, g, b], ...]}
+    {root}/classes.json          optional: {"classes": [...], "palette": [[r, g, b], ...],
+                                            "ignore_colors": [[r, g, b], ...]}
 
 Masks are either single-channel class-index PNGs (also palettised 'P' PNGs, whose indices are used), or RGB
-colour PNGs decoded with `palette` (colours not in the palette become ignore). An index value that is neither
-a class (0..C-1) nor `ignore_index` raises an error naming the file and the values.
+colour PNGs decoded with `palette` (colours listed in `ignore_colors` become ignore). An index value that is
+neither a class (0..C-1) nor `ignore_index`, or a colour that is neither in the palette nor in `ignore_colors`,
+raises an error naming the file and the values; so does a JPEG file used as a mask.
 """
 from __future__ import annotations
 
@@ -47,6 +49,14 @@ def _check_palette(palette: Sequence[Sequence[int]], num_classes: int, where: st
     return out  # type: ignore[return-value]
 
 
+def _check_colors(colors: Sequence[Sequence[int]], where: str) -> Palette:
+    ok = all(isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+             for c in colors)
+    if not ok:
+        raise DataError(f'{where}: expected a list of RGB triples (0-255), got {colors}')
+    return [tuple(c) for c in colors]  # type: ignore[misc]
+
+
 def resolve_classes(
     root: str | Path, classes: Sequence[str] | None, palette: Sequence[Sequence[int]] | None
 ) -> tuple[list[str], Palette, bool]:
@@ -80,9 +90,11 @@ class FolderDataset(SegDataset):
         root: dataset folder.
         split: sub-folder name, e.g. 'train' or 'val'.
         classes: class names; None reads them from ``{root}/classes.json``.
-        palette: RGB triple per class. When given explicitly, RGB masks are decoded with it (unknown colours ->
-            ignore); otherwise it comes from classes.json or a default palette (for visualisation).
+        palette: RGB triple per class. When given explicitly, RGB masks are decoded with it (any other colour is
+            an error); otherwise it comes from classes.json or a default palette (for visualisation).
             Single-channel masks are always class indices.
+        ignore_colors: RGB triples that mean "ignore" in colour masks (e.g. VOC's (224, 224, 192) borders);
+            None reads ``"ignore_colors"`` from ``{root}/classes.json`` (default: none).
         ignore_index: the mask value that means "ignore" in index masks; it is emitted as 255.
         transform: albumentations pipeline (see `seg.data.transforms`), or None for raw numpy samples.
         strict: see `SegDataset`.
@@ -97,6 +109,7 @@ class FolderDataset(SegDataset):
         ignore_index: int = IGNORE_INDEX,
         transform: Callable[..., dict[str, Any]] | None = None,
         strict: bool = True,
+        ignore_colors: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__(transform, strict)
         self.root = Path(root)
@@ -105,6 +118,12 @@ class FolderDataset(SegDataset):
         if not 0 <= ignore_index <= 65535 or ignore_index < len(self.classes):
             raise DataError(f'ignore_index={ignore_index} collides with a class index or is out of range')
         self.file_ignore_index = ignore_index
+        if ignore_colors is None:
+            ignore_colors = (read_meta(self.root) or {}).get('ignore_colors') or []
+        self.ignore_colors = _check_colors(ignore_colors, 'ignore_colors')
+        clash = set(self.ignore_colors) & set(self.palette) if self.color_masks else set()
+        if clash:
+            raise DataError(f'ignore_colors {sorted(clash)} are also class colours in the palette; remove them from one')
         self._lut = index_lut(len(self.classes), ignore_index, size=65536)
 
         image_dir, mask_dir = self.root / split / 'images', self.root / split / 'masks'
@@ -117,7 +136,7 @@ class FolderDataset(SegDataset):
     def decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
         if raw.ndim == 3:
             if self.color_masks:
-                return map_color_mask(raw, self.palette)
+                return map_color_mask(raw, self.palette, path, self.ignore_colors)
             if (raw[..., 0] == raw[..., 1]).all() and (raw[..., 1] == raw[..., 2]).all():
                 raw = raw[..., 0]  # a grayscale index mask saved as RGB
             else:

@@ -30,6 +30,8 @@ import timm
 import torch
 from torch import nn
 
+from .checkpoint import load_strict, read_state_dict
+
 __all__ = ["TESTED_BACKBONES", "TimmBackbone", "create_backbone", "load_weights_file"]
 
 # Names covered by tests / mmseg conversion. Any other timm model with features_only + output_stride works too.
@@ -144,43 +146,15 @@ def _check_name(name: str) -> None:
     )
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path), device="cpu")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    # Unwrap common containers ({'state_dict': ...}, {'model': ...}) and DDP prefixes.
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 def load_weights_file(body: nn.Module, path: str | Path) -> None:
     """Strictly load a timm state dict file into a ``features_only`` network.
 
     Keys of modules that ``features_only`` dropped (the classifier ``fc``, ``head``, final norms ...)
-    are ignored; any other missing or unexpected key raises a ``ValueError`` listing them.
+    are ignored; any other missing, unexpected or mis-shaped key raises a ``ValueError`` listing them.
     """
     path = Path(path)
-    state = _read_state_dict(path)
-    own = body.state_dict()
+    state = read_state_dict(path, what="backbone weights")  # safe read: never runs code from the file
     kept_roots = {name for name, _ in body.named_children()}
-    missing = sorted(k for k in own if k not in state)
-    unexpected = sorted(k for k in state if k not in own and k.split(".")[0] in kept_roots)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path} does not match the backbone: {len(missing)} missing keys {missing[:20]}"
-            f"{' ...' if len(missing) > 20 else ''}; {len(unexpected)} unexpected keys {unexpected[:20]}"
-            f"{' ...' if len(unexpected) > 20 else ''}. Pass a state dict of the same timm model "
-            "(same name and constructor arguments)."
-        )
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
-             if state[k].shape != v.shape]
-    if wrong:
-        raise ValueError(f"{path}: shape mismatch for {len(wrong)} tensors: {wrong[:10]}")
-    body.load_state_dict({k: state[k] for k in own}, strict=True)
+    state = {k: v for k, v in state.items() if k.split(".")[0] in kept_roots}
+    load_strict(body, state, f"backbone weights {path}",
+                hint="Pass a state dict of the same timm model (same name and constructor arguments).")

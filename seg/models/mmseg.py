@@ -27,20 +27,22 @@ mode; tests/test_mmseg_compat.py checks the logits against mmseg-generated golde
 
 from __future__ import annotations
 
-import pickle
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checkpoint import load_strict, read_state_dict, save_seg_checkpoint
 from .segmentation_model import SegmentationModel, build_model
 
 __all__ = [
     "MMSEG_RENAMES", "convert_mmseg_checkpoint", "convert_mmseg_state_dict", "load_converted_state_dict",
     "load_mmseg_checkpoint", "read_mmseg_state_dict",
 ]
+
+MMSEG_HINT = ("Check --head, --backbone (resnet50c/resnet101c for mmseg ResNetV1c), --num-classes, the head width "
+              "(channels) and whether the checkpoint has an auxiliary head.")
 
 # (regex, replacement) applied in order to every mmseg key.
 MMSEG_RENAMES: tuple[tuple[str, str], ...] = (
@@ -72,38 +74,13 @@ def convert_mmseg_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, t
     return out
 
 
-class _LenientUnpickler(pickle.Unpickler):
-    """Unpickles checkpoint metadata whose classes (mmengine, numpy...) are not importable here."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return type(name, (), {"__setstate__": lambda self, state: None, "__init__": lambda self, *a, **k: None})
-
-
-class _LenientPickle:
-    Unpickler = _LenientUnpickler
-    load = pickle.load
-    __name__ = "lenient_pickle"
-
-
 def read_mmseg_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of an mmseg checkpoint file (or a bare state dict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mmseg checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # mmseg 1.x checkpoints pickle mmengine objects in 'meta' / 'message_hub'. Only trusted files!
-        warnings.warn(f"{path}: not loadable with weights_only=True; unpickling it fully (only do this for "
-                      "checkpoints you trust, e.g. OpenMMLab's published ones)", stacklevel=2)
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LenientPickle)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not look like an mmseg checkpoint (expected a dict with 'state_dict')")
-    return state
+    """The ``state_dict`` of an mmseg checkpoint file (or a bare state dict), read without running code from it.
+
+    mmseg 1.x checkpoints also pickle mmengine metadata (``meta``, ``message_hub``); it is read as inert data
+    through the allow-list of :func:`seg.models.checkpoint.read_checkpoint`, and dropped.
+    """
+    return read_state_dict(path, what="mmseg checkpoint")
 
 
 def load_mmseg_checkpoint(
@@ -151,29 +128,10 @@ def convert_mmseg_checkpoint(
     **kwargs: Any,
 ) -> Path:
     """Load an mmseg checkpoint (see :func:`load_mmseg_checkpoint`) and write it as a seg checkpoint."""
-    from .checkpoint import save_seg_checkpoint
-
     model = load_mmseg_checkpoint(src, head, backbone, num_classes, aux=aux, **kwargs)
     return save_seg_checkpoint(model, dst, extra={"converted_from": str(src)})
 
 
 def load_converted_state_dict(model: SegmentationModel, state: dict[str, torch.Tensor], source: str) -> None:
     """Strict load with an error that lists every missing / unexpected / mis-shaped key."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        args = model.build_args
-        lines = [f"{source} does not fit build_model({', '.join(f'{k}={v!r}' for k, v in args.items())}):"]
-        if missing:
-            lines.append(f"  {len(missing)} missing keys (in the model, not in the checkpoint): {missing}")
-        if unexpected:
-            lines.append(f"  {len(unexpected)} unexpected keys (in the checkpoint, not in the model): {unexpected}")
-        if wrong:
-            lines.append(f"  {len(wrong)} shape mismatches: {wrong}")
-        lines.append("  Check --head, --backbone (resnet50c/resnet101c for mmseg ResNetV1c), --num-classes, "
-                     "the head width (channels) and whether the checkpoint has an auxiliary head.")
-        raise ValueError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
+    load_strict(model, state, source, hint=MMSEG_HINT)

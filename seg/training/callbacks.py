@@ -4,14 +4,14 @@ validation images for W&B.
 Why our own checkpoint writer: Lightning's ``TorchCheckpointIO`` (``fabric.utilities.cloud_io._atomic_save``)
 writes local files through an fsspec transaction whose temporary file lives in the *system temp dir*; the
 final ``shutil.move`` is a rename only when that dir is on the same filesystem as the run, otherwise a
-non-atomic copy, and nothing is fsynced. :class:`AtomicCheckpointIO` writes ``<name>.tmp`` next to the
-target, fsyncs it and ``os.replace``-s it, so ``last.ckpt``/``best.ckpt`` is always either the previous or
-the new complete file.
+non-atomic copy, and nothing is fsynced. :class:`AtomicCheckpointIO` writes through
+:func:`seg.models.checkpoint.atomic_save` (temp file next to the target, fsync, ``os.replace``, fsync of the
+folder), so ``last.ckpt``/``best.ckpt`` is always either the previous or the new complete file, and it refuses
+to write NaN/Inf weights. It also reads ``--ckpt_path`` without running code from the file.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -20,48 +20,31 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from seg.models.checkpoint import atomic_save, atomic_write_text, read_checkpoint, remove_stale_temp_files
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to ``path`` via a temporary file in the same directory + fsync + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """torch.save to ``path`` atomically (see :func:`seg.models.checkpoint.atomic_save`); NaN/Inf weights raise."""
+    atomic_save(obj, path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """TorchCheckpointIO whose local saves are atomic (see the module docstring); remote URLs use Lightning's."""
+    """TorchCheckpointIO whose local saves are atomic and refuse non-finite weights, and whose loads (the
+    ``--ckpt_path`` resume) never run code from the file and name the file in their errors (see
+    :mod:`seg.models.checkpoint`). Remote URLs use Lightning's own IO."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_torch_save(checkpoint, path)
+        atomic_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None,
+                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return read_checkpoint(path, what="--ckpt_path")
 
 
 class SegCheckpoint(ModelCheckpoint):
@@ -100,9 +83,26 @@ class SegCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero and self.dirpath and "://" not in str(self.dirpath):
+            check_checkpoint_dir(Path(self.dirpath))
         strategy = trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # leave custom (e.g. FSDP/async) IO alone
             strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+def check_checkpoint_dir(directory: Path) -> None:
+    """Fail at the start of training, not at the first save thousands of steps later, if ``directory`` is not
+    writable; remove temp files that a process killed mid-save left there."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = atomic_write_text("", directory / ".write_test")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"checkpoint folder {directory} is not writable ({err.strerror or err}): fix its "
+                              "permissions or free space, or set --checkpoint.dirpath (or "
+                              "--trainer.default_root_dir) to a writable folder") from None
+    for p in remove_stale_temp_files(directory):
+        rank_zero_info(f"removed {p}, a partial checkpoint of an interrupted save")
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -21,6 +21,7 @@ LightningCLI with ``run=False`` then ``trainer.fit``. What the CLI adds to a pla
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -34,11 +35,14 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from seg.data import SegDataModule
+from seg.data.base import DataError
+from seg.models import checkpoint
+from seg.models.checkpoint import CheckpointError
 
 from .callbacks import RunSummary, SegCheckpoint, SegProgressBar, ValImageLogger
 from .inference import is_tta
 from .loggers import build_loggers
-from .module import SegmentationModule
+from .module import DivergenceError, SegmentationModule
 from .resume import ExactResume
 
 
@@ -93,6 +97,10 @@ class SegCLI(LightningCLI):
         run_dir = trainer.default_root_dir
         if cfg.checkpoint.dirpath is None:
             cfg.checkpoint.dirpath = os.path.join(run_dir, "checkpoints")
+        vci = trainer.val_check_interval
+        if vci is not None and not vci > 0:  # Lightning would divide by it (ZeroDivisionError) mid-training
+            self.parser.error(f"trainer.val_check_interval={vci!r}: must be > 0: an int validates every N training "
+                              "steps, a float in (0, 1] after that fraction of an epoch")
         if trainer.sync_batchnorm and (str(trainer.accelerator) == "cpu" or not torch.cuda.is_available()):
             trainer.sync_batchnorm = False  # torch SyncBatchNorm has no CPU implementation
         if str(trainer.precision).startswith("bf16") and (str(trainer.accelerator) == "cpu"
@@ -115,11 +123,37 @@ class SegCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+# Errors whose message says all (the file, the value, what to do): the command line prints them without a traceback.
+USER_ERRORS = (CheckpointError, DataError, DivergenceError, FileNotFoundError, PermissionError)
+
+
+def _is_user_error(err: BaseException) -> bool:
+    return isinstance(err, USER_ERRORS) or isinstance(err, OSError) and err.errno == errno.ENOSPC
+
+
 def main(args: Any = None) -> SegCLI:
-    """Entry point of ``train.py``: parse, build, fit (resuming from ``--ckpt_path`` if given)."""
-    cli = SegCLI(args=args)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    """Entry point of ``train.py``: parse, build, fit (resuming from ``--ckpt_path`` if given).
+
+    From the command line (``args=None``) the errors of ``USER_ERRORS`` end the process with ``error: ...`` and
+    exit code 1; called with ``args`` they are raised.
+    """
+    try:
+        cli = SegCLI(args=args)
+        # weights_only: a resume never runs code from the checkpoint (AtomicCheckpointIO reads it safely too)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
+    except Exception as err:
+        if args is not None or not _is_user_error(err):
+            raise
+        sys.exit(f"error: {_one_line(err)}")
     return cli
+
+
+def _one_line(err: BaseException) -> str:
+    """The message itself, also for errors re-raised from a DataLoader worker (which embed the worker's traceback)."""
+    text = str(err)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]  # "seg.data.base.DataError: <message>"
+    return text
 
 
 if __name__ == "__main__":
@@ -147,20 +181,9 @@ def find_run_config(ckpt: str | os.PathLike) -> Optional[Path]:
 
 
 def load_seg_weights(module: SegmentationModule, ckpt: str | os.PathLike) -> None:
-    """Strictly loads a seg checkpoint (or ``seg.convert`` output) into ``module.model``."""
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"--ckpt {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state = state.get("state_dict", state)
-    model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    if not model_state:
-        raise ValueError(f"{path}: no 'model.*' weights (not a seg checkpoint; convert mmseg ones with seg.convert)")
-    try:
-        module.model.load_state_dict(model_state, strict=True)
-    except RuntimeError as e:
-        raise RuntimeError(f"{path} does not fit the configured model (check --config / --model.* against the "
-                           f"checkpoint's run config):\n{e}") from None
+    """Strictly loads a seg checkpoint (or ``seg.convert`` output) into ``module.model``, read safely."""
+    checkpoint.load_seg_weights(module.model, ckpt, what="--ckpt", hint=(
+        "Check --config / --model.* against the checkpoint's run config (<run_dir>/config.yaml)."))
 
 
 class SegToolCLI(SegCLI):
@@ -169,6 +192,7 @@ class SegToolCLI(SegCLI):
     training callbacks. Without ``--config``, the ``config.yaml`` of the checkpoint's run dir is used."""
 
     def __init__(self, args: Optional[list[str]] = None, **kwargs: Any) -> None:
+        self._command_line = args is None  # then a bad --ckpt ends the process with one `error:` line
         args = list(sys.argv[1:] if args is None else args)
         if not any(a in ("-c", "--config") or a.startswith("--config=") for a in args):
             ckpt = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--ckpt"), None)
@@ -224,4 +248,9 @@ class SegToolCLI(SegCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        load_seg_weights(self.model, self.config.ckpt)
+        try:
+            load_seg_weights(self.model, self.config.ckpt)
+        except (CheckpointError, FileNotFoundError) as err:
+            if not self._command_line:
+                raise
+            sys.exit(f"error: {err}")

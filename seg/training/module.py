@@ -26,37 +26,20 @@ from .scheduler import PolyLR
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
+class DivergenceError(FloatingPointError):
+    """The training loss or the weights became NaN/Inf: training stops instead of saving garbage."""
+
+
 def load_matching_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     """Loads every tensor of a checkpoint whose name and shape match ``model``; the rest keep their init.
 
-    Accepts a seg checkpoint / ``seg.convert`` output (``state_dict`` with ``model.`` keys), or a bare state dict.
-    Returns ``{'loaded', 'shape_mismatch', 'missing', 'unexpected'}`` key lists (shape mismatches are typically
-    the classifiers of a different class count, which stay freshly initialised).
+    Accepts a seg checkpoint / ``seg.convert`` output (``state_dict`` with ``model.`` keys), or a bare state dict,
+    read safely (:func:`seg.models.checkpoint.read_checkpoint`). Returns the report of
+    :func:`seg.models.checkpoint.load_matching`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"init_from: {path} does not exist (expected a seg .ckpt or a converted mmseg one)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own / converted files: trusted input
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"init_from: {path} holds no state dict")
-    if any(k.startswith("model.") for k in state):
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    own = model.state_dict()
-    loaded, mismatch = {}, []
-    for k, v in state.items():
-        if k in own and isinstance(v, Tensor):
-            if own[k].shape == v.shape:
-                loaded[k] = v
-            else:
-                mismatch.append(f"{k} {tuple(v.shape)} -> {tuple(own[k].shape)}")
-    model.load_state_dict(loaded, strict=False)
-    return {
-        "loaded": sorted(loaded),
-        "shape_mismatch": mismatch,
-        "missing": sorted(k for k in own if k not in state),
-        "unexpected": sorted(k for k in state if k not in own),
-    }
+    from seg.models.checkpoint import load_matching, seg_state_dict
+
+    return load_matching(model, seg_state_dict(path, what="init_from"))
 
 
 class SegmentationModule(L.LightningModule):
@@ -208,12 +191,31 @@ class SegmentationModule(L.LightningModule):
         # logits at feature resolution: the loss resizes them without storing full-resolution tensors
         outputs = self.model(self._prep(batch["image"]), resize=False)
         loss, parts = self.criterion(outputs, batch["mask"])
+        if not bool(torch.isfinite(loss)):  # one scalar sync per step; the progress bar syncs the loss anyway
+            self._diverged(f"training loss is {loss.item()}")
         bs = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for name, value in parts.items():
             self.log(f"train/loss_{name}", value, batch_size=bs)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=bs)
         return loss
+
+    def _diverged(self, what: str) -> None:
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer is not None else self.hparams.lr
+        raise DivergenceError(
+            f"{what} at step {self.global_step} (learning rate {lr:.4g}, base --model.lr={self.hparams.lr:g}): the "
+            "run diverged, training stopped and no checkpoint was written after this point. Start again with a "
+            "lower --model.lr, or check the data (python -m seg.data.check) and the loss settings.")
+
+    def on_validation_start(self) -> None:
+        # weights and BatchNorm statistics can overflow while the loss is still finite: neither validate (and
+        # write summary.json) nor checkpoint them
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            from seg.models.checkpoint import non_finite_keys
+
+            bad = non_finite_keys(self.model.state_dict())
+            if bad:
+                self._diverged(f"{len(bad)} weight/statistics tensors hold NaN/Inf ({', '.join(bad[:3])})")
 
     def predict_labels(self, images: Tensor, out_size: Optional[tuple[int, int]] = None) -> Tensor:
         """Predicted class per pixel (B, *out_size) with this module's eval mode / scales / flip (see
