@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seg.deploy.geometry import scaled_size, slide_windows
+
 LogitsFn = Callable[[Tensor], Tensor]  # (B, 3, H, W) -> (B, C, H, W) logits at input resolution
 
 
@@ -20,18 +22,11 @@ def slide_logits(fn: LogitsFn, images: Tensor, num_classes: int, crop_size: tupl
                  stride: tuple[int, int]) -> Tensor:
     """Sliding-window logits (B, C, H, W); images smaller than the crop are run whole."""
     b, _, h, w = images.shape
-    ch, cw = min(crop_size[0], h), min(crop_size[1], w)
-    sh, sw = stride
-    rows = max(h - ch + sh - 1, 0) // sh + 1
-    cols = max(w - cw + sw - 1, 0) // sw + 1
     logits = images.new_zeros((b, num_classes, h, w), dtype=torch.float32)
     count = images.new_zeros((1, 1, h, w), dtype=torch.float32)
-    for r in range(rows):
-        for c in range(cols):
-            y2, x2 = min(r * sh + ch, h), min(c * sw + cw, w)
-            y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
-            logits[:, :, y1:y2, x1:x2] += fn(images[:, :, y1:y2, x1:x2]).float()
-            count[:, :, y1:y2, x1:x2] += 1
+    for y1, y2, x1, x2 in slide_windows(h, w, crop_size, stride):  # shared with the ONNX path (seg.deploy)
+        logits[:, :, y1:y2, x1:x2] += fn(images[:, :, y1:y2, x1:x2]).float()
+        count[:, :, y1:y2, x1:x2] += 1
     return logits / count
 
 
@@ -47,7 +42,7 @@ def predict_probs(fn: LogitsFn, images: Tensor, num_classes: int, mode: Literal[
     for scale in scales:
         x = images
         if scale != 1.0:
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            size = scaled_size(h, w, scale)
             x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         for flipped in ((False, True) if flip else (False,)):
             xi = x.flip(-1) if flipped else x
