@@ -43,7 +43,7 @@ from seg.layers.functional import export_mode
 from seg.models import SegmentationModel, build_model, load_seg_checkpoint
 
 __all__ = ["DeployModel", "FORMATS", "deploy_settings", "export_model", "load_for_export", "main", "run_exported",
-           "verify_export"]
+           "save_onnx", "trace_program", "trace_torchscript", "verify_export"]
 
 FORMATS = ("onnx", "torchscript", "exported")
 Format = Literal["onnx", "torchscript", "exported"]
@@ -175,9 +175,39 @@ def deploy_settings(model: SegmentationModel, hp: dict[str, Any], data: dict[str
 
 
 def _dynamic_shapes(normalize: bool) -> dict[str, dict[int, Any]]:
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    height, width = torch.export.Dim("height", min=16, max=8192), torch.export.Dim("width", min=16, max=8192)
-    return {"x": {0: batch, 1: height, 2: width} if normalize else {0: batch, 2: height, 3: width}}
+    """Batch, H and W symbolic. ``Dim.AUTO`` lets ``torch.export`` narrow a range the model needs (e.g.
+    relative positions cover at most ``max_size`` features) instead of failing; a dimension it had to
+    freeze shows up in the check at a second size."""
+    auto = torch.export.Dim.AUTO
+    return {"x": {0: auto, 1: auto, 2: auto} if normalize else {0: auto, 2: auto, 3: auto}}
+
+
+def trace_program(deploy: DeployModel, size: tuple[int, int], dynamic: bool = False) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``deploy`` under ``export_mode()`` at ``size`` (the ONNX exporter starts from it too)."""
+    # batch 2 when dynamic: torch.export specialises a dimension of size 1 to the constant 1
+    example = deploy.eval().example(2 if dynamic else 1, size)
+    with torch.no_grad(), export_mode():
+        return torch.export.export(deploy, (example,), dynamic_shapes=_dynamic_shapes(deploy.normalize)
+                                   if dynamic else None)
+
+
+def trace_torchscript(deploy: DeployModel, size: tuple[int, int], dynamic: bool = False) -> torch.jit.ScriptModule:
+    """``torch.jit.trace`` under ``export_mode()``. Traces record sizes as size ops, so other sizes work too
+    (``dynamic`` only picks the example batch, as for ``trace_program``)."""
+    example = deploy.eval().example(2 if dynamic else 1, size)
+    with torch.no_grad(), export_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
+        return torch.jit.trace(deploy, (example,), check_trace=False)
+
+
+def save_onnx(program: torch.export.ExportedProgram, out: str | Path, opset: int | None = None,
+              meta: dict[str, Any] | None = None) -> Path:
+    """Convert a traced program to ONNX (one file, weights inside) with ``meta`` in its ``metadata_props``."""
+    onnx_program = torch.onnx.export(program, dynamo=True, opset_version=opset, verbose=False, external_data=False)
+    onnx_program.model.metadata_props.update(deploy_meta.encode(meta) if meta else {})
+    onnx_program.save(str(out), external_data=False)
+    return Path(out)
 
 
 def export_model(deploy: DeployModel, fmt: Format, out: str | Path, size: tuple[int, int], dynamic: bool = False,
@@ -189,27 +219,17 @@ def export_model(deploy: DeployModel, fmt: Format, out: str | Path, size: tuple[
     if fmt == "exported" and out.suffix != ".pt2":
         raise ValueError(f"--out {out}: torch.export archives must end in .pt2 (torch.export.load needs it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    deploy.eval()
-    # batch 2 when dynamic: torch.export specialises a dimension of size 1 to the constant 1
-    example = deploy.example(2 if dynamic else 1, size)
-    extra = json.dumps(meta or {})
-    with torch.no_grad(), export_mode(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
-        if fmt == "torchscript":  # traces record sizes as size ops: other sizes work too
-            traced = torch.jit.trace(deploy, (example,), check_trace=False)
-            torch.jit.save(traced, str(out), _extra_files={deploy_meta.EXTRA_FILE: extra})
-            return out
-        program = torch.export.export(deploy, (example,), dynamic_shapes=_dynamic_shapes(deploy.normalize)
-                                      if dynamic else None)
-        if fmt == "exported":
-            torch.export.save(program, str(out), extra_files={deploy_meta.EXTRA_FILE: extra})
-            return out
-        onnx_program = torch.onnx.export(program, dynamo=True, opset_version=opset, verbose=False,
-                                         external_data=False)
-    onnx_program.model.metadata_props.update(deploy_meta.encode(meta) if meta else {})
-    onnx_program.save(str(out), external_data=False)
-    return out
+    extra = {deploy_meta.EXTRA_FILE: json.dumps(meta or {})}
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.save.* is deprecated")
+            torch.jit.save(trace_torchscript(deploy, size, dynamic), str(out), _extra_files=extra)
+        return out
+    program = trace_program(deploy, size, dynamic)
+    if fmt == "exported":
+        torch.export.save(program, str(out), extra_files=extra)
+        return out
+    return save_onnx(program, out, opset, meta)
 
 
 def run_exported(fmt: Format, path: str | Path) -> Any:
