@@ -73,6 +73,36 @@ def test_every_head_exports_dynamic_and_matches_pytorch(head, tmp_path):
     check_sizes(deploy, lambda x: traced(x).numpy(), [(SIZE, 2), (OTHER, 3)])
 
 
+def _attention_keys() -> list[str]:
+    from seg.layers import ATTENTION
+
+    return sorted(ATTENTION)
+
+
+@pytest.mark.parametrize("key", _attention_keys())
+def test_every_attention_block_exports_to_onnx(key, tmp_path):
+    """Each seg.layers block alone (what FCN's ``attention=`` inserts), dynamic B/H/W, through ONNX Runtime."""
+    from seg.layers import create_attention
+    from seg.layers.functional import export_mode
+
+    torch.manual_seed(0)
+    block = create_attention(key, 16).eval()
+    with torch.no_grad():  # open zero-initialised residual branches
+        for name, p in block.named_parameters():
+            if name.endswith("gamma") or name.endswith("norm.weight"):
+                p.fill_(0.5)
+    auto = torch.export.Dim.AUTO
+    with torch.no_grad(), export_mode():
+        program = torch.export.export(block, (torch.randn(2, 16, 9, 13),), dynamic_shapes=({0: auto, 2: auto, 3: auto},))
+    session = ort.InferenceSession(str(save_onnx(program, tmp_path / "b.onnx")), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for shape in [(2, 16, 9, 13), (1, 16, 11, 7)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            ref = block(x)  # default (non-export) cores
+        assert rel_diff(session.run(None, {name: x.numpy()})[0], ref) <= 1e-4, shape
+
+
 def test_saved_torchscript_and_exported_files_load(tmp_path):
     """The files written for the two PyTorch formats load back (with their metadata) and run."""
     deploy = tiny_deploy("fcn")
