@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from seg.deploy import metadata as deploy_meta
 from seg.layers.functional import export_mode
 from seg.models import SegmentationModel, build_model, load_seg_checkpoint
@@ -47,8 +48,6 @@ __all__ = ["DeployModel", "FORMATS", "deploy_settings", "export_model", "load_fo
 
 FORMATS = ("onnx", "torchscript", "exported")
 Format = Literal["onnx", "torchscript", "exported"]
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 class DeployModel(nn.Module):
@@ -135,7 +134,7 @@ def _classes_and_palette(num_classes: int, data: dict[str, Any]) -> tuple[list[s
     elif dataset == "folder":
         try:
             names, palette, _ = resolve_classes(data.get("root", "data/demo"), data.get("classes"), data.get("palette"))
-        except Exception as err:  # the data folder is not on this machine
+        except (OSError, ValueError) as err:  # e.g. the data folder is not on this machine (DataError)
             print(f"seg.export: no class names/palette ({err}); using generic ones", file=sys.stderr)
     if names is None or len(names) != num_classes:
         names, palette = [f"class_{i}" for i in range(num_classes)], default_palette(num_classes)

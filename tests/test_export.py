@@ -132,17 +132,24 @@ def test_static_onnx_with_normalize_and_argmax(tmp_path):
     assert (labels == logits.argmax(1).numpy()).mean() >= 0.999
 
 
-def test_positional_axial_exports(tmp_path):
-    """Relative positions index a learned table by the feature size: the graph must keep that dynamic too."""
+def test_positional_axial_block_exports(tmp_path):
+    """Relative positions index a learned table by the feature size: it stays dynamic (up to max_size)."""
+    from seg.layers import AxialAttention
+    from seg.layers.functional import export_mode
+
     torch.manual_seed(0)
-    model = build_model("resnet18", "axial", 3, backbone_kwargs=TINY, aux=False, channels=16, positional=True,
-                        max_size=16)
-    model.head.axial.gamma.data.fill_(0.5)
-    deploy = DeployModel(model).eval()
-    path = export_model(deploy, "onnx", tmp_path / "m.onnx", SIZE, dynamic=True)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    block = AxialAttention(16, reduction=4, heads=2, positional=True, max_size=(12, 16)).eval()
+    block.gamma.data.fill_(0.5)
+    auto = torch.export.Dim.AUTO
+    with torch.no_grad(), export_mode():
+        program = torch.export.export(block, (torch.randn(2, 16, 9, 13),), dynamic_shapes=({0: auto, 2: auto, 3: auto},))
+    session = ort.InferenceSession(str(save_onnx(program, tmp_path / "b.onnx")), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    check_sizes(deploy, lambda x: session.run(None, {name: x.numpy()})[0], [(SIZE, 2), ((97, 121), 1)])
+    for shape in [(2, 16, 9, 13), (1, 16, 12, 5)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            ref = block(x)
+        assert rel_diff(session.run(None, {name: x.numpy()})[0], ref) <= 1e-4, shape
 
 
 @pytest.mark.parametrize("h,w,crop,stride", [(48, 48, (32, 32), (16, 16)), (65, 97, (32, 48), (20, 30)),
