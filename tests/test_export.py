@@ -252,3 +252,16 @@ def test_predict_onnx_without_torch_matches_pytorch(seg_checkpoint, tmp_path):
         masks = np.stack([cv2.imread(str(m), cv2.IMREAD_UNCHANGED) for m in written])
         assert len(np.unique(masks)) >= 2, "a constant prediction would make this comparison vacuous"
         assert agree / total >= 0.999, mode  # float rounding may flip a near-tie pixel, nothing more
+
+
+@pytest.mark.parametrize("channels", [1, 19, 150])
+def test_numpy_resize_matches_interpolate(channels):
+    """The ONNX path's probability resize (OpenCV, in chunks of channels) is F.interpolate's bilinear rule."""
+    from seg.deploy.onnx_predict import _resize_chw
+
+    a = torch.randn(channels, 17, 23)
+    for size in [(40, 50), (9, 11)]:
+        ref = torch.nn.functional.interpolate(a[None], size=size, mode="bilinear", align_corners=False)[0]
+        out = _resize_chw(a.numpy(), size)
+        assert out.shape == (channels, *size)
+        np.testing.assert_allclose(out, ref.numpy(), atol=5e-5)

@@ -31,8 +31,8 @@ def _resize_chw(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if a.shape[1:] == (h, w):
         return a
-    parts = [cv2.resize(np.ascontiguousarray(a[i : i + 256].transpose(1, 2, 0)), (w, h), interpolation=cv2.INTER_LINEAR)
-             for i in range(0, a.shape[0], 256)]  # OpenCV takes at most 512 channels per call
+    parts = [cv2.resize(np.ascontiguousarray(a[i : i + 128].transpose(1, 2, 0)), (w, h), interpolation=cv2.INTER_LINEAR)
+             for i in range(0, a.shape[0], 128)]  # OpenCV 5 takes at most 128 channels per call
     parts = [p[:, :, None] if p.ndim == 2 else p for p in parts]  # a 1-channel result loses its axis
     return np.concatenate(parts, axis=2).transpose(2, 0, 1)  # (C, H', W')
 
