@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input size the graph is traced (and checked) at (default: the slide crop, else 512 1024)")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch, H and W (checked at a second size)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's; 20 with torch 2.14.1)")
-    p.add_argument("--argmax", action="store_true", help="output class indices (B, H, W) instead of logits")
+    p.add_argument("--argmax", action="store_true", help="output class indices (B, H, W) instead of logits "
+                   "(seg.predict --onnx then runs whole images only and resizes labels by nearest neighbour)")
     p.add_argument("--with-normalize", action="store_true",
                    help="bake mean/std in: the input is uint8 RGB (B, H, W, 3)")
     p.add_argument("--config", default=None, help="train.py YAML whose model/data sections override the "
