@@ -31,18 +31,21 @@ def interpolation_matrix(n_in: int, n_out: int, device: torch.device | str = "cp
     source = (dst + 0.5) * n_in / n_out - 0.5, clamped at 0; the upper neighbour clamped at n_in - 1)."""
     key = (n_in, n_out, str(device))
     if key not in _CACHE:
-        # fp32 arithmetic in PyTorch's order, so the weights are bit-identical to F.interpolate's
-        scale = torch.tensor(n_in / n_out, dtype=torch.float32)
-        dst = torch.arange(n_out, dtype=torch.float32)
-        src = (scale * (dst + 0.5) - 0.5).clamp(min=0)
-        i0 = src.floor().long().clamp(max=n_in - 1)
-        i1 = (i0 + 1).clamp(max=n_in - 1)
-        lam = src - i0
-        rows = torch.arange(n_out)
-        mat = torch.zeros(n_out, n_in, dtype=torch.float32)
-        mat.index_put_((rows, i0), 1 - lam, accumulate=True)
-        mat.index_put_((rows, i1), lam, accumulate=True)
-        _CACHE[key] = mat.to(device=device, dtype=torch.float32)
+        # Built as a normal tensor even when first asked for under torch.inference_mode (validation, predict):
+        # an inference tensor in the cache could not be saved for backward by the next training step.
+        with torch.inference_mode(False):
+            # fp32 arithmetic in PyTorch's order, so the weights are bit-identical to F.interpolate's
+            scale = torch.tensor(n_in / n_out, dtype=torch.float32)
+            dst = torch.arange(n_out, dtype=torch.float32)
+            src = (scale * (dst + 0.5) - 0.5).clamp(min=0)
+            i0 = src.floor().long().clamp(max=n_in - 1)
+            i1 = (i0 + 1).clamp(max=n_in - 1)
+            lam = src - i0
+            rows = torch.arange(n_out)
+            mat = torch.zeros(n_out, n_in, dtype=torch.float32)
+            mat.index_put_((rows, i0), 1 - lam, accumulate=True)
+            mat.index_put_((rows, i1), lam, accumulate=True)
+            _CACHE[key] = mat.to(device=device, dtype=torch.float32)
     return _CACHE[key]
 
 
