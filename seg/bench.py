@@ -14,6 +14,10 @@ Two parts, printed as tables and written as JSON + Markdown:
   fused resize + cross-entropy). Also whole-image inference memory (1024x2048) and the fraction of
   the GPU's dense bf16 FLOP/s the training step reaches.
 
+`--onnx` (needs the ``export`` extra) instead times whole-image inference per head in ONNX Runtime (CPU)
+beside PyTorch eager (fp32, CPU) on the same random-init model, with the ``.onnx`` file size and the
+largest difference of the two outputs (``run_onnx_case``).
+
 `--quick` shrinks every shape (small backbone, small features) so the whole run takes about a
 minute on a CPU; its numbers only show that the harness works.
 
@@ -398,6 +402,53 @@ def run_infer_case(head: str, impl: str, device: str, quick: bool, iters: int,
     return asdict(res)
 
 
+def run_onnx_case(head: str, backbone: str, size: tuple[int, int], iters: int, **build_kwargs) -> list[dict]:
+    """Whole-image latency of one head: PyTorch eager (fp32, CPU, default attention cores) and ONNX Runtime
+    (CPU) on a static ``seg.export`` of the same random-init model; plus file size and output difference."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from seg.export import DeployModel, export_model
+
+    torch.manual_seed(0)
+    deploy = DeployModel(_build(head, backbone, 19, torch.device("cpu"), fast=True, **build_kwargs)).eval()
+    x = deploy.example(1, size)
+    label = f"{backbone}-D8 B=1 {size[0]}x{size[1]}"
+    with torch.inference_mode():
+        ref = deploy(x)
+        torch_ms = 1e3 * _time(lambda: deploy(x), torch.device("cpu"), 1, iters)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        path = export_model(deploy, "onnx", Path(tmp) / f"{head}.onnx", size)
+        export_s = time.perf_counter() - t0
+        file_mb = path.stat().st_size / 2**20
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name, xn = session.get_inputs()[0].name, x.numpy()
+    out = session.run(None, {name: xn})[0]
+    ort_ms = 1e3 * _time(lambda: session.run(None, {name: xn}), torch.device("cpu"), 1, iters)
+    max_abs = float((torch.from_numpy(out) - ref).abs().max())
+    extra = {"file_mb": file_mb, "export_s": export_s, "max_abs": max_abs, "rel": max_abs / float(ref.abs().max())}
+    return [asdict(Result("onnx", head, label, "pytorch", "float32", fwd_ms=torch_ms)),
+            asdict(Result("onnx", head, label, "onnxruntime", "float32", fwd_ms=ort_ms, extra=extra))]
+
+
+def _onnx_markdown(results: list[dict]) -> list[str]:
+    by = {(r["name"], r["impl"]): r for r in results if r["part"] == "onnx"}
+    heads = list(dict.fromkeys(name for name, _ in by))
+    if not heads:
+        return []
+    lines = ["## Whole-image inference: ONNX Runtime vs PyTorch (CPU, fp32)", "",
+             "| head | shape | PyTorch ms | ONNX Runtime ms | ORT / PyTorch | .onnx MiB | max abs diff | max rel diff |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for head in heads:
+        pt, rt = by[(head, "pytorch")], by[(head, "onnxruntime")]
+        e = rt["extra"]
+        lines.append(f"| {head} | {pt['shape']} | {_fmt(pt['fwd_ms'])} | {_fmt(rt['fwd_ms'])} | "
+                     f"{_fmt(rt['fwd_ms'] / pt['fwd_ms'], 2)} | {_fmt(e['file_mb'])} | {e['max_abs']:.2g} | {e['rel']:.2g} |")
+    return lines + [""]
+
+
 def _gpu_peak_flops(dev: torch.device) -> float | None:
     if dev.type != "cuda":
         return None
@@ -469,6 +520,7 @@ def to_markdown(results: list[dict], meta: dict) -> str:
                 f"{_fmt(ratio, 3)} | {r['note']} |"
             )
         lines.append("")
+    lines += _onnx_markdown(results)
     return "\n".join(lines)
 
 
@@ -486,6 +538,7 @@ def run(
     infer_size: tuple[int, int] | None = None,
     command: str | None = None,
     bf16: bool = False,
+    onnx_size: tuple[int, int] | None = None,
 ) -> list[dict]:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("seg.bench: --device cuda asked for, but torch sees no CUDA device. Use --device cpu.")
@@ -525,6 +578,11 @@ def run(
                 report(call(run_infer_case, head, impl, device, quick, iters, (tshape[0], ih, iw), bf16))
         if device == "cuda":
             torch.cuda.empty_cache()
+    if "onnx" in parts:
+        size = onnx_size or ((128, 256) if quick else (512, 1024))
+        for head in heads:
+            for r in run_onnx_case(head, backbone or ("resnet18" if quick else "resnet50c"), size, iters):
+                report(r)
 
     meta = {
         "device": device,
@@ -533,11 +591,11 @@ def run(
         "quick": quick,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "command": command or ("python -m seg.bench --device " + device + (" --quick" if quick else "")
-                               + (" --compile" if compile else "")),
+                               + (" --compile" if compile else "") + (" --onnx" if "onnx" in parts else "")),
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_{device}{'_quick' if quick else ''}{'_bf16' if bf16 and device == 'cpu' else ''}{'_compile' if compile else ''}"
+    stem = f"bench_{device}{'_onnx' if 'onnx' in parts else ''}{'_quick' if quick else ''}{'_bf16' if bf16 and device == 'cpu' else ''}{'_compile' if compile else ''}"
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     md = to_markdown(results, meta)
     (out / f"{stem}.md").write_text(md)
@@ -550,7 +608,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m seg.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="small shapes: a harness check that runs in about a minute on CPU")
-    p.add_argument("--parts", nargs="+", choices=["cores", "models"], default=["cores", "models"])
+    p.add_argument("--parts", nargs="+", choices=["cores", "models", "onnx"], default=None,
+                   help="default: cores models (with --onnx: onnx only)")
+    p.add_argument("--onnx", action="store_true",
+                   help="ONNX Runtime (CPU) whole-image latency per head beside PyTorch's (size: --infer-size, "
+                        "default 512 1024; needs pip install -e '.[export]')")
     p.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS))
     p.add_argument("--iters", type=int, default=None, help="timed iterations per case (median is reported)")
     p.add_argument("--out", default="bench_results", help="folder for the JSON and Markdown results")
@@ -565,8 +627,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="seg's path under bf16 autocast on CPU too (always on CUDA): a CPU proxy of GPU memory")
     a = p.parse_args(argv)
     command = "python -m seg.bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    run(a.device, a.quick, a.parts, a.heads, a.out, a.iters, a.compile, a.backbone, a.batch,
-        None if a.crop is None else tuple(a.crop), None if a.infer_size is None else tuple(a.infer_size), command, a.bf16)
+    parts = a.parts or (["onnx"] if a.onnx else ["cores", "models"])
+    if a.onnx and "onnx" not in parts:
+        parts.append("onnx")
+    infer_size = None if a.infer_size is None else tuple(a.infer_size)
+    run(a.device, a.quick, parts, a.heads, a.out, a.iters, a.compile, a.backbone, a.batch,
+        None if a.crop is None else tuple(a.crop), infer_size, command, a.bf16, onnx_size=infer_size)
 
 
 if __name__ == "__main__":

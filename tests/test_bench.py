@@ -55,3 +55,16 @@ def test_cpu_peak_counts_allocations_not_resident_pages():
     peak = bench._cpu_alloc_peak_mb(fn)
     assert 48 <= peak < 160, peak
     assert bench._cpu_alloc_peak_mb(lambda: torch.ones(4)) < 4
+
+
+def test_onnx_case_reports_both_runtimes(tmp_path):
+    """--onnx: one head, a small input; both latencies, the file size and a difference within the export check."""
+    pytest.importorskip("onnxruntime", reason="the export extra (pip install -e '.[export]'); CI installs it")
+    tiny = dict(backbone_kwargs=dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64)), channels=16, aux_channels=8)
+    rows = bench.run_onnx_case("fcn", "resnet18", (64, 96), iters=1, **tiny)
+    assert [r["impl"] for r in rows] == ["pytorch", "onnxruntime"]
+    assert all(r["fwd_ms"] > 0 and r["part"] == "onnx" for r in rows)
+    extra = rows[1]["extra"]
+    assert extra["file_mb"] > 0 and extra["rel"] <= 1e-4
+    md = bench.to_markdown(rows, {"device_name": "cpu", "command": "x", "torch": "t", "date": "d"})
+    assert "ONNX Runtime vs PyTorch" in md and "| fcn | resnet18-D8 B=1 64x96 |" in md

@@ -360,3 +360,14 @@ def test_cuda_code_paths_trace_with_fake_cuda_tensors(head):
         model.eval()
         out = model(x)["out"]
         assert out.shape == (2, 5, 64, 96) and out.dtype == torch.float32
+
+
+def test_resize_matrix_first_built_in_inference_mode_still_trains():
+    """Validation (inference_mode) may build a resize matrix first; the next training step must backprop through it."""
+    from seg.models.resize import resize_bilinear
+
+    with torch.inference_mode():
+        resize_bilinear(torch.randn(1, 2, 11, 6), (37, 29))  # sizes no other test uses: the cache starts empty here
+    x = torch.randn(1, 2, 11, 6, requires_grad=True)
+    resize_bilinear(x, (37, 29)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

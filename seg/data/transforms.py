@@ -30,17 +30,12 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from seg.deploy.geometry import rescale_size  # noqa: E402,F401  (shared with the ONNX path; importable here too)
+
 from .base import IGNORE_INDEX  # noqa: E402
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
-
-
-def rescale_size(width: int, height: int, scale: tuple[float, float]) -> tuple[int, int]:
-    """Keep-ratio size (W, H) that fits (long edge <= max(scale), short edge <= min(scale)) (mmcv imrescale)."""
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(height, width), short_edge / min(height, width))
-    return max(1, int(width * factor + 0.5)), max(1, int(height * factor + 0.5))
 
 
 def _check_ratio_range(ratio_range: tuple[float, float]) -> tuple[float, float]:

@@ -10,6 +10,15 @@ Each core has two implementations:
   times them against each other. ``explicit_attention()`` switches the main functions (and so every
   block in ``seg.layers``) to the references, e.g. to benchmark a whole model "as mmseg runs it".
 
+Export (``seg.export``: ONNX, TorchScript, ``torch.export``) runs under ``export_mode()``: every core
+takes its ``*_reference`` formulation, and ``seg.models.resize_bilinear`` falls back to
+``F.interpolate``. The main paths do not export: the CPU query-chunk loop of ``position_attention``
+is a Python loop whose trip count freezes the traced size, the CUDA path is an SDPA kernel choice,
+``channel_attention``'s ``_GramFp32`` is a custom autograd Function, and the resize matrices are
+built from Python ints (one traced size). The references are plain matmul + softmax, which every
+exporter lowers with symbolic H and W; their HW x HW energies (DANet PAM, Non-local) are what
+mmseg computes too, which is what an exported model costs at inference.
+
 Papers: DANet (Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019,
 https://arxiv.org/abs/1809.02983), Non-local (Wang et al., CVPR 2018, https://arxiv.org/abs/1711.07971),
 CCNet (Huang et al., ICCV 2019, https://arxiv.org/abs/1811.11721), Axial attention (Ho et al. 2019,
@@ -47,6 +56,8 @@ __all__ = [
     "axial_attention",
     "axial_attention_reference",
     "explicit_attention",
+    "export_mode",
+    "exporting",
     "CHUNK_BYTES",
 ]
 
@@ -54,6 +65,7 @@ __all__ = [
 CHUNK_BYTES = 16 * 2**20
 
 _EXPLICIT = False
+_EXPORT = False
 
 
 @contextlib.contextmanager
@@ -65,6 +77,24 @@ def explicit_attention(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _EXPLICIT = previous
+
+
+@contextlib.contextmanager
+def export_mode(enabled: bool = True) -> Iterator[None]:
+    """Within this context models trace into exportable graphs (see the module docstring): the attention
+    cores run their ``*_reference`` versions and ``resize_bilinear`` uses ``F.interpolate``."""
+    global _EXPORT
+    previous, _EXPORT = _EXPORT, enabled
+    try:
+        with explicit_attention() if enabled else contextlib.nullcontext():
+            yield
+    finally:
+        _EXPORT = previous
+
+
+def exporting() -> bool:
+    """True inside ``export_mode()``."""
+    return _EXPORT
 
 
 def _check_qkv(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seg.deploy.geometry import is_tta, slide_windows, tta_size  # noqa: F401  (re-exported: shared with seg.deploy)
+
 LogitsFn = Callable[[Tensor], Tensor]  # (B, 3, H, W) -> (B, C, H, W) logits at input resolution
 
 
@@ -30,35 +32,12 @@ def slide_logits(fn: LogitsFn, images: Tensor, num_classes: int, crop_size: tupl
                  stride: tuple[int, int]) -> Tensor:
     """Sliding-window logits (B, C, H, W); images smaller than the crop are run whole."""
     b, _, h, w = images.shape
-    ch, cw = min(crop_size[0], h), min(crop_size[1], w)
-    sh, sw = stride
-    rows = max(h - ch + sh - 1, 0) // sh + 1
-    cols = max(w - cw + sw - 1, 0) // sw + 1
     logits = images.new_zeros((b, num_classes, h, w), dtype=torch.float32)
     count = images.new_zeros((1, 1, h, w), dtype=torch.float32)
-    for r in range(rows):
-        for c in range(cols):
-            y2, x2 = min(r * sh + ch, h), min(c * sw + cw, w)
-            y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
-            logits[:, :, y1:y2, x1:x2] += fn(images[:, :, y1:y2, x1:x2]).float()
-            count[:, :, y1:y2, x1:x2] += 1
+    for y1, y2, x1, x2 in slide_windows(h, w, crop_size, stride):  # shared with the ONNX path (seg.deploy)
+        logits[:, :, y1:y2, x1:x2] += fn(images[:, :, y1:y2, x1:x2]).float()
+        count[:, :, y1:y2, x1:x2] += 1
     return logits / count
-
-
-def tta_size(ori_size: tuple[int, int], scale: float) -> tuple[int, int]:
-    """(H, W) of an image of original size ``ori_size`` (H, W) under mmcv ``Resize(scale_factor=scale,
-    keep_ratio=True)`` (mmseg 1.x ``TestTimeAug``): the scaled size ``int(x * scale + 0.5)`` is taken as a
-    keep-ratio bound (mmcv ``rescale_size``), whose factor is applied with ``int(x * factor + 0.5)`` again.
-    Python's ``round`` would differ at x.5 (banker's rounding) and the second rounding can move a pixel."""
-    h, w = int(ori_size[0]), int(ori_size[1])
-    bound_w, bound_h = int(w * float(scale) + 0.5), int(h * float(scale) + 0.5)  # mmcv _scale_size
-    factor = min(max(bound_w, bound_h) / max(h, w), min(bound_w, bound_h) / min(h, w))  # mmcv rescale_size
-    return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
-
-
-def is_tta(scales: Sequence[float], flip: bool) -> bool:
-    """Several scales or flips: mmseg's TTA pipeline (sizes from the original image) instead of its test one."""
-    return flip or tuple(float(s) for s in scales) != (1.0,)
 
 
 def resize_logits(logits: Tensor, out_size: Sequence[int]) -> Tensor:

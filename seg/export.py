@@ -1,0 +1,367 @@
+"""Export a model for deployment: ONNX, TorchScript or a ``torch.export`` program, checked against PyTorch.
+
+    python -m seg.export --ckpt K --format onnx|torchscript|exported --out FILE [--size H W] [--dynamic]
+        [--opset N] [--argmax] [--with-normalize] [--config C] [--mode whole|slide] [--crop-size H W] [--stride H W]
+
+``K`` is a training checkpoint (``<run>/checkpoints/best.ckpt``: the model and data settings come from
+it) or a seg checkpoint (``python -m seg.convert`` output of an mmseg one). The graph is the eval-mode
+network, one tensor in and one out:
+
+* input: float32 (B, 3, H, W) normalised with the file's ``mean``/``std`` (0-255 RGB:
+  ``(rgb - mean) / std``); with ``--with-normalize`` uint8 RGB (B, H, W, 3), normalised inside.
+* output: logits (B, num_classes, H, W) at input resolution; with ``--argmax`` int64 class indices (B, H, W).
+
+``--dynamic`` makes batch, H and W symbolic (otherwise the graph is checked at ``--size`` only). The
+network is traced under ``seg.layers.functional.export_mode()``: every attention core runs its plain
+``*_reference`` formulation (matmul + softmax, no query-chunk loop, SDPA kernel or custom autograd
+Function) and logits are resized with ``F.interpolate`` (an ONNX ``Resize``). After writing, the file is
+run (ONNX Runtime / ``torch.jit.load`` / ``torch.export.load``) on random inputs at the traced size
+(and a second, odd size with ``--dynamic``) and compared with the eager model in its default
+(non-export) mode; a relative difference above ``--tolerance`` is an error.
+
+The settings a deployment needs (classes, palette, mean/std, baked normalisation, evaluation resize,
+whole/slide, crop, stride, scales, flip) travel inside the file: ONNX ``metadata_props``, or the extra
+file ``seg_deploy.json`` of TorchScript / ``torch.export`` archives (``seg.deploy.metadata``).
+``python -m seg.predict --onnx FILE IMAGES --out DIR`` runs an ONNX file without PyTorch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from seg.deploy import metadata as deploy_meta
+from seg.layers.functional import export_mode
+from seg.models import SegmentationModel, build_model, load_seg_checkpoint
+
+__all__ = ["DeployModel", "FORMATS", "deploy_settings", "export_model", "load_for_export", "main", "run_exported",
+           "save_onnx", "trace_program", "trace_torchscript", "verify_export"]
+
+FORMATS = ("onnx", "torchscript", "exported")
+Format = Literal["onnx", "torchscript", "exported"]
+
+
+class DeployModel(nn.Module):
+    """The eval-mode network as one tensor in, one tensor out (see the module docstring for the layouts).
+
+    Args:
+        model: the segmentation network (put in eval mode).
+        mean, std: 0-255 RGB normalisation, applied inside the graph when ``normalize``.
+        normalize: input is uint8 RGB (B, H, W, 3) and the graph normalises it.
+        argmax: output class indices (B, H, W) instead of logits (B, C, H, W).
+    """
+
+    def __init__(self, model: SegmentationModel, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, normalize: bool = False, argmax: bool = False) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.normalize = normalize
+        self.argmax = argmax
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            x = x.permute(0, 3, 1, 2).float()  # (B, H, W, 3) uint8 -> (B, 3, H, W) float32
+            x = (x - self.mean) / self.std
+        logits = self.model(x)["out"]  # (B, C, H, W) fp32
+        return logits.argmax(dim=1) if self.argmax else logits
+
+    def example(self, batch: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+        """A random input of this graph's layout and dtype."""
+        g = torch.Generator().manual_seed(seed)
+        h, w = size
+        if self.normalize:
+            return torch.randint(0, 256, (batch, h, w, 3), generator=g, dtype=torch.uint8)
+        return torch.randn(batch, 3, h, w, generator=g)
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoint and settings
+
+
+def load_for_export(path: str | Path) -> tuple[SegmentationModel, dict[str, Any], dict[str, Any]]:
+    """(eval-mode model, model hyper-parameters, data hyper-parameters) of a checkpoint.
+
+    A seg checkpoint (``seg_model`` entry, e.g. ``seg.convert`` output) goes through
+    ``load_seg_checkpoint``; a training checkpoint is rebuilt from the ``hyper_parameters`` Lightning saved
+    (its ``datamodule_hyper_parameters`` give the data settings). Loading never runs code from the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path} is not a checkpoint (a dict with 'state_dict')")
+    if "seg_model" in ckpt:
+        return load_seg_checkpoint(path), {}, {}
+    hp = ckpt.get("hyper_parameters")
+    if not isinstance(hp, dict) or "state_dict" not in ckpt or "backbone" not in hp:
+        raise ValueError(f"{path}: neither a seg checkpoint ('seg_model') nor a train.py checkpoint "
+                         "('hyper_parameters'); convert mmseg checkpoints with python -m seg.convert first")
+    model = build_model(hp["backbone"], hp["head"], hp["num_classes"], output_stride=hp.get("output_stride", 8),
+                        aux=hp.get("aux", True), backbone_kwargs=hp.get("backbone_kwargs"),
+                        **(hp.get("head_kwargs") or {}))
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise RuntimeError(f"{path}: weights do not fit the model its hyper_parameters describe:\n{err}") from None
+    return model.eval(), dict(hp), dict(ckpt.get("datamodule_hyper_parameters") or {})
+
+
+def _classes_and_palette(num_classes: int, data: dict[str, Any]) -> tuple[list[str], list[list[int]]]:
+    """Class names and palette as the data module resolves them; generic ones where the data is unknown."""
+    from seg.data import ADE20KDataset, CityscapesDataset
+    from seg.data.folder import default_palette, resolve_classes
+
+    known = {"cityscapes": CityscapesDataset, "ade20k": ADE20KDataset}
+    dataset = data.get("dataset")
+    if dataset is None:  # a converted checkpoint: guess the benchmark from the class count
+        dataset = next((name for name, cls in known.items() if len(cls.CLASSES) == num_classes), None)
+    names, palette = None, None
+    if dataset in known:
+        names, palette = list(known[dataset].CLASSES), list(known[dataset].PALETTE)
+    elif dataset == "folder":
+        try:
+            names, palette, _ = resolve_classes(data.get("root", "data/demo"), data.get("classes"), data.get("palette"))
+        except (OSError, ValueError) as err:  # e.g. the data folder is not on this machine (DataError)
+            print(f"seg.export: no class names/palette ({err}); using generic ones", file=sys.stderr)
+    if names is None or len(names) != num_classes:
+        names, palette = [f"class_{i}" for i in range(num_classes)], default_palette(num_classes)
+    return names, [[int(c) for c in rgb] for rgb in palette]
+
+
+def deploy_settings(model: SegmentationModel, hp: dict[str, Any], data: dict[str, Any],
+                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The inference settings of ``seg.deploy.metadata`` (without the graph's own keys), as ``seg.predict``
+    would use them: model eval settings from ``hp``, data settings from ``data``, then ``overrides``."""
+    from seg.data.datamodule import BASE_SIZES
+
+    num_classes = int(model.build_args["num_classes"])
+    names, palette = _classes_and_palette(num_classes, data)
+    eval_resize = None
+    if data and data.get("val_mode", "resize") == "resize":
+        base = data.get("base_size") or BASE_SIZES.get(data.get("dataset", "folder"))
+        eval_resize = list(base) if base is not None else None
+    meta = {
+        "num_classes": num_classes, "classes": names, "palette": palette,
+        "mean": [float(m) for m in data.get("mean", IMAGENET_MEAN)],
+        "std": [float(s) for s in data.get("std", IMAGENET_STD)],
+        "eval_resize": eval_resize,
+        "eval_mode": hp.get("eval_mode", "whole"),
+        "crop_size": list(hp.get("eval_crop_size", (512, 1024))),
+        "stride": list(hp.get("eval_stride", (341, 341))),
+        "scales": [float(s) for s in hp.get("eval_scales", (1.0,))],
+        "flip": bool(hp.get("eval_flip", False)),
+        "model": model.build_args,
+    }
+    meta.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return meta
+
+
+# ------------------------------------------------------------------------------------------------
+# export and verification
+
+
+def _dynamic_shapes(normalize: bool) -> dict[str, dict[int, Any]]:
+    """Batch, H and W symbolic. ``Dim.AUTO`` lets ``torch.export`` narrow a range the model needs (e.g.
+    relative positions cover at most ``max_size`` features) instead of failing; a dimension it had to
+    freeze shows up in the check at a second size."""
+    auto = torch.export.Dim.AUTO
+    return {"x": {0: auto, 1: auto, 2: auto} if normalize else {0: auto, 2: auto, 3: auto}}
+
+
+def trace_program(deploy: DeployModel, size: tuple[int, int], dynamic: bool = False) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``deploy`` under ``export_mode()`` at ``size`` (the ONNX exporter starts from it too)."""
+    # batch 2 when dynamic: torch.export specialises a dimension of size 1 to the constant 1
+    example = deploy.eval().example(2 if dynamic else 1, size)
+    with torch.no_grad(), export_mode():
+        return torch.export.export(deploy, (example,), dynamic_shapes=_dynamic_shapes(deploy.normalize)
+                                   if dynamic else None)
+
+
+def trace_torchscript(deploy: DeployModel, size: tuple[int, int], dynamic: bool = False) -> torch.jit.ScriptModule:
+    """``torch.jit.trace`` under ``export_mode()``. Traces record sizes as size ops, so other sizes work too
+    (``dynamic`` only picks the example batch, as for ``trace_program``)."""
+    example = deploy.eval().example(2 if dynamic else 1, size)
+    with torch.no_grad(), export_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
+        return torch.jit.trace(deploy, (example,), check_trace=False)
+
+
+def save_onnx(program: torch.export.ExportedProgram, out: str | Path, opset: int | None = None,
+              meta: dict[str, Any] | None = None) -> Path:
+    """Convert a traced program to ONNX (one file, weights inside) with ``meta`` in its ``metadata_props``."""
+    onnx_program = torch.onnx.export(program, dynamo=True, opset_version=opset, verbose=False, external_data=False)
+    onnx_program.model.metadata_props.update(deploy_meta.encode(meta) if meta else {})
+    onnx_program.save(str(out), external_data=False)
+    return Path(out)
+
+
+def export_model(deploy: DeployModel, fmt: Format, out: str | Path, size: tuple[int, int], dynamic: bool = False,
+                 opset: int | None = None, meta: dict[str, Any] | None = None) -> Path:
+    """Trace ``deploy`` under ``export_mode()`` at ``size`` and write it to ``out`` in format ``fmt``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    out = Path(out)
+    if fmt == "exported" and out.suffix != ".pt2":
+        raise ValueError(f"--out {out}: torch.export archives must end in .pt2 (torch.export.load needs it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    extra = {deploy_meta.EXTRA_FILE: json.dumps(meta or {})}
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.save.* is deprecated")
+            torch.jit.save(trace_torchscript(deploy, size, dynamic), str(out), _extra_files=extra)
+        return out
+    program = trace_program(deploy, size, dynamic)
+    if fmt == "exported":
+        torch.export.save(program, str(out), extra_files=extra)
+        return out
+    return save_onnx(program, out, opset, meta)
+
+
+def run_exported(fmt: Format, path: str | Path) -> Any:
+    """A callable numpy (or tensor) array -> numpy array for an exported file."""
+    if fmt == "onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise ImportError("verifying an ONNX export needs onnxruntime: pip install -e '.[export]' "
+                              "(or pass --no-verify)") from err
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: np.asarray(x)})[0]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
+        module = torch.jit.load(str(path)) if fmt == "torchscript" else torch.export.load(str(path)).module()
+
+    def run(x):
+        with torch.no_grad():
+            return module(torch.as_tensor(x)).numpy()
+
+    return run
+
+
+def verify_export(deploy: DeployModel, fmt: Format, path: str | Path, sizes: Sequence[tuple[int, int]],
+                  batch: int = 1) -> list[dict[str, Any]]:
+    """Compare the exported file with the eager model (default, non-export mode) on random inputs.
+
+    Returns per size: ``max_abs`` and ``rel`` (max |difference| / max |eager logits|) for logits, or
+    ``mismatch`` (fraction of differing labels) for ``--argmax`` graphs.
+    """
+    run = run_exported(fmt, path)
+    rows = []
+    for i, size in enumerate(sizes):
+        x = deploy.example(batch, size, seed=1 + i)
+        with torch.no_grad():
+            ref = deploy(x).numpy()
+        out = run(x.numpy() if fmt == "onnx" else x)
+        if out.shape != ref.shape:
+            raise AssertionError(f"{path}: output {out.shape} at input {tuple(x.shape)}, expected {ref.shape}")
+        row: dict[str, Any] = {"size": list(size), "batch": batch}
+        if deploy.argmax:
+            row["mismatch"] = float((out != ref).mean())
+        else:
+            row["max_abs"] = float(np.abs(out - ref).max())
+            row["rel"] = row["max_abs"] / max(float(np.abs(ref).max()), 1e-12)
+        rows.append(row)
+    return rows
+
+
+def second_size(size: tuple[int, int]) -> tuple[int, int]:
+    """An odd size near ``size`` (checks that a dynamic graph did not freeze the traced size)."""
+    return size[0] * 3 // 4 + 1, size[1] * 5 // 4 + 1
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m seg.export", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n")[2:]))
+    p.add_argument("--ckpt", required=True, help="training checkpoint, or seg checkpoint (seg.convert output)")
+    p.add_argument("--format", required=True, choices=FORMATS, help="onnx (.onnx), torchscript (.pt), "
+                   "exported (torch.export program, .pt2)")
+    p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="input size the graph is traced (and checked) at (default: the slide crop, else 512 1024)")
+    p.add_argument("--dynamic", action="store_true", help="symbolic batch, H and W (checked at a second size)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's; 20 with torch 2.14.1)")
+    p.add_argument("--argmax", action="store_true", help="output class indices (B, H, W) instead of logits "
+                   "(seg.predict --onnx then runs whole images only and resizes labels by nearest neighbour)")
+    p.add_argument("--with-normalize", action="store_true",
+                   help="bake mean/std in: the input is uint8 RGB (B, H, W, 3)")
+    p.add_argument("--config", default=None, help="train.py YAML whose model/data sections override the "
+                   "checkpoint's settings (class names, palette, mean/std, eval mode)")
+    p.add_argument("--mode", choices=["whole", "slide"], default=None, help="inference mode recorded in the file")
+    p.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide crop (H, W)")
+    p.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide stride (H, W)")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the file and compare with PyTorch (default: on)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest relative difference to PyTorch allowed")
+    return p
+
+
+def _config_sections(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    if path is None:
+        return {}, {}
+    import yaml
+
+    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"--config {path}: expected a train.py YAML mapping")
+    return dict(cfg.get("model") or {}), dict(cfg.get("data") or {})
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    model, hp, data = load_for_export(args.ckpt)
+    cfg_model, cfg_data = _config_sections(args.config)
+    hp.update(cfg_model)
+    data.update(cfg_data)
+    meta = deploy_settings(model, hp, data, {"eval_mode": args.mode, "crop_size": args.crop_size,
+                                             "stride": args.stride})
+    size = tuple(args.size or (meta["crop_size"] if meta["eval_mode"] == "slide" else (512, 1024)))
+    deploy = DeployModel(model, meta["mean"], meta["std"], normalize=args.with_normalize, argmax=args.argmax)
+    meta.update(normalize_baked=args.with_normalize, output="labels" if args.argmax else "logits",
+                dynamic=args.dynamic, traced_size=list(size))
+    t0 = time.perf_counter()
+    out = export_model(deploy, args.format, args.out, size, args.dynamic, args.opset, meta)
+    seconds = time.perf_counter() - t0
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.format}, traced at {size[0]}x{size[1]}"
+          f"{', dynamic batch/H/W' if args.dynamic else ''}) in {seconds:.1f} s")
+    result: dict[str, Any] = {"out": str(out), "bytes": out.stat().st_size, "export_s": seconds, "checks": []}
+    if args.verify:
+        sizes = [size, second_size(size)] if args.dynamic else [size]
+        result["checks"] = verify_export(deploy, args.format, out, sizes, batch=2 if args.dynamic else 1)
+        bad = []
+        for row in result["checks"]:
+            h, w = row["size"]
+            if "rel" in row:
+                print(f"  check {row['batch']}x{h}x{w}: max |diff| {row['max_abs']:.3g}, relative {row['rel']:.3g}")
+                if not row["rel"] <= args.tolerance:
+                    bad.append(row)
+            else:
+                print(f"  check {row['batch']}x{h}x{w}: {100 * row['mismatch']:.4f}% labels differ")
+                if not row["mismatch"] <= 1e-3:
+                    bad.append(row)
+        if bad:
+            raise SystemExit(f"seg.export: {out} differs from PyTorch beyond tolerance {args.tolerance}: {bad}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
