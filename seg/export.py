@@ -183,6 +183,10 @@ def _dynamic_shapes(normalize: bool) -> dict[str, dict[int, Any]]:
 
 def trace_program(deploy: DeployModel, size: tuple[int, int], dynamic: bool = False) -> torch.export.ExportedProgram:
     """``torch.export`` of ``deploy`` under ``export_mode()`` at ``size`` (the ONNX exporter starts from it too)."""
+    head = deploy.model.head
+    if dynamic and not getattr(head, "export_dynamic", True):
+        raise ValueError(f"{type(head).__name__} cannot be exported with symbolic H and W (see its export_dynamic "
+                         "note); export it without --dynamic at the size you will run it at (--size H W)")
     # batch 2 when dynamic: torch.export specialises a dimension of size 1 to the constant 1
     example = deploy.eval().example(2 if dynamic else 1, size)
     with torch.no_grad(), export_mode():

@@ -54,6 +54,9 @@ class ISAHead(nn.Module):
     """
 
     in_stages: ClassVar[tuple[int, ...]] = (3,)
+    # torch.export cannot keep H and W symbolic through the pad-to-a-multiple-of-down_factor and crop-back
+    # (it freezes whether the traced size needed padding): `python -m seg.export` exports ISA at a fixed --size.
+    export_dynamic: ClassVar[bool] = False
 
     def __init__(
         self,
