@@ -157,5 +157,5 @@ def test_demo_root_refuses_foreign_folder(tmp_path):
 
 
 def test_generate_demo_flag(tmp_path):
-    dm = SegDataModule('folder', str(tmp_path / 'demo'), generate_demo=True, num_workers=0)
+    dm = SegDataModule('folder', str(tmp_path / 'demo'), generate_demo=str(tmp_path / 'demo'), num_workers=0)
     assert dm.num_classes == 5 and (tmp_path / 'demo' / 'val' / 'images').is_dir()

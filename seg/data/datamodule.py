@@ -24,7 +24,7 @@ from .base import IGNORE_INDEX, SegDataset
 from .cityscapes import CityscapesDataset
 from .folder import FolderDataset, resolve_classes
 from .samplers import UnpaddedDistributedSampler
-from .synthetic import ensure_demo_data
+from .synthetic import prepare_demo_root
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
 
 DatasetName = Literal['folder', 'cityscapes', 'ade20k']
@@ -93,7 +93,9 @@ class SegDataModule(L.LightningDataModule):
         mean, std: normalisation, 0-255 RGB (ImageNet by default).
         seed: seed of the main-process pipeline (workers derive theirs from torch's seed).
         pin_memory: pin batches when CUDA is available.
-        generate_demo: write the synthetic demo data (`seg.data.synthetic`) into `root` first if absent.
+        generate_demo: write the synthetic demo data (`seg.data.synthetic`) first if absent, only at its own
+            root: True = ``data/demo``, a path = that folder; any other `root` is used as is, and a missing one
+            is an error (a typo'd `root` never receives demo data).
     """
 
     def __init__(
@@ -121,7 +123,7 @@ class SegDataModule(L.LightningDataModule):
         std: tuple[float, float, float] = IMAGENET_STD,
         seed: int | None = None,
         pin_memory: bool = True,
-        generate_demo: bool = False,
+        generate_demo: bool | str = False,
     ) -> None:
         super().__init__()
         if dataset not in BASE_SIZES:
@@ -147,8 +149,7 @@ class SegDataModule(L.LightningDataModule):
         self.eval_transform = build_eval_transform(self.base_size, val_mode, self.mean, self.std)
         self._datasets: dict[str, SegDataset] = {}
         # classes/palette are known without touching the splits (the model is built before setup())
-        if generate_demo:
-            ensure_demo_data(root)
+        prepare_demo_root(root, generate_demo)
         if dataset == 'folder':
             names, palette_, _ = resolve_classes(root, classes, palette)
         else:
