@@ -347,7 +347,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     heads = list(result["heads"])
     stats = result["heads"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     ax = axes[0, 0]
     for i, h in enumerate(heads):
         vals = [100 * r["mIoU"] for r in result["runs"] if r["head"] == h]
@@ -359,6 +359,23 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("mIoU (%)")
     ax.set_title("mIoU per seed (grey) and mean ± std")
     ax = axes[0, 1]
+    base = result["baseline"]
+    conf = int(round(100 * result["bootstrap"]["confidence"]))
+    colors = {"better": "tab:green", "worse": "tab:red", "within noise": "tab:gray", "baseline": "black"}
+    for i, h in enumerate(heads):
+        d = stats[h]["vs_baseline"]
+        if d is None:
+            continue
+        y = 100 * d["diff"]
+        err = [[y - 100 * d["ci_low"]], [100 * d["ci_high"] - y]]
+        ax.errorbar([i], [y], yerr=err, fmt="o", capsize=5, color=colors[d["verdict"]])
+        ax.annotate(d["verdict"], (i, 100 * d["ci_high"]), textcoords="offset points", xytext=(0, 4),
+                    ha="center", fontsize="small")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(heads)), heads)
+    ax.set_ylabel(f"Δ mIoU vs {base} (points)")
+    ax.set_title(f"difference to {base}, {conf}% paired-bootstrap interval")
+    ax = axes[0, 2]
     classes = list(dict.fromkeys(c for h in heads for c in stats[h]["per_class_IoU_mean"]))
     width = 0.8 / max(1, len(heads))
     x = np.arange(len(classes))
@@ -370,7 +387,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_title("per-class IoU (mean over seeds)")
     ax.legend(fontsize="small")
     for ax, key, label, lower in ((axes[1, 0], "gflops", "GFLOPs per image at the training crop", True),
-                                  (axes[1, 1], "train_img_s", "train images/s", False)):
+                                  (axes[1, 1], "train_img_s", "train images/s", False),
+                                  (axes[1, 2], "eval_img_s", "eval images/s", False)):
         xs = [stats[h][key] for h in heads]
         ys = [100 * stats[h]["mIoU_mean"] for h in heads]
         es = [100 * (stats[h]["mIoU_std"] or 0) for h in heads]
@@ -384,7 +402,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             ax.legend(fontsize="small")
         ax.set_xlabel(label + (" (lower is cheaper)" if lower else " (higher is cheaper)"))
         ax.set_ylabel("mIoU (%)")
-        ax.set_title("mIoU against cost")
+        ax.set_title("mIoU (mean ± std) against cost")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
