@@ -37,8 +37,9 @@ narrow (the bootstrap's (n-1)/n variance), so read borderline verdicts with care
 Cost, measured in the same runs: parameters (whole network including the training-only aux head), GFLOPs of
 one forward pass of one image at the recipe's training crop (eval mode, ``torch.utils.flop_counter`` as in
 ``seg.bench``; a multiply-add counts 2), train images/s (``summary.json``, after 5 warm-up steps), eval
-images/s (the evaluation pass above, batch ``data.val_batch_size``, first batch untimed) and the peak memory of the training
-process: CUDA ``max_memory_allocated`` when it trained on a GPU, else the process's peak RSS.
+images/s (the evaluation pass above, batch ``data.val_batch_size``, first batch untimed) and the peak memory
+of training: CUDA ``max_memory_allocated`` when it trained on a GPU, else the peak RSS (``wait4``: the largest
+of the training process and its DataLoader workers).
 
 W&B: with ``--train`` every run of one comparison gets the W&B group ``--group`` (default: the output folder's
 name and a timestamp) and, unless ``--wandb=off`` is passed, the summary table and chart are logged once, as

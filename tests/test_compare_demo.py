@@ -34,7 +34,8 @@ def test_water_class_decided_only_by_far_ground():
     assert min(far_ratio[3]) > 2.2 > 1.2 > max(far_ratio[4])  # red earth vs violet-grey, never confusable
     assert abs(np.mean(near_ratio[3]) - np.mean(near_ratio[4])) < 0.05
     lake, pool = np.concatenate(lake_px), np.concatenate(pool_px)
-    assert np.abs(lake.mean(0) - pool.mean(0)).max() < 10 and np.abs(lake.std(0) - pool.std(0)).max() < 6  # brightness jitter
+    # the same water: colour statistics agree up to the per-scene brightness jitter
+    assert np.abs(lake.mean(0) - pool.mean(0)).max() < 10 and np.abs(lake.std(0) - pool.std(0)).max() < 6
     assert SIZE == 96 and set(TINTS) == {3, 4}
 
 

@@ -135,14 +135,14 @@ def test_demo_data_deterministic_concurrent_and_context_dependent(demo, tmp_path
     assert roots == [str(tmp_path / 'd')] * 2
     assert _hash_tree(tmp_path / 'd') == _hash_tree(demo)  # deterministic
     assert not list(tmp_path.glob('.d.*'))  # temp folders cleaned up
-    # lake and pool share one texture (so only the surroundings tell them apart); grass/concrete do not
+    # lake and pool share one texture (so only the far ground tells them apart); grass/concrete do not
     pix = {k: [] for k in range(5)}
     for i in range(0, 300, 10):
         s = train[i]
         for k in range(5):
             pix[k].append(s['image'][s['mask'] == k].reshape(-1, 3))
     mean = {k: np.concatenate(v).astype(np.float64).mean(0) for k, v in pix.items()}
-    assert np.abs(mean[3] - mean[4]).max() < 6
+    assert np.abs(mean[3] - mean[4]).max() < 10  # one water body per scene: the brightness jitter shows
     assert np.abs(mean[1] - mean[2]).max() > 40
     counts = np.bincount(np.concatenate([train[i]['mask'].ravel() for i in range(0, 300, 10)]), minlength=5)
     assert (counts[:5] / counts.sum() > 0.02).all()  # every class present in quantity
