@@ -297,6 +297,27 @@ def _build(head: str, backbone: str, num_classes: int, device: torch.device, fas
     return model
 
 
+def forward_flops(model: torch.nn.Module, shape: tuple[int, ...], device: str | torch.device = "cpu") -> int:
+    """FLOPs of one eval-mode forward pass of ``model`` on an input of ``shape``, counted like the training cases
+    (``torch.utils.flop_counter``, explicit attention formulation, resize by F.interpolate: no FLOPs for it).
+    Used by ``seg.compare`` for its cost column; the model's mode and resize path are restored."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training, fast = model.training, getattr(model, "fast_resize", None)
+    model.eval()
+    if fast is not None:
+        model.fast_resize = False
+    try:
+        x = torch.zeros(shape, device=device)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter, _explicit(True):
+            model(x)
+    finally:
+        model.train(was_training)
+        if fast is not None:
+            model.fast_resize = fast
+    return counter.get_total_flops()
+
+
 def _loss(outputs: dict, mask: torch.Tensor) -> torch.Tensor:
     """mmseg's loss: cross-entropy on each output at input resolution (aux weighted 0.4)."""
     loss = 0.0

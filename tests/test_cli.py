@@ -76,7 +76,8 @@ def model_state(ckpt: Path) -> dict[str, torch.Tensor]:
 def test_quickstart_fast_dev_run(tmp_path):
     """configs/quickstart.yaml as shipped (its model and recipe), one train and one val batch."""
     cli = main(["--config", str(ROOT / "configs/quickstart.yaml"), "--trainer.fast_dev_run=true",
-                f"--data.root={tmp_path / 'demo'}", "--data.num_workers=0", "--wandb=off",
+                f"--data.root={tmp_path / 'demo'}", f"--data.generate_demo={tmp_path / 'demo'}",
+                "--data.num_workers=0", "--wandb=off",
                 f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.enable_progress_bar=false"])
     assert cli.trainer.state.finished
     assert cli.trainer.global_step == 1

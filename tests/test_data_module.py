@@ -33,7 +33,7 @@ def test_batches_follow_the_contract(demo):
     assert set(b['mask'].unique().tolist()) <= {0, 1, 2, 3, 4, 255}
     assert abs(b['image'].mean().item()) < 2  # normalised, not 0-255
     v = next(iter(dm.val_dataloader()))
-    assert v['image'].shape == (1, 3, 128, 128) and v['mask'].dtype == torch.int64
+    assert v['image'].shape == (1, 3, 96, 96) and v['mask'].dtype == torch.int64  # demo scenes: 96x96
     # de-normalising with mean/std gives the original uint8 image back (val is unaugmented)
     raw = FolderDataset(demo, 'val')[0]['image']
     back = v['image'][0].permute(1, 2, 0) * torch.tensor(dm.std) + torch.tensor(dm.mean)
@@ -152,14 +152,14 @@ def test_demo_data_deterministic_concurrent_and_context_dependent(demo, tmp_path
     assert roots == [str(tmp_path / 'd')] * 2
     assert _hash_tree(tmp_path / 'd') == _hash_tree(demo)  # deterministic
     assert not list(tmp_path.glob('.d.*'))  # temp folders cleaned up
-    # lake and pool share one texture (so only the surroundings tell them apart); grass/concrete do not
+    # lake and pool share one texture (so only the far ground tells them apart); grass/concrete do not
     pix = {k: [] for k in range(5)}
     for i in range(0, 300, 10):
         s = train[i]
         for k in range(5):
             pix[k].append(s['image'][s['mask'] == k].reshape(-1, 3))
     mean = {k: np.concatenate(v).astype(np.float64).mean(0) for k, v in pix.items()}
-    assert np.abs(mean[3] - mean[4]).max() < 6
+    assert np.abs(mean[3] - mean[4]).max() < 10  # one water body per scene: the brightness jitter shows
     assert np.abs(mean[1] - mean[2]).max() > 40
     counts = np.bincount(np.concatenate([train[i]['mask'].ravel() for i in range(0, 300, 10)]), minlength=5)
     assert (counts[:5] / counts.sum() > 0.02).all()  # every class present in quantity
@@ -174,5 +174,5 @@ def test_demo_root_refuses_foreign_folder(tmp_path):
 
 
 def test_generate_demo_flag(tmp_path):
-    dm = SegDataModule('folder', str(tmp_path / 'demo'), generate_demo=True, num_workers=0)
+    dm = SegDataModule('folder', str(tmp_path / 'demo'), generate_demo=str(tmp_path / 'demo'), num_workers=0)
     assert dm.num_classes == 5 and (tmp_path / 'demo' / 'val' / 'images').is_dir()

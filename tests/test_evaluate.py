@@ -1,18 +1,16 @@
-"""seg.evaluate (metrics.json, whole/slide, multi-scale + flip), seg.predict (masks) and seg.compare (table, PNG,
---train over heads), on a tiny trained run (the `trained_run` fixture of test_cli)."""
+"""seg.evaluate (metrics.json, whole/slide, multi-scale + flip) and seg.predict (masks), on a tiny trained run (the
+`trained_run` fixture of test_cli). seg.compare: tests/test_compare.py."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from seg import compare as compare_cmd
 from seg import evaluate as evaluate_cmd
 from seg import predict as predict_cmd
-from test_cli import tiny_config, tiny_data, trained_run  # noqa: F401  (fixtures)
+from test_cli import tiny_data, trained_run  # noqa: F401  (fixtures)
 
 
 def test_evaluate_writes_metrics_json(trained_run):
@@ -52,25 +50,3 @@ def test_predict_writes_masks_matching_evaluation(trained_run, tiny_data, tmp_pa
         total += gt.size
     best = json.loads((trained_run / "summary.json").read_text())["best"]
     assert correct / total == pytest.approx(best["aAcc"], abs=1e-9)  # same predictions as the validation
-
-
-def test_compare_runs_table_and_chart(trained_run, tmp_path):
-    md, png = compare_cmd.compare([trained_run, trained_run], tmp_path)
-    table = md.read_text()
-    assert table.splitlines()[0].startswith("| run | head | backbone | params (M)") and "IoU lake" in table
-    assert len([line for line in table.splitlines()[2:] if line.startswith(f"| {trained_run.name} | fcn |")]) == 2
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_compare_trains_heads_on_same_budget(tiny_data, tmp_path):
-    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "unused", max_steps=2, val_check_interval=2)
-    md, png = compare_cmd.main(["--train", "--config", str(cfg), "--heads", "fcn", "danet", "--out",
-                                str(tmp_path / "cmp"), "--", "--data.num_workers=0"])
-    rows = {line.split(" | ")[1]: line for line in md.read_text().splitlines()[2:] if line.startswith("| ")}
-    assert set(rows) == {"fcn", "danet"}
-    for head in ("fcn", "danet"):
-        summary = json.loads((tmp_path / "cmp" / head / "summary.json").read_text())
-        assert summary["head"] == head and summary["global_step"] == 2
-    header = next(Path(tmp_path / "cmp/danet/csv").rglob("metrics.csv")).read_text().splitlines()[0]
-    assert "train/loss_pam" in header and "train/loss_cam" in header  # DANet's three outputs are trained
-    assert png.is_file()

@@ -28,7 +28,7 @@ from .base import IGNORE_INDEX, SegDataset
 from .cityscapes import CityscapesDataset
 from .folder import FolderDataset, resolve_classes
 from .samplers import UnpaddedDistributedSampler
-from .synthetic import ensure_demo_data
+from .synthetic import prepare_demo_root
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
 
 DatasetName = Literal['folder', 'cityscapes', 'ade20k']
@@ -113,7 +113,9 @@ class SegDataModule(L.LightningDataModule):
         cache_dir: keep decoded images and masks there (`seg.data.cache`): decoding then costs a file read
             instead of a PNG decode, ~3-4x more samples/s per worker. Filled on first use, or ahead of time with
             ``python -m seg.data.cache``; needs raw-pixel disk space (~22 GB for Cityscapes train+val).
-        generate_demo: write the synthetic demo data (`seg.data.synthetic`) into `root` first if absent.
+        generate_demo: write the synthetic demo data (`seg.data.synthetic`) first if absent, only at its own
+            root: True = ``data/demo``, a path = that folder; any other `root` is used as is, and a missing one
+            is an error (a typo'd `root` never receives demo data).
     """
 
     def __init__(
@@ -143,7 +145,7 @@ class SegDataModule(L.LightningDataModule):
         seed: int | None = None,
         pin_memory: bool = True,
         cache_dir: str | None = None,
-        generate_demo: bool = False,
+        generate_demo: bool | str = False,
     ) -> None:
         super().__init__()
         if dataset not in BASE_SIZES:
@@ -171,8 +173,7 @@ class SegDataModule(L.LightningDataModule):
         self.eval_transform = build_eval_transform(self.base_size, val_mode, self.mean, self.std)
         self._datasets: dict[str, SegDataset] = {}
         # classes/palette are known without touching the splits (the model is built before setup())
-        if generate_demo:
-            ensure_demo_data(root)
+        prepare_demo_root(root, generate_demo)
         if dataset == 'folder':
             names, palette_, _ = resolve_classes(root, classes, palette)
         else:

@@ -111,7 +111,8 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 class RunSummary(L.Callback):
     """Writes ``<run_dir>/summary.json`` after every validation: last and best val metrics (mIoU, aAcc, mAcc,
-    per-class IoU), step, model and parameter count, training throughput (images/s). ``seg.compare`` reads it.
+    per-class IoU), step, model and parameter count, training throughput (images/s), peak CUDA memory (MiB, on GPU).
+    ``seg.compare`` reads it.
 
     Args:
         run_dir: the run directory; None = ``trainer.default_root_dir``.
@@ -157,6 +158,8 @@ class RunSummary(L.Callback):
             "params": count_parameters(pl_module.model) if hasattr(pl_module, "model") else None,
             "global_step": trainer.global_step, "max_steps": trainer.max_steps,
             "train_images_per_s": self._images / self._seconds if self._seconds > 0 else None,
+            "peak_cuda_memory_mb": (torch.cuda.max_memory_allocated(pl_module.device) / 2**20
+                                    if pl_module.device.type == "cuda" else None),
             "last": last, "best": self.best,
         }
         atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")

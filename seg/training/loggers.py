@@ -3,7 +3,8 @@
 ``--wandb auto`` (default) honours ``WANDB_MODE`` if set, otherwise goes online when an API key is found
 (``WANDB_API_KEY`` or the netrc entry ``wandb login`` writes) and offline otherwise, printing one line with
 the ``wandb sync`` command. ``--wandb off`` disables W&B. The W&B run id is kept in ``<run_dir>/wandb_id``
-so that a resumed run (``--ckpt_path last``) continues the same W&B run.
+so that a resumed run (``--ckpt_path last``) continues the same W&B run. ``WANDB_RUN_GROUP`` (set by
+``seg.compare --train`` for all runs of one comparison) puts the run in that W&B group.
 """
 from __future__ import annotations
 
@@ -54,8 +55,10 @@ def resolve_wandb_mode(mode: WandbMode) -> Literal["online", "offline", "off"]:
 
 
 def build_loggers(run_dir: str | Path, wandb: WandbMode = "auto", project: str = "seg",
-                  name: Optional[str] = None, resume: bool = False) -> list[Logger]:
-    """CSV (``<run_dir>/csv/version_N/metrics.csv``, one version per launch) + W&B (``<run_dir>/wandb``)."""
+                  name: Optional[str] = None, resume: bool = False, group: Optional[str] = None) -> list[Logger]:
+    """CSV (``<run_dir>/csv/version_N/metrics.csv``, one version per launch) + W&B (``<run_dir>/wandb``).
+
+    group: W&B group (runs of one comparison); None = ``WANDB_RUN_GROUP`` if set."""
     run_dir = Path(run_dir)
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv")]
     mode = resolve_wandb_mode(wandb)
@@ -72,7 +75,8 @@ def build_loggers(run_dir: str | Path, wandb: WandbMode = "auto", project: str =
             run_dir.mkdir(parents=True, exist_ok=True)
             id_file.write_text(run_id)
     loggers.append(WandbLogger(project=project, name=name or run_dir.name, save_dir=str(run_dir), id=run_id,
-                               resume="allow", offline=(mode == "offline")))
+                               resume="allow", offline=(mode == "offline"),
+                               group=group or os.environ.get("WANDB_RUN_GROUP") or None))
     if mode == "offline":
         rank_zero_info(f"wandb: not logged in, logging offline to {run_dir / 'wandb'}; upload later with: "
                        f"wandb sync {run_dir / 'wandb'}/offline-run-*")
