@@ -43,23 +43,6 @@ def tiny_config(path: Path, data_root: Path, run_dir: Path, **trainer) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """12 train / 7 val (odd, for DDP) demo scenes of 48x48, 5 classes."""
-    root = tmp_path_factory.mktemp("data") / "tiny"
-    write_demo(root, splits={"train": 12, "val": 7}, size=48)
-    return root
-
-
-@pytest.fixture(scope="session")
-def trained_run(tiny_data, tmp_path_factory) -> Path:
-    """A finished 6-step run (validated at steps 3 and 6); its run dir."""
-    tmp = tmp_path_factory.mktemp("trained")
-    config = tiny_config(tmp / "cfg.yaml", tiny_data, tmp / "run")
-    main(["--config", str(config)])
-    return tmp / "run"
-
-
 def run_cmd(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keep the caller's too
     env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled"}

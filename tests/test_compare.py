@@ -14,7 +14,7 @@ import torch
 from seg import compare as C
 from seg.training.loggers import build_loggers
 from seg.training.metrics import metrics_from_confmat
-from test_cli import tiny_config, tiny_data  # noqa: F401  (fixture)
+from test_cli import tiny_config
 
 
 def _synthetic_counts(rng: np.random.Generator, seeds: int, images: int, classes: int, acc: float) -> np.ndarray:

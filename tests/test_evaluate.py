@@ -10,7 +10,6 @@ import pytest
 
 from seg import evaluate as evaluate_cmd
 from seg import predict as predict_cmd
-from test_cli import tiny_data, trained_run  # noqa: F401  (fixtures)
 
 
 def test_evaluate_writes_metrics_json(trained_run):

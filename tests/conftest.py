@@ -1,0 +1,28 @@
+"""Fixtures shared by several test files (defined once here, so a session fixture is built once per run:
+importing it into two test modules would make two fixtures and train the run twice)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from seg.data.synthetic import write_demo
+from seg.training.cli import main
+from test_cli import tiny_config
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """12 train / 7 val (odd, for DDP) demo scenes of 48x48, 5 classes."""
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    write_demo(root, splits={"train": 12, "val": 7}, size=48)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_data, tmp_path_factory) -> Path:
+    """A finished 6-step run (validated at steps 3 and 6); its run dir."""
+    tmp = tmp_path_factory.mktemp("trained")
+    config = tiny_config(tmp / "cfg.yaml", tiny_data, tmp / "run")
+    main(["--config", str(config)])
+    return tmp / "run"
