@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from seg.layers import functional as AF
+from seg.models import HEADS as HEAD_CLASSES
 
 # Dense bf16 tensor-core peak (FLOP/s, without sparsity) of GPUs we know, matched on device name.
 GPU_BF16_PEAK = {
@@ -64,7 +65,7 @@ GPU_BF16_PEAK = {
     "4090": 165e12,
 }
 
-HEADS = tuple(__import__("seg.models", fromlist=["HEADS"]).HEADS)  # every registered head
+HEADS = tuple(HEAD_CLASSES)  # every registered head
 
 
 @dataclass
@@ -285,11 +286,17 @@ def _explicit(enabled: bool):
         yield
 
 
+def _stride(head: str) -> int:
+    """The backbone's output stride in the head's recipe: 8 (dilated, "-D8"), UPerNet's undilated 32."""
+    return getattr(HEAD_CLASSES[head], "recipe_output_stride", 8)
+
+
 def _build(head: str, backbone: str, num_classes: int, device: torch.device, fast: bool, **kw):
     """fast: seg's path (channels_last, matmul logit resize); else mmseg's (NCHW, F.interpolate)."""
     from seg.models import build_model
 
-    model = build_model(backbone=backbone, head=head, num_classes=num_classes, output_stride=8, aux=True, weights=None, **kw)
+    model = build_model(backbone=backbone, head=head, num_classes=num_classes, output_stride=_stride(head), aux=True,
+                        weights=None, **kw)
     model = model.to(device)
     model.fast_resize = fast
     if fast:
@@ -359,7 +366,7 @@ def run_train_case(head: str, impl: str, device: str, quick: bool, iters: int,
     if fast:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, nc, (b, hh, ww), device=dev)
-    res = Result("train", head, f"{backbone}-D8 B={b} {hh}x{ww}", impl, "bf16" if use_bf16 else "fp32")
+    res = Result("train", head, f"{backbone}-D{_stride(head)} B={b} {hh}x{ww}", impl, "bf16" if use_bf16 else "fp32")
 
     def step():
         with _explicit(not fast), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -409,7 +416,7 @@ def run_infer_case(head: str, impl: str, device: str, quick: bool, iters: int,
     x = torch.randn(1, 3, hh, ww, device=dev)
     if fast:
         x = x.contiguous(memory_format=torch.channels_last)
-    res = Result("infer", head, f"{backbone}-D8 B=1 {hh}x{ww}", impl, "bf16" if use_bf16 else "fp32")
+    res = Result("infer", head, f"{backbone}-D{_stride(head)} B=1 {hh}x{ww}", impl, "bf16" if use_bf16 else "fp32")
 
     def fwd():
         with torch.inference_mode(), _explicit(not fast), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -435,7 +442,7 @@ def run_onnx_case(head: str, backbone: str, size: tuple[int, int], iters: int, *
     torch.manual_seed(0)
     deploy = DeployModel(_build(head, backbone, 19, torch.device("cpu"), fast=True, **build_kwargs)).eval()
     x = deploy.example(1, size)
-    label = f"{backbone}-D8 B=1 {size[0]}x{size[1]}"
+    label = f"{backbone}-D{_stride(head)} B=1 {size[0]}x{size[1]}"
     with torch.inference_mode():
         ref = deploy(x)
         torch_ms = 1e3 * _time(lambda: deploy(x), torch.device("cpu"), 1, iters)

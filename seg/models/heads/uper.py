@@ -35,6 +35,7 @@ class UPerHead(nn.Module):
     """
 
     in_stages: ClassVar[tuple[int, ...]] = (0, 1, 2, 3)
+    recipe_output_stride: ClassVar[int] = 32  # mmseg's upernet_r50 runs on the undilated ResNetV1c
 
     def __init__(
         self,
