@@ -100,13 +100,15 @@ def test_compiled_training_matches_eager(tiny_data, tmp_path):
     for compiled in (False, True):
         run = tmp_path / f"run_{compiled}"
         config = tiny_config(tmp_path / f"cfg_{compiled}.yaml", tiny_data, run, max_steps=2, val_check_interval=2)
-        main(["--config", str(config), f"--model.compile={str(compiled).lower()}"])
+        # no dropout: compiled code draws its masks from another RNG stream than eager, so with dropout the
+        # two runs differ by chance (seen: 0.16 % at step 2), not by what this test checks
+        main(["--config", str(config), f"--model.compile={str(compiled).lower()}", "--model.head_kwargs.dropout=0"])
         rows = list(csv.DictReader(open(glob.glob(str(run / "csv/version_*/metrics.csv"))[0])))
         losses[compiled] = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
         keys = model_state(run / "checkpoints/last.ckpt")
         assert not any("_orig_mod" in k for k in keys) and any(k.startswith("model.head.") for k in keys)
     assert len(losses[True]) == 2
-    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
 
 
 def test_resume_is_exact(tiny_data, tmp_path):
