@@ -17,6 +17,8 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
+from seg.layers.pooling import AdaptiveAvgPool2d
+
 from .conv_bn_act import ConvBnAct, classifier
 from .self_attention import SelfAttentionBlock
 
@@ -27,7 +29,7 @@ class PPMConcat(nn.ModuleList):
     """Adaptive average pooling to each scale, flattened and concatenated: (B, C, H, W) -> (B, C, sum s^2)."""
 
     def __init__(self, pool_scales: Sequence[int] = (1, 3, 6, 8)) -> None:
-        super().__init__(nn.AdaptiveAvgPool2d(s) for s in pool_scales)
+        super().__init__(AdaptiveAvgPool2d(s) for s in pool_scales)  # exports at any size (seg.layers.pooling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return torch.cat([pool(x).flatten(2) for pool in self], dim=2)  # (B, C, sum s^2)

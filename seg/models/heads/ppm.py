@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from seg.layers.pooling import AdaptiveAvgPool2d
+
 from .conv_bn_act import ConvBnAct, upsample_like
 
 __all__ = ["PPM"]
@@ -38,7 +40,7 @@ class PPM(nn.ModuleList):
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__(
-            nn.Sequential(nn.AdaptiveAvgPool2d(scale),
+            nn.Sequential(AdaptiveAvgPool2d(scale),
                           ConvBnAct(in_channels, channels, 1, norm_layer=norm_layer, act_layer=act_layer))
             for scale in pool_scales
         )
