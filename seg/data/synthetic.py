@@ -9,8 +9,9 @@ every water pixel and 36-44 px from the water's centre. A model labels the middl
 by using information from that far away; sand, grass and concrete are easy local textures. The cue is within
 a ResNet-18-D8's theoretical receptive field (its dilated last stage alone spans +-128 px), so whether a plain
 FCN uses it is an empirical question that ``seg.compare`` measures. Measured at the quickstart budget (400
-iterations, 3 seeds; README "The quickstart comparison, as measured"): the FCN labels the water's class at chance,
-the non-local head uses the cue a little in every seed (55 % of water pixels right), and no head solves it.
+iterations, 3 seeds; README "The quickstart comparison, as measured"): no context head is distinguishable from
+the FCN (lake and pool IoU 19-39 for every head), so the cue is not learned at that budget; an earlier run that
+favoured Non-local did not replicate.
 
 Classes: 0 sand, 1 grass, 2 concrete, 3 lake, 4 pool (no ignore pixels). Written once, atomically (a temp
 folder renamed into place), so concurrent first uses are safe; `classes.json` carries names and palette.
