@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
@@ -38,7 +38,7 @@ from .uper import UPerHead
 __all__ = [
     "ANNHead", "ASPPHead", "AxialHead", "CCHead", "ConvBnAct", "DAHead", "DNLHead", "DepthwiseSeparableASPPHead",
     "DepthwiseSeparableConvBnAct", "EMAHead", "FCNHead", "GCHead", "HEADS", "ISAHead", "NLHead", "OCRHead",
-    "PSPHead", "UPerHead", "create_head",
+    "PSPHead", "UPerHead", "create_head", "head_signature",
 ]
 
 HEADS: dict[str, type[nn.Module]] = {
@@ -68,3 +68,13 @@ def create_head(name: str, in_channels: int | Sequence[int], num_classes: int, *
     if name not in HEADS:
         raise ValueError(f"Unknown head {name!r}. Valid heads: {', '.join(sorted(HEADS))}")
     return HEADS[name](in_channels, num_classes, **kwargs)
+
+
+def head_signature(name: str) -> tuple[Callable[..., Any], frozenset[str]]:
+    """``(builder, supplied)``: the ``head_kwargs`` head ``name`` accepts are the keyword parameters of ``builder``
+    except ``supplied``, which :func:`seg.models.build_model` fills itself. The CLI types ``model.head_kwargs`` from
+    it (``--print_config`` shows them with defaults; a misspelt one fails at parse time).
+    """
+    if name not in HEADS:
+        raise ValueError(f"Unknown head {name!r}. Valid heads: {', '.join(sorted(HEADS))}")
+    return HEADS[name], frozenset({"in_channels", "num_classes"})
