@@ -158,8 +158,9 @@ def evaluate_run(run_dir: str | Path, ckpt: str = "last.ckpt", device: Optional[
     """The evaluation pass of one run (see the module docstring): writes ``per_image.npz`` and ``eval.json``."""
     import torch
 
-    from seg.training.callbacks import atomic_write_text, count_parameters
-    from seg.training.cli import SegToolCLI
+    from seg.models.checkpoint import atomic_write_text
+    from seg.training.summary import count_parameters
+    from seg.training.tool_cli import SegToolCLI
 
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoints" / ckpt

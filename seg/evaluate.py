@@ -18,11 +18,17 @@ from typing import Any, Optional
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from seg.training.callbacks import atomic_write_text, count_parameters
-from seg.training.cli import SegToolCLI
+from seg.models.checkpoint import atomic_write_text
+from seg.training.summary import count_parameters
+from seg.training.tool_cli import SegToolCLI
 
 
 class EvaluateCLI(SegToolCLI):
+    description = ("Evaluate a checkpoint: mIoU, aAcc, mAcc and per-class IoU/Acc on the val (or --split) set, "
+                   "written to metrics.json. Model/data/trainer options as in train.py.")
+    usage = ("python -m seg.evaluate --ckpt CKPT [-c CONFIG] [--mode whole|slide] [--scales ...] [--flip true] "
+             "[--output FILE] ...")
+
     def add_tool_arguments(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--output", type=Optional[str], default=None,
                             help="metrics.json path (default: <run_dir>/metrics.json)")

@@ -27,9 +27,14 @@ def _predict_cli() -> type:
     """The PyTorch path's CLI class (defined on first use: importing this module must not import torch)."""
     from lightning.pytorch.cli import LightningArgumentParser
 
-    from seg.training.cli import SegToolCLI
+    from seg.training.tool_cli import SegToolCLI
 
     class PredictCLI(SegToolCLI):
+        description = ("Predict masks for a folder of images (or one image): a label PNG and a colour overlay per "
+                       "image. Model/data/trainer options as in train.py.")
+        usage = ("python -m seg.predict INPUT --out DIR --ckpt CKPT [-c CONFIG] [--mode whole|slide] "
+                 "[--scales ...] ...")
+
         def add_tool_arguments(self, parser: LightningArgumentParser) -> None:
             parser.add_argument("input", type=str, help="folder of images (or one image)")
             parser.add_argument("--out", type=str, required=True, help="output folder")

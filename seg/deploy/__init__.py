@@ -5,5 +5,5 @@ Nothing in this package imports torch, so a machine without PyTorch can run an e
 compute the same thing once: ``geometry`` (eval resize, sliding windows, test-time scales),
 ``outputs`` (reading images, writing index / colour / overlay masks), ``metadata`` (the settings an
 exported file carries). ``onnx_predict`` is the numpy/ONNX Runtime twin of
-``seg.training.inference.predict_probs``.
+``seg.models.inference.predict_probs``.
 """

@@ -1,7 +1,7 @@
 """Pure-Python image geometry shared by the PyTorch and the ONNX inference paths (no torch, no numpy).
 
 One implementation each of: the evaluation resize (mmcv ``imrescale``'s keep-ratio size), the sliding
-windows of mmseg's ``slide_inference`` and the size of a test-time scale, so ``seg.training.inference``
+windows of mmseg's ``slide_inference`` and the size of a test-time scale, so ``seg.models.inference``
 (tensors) and ``seg.deploy.onnx_predict`` (numpy) cannot drift apart.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@
 No torch import anywhere on this path. Every setting (normalisation, evaluation resize, whole / slide,
 crop, stride, scales, flip, palette) comes from the file's metadata (``seg.deploy.metadata``), so the
 masks are those ``python -m seg.predict --ckpt`` writes for the same checkpoint and config: the same
-pipeline step by step (``seg.training.inference.predict_probs``), with the shared window arithmetic of
+pipeline step by step (``seg.models.inference.predict_probs``), with the shared window arithmetic of
 ``seg.deploy.geometry``. Resizes use OpenCV's bilinear (the same half-pixel rule as
 ``F.interpolate(align_corners=False)``), so probabilities agree to float rounding, not bit for bit.
 """
@@ -122,14 +122,14 @@ class OnnxSegmenter:
 
     def probs(self, image: np.ndarray) -> np.ndarray:
         """Class probabilities (C, H, W) of a prepared image, averaged over scales x flips
-        (``seg.training.inference.predict_probs``)."""
+        (``seg.models.inference.predict_probs``)."""
         h, w = image.shape[:2]
         probs = np.zeros((self.meta["num_classes"], h, w), dtype=np.float32)
         n = 0
         tta = is_tta(self.meta["scales"], self.meta["flip"])
         for scale in self.meta["scales"]:
             x = image
-            sh, sw = tta_size((h, w), scale) if tta else (h, w)  # as seg.training.inference.predict_probs
+            sh, sw = tta_size((h, w), scale) if tta else (h, w)  # as seg.models.inference.predict_probs
             if (sh, sw) != (h, w):
                 x = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_LINEAR)
             for flipped in (False, True) if self.meta["flip"] else (False,):

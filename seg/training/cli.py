@@ -15,9 +15,14 @@ LightningCLI with ``run=False`` then ``trainer.fit``. What the CLI adds to a pla
 * ``--wandb auto|online|offline|off`` and ``--wandb_project`` (see :mod:`seg.training.loggers`).
 * Defaults for speed: bf16-mixed precision when CUDA (with bf16) is present, ``benchmark=True``
   (cudnn autotuning), SyncBatchNorm under multi-GPU DDP; on CPU sync_batchnorm is switched off (it crashes).
-* Always-on callbacks: :class:`~seg.training.callbacks.SegCheckpoint` (section ``checkpoint``),
+* ``model.head_kwargs`` is typed by the chosen head's signature (:mod:`seg.training.head_args`): checked at parse
+  time, completed with the head's defaults, shown by ``--print_config``.
+* Always-on callbacks: :class:`~seg.training.checkpointing.SegCheckpoint` (section ``checkpoint``),
   :class:`~seg.training.resume.ExactResume` (seeded from ``seed_everything``), ``RunSummary``,
-  ``ValImageLogger`` (W&B only) and a Rich progress bar.
+  ``ValImageLogger`` (W&B only), a one-line model summary and a progress bar (live on a terminal, plain lines in
+  a log file; :mod:`seg.training.console`).
+
+The evaluation/prediction commands' parser is :class:`seg.training.tool_cli.SegToolCLI`.
 """
 from __future__ import annotations
 
@@ -29,19 +34,23 @@ from typing import Any, Literal, Optional
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from seg.data import SegDataModule
 from seg.data.base import DataError
-from seg.models import checkpoint
 from seg.models.checkpoint import CheckpointError
 
-from .callbacks import RunSummary, SegCheckpoint, SegProgressBar, ValImageLogger
-from .inference import is_tta
-from .loggers import build_loggers
+from seg.models.inference import is_tta
+
+from .checkpointing import SegCheckpoint
+from .console import SegModelSummary, progress_bar, quiet_lightning
+from .head_args import HeadArgumentError, typed_head_kwargs
+from .loggers import ValImageLogger, build_loggers
+from .summary import RunSummary
 from .module import DivergenceError, SegmentationModule
 from .resume import ExactResume
 
@@ -69,12 +78,34 @@ class SegCLI(LightningCLI):
     """LightningCLI for :class:`SegmentationModule` + :class:`SegDataModule` (see the module docstring)."""
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
+        quiet_lightning()
         kwargs.setdefault("save_config_callback", SegSaveConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True, "save_to_log_dir": False})
         kwargs.setdefault("seed_everything_default", 0)
-        kwargs.setdefault("parser_kwargs", {"description": "Train a segmentation model (seg)."})
+        kwargs.setdefault("parser_kwargs", {
+            "description": "Train a segmentation model (seg). Every option can be set in the --config YAML or as "
+                           "--section.key=value; --print_config shows the merged config, head arguments included.",
+            "usage": "python train.py --config CONFIG [--section.key=value ...] [--ckpt_path last|PATH] [--print_config]"})
         super().__init__(SegmentationModule, SegDataModule, run=False, args=args, auto_configure_optimizers=False,
                          **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parses ``args`` (a list of command-line strings, ``None`` = ``sys.argv[1:]``, or a dict/Namespace), types
+        ``model.head_kwargs`` by the chosen head (a bad one is a parse error) and then answers ``--print_config``,
+        so the printed config shows the head's arguments with their defaults."""
+        if isinstance(args, (dict, Namespace)):
+            cfg, print_flags = parser.parse_object(args), None
+        else:
+            argv, print_flags = take_print_config(list(sys.argv[1:] if args is None else args))
+            cfg = parser.parse_args(argv)
+        try:
+            cfg.model.head_kwargs = typed_head_kwargs(cfg.model.head, cfg.model.head_kwargs)
+        except HeadArgumentError as err:
+            parser.error(str(err))
+        self.config = cfg
+        if print_flags is not None:
+            sys.stdout.write(parser.dump(cfg, skip_validation=True, **print_flags))
+            sys.exit(0)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -114,13 +145,41 @@ class SegCLI(LightningCLI):
         callbacks = list(tcfg.callbacks or [])
         callbacks += [ExactResume(seed=int(cfg.seed_everything or 0)), RunSummary(tcfg.default_root_dir),
                       ValImageLogger()]
-        if tcfg.enable_progress_bar is not False and not any(isinstance(c, RichProgressBar) for c in callbacks):
-            callbacks.append(SegProgressBar(leave=True))
+        callbacks += console_callbacks(tcfg, callbacks)
         kwargs["callbacks"] = callbacks
         if tcfg.logger is None or tcfg.logger is True:
             kwargs["logger"] = build_loggers(tcfg.default_root_dir, cfg.wandb, cfg.wandb_project,
                                              resume=cfg.ckpt_path is not None)
         return super().instantiate_trainer(**kwargs)
+
+
+def console_callbacks(tcfg: Any, callbacks: list[Any]) -> list[Any]:
+    """The progress bar and model summary the trainer config asks for, unless ``callbacks`` has its own."""
+    extra: list[Any] = []
+    if tcfg.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+        extra.append(progress_bar())
+    if tcfg.enable_model_summary is not False and not any(isinstance(c, ModelSummary) for c in callbacks):
+        extra.append(SegModelSummary())
+    return extra
+
+
+def take_print_config(argv: list[str]) -> tuple[list[str], Optional[dict[str, bool]]]:
+    """Removes ``--print_config[=flags]`` from ``argv``; returns the rest and the ``dump`` options it asked for
+    (None if absent). Flags as jsonargparse's: ``skip_default``, ``skip_unset`` (``skip_null`` = ``skip_unset``), as jsonargparse's own ``--print_config``."""
+    rest: list[str] = []
+    flags: Optional[dict[str, bool]] = None
+    for arg in argv:
+        if arg == "--print_config" or arg.startswith("--print_config="):
+            flags = {}
+            for flag in filter(None, arg.partition("=")[2].split(",")):
+                if flag not in ("skip_default", "skip_unset", "skip_null"):
+                    sys.exit(f"error: --print_config={flag}: valid flags are skip_default, skip_unset")
+                flags["skip_default" if flag == "skip_default" else "skip_unset"] = True
+            continue
+        rest.append(arg)
+    if flags is not None:
+        flags.setdefault("skip_unset", False)
+    return rest, flags
 
 
 # Errors whose message says all (the file, the value, what to do): the command line prints them without a traceback.
@@ -156,14 +215,11 @@ def _one_line(err: BaseException) -> str:
     return text
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
-
 
 def tta_reads_original_images(cfg: Any) -> None:
     """mmseg 1.x ``TestTimeAug`` scales the *original* image, not the test-scale one: with several scales or
     flip, the eval data pipeline hands over the original image (``data.val_mode='full'``) and the model resizes
-    it to each scale's size (:func:`seg.training.inference.tta_size`)."""
+    it to each scale's size (:func:`seg.models.inference.tta_size`)."""
     model, data = cfg.model, cfg.data
     if is_tta(model.eval_scales, model.eval_flip) and data.val_mode != "full":
         rank_zero_info(f"test-time augmentation (scales {list(model.eval_scales)}, flip {model.eval_flip}) scales the "
@@ -171,86 +227,14 @@ def tta_reads_original_images(cfg: Any) -> None:
         data.val_mode = "full"
 
 
-def find_run_config(ckpt: str | os.PathLike) -> Optional[Path]:
-    """``<run_dir>/config.yaml`` for a checkpoint at ``<run_dir>/checkpoints/*.ckpt``, if it exists."""
-    p = Path(ckpt).resolve()
-    for cand in (p.parent / "config.yaml", p.parent.parent / "config.yaml"):
-        if cand.is_file():
-            return cand
-    return None
+def __getattr__(name: str) -> Any:
+    # the tool parser used to live here: `from seg.training.cli import SegToolCLI` keeps working
+    if name in ("SegToolCLI", "find_run_config", "load_seg_weights"):
+        from . import tool_cli
+
+        return getattr(tool_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_seg_weights(module: SegmentationModule, ckpt: str | os.PathLike) -> None:
-    """Strictly loads a seg checkpoint (or ``seg.convert`` output) into ``module.model``, read safely."""
-    checkpoint.load_seg_weights(module.model, ckpt, what="--ckpt", hint=(
-        "Check --config / --model.* against the checkpoint's run config (<run_dir>/config.yaml)."))
-
-
-class SegToolCLI(SegCLI):
-    """The train.py parser (same config files and dotted overrides) for ``seg.evaluate`` / ``seg.predict``:
-    adds ``--ckpt``, the inference options and the tool's own arguments; builds a Trainer without loggers or
-    training callbacks. Without ``--config``, the ``config.yaml`` of the checkpoint's run dir is used."""
-
-    def __init__(self, args: Optional[list[str]] = None, **kwargs: Any) -> None:
-        self._command_line = args is None  # then a bad --ckpt ends the process with one `error:` line
-        args = list(sys.argv[1:] if args is None else args)
-        if not any(a in ("-c", "--config") or a.startswith("--config=") for a in args):
-            ckpt = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--ckpt"), None)
-            ckpt = ckpt or next((a.split("=", 1)[1] for a in args if a.startswith("--ckpt=")), None)
-            cfg = find_run_config(ckpt) if ckpt else None
-            if cfg is not None:
-                args = ["--config", str(cfg)] + args
-        kwargs.setdefault("save_config_callback", None)
-        super().__init__(args=args, **kwargs)
-
-    def add_tool_arguments(self, parser: LightningArgumentParser) -> None:
-        """Hook for the tool's own arguments."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        super().add_arguments_to_parser(parser)
-        parser.add_argument("--ckpt", type=str, required=True, help="seg checkpoint (or seg.convert output)")
-        parser.add_argument("--mode", type=Optional[Literal["whole", "slide"]], default=None,
-                            help="inference mode (default: model.eval_mode)")
-        parser.add_argument("--scales", type=Optional[list[float]], default=None,
-                            help="test-time scale factors of the original image size (mmseg TestTimeAug), "
-                                 "e.g. [0.5,0.75,1.0,1.25,1.5,1.75]")
-        parser.add_argument("--flip", type=bool, default=False, help="add horizontal flips")
-        parser.add_argument("--crop_size", type=Optional[tuple[int, int]], default=None, help="slide crop (H, W)")
-        parser.add_argument("--stride", type=Optional[tuple[int, int]], default=None, help="slide stride (H, W)")
-        self.add_tool_arguments(parser)
-
-    def before_instantiate_classes(self) -> None:
-        super().before_instantiate_classes()
-        cfg = self.config
-        model = cfg.model
-        model.init_from = None  # the checkpoint provides every weight
-        model.weights = None
-        if cfg.mode is not None:
-            model.eval_mode = cfg.mode
-        if cfg.scales is not None:
-            model.eval_scales = tuple(cfg.scales)
-        if cfg.flip:
-            model.eval_flip = True
-        if cfg.crop_size is not None:
-            model.eval_crop_size = tuple(cfg.crop_size)
-        if cfg.stride is not None:
-            model.eval_stride = tuple(cfg.stride)
-        tta_reads_original_images(cfg)
-
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        tcfg = self.config_init.trainer
-        callbacks = []
-        if tcfg.enable_progress_bar is not False:
-            callbacks.append(SegProgressBar(leave=True))
-        kwargs.update(callbacks=callbacks, logger=False, enable_checkpointing=False)
-        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        return self._instantiate_trainer(trainer_config, [])  # no checkpoint section callback
-
-    def instantiate_classes(self) -> None:
-        super().instantiate_classes()
-        try:
-            load_seg_weights(self.model, self.config.ckpt)
-        except (CheckpointError, FileNotFoundError) as err:
-            if not self._command_line:
-                raise
-            sys.exit(f"error: {err}")
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@
 the ``wandb sync`` command. ``--wandb off`` disables W&B. The W&B run id is kept in ``<run_dir>/wandb_id``
 so that a resumed run (``--ckpt_path last``) continues the same W&B run. ``WANDB_RUN_GROUP`` (set by
 ``seg.compare --train`` for all runs of one comparison) puts the run in that W&B group.
+:class:`ValImageLogger` adds validation images with predicted and true masks to the W&B run.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import netrc
 import os
 import uuid
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 from urllib.parse import urlparse
 
+import lightning as L
+import torch
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
@@ -81,3 +84,51 @@ def build_loggers(run_dir: str | Path, wandb: WandbMode = "auto", project: str =
         rank_zero_info(f"wandb: not logged in, logging offline to {run_dir / 'wandb'}; upload later with: "
                        f"wandb sync {run_dir / 'wandb'}/offline-run-*")
     return loggers
+
+
+class ValImageLogger(L.Callback):
+    """Logs the first ``num_images`` validation images with predicted and ground-truth masks (class names as
+    labels) to every W&B logger at each validation (rank 0's shard)."""
+
+    def __init__(self, num_images: int = 4) -> None:
+        self.num_images = num_images
+        self._images: list[Any] = []
+
+    @staticmethod
+    def _wandb_loggers(trainer: L.Trainer) -> list[Any]:
+        from lightning.pytorch.loggers import WandbLogger
+
+        return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._images = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if (trainer.sanity_checking or trainer.global_rank != 0 or not isinstance(outputs, dict)
+                or len(self._images) >= self.num_images or not self._wandb_loggers(trainer)):
+            return
+        import cv2
+        import numpy as np
+        import wandb
+
+        dm = trainer.datamodule
+        mean = torch.tensor(getattr(dm, "mean", (123.675, 116.28, 103.53))).view(3, 1, 1)
+        std = torch.tensor(getattr(dm, "std", (58.395, 57.12, 57.375))).view(3, 1, 1)
+        labels = dict(enumerate(pl_module.class_names))
+        labels[255] = "ignore"
+        for i in range(min(batch["image"].shape[0], self.num_images - len(self._images))):
+            img = (batch["image"][i].float().cpu() * std + mean).clamp(0, 255).byte().permute(1, 2, 0).numpy()
+            pred = outputs["preds"][i].cpu().numpy().astype(np.uint8)
+            gt = batch["mask"][i].cpu().numpy().astype(np.uint8)
+            if "img_shape" in batch:  # eval images are at the test scale, masks at the original size: crop, resize
+                (h, w), (oh, ow) = batch["img_shape"][i].tolist(), batch["ori_shape"][i].tolist()
+                img, pred, gt = cv2.resize(np.ascontiguousarray(img[:h, :w]), (ow, oh)), pred[:oh, :ow], gt[:oh, :ow]
+            self._images.append(wandb.Image(img, caption=Path(batch["path"][i]).name, masks={
+                "prediction": {"mask_data": pred, "class_labels": labels},
+                "ground_truth": {"mask_data": gt, "class_labels": labels}}))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._images:
+            for lg in self._wandb_loggers(trainer):
+                lg.log_image(key="val/examples", images=self._images, step=trainer.global_step)
+        self._images = []

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from .inference import is_tta, predict_probs, resize_logits
+from seg.models.inference import is_tta, predict_probs, resize_logits
 from .losses import SegLoss
 from .metrics import SegMetrics
 from .scheduler import PolyLR
@@ -162,7 +162,7 @@ class SegmentationModule(L.LightningModule):
     def predict_probs(self, images: Tensor, out_size: Optional[tuple[int, int]] = None) -> Tensor:
         """Probabilities (B, C, *out_size) with this module's eval mode / scales / flip for test-scale
         ``images``; ``out_size`` is the original image size (default: the input's), see
-        :func:`seg.training.inference.predict_probs`."""
+        :func:`seg.models.inference.predict_probs`."""
         hp = self.hparams
         out_size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
         if self._single_pass_eval:

@@ -1,0 +1,113 @@
+"""What the commands print and accept: typed head arguments (checked at parse time, shown by --print_config),
+the tools' own options first in --help, plain progress lines in a log file, no Lightning noise."""
+from __future__ import annotations
+
+import inspect
+import io
+import re
+import warnings
+
+import pytest
+import yaml
+
+from seg.models import HEADS, head_signature
+from seg.training.cli import main, take_print_config
+from seg.training.console import TextProgressBar, progress_bar
+from seg.training.head_args import HeadArgumentError, typed_head_kwargs
+from test_cli import ROOT, run_cmd, tiny_config
+
+
+def _exit_message(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code not in (0, None)
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_head_kwargs_defaults_are_the_signature(head):
+    """Every config-settable argument of every head, at the default its class declares (an independent reading of
+    the signature: inspect, not jsonargparse)."""
+    builder, supplied = head_signature(head)
+    typed = typed_head_kwargs(head, {})
+    params = {n: p for n, p in inspect.signature(builder).parameters.items() if n not in supplied}
+    assert set(typed) <= set(params)
+    for name, value in typed.items():
+        default = params[name].default
+        assert value == (list(default) if isinstance(default, tuple) else default), (head, name)
+    missing = set(params) - set(typed)
+    assert all(n in ("norm_layer", "act_layer") for n in missing), missing  # class-valued: set from Python
+
+
+def test_misspelt_head_argument_fails_at_parse_time_naming_the_valid_ones(capsys, tmp_path):
+    cfg = ROOT / "configs" / "ccnet.yaml"
+    err = _exit_message(capsys, ["--config", str(cfg), "--model.head_kwargs.recurence=2"])
+    assert "recurence" in err and "recurrence" in err and "channels" in err and "CCHead" in err
+    err = _exit_message(capsys, ["--config", str(cfg), "--model.head_kwargs.recurrence=two"])
+    assert "recurrence" in err and "int" in err
+    err = _exit_message(capsys, ["--config", str(cfg), "--model.head=ccnett"])
+    assert "ccnett" in err and "danet" in err  # lists the valid heads
+    with pytest.raises(HeadArgumentError, match="norm_layer"):
+        typed_head_kwargs("danet", {"norm_layer": "torch.nn.SyncBatchNorm"})
+
+
+def test_print_config_shows_typed_head_arguments(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", str(ROOT / "configs" / "danet.yaml"), "--model.head_kwargs.pam_channels=32",
+              "--print_config"])
+    assert exc.value.code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["head"] == "danet"
+    assert cfg["model"]["head_kwargs"] == {**typed_head_kwargs("danet", {}), "pam_channels": 32}
+    assert cfg["model"]["head_kwargs"]["dropout"] == inspect.signature(HEADS["danet"]).parameters["dropout"].default
+
+
+def test_take_print_config_flags():
+    assert take_print_config(["--a=1"]) == (["--a=1"], None)
+    assert take_print_config(["--print_config", "--a=1"]) == (["--a=1"], {"skip_unset": False})
+    assert take_print_config(["--print_config=skip_default,skip_null"])[1] == {"skip_default": True,
+                                                                              "skip_unset": True}
+
+
+def test_short_head_names_train_with_typed_kwargs(tiny_data, tmp_path):
+    """A short name with partial head_kwargs trains, and the run's config.yaml records every head argument."""
+    config = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=2, val_check_interval=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "args parameter is intended ..." warning
+        main(["--config", str(config), "--model.head=ccnet", "--model.head_kwargs={channels: 8, recurrence: 1}"])
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["model"]["head_kwargs"] == typed_head_kwargs("ccnet", {"channels": 8, "recurrence": 1})
+
+
+def test_tool_help_lists_its_own_options_first():
+    out = run_cmd(["-m", "seg.evaluate", "--help"]).stdout
+    first_trainer = out.index("--trainer.accelerator")
+    for opt in ("--ckpt", "--mode", "--scales", "--output", "--split"):
+        assert out.index(opt) < first_trainer, opt
+    assert out.splitlines()[0].startswith("usage: python -m seg.evaluate --ckpt")
+    out = run_cmd(["-m", "seg.predict", "--help"]).stdout
+    assert out.index("--out") < out.index("--trainer.accelerator")
+
+
+def test_log_file_gets_plain_progress_lines(tiny_data, tmp_path):
+    """Not a terminal: one line per log_every_n_steps steps and per validation, the model summary in one line, no
+    FLOPs column, no litlogger tip, no Rich box drawing."""
+    config = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=4, val_check_interval=2,
+                         log_every_n_steps=2, enable_progress_bar=True, enable_model_summary=True)
+    proc = run_cmd(["train.py", "--config", str(config)])
+    text = proc.stdout + proc.stderr
+    steps = re.findall(r"^step (\d+)/4 \| epoch \d+ \| .*train/loss [0-9.]+", text, flags=re.M)
+    assert steps == ["2", "4"], text
+    assert re.findall(r"^validation at step (\d+): val/mIoU [0-9.]+", text, flags=re.M) == ["2", "4"]
+    assert re.search(r"^model: [0-9.]+ [KM] parameters.*backbone .*head .*aux_head", text, flags=re.M), text
+    for noise in ("FLOPs", "litlogger", "━", "┃", "LeafSpec", "args parameter is intended"):
+        assert noise not in text, noise
+
+
+def test_progress_bar_choice():
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert isinstance(progress_bar(io.StringIO()), TextProgressBar)
+    assert not isinstance(progress_bar(Tty()), TextProgressBar)
