@@ -21,7 +21,7 @@ from seg.models.checkpoint import (
     CheckpointError, NonFiniteError, atomic_save, read_checkpoint, read_state_dict, remove_stale_temp_files,
 )
 from seg.training.callbacks import AtomicCheckpointIO, check_checkpoint_dir
-from seg.training.cli import load_seg_weights as cli_load_seg_weights
+from seg.training.tool_cli import load_seg_weights as cli_load_seg_weights
 from seg.training.module import load_matching_weights
 
 TINY = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "zero_init_last": False}

@@ -227,14 +227,5 @@ def tta_reads_original_images(cfg: Any) -> None:
         data.val_mode = "full"
 
 
-def __getattr__(name: str) -> Any:
-    # the tool parser used to live here: `from seg.training.cli import SegToolCLI` keeps working
-    if name in ("SegToolCLI", "find_run_config", "load_seg_weights"):
-        from . import tool_cli
-
-        return getattr(tool_cli, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 if __name__ == "__main__":
     main()
