@@ -111,3 +111,15 @@ def test_progress_bar_choice():
 
     assert isinstance(progress_bar(io.StringIO()), TextProgressBar)
     assert not isinstance(progress_bar(Tty()), TextProgressBar)
+
+
+def test_rerun_into_a_used_run_dir_says_what_happens(tiny_data, tmp_path):
+    """Lightning's "exists and is not empty" becomes a warning that says what to do, and is silent on a resume."""
+    config = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=3, val_check_interval=3)
+    main(["--config", str(config)])
+    with pytest.warns(UserWarning, match=r"holds best.ckpt, last.ckpt of an earlier run.*--ckpt_path last"):
+        main(["--config", str(config)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["--config", str(config), "--trainer.max_steps=4", "--ckpt_path", "last"])
+    assert not [w for w in caught if "earlier run" in str(w.message) or "not empty" in str(w.message)]

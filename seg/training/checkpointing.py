@@ -16,7 +16,7 @@ from typing import Any, Optional
 import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from seg.models.checkpoint import atomic_save, atomic_write_text, read_checkpoint, remove_stale_temp_files
 
@@ -59,6 +59,7 @@ class SegCheckpoint(ModelCheckpoint):
                          every_n_train_steps=every_n_train_steps)
 
         self._last_written_step = -1
+        self.resuming = False  # set by train.py when --ckpt_path is given
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
@@ -78,6 +79,17 @@ class SegCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         self._ensure_last(trainer)
+
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: Any) -> None:
+        # replaces Lightning's "exists and is not empty" warning: silent on a resume (the folder is expected to hold
+        # the run's checkpoints), explicit about what happens otherwise
+        if self.resuming or "://" in str(dirpath) or not Path(dirpath).is_dir():
+            return
+        found = sorted(p.name for p in Path(dirpath).glob("*.ckpt"))
+        if found:
+            rank_zero_warn(f"{dirpath} holds {', '.join(found)} of an earlier run: this run replaces them. To continue "
+                           "that run instead, pass --ckpt_path last; to keep both, set another "
+                           "--trainer.default_root_dir.")
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

@@ -198,6 +198,9 @@ def main(args: Any = None) -> SegCLI:
     """
     try:
         cli = SegCLI(args=args)
+        for callback in cli.trainer.callbacks:
+            if isinstance(callback, SegCheckpoint):
+                callback.resuming = cli.config.ckpt_path is not None
         # weights_only: a resume never runs code from the checkpoint (AtomicCheckpointIO reads it safely too)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
     except Exception as err:
