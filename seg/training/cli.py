@@ -16,7 +16,7 @@ LightningCLI with ``run=False`` then ``trainer.fit``. What the CLI adds to a pla
 * Defaults for speed: bf16-mixed precision when CUDA (with bf16) is present, ``benchmark=True``
   (cudnn autotuning), SyncBatchNorm under multi-GPU DDP; on CPU sync_batchnorm is switched off (it crashes).
 * Always-on callbacks: :class:`~seg.training.callbacks.SegCheckpoint` (section ``checkpoint``),
-  :class:`~seg.training.resume.ExactResume` (seeded from ``seed_everything``), ``RunSummary``,
+  :class:`~seg.training.resume.ExactResume` (RNG states and data position), ``RunSummary``,
   ``ValImageLogger`` (W&B only) and a Rich progress bar.
 """
 from __future__ import annotations
@@ -112,7 +112,7 @@ class SegCLI(LightningCLI):
         cfg = self.config
         tcfg = self.config_init.trainer
         callbacks = list(tcfg.callbacks or [])
-        callbacks += [ExactResume(seed=int(cfg.seed_everything or 0)), RunSummary(tcfg.default_root_dir),
+        callbacks += [ExactResume(), RunSummary(tcfg.default_root_dir),
                       ValImageLogger()]
         if tcfg.enable_progress_bar is not False and not any(isinstance(c, RichProgressBar) for c in callbacks):
             callbacks.append(SegProgressBar(leave=True))
