@@ -96,8 +96,9 @@ class ExactResume(L.Callback):
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch",
                                     category=PossibleUserWarning)
         else:
-            rank_zero_warn(f"{type(dm).__name__} has no resume_train_at(epoch, batches); the data order restarts "
-                           "at the beginning of an epoch")
+            what = type(dm).__name__ if dm is not None else "a run without a DataModule"
+            rank_zero_warn(f"{what} has no resume_train_at(epoch, batches); the data order restarts at the "
+                           "beginning of an epoch")
         states = saved["rng"]
         rank = trainer.global_rank
         if len(states) == trainer.world_size:
