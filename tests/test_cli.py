@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -134,6 +135,45 @@ def test_resume_is_exact(tiny_data, tmp_path):
     sa = json.loads((tmp_path / "a/summary.json").read_text())["last"]
     sb = json.loads((tmp_path / "b/summary.json").read_text())["last"]
     assert sa["mIoU"] == sb["mIoU"]
+
+
+class _RecordBatches(L.Callback):
+    """The training batches as the model receives them."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches.append({"path": list(batch["path"]), "image": batch["image"].clone()})
+
+
+def test_data_seed_decides_the_training_batches(tiny_data, tmp_path):
+    """train.py trains on the DataModule's batches: without data.seed they follow seed_everything (not the
+    fallback 0), an explicit data.seed wins, and either way they equal a bare SegDataModule's with that seed
+    (order and augmentation, with 2 workers in train.py and 0 in the bare one)."""
+    from seg.data import SegDataModule
+
+    def trained_batches(*args: str) -> list[dict]:
+        cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=3, limit_val_batches=0)
+        cli = SegCLI(args=["--config", str(cfg), *args])
+        record = _RecordBatches()
+        cli.trainer.callbacks.append(record)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)  # what main() runs
+        return record.batches
+
+    def bare_batches(seed: int) -> list[dict]:
+        dm = SegDataModule("folder", str(tiny_data), batch_size=4, num_workers=0, crop_size=(32, 32), seed=seed)
+        return [{"path": b["path"], "image": b["image"]} for b in dm.train_dataloader()]
+
+    def same(a: list[dict], b: list[dict]) -> bool:
+        return len(a) == len(b) and all(x["path"] == y["path"] and torch.equal(x["image"], y["image"])
+                                        for x, y in zip(a, b))
+
+    followed = trained_batches("--seed_everything=2", "--data.num_workers=2")  # data.seed unset
+    assert len(followed) == 3 and same(followed, bare_batches(2)) and not same(followed, bare_batches(0))
+    explicit = trained_batches("--seed_everything=2", "--data.seed=1")
+    assert same(explicit, bare_batches(1))
+    assert [b["path"] for b in explicit] != [b["path"] for b in followed]  # the order, not only the augmentation
 
 
 def test_divergence_stops_with_one_error_and_no_nan_checkpoint(tiny_data, tmp_path, monkeypatch):

@@ -280,3 +280,43 @@ def test_classes_json_invalid(tmp_path):
     (tmp_path / 'classes.json').write_text(json.dumps({'classes': ['a', 'b', 'c'], 'palette': [[1, 2, 3]]}))
     with pytest.raises(DataError, match=r'classes\.json: palette must hold 3'):
         FolderDataset(tmp_path, 'train')
+
+
+# --------------------------------------------------------------------------------------------------- structure
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    """The seg.data modules that `path` imports, at any level except inside a command's `main()` (an entry point
+    imports what it runs; nothing imports it)."""
+    import ast
+
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef) and child.name == 'main':
+                continue
+            if isinstance(child, ast.ImportFrom) and child.level == 1:  # from .x import y / from . import x
+                found.update([child.module] if child.module else [a.name for a in child.names])
+            elif isinstance(child, ast.ImportFrom) and (child.module or '').startswith(package + '.'):
+                found.add(child.module.split('.')[2])
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found
+
+
+def test_seg_data_modules_import_each_other_without_cycles():
+    """base.py <-> transforms.py imported each other (base lazily, for the reseed helper); a cycle makes the
+    import order matter. The graph of seg/data's modules (lazy imports included) must be acyclic."""
+    import graphlib
+
+    import seg.data
+
+    folder = Path(seg.data.__file__).parent
+    graph = {p.stem: _imports(p, 'seg.data') - {p.stem} for p in folder.glob('*.py') if p.stem != '__init__'}
+    assert {'base', 'transforms', 'seeding'} <= set(graph) and 'base' in graph['transforms']
+    try:
+        list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f'import cycle in seg/data: {" -> ".join(e.args[1])}')

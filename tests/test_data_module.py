@@ -1,4 +1,5 @@
-"""SegDataModule (batches, workers reseeding, DDP sampler, YAML construction) and the synthetic demo data."""
+"""SegDataModule (batches, decode cache, DDP sampler, YAML construction) and the synthetic demo data (its seeding:
+test_data_seeding.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -76,41 +77,6 @@ def test_val_loader_uses_unpadded_sampler_under_ddp(monkeypatch, demo):
     dl = dm.val_dataloader()
     assert isinstance(dl.sampler, UnpaddedDistributedSampler)
     assert list(dl.sampler) == list(range(6, 60, 7)) and len(dl) == 8  # 60 val images, no padding
-
-
-def _first_images(dm: SegDataModule, epochs: int) -> list[list[torch.Tensor]]:
-    out = []
-    loader = dm.train_dataloader()
-    for _ in range(epochs):
-        out.append([b['image'][0] for b in loader])
-    return out
-
-
-def test_workers_and_epochs_get_different_augmentations(tmp_path):
-    # four copies of the same image: any difference between samples comes from the augmentation draws
-    folder_tree(tmp_path, n=1, size=(40, 40), classes=['a', 'b', 'c'])
-    for i in range(1, 4):
-        for sub in ('images', 'masks'):
-            (tmp_path / 'train' / sub / f'im{i}.png').write_bytes((tmp_path / 'train' / sub / 'im0.png').read_bytes())
-    kw = dict(dataset='folder', root=str(tmp_path), batch_size=1, num_workers=2, crop_size=(24, 24), seed=0)
-    torch.manual_seed(0)
-    dm = SegDataModule(**kw)
-    e1, e2 = _first_images(dm, 2)
-    assert len(e1) == 4
-    for i in range(4):  # samples from the two workers differ (0,2 from worker 0; 1,3 from worker 1)
-        for j in range(i + 1, 4):
-            assert not torch.equal(e1[i], e1[j]), (i, j)
-        assert not torch.equal(e1[i], e2[i])  # and epochs differ
-    # reproducible under the same torch seed
-    torch.manual_seed(0)
-    again = _first_images(SegDataModule(**kw), 1)[0]
-    assert all(torch.equal(a, b) for a, b in zip(e1, again))
-    # control: without the worker_init_fn, both workers repeat the same draws (what the fix prevents)
-    monkey = SegDataModule(**kw)
-    loader = monkey.train_dataloader()
-    loader.worker_init_fn = None
-    ctrl = [b['image'][0] for b in loader]
-    assert torch.equal(ctrl[0], ctrl[1])
 
 
 def test_constructible_from_yaml_like_lightningcli(demo):

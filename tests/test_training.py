@@ -1,8 +1,6 @@
 """Unit tests of seg.training: losses (CE ignore, OHEM, output weights), confusion-matrix metrics, poly LR,
-exact-resume sampler/dataset, atomic checkpoint writes, sliding-window inference, W&B mode resolution."""
+atomic checkpoint writes, sliding-window inference, W&B mode resolution."""
 from __future__ import annotations
-
-import random
 
 import numpy as np
 import pytest
@@ -14,7 +12,6 @@ from seg.training.inference import predict_probs, slide_logits
 from seg.training.loggers import resolve_wandb_mode
 from seg.training.losses import SegLoss, ohem_weights
 from seg.training.metrics import SegMetrics
-from seg.training.resume import EpochSampler, SeededDataset
 from seg.training.scheduler import PolyLR
 
 
@@ -203,46 +200,6 @@ def test_poly_lr_and_state_roundtrip():
     for _ in range(10):
         opt.step(), sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
-
-
-def test_epoch_sampler_deterministic_skip_and_shards():
-    s = EpochSampler(11, seed=3)
-    s.set_epoch(2)
-    a = list(s)
-    assert a == list(s) and sorted(i for i, _ in a) == list(range(11))
-    s.set_epoch(3)
-    assert [i for i, _ in s] != [i for i, _ in a]
-    s.set_epoch(2)
-    s.skip_next(4)
-    assert list(s) == a[4:] and list(s) == a  # the skip applies once
-    shards = [list(EpochSampler(11, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
-    assert len(shards[0]) == len(shards[1]) == 6
-    assert {i for sh in shards for i, _ in sh} == set(range(11))
-
-
-class _AugDataset(torch.utils.data.Dataset):
-    """Draws its 'augmentation' from a reseedable generator, like the albumentations pipeline."""
-
-    def __init__(self):
-        self.rng = random.Random(0)
-
-    def reseed(self, seed):
-        self.rng = random.Random(seed)
-
-    def __len__(self):
-        return 5
-
-    def __getitem__(self, i):
-        return i, self.rng.random()
-
-
-def test_seeded_dataset_is_order_independent_and_leaves_global_rng():
-    ds = SeededDataset(_AugDataset())
-    torch.manual_seed(0)
-    before = torch.get_rng_state()
-    first = [ds[(i, 100 + i)] for i in range(5)]
-    assert [ds[(i, 100 + i)] for i in reversed(range(5))] == first[::-1]
-    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_atomic_save_replaces_and_keeps_old_file_on_failure(tmp_path):

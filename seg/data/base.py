@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .seeding import reseed_transform
+
 if TYPE_CHECKING:
     from .cache import FileCache
 
@@ -308,10 +310,9 @@ class SegDataset(Dataset):
         return {'image': img.float(), 'mask': m.long(), 'path': path}
 
     def reseed(self, seed: int | None) -> None:
-        """Give the transform a fresh random state (called per worker and epoch by the DataModule)."""
-        from .transforms import reseed
-
-        reseed(self.transform, seed)
+        """Give the transform a fresh random state (called per training sample and per worker, see
+        `seg.data.seeding`)."""
+        reseed_transform(self.transform, seed)
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(n={len(self)}, classes={self.num_classes})'

@@ -5,8 +5,10 @@ Batches are dicts ``{'image': float32 (B, 3, H, W) normalised, 'mask': int64 (B,
 Attributes for the model/visualisation side: `num_classes`, `classes`, `palette`, `ignore_index` (255),
 `mean`, `std` (0-255 RGB, to de-normalise).
 
-* Workers: `worker_init_fn` reseeds the albumentations pipeline from torch's per-worker seed, which differs
-  per worker and per epoch (albumentations otherwise repeats the same draws in every worker and epoch).
+* Seeding: one data seed (``seed``, else ``seed_everything``'s) decides the training order of every epoch and
+  the augmentation of every training sample (`seg.data.seeding`): the same seed gives the same batches with
+  any ``num_workers``, in ``train.py`` and in a bare DataModule, and a resume can continue mid-epoch
+  (`resume_train_at`, called by `seg.training.resume.ExactResume`). No loader draws from the global RNGs.
 * Validation/test never pad or duplicate samples under DDP (`UnpaddedDistributedSampler`), so mIoU over all
   ranks equals the single-process value. Images of different sizes in one val batch are padded bottom/right
   (image 0, mask 255); the default val_batch_size=1 avoids padding altogether.
@@ -21,13 +23,14 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .ade20k import ADE20KDataset
 from .base import IGNORE_INDEX, SegDataset
 from .cityscapes import CityscapesDataset
 from .folder import FolderDataset, resolve_classes
-from .samplers import UnpaddedDistributedSampler
+from .samplers import EpochSampler, UnpaddedDistributedSampler
+from .seeding import SeededDataset, loader_generator, resolve_data_seed, seed_worker
 from .synthetic import prepare_demo_root
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
 
@@ -39,23 +42,6 @@ BASE_SIZES: dict[str, tuple[int, int] | None] = {
     'ade20k': (2048, 512),
     'folder': None,
 }
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: reseed the dataset's augmentation pipeline from torch's worker seed.
-
-    torch gives each worker ``base_seed + worker_id`` and draws a new base_seed for every epoch's iterator
-    (which itself follows `torch.manual_seed` / Lightning's `seed_everything`), so draws differ across workers
-    and epochs and stay reproducible.
-    """
-    info = get_worker_info()
-    if info is None:
-        return
-    dataset = info.dataset
-    while not isinstance(dataset, SegDataset) and hasattr(dataset, 'dataset'):  # e.g. torch Subset
-        dataset = dataset.dataset
-    if isinstance(dataset, SegDataset):
-        dataset.reseed(info.seed % 2**63)
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -108,7 +94,10 @@ class SegDataModule(L.LightningDataModule):
         val_mode: 'resize' (the image is rescaled to fit base_size, mmseg's test pipeline) or 'full' (the image
             at its original resolution). Either way the mask keeps its original size and is scored there.
         mean, std: normalisation, 0-255 RGB (ImageNet by default).
-        seed: seed of the main-process pipeline (workers derive theirs from torch's seed).
+        seed: the data seed: the training order of each epoch and every training sample's augmentation are
+            drawn from it (the same in any worker, with any num_workers). None = the seed of Lightning's
+            ``seed_everything`` (train.py's ``--seed_everything``, read from PL_GLOBAL_SEED when the DataModule
+            is built; 0 if it was never called). An explicit value wins.
         pin_memory: pin batches when CUDA is available (faster, asynchronous host-to-device copies).
         cache_dir: keep decoded images and masks there (`seg.data.cache`): decoding then costs a file read
             instead of a PNG decode, ~3-4x more samples/s per worker. Filled on first use, or ahead of time with
@@ -165,10 +154,12 @@ class SegDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.prefetch_factor = prefetch_factor
         self.cache_dir = cache_dir
+        self.seed = resolve_data_seed(seed)  # resolved once: seed_everything runs before the CLI builds us
+        self._resume_at: tuple[int, int] | None = None
         self.train_transform = build_train_transform(
             crop_size=self.crop_size, base_size=self.base_size, scale_range=tuple(scale_range),
             cat_max_ratio=cat_max_ratio, flip_prob=flip_prob, photometric=photometric,
-            mean=self.mean, std=self.std, seed=seed,
+            mean=self.mean, std=self.std, seed=self.seed,
         )
         self.eval_transform = build_eval_transform(self.base_size, val_mode, self.mean, self.std)
         self._datasets: dict[str, SegDataset] = {}
@@ -212,27 +203,42 @@ class SegDataModule(L.LightningDataModule):
         if stage in (None, 'test'):
             self.dataset('test')
 
+    def resume_train_at(self, epoch: int, batches: int) -> None:
+        """Make the next `train_dataloader` start at batch `batches` of epoch `epoch` (a mid-epoch resume):
+        the epoch's order and augmentations are as in the uninterrupted run, minus the batches already trained."""
+        self._resume_at = (int(epoch), int(batches))
+
     def _loader(self, stage: Literal['train', 'val', 'test']) -> DataLoader:
-        ds = self.dataset(stage)
+        ds: Dataset = self.dataset(stage)
         train = stage == 'train'
-        sampler = None
-        if not train and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        sampler: Sampler | None = None
+        drop_last = False
+        batch_size = self.batch_size if train else self.val_batch_size
+        if train:  # (index, seed) pairs: order from (seed, epoch), augmentation from (seed, epoch, position)
+            sampler = EpochSampler(len(ds), seed=self.seed, shuffle=True)
+            if self._resume_at is not None:
+                epoch, batches = self._resume_at
+                sampler.set_epoch(epoch)
+                sampler.skip_next(batches * batch_size)
+                self._resume_at = None
+            drop_last = len(sampler) > batch_size  # this rank's samples; BatchNorm fails on a last batch of 1
+            ds = SeededDataset(ds)
+        elif dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             sampler = UnpaddedDistributedSampler(ds)
         return DataLoader(
             ds,
-            batch_size=self.batch_size if train else self.val_batch_size,
-            shuffle=train,
+            batch_size=batch_size,
             sampler=sampler,
-            drop_last=train and len(ds) > self.batch_size,  # BatchNorm fails on a last batch of 1
+            drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             worker_init_fn=seed_worker,
             collate_fn=collate,
-            # val/test: a generator of their own, so creating an iterator (once per process with persistent
-            # workers) does not draw from the global RNG and shift dropout after a resume
-            generator=None if train else torch.Generator().manual_seed(0),
+            # creating an iterator draws the workers' base seed from here, not from the global RNG (which
+            # would shift dropout after a resume)
+            generator=loader_generator(self.seed, stage),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -16,7 +16,7 @@ rounding (at most 1 grey level apart). Photometric distortion uses uint8 lookup 
 float arithmetic), and `NormalizeToTensor` writes the normalised, padded (3, H, W) tensor in one pass.
 
 All randomness comes from the transforms' own generators (`self.py_random`, `self.random_generator`), so
-`Compose.set_random_state` reseeds everything (see `SegDataModule` worker_init_fn).
+`Compose.set_random_state` reseeds everything (see `seg.data.seeding`).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from seg.deploy.geometry import rescale_size  # noqa: E402,F401  (shared with the ONNX path; importable here too)
 
 from .base import IGNORE_INDEX  # noqa: E402
+from .seeding import reseed_transform as reseed  # noqa: E402  (importable here, as before)
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -490,15 +491,3 @@ def build_eval_transform(
         steps.append(EvalResize(base_size))
     steps.append(_normalize(mean, std))
     return A.Compose(steps, strict=True, seed=0)
-
-
-def reseed(transform: Any, seed: int | None) -> None:
-    """One shared numpy + python generator for the whole pipeline, seeded with `seed`.
-
-    (`Compose.set_random_seed` would give every step its own generator with the *same* seed, which
-    correlates the steps' decisions.) None draws fresh OS entropy.
-    """
-    import random
-
-    if transform is not None and hasattr(transform, 'set_random_state'):
-        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))

@@ -18,7 +18,7 @@ LightningCLI with ``run=False`` then ``trainer.fit``. What the CLI adds to a pla
 * ``model.head_kwargs`` is typed by the chosen head's signature (:mod:`seg.training.head_args`): checked at parse
   time, completed with the head's defaults, shown by ``--print_config``.
 * Always-on callbacks: :class:`~seg.training.checkpointing.SegCheckpoint` (section ``checkpoint``),
-  :class:`~seg.training.resume.ExactResume` (seeded from ``seed_everything``), ``RunSummary``,
+  :class:`~seg.training.resume.ExactResume` (RNG states and data position), ``RunSummary``,
   ``ValImageLogger`` (W&B only), a one-line model summary and a progress bar (live on a terminal, plain lines in
   a log file; :mod:`seg.training.console`).
 
@@ -143,7 +143,7 @@ class SegCLI(LightningCLI):
         cfg = self.config
         tcfg = self.config_init.trainer
         callbacks = list(tcfg.callbacks or [])
-        callbacks += [ExactResume(seed=int(cfg.seed_everything or 0)), RunSummary(tcfg.default_root_dir),
+        callbacks += [ExactResume(), RunSummary(tcfg.default_root_dir),
                       ValImageLogger()]
         callbacks += console_callbacks(tcfg, callbacks)
         kwargs["callbacks"] = callbacks
