@@ -2,12 +2,14 @@
 (shape, gradients, finiteness, bf16 autocast, torch.compile) without new test code."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import seg.layers
 from seg.layers import ATTENTION, FUSION, NonLocal2d, create_attention
 from seg.layers import functional as AF
 
@@ -22,8 +24,9 @@ VARIANTS = [(key, {}) for key in sorted(ATTENTION) + sorted(FUSION)] + [
     ("sk", dict(kernel_sizes=(3, 5, 7), groups=4)),
 ]
 IDS = [key + ("-" + "-".join(f"{k}={v}" for k, v in kw.items()) if kw else "") for key, kw in VARIANTS]
-# residual context blocks: must start as the identity (zero gamma / zero last norm)
-RESIDUAL = ("pam", "cam", "nonlocal", "axial", "criss_cross")
+# residual context blocks declare that they start as the identity (zero gamma / zero last norm);
+# test_identity_at_init_matches_the_flag checks the flag both ways, so a new block cannot skip this list
+RESIDUAL = tuple(sorted(key for key, cls in ATTENTION.items() if getattr(cls, "starts_as_identity", False)))
 
 
 def build(key: str, kwargs: dict) -> nn.Module:
@@ -92,6 +95,17 @@ def test_residual_blocks_start_as_identity(key, train):
     assert torch.equal(block(x), x)
 
 
+@pytest.mark.parametrize("key", sorted(ATTENTION) + sorted(FUSION))
+def test_identity_at_init_matches_the_flag(key):
+    """Blocks that do not declare ``starts_as_identity`` must change their input at init (else the flag is missing
+    and test_residual_blocks_start_as_identity would silently skip them)."""
+    block = create_attention(key, C).eval()
+    x = torch.randn(2, C, 9, 7)
+    with torch.no_grad():
+        identity = torch.equal(run(key, block, x), x)
+    assert identity == (key in RESIDUAL), f"{key}: identity at init = {identity}, starts_as_identity flag disagrees"
+
+
 @pytest.mark.parametrize("key,kwargs", VARIANTS, ids=IDS)
 def test_bf16_autocast_cpu(key, kwargs):
     block = build(key, kwargs).eval()
@@ -139,12 +153,25 @@ def test_cuda_bf16_autocast_train_step(key, kwargs):
 
 
 def test_registries_hold_classes_with_channels_first():
-    assert set(ATTENTION) == {"se", "bam", "cbam", "sk", "coord", "pam", "cam", "nonlocal", "axial", "criss_cross"}
-    assert set(FUSION) == {"aff", "iaff"}
+    assert not set(ATTENTION) & set(FUSION)
     for key, cls in {**ATTENTION, **FUSION}.items():
         assert isinstance(create_attention(key, 8), cls)
+        inputs = len(inspect.signature(cls.forward).parameters) - 1  # minus self
+        assert inputs == (2 if key in FUSION else 1), f"{key}: forward takes {inputs} inputs"
         assert cls.__module__.startswith("seg.layers."), key
         assert "arxiv.org" in (__import__(cls.__module__, fromlist=["_"]).__doc__ or ""), f"{key}: docstring names no paper"
+
+
+def test_every_exported_block_is_registered():
+    """Each block class seg.layers exports is a registry entry or a part of one, so the registry-driven tests
+    above reach it (a block added to __all__ but not to ATTENTION / FUSION fails here)."""
+    registered = {type(create_attention(key, C)) for key in list(ATTENTION) + list(FUSION)}
+    parts = {type(m) for key in list(ATTENTION) + list(FUSION) for m in create_attention(key, C).modules()}
+    exported = [getattr(seg.layers, name) for name in seg.layers.__all__]
+    blocks = {obj for obj in exported if isinstance(obj, type) and issubclass(obj, nn.Module)}
+    assert blocks, "seg.layers exports no blocks"
+    missing = sorted(cls.__name__ for cls in blocks - registered - parts)
+    assert not missing, f"exported but not reachable from ATTENTION / FUSION: {missing}"
 
 
 def test_create_attention_unknown_key_lists_valid_keys():

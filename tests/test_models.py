@@ -6,12 +6,15 @@ without new test code. Tiny timm ResNet-18 widths and an odd 65x97 input keep th
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
 
-from seg.models import HEADS, TimmBackbone, build_model
+from seg.models import HEADS, TimmBackbone, build_model, head_signature
+from seg.models.heads import DecodeHead, FCNHead
 
 # timm ResNet kwargs: stage3/4 = 32/64 channels; zero_init_last=False so every backbone weight gets a gradient
 TINY = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), zero_init_last=False)
@@ -264,6 +267,40 @@ def test_axial_head_kwargs_reach_the_block():
     assert outs["out"].shape == (1, NUM_CLASSES, H, W)
     with pytest.raises(TypeError):  # typos are not swallowed by **kwargs
         tiny_model("ccnet", recurence=3)
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_head_arguments_are_explicit_typed_and_documented(head):
+    """The CLI types ``model.head_kwargs`` from the head's own signature and docstring (head_signature): every
+    argument must be a named, annotated parameter with an ``Args:`` entry, and the head a DecodeHead."""
+    cls, supplied = head_signature(head)
+    assert issubclass(cls, DecodeHead) and supplied == {"in_channels", "num_classes"}
+    params = inspect.signature(cls).parameters
+    assert supplied <= set(params)
+    doc = inspect.getdoc(cls) or ""
+    for name, p in params.items():
+        assert p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL), f"{head}: *{name} hides arguments"
+        assert p.annotation is not p.empty, f"{head}: {name} has no type"
+        assert f"\n    {name}: " in doc, f"{head}: {name} is not in the docstring's Args"
+
+
+@pytest.mark.parametrize("head", sorted(k for k, cls in HEADS.items() if issubclass(cls, FCNHead) and k != "fcn"))
+def test_fcn_frame_applies_the_context_block_recurrence_times(head):
+    """Context heads are FCNHead + one plugged block: it runs ``recurrence`` times (shared weights) between the
+    convs, and its parameters live under its mmseg module name."""
+    model = tiny_model(head).eval()
+    block = getattr(model.head, model.head.context_name)
+    assert any(k.startswith(f"head.{model.head.context_name}.") for k in model.state_dict())
+    calls = []
+    block.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    for recurrence in (1, 3):
+        calls.clear()
+        model.head.recurrence = recurrence
+        with torch.no_grad():
+            model(torch.randn(1, 3, H, W))
+        assert len(calls) == recurrence and all(c[1] == model.head.channels for c in calls)
+    with pytest.raises(ValueError, match="recurrence must be >= 1"):
+        model.head.plug_context(model.head.context_name, block, recurrence=0)
 
 
 @pytest.mark.parametrize("size_in,size_out", [((8, 16), (64, 128)), ((7, 13), (65, 97)), ((33, 17), (9, 40)), ((5, 5), (5, 5))])

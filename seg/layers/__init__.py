@@ -3,7 +3,9 @@
 ``ATTENTION``: key -> single-input block class (``forward(x)``, output shape == input shape).
 ``FUSION``: key -> two-input fusion block class (``forward(x, residual)``).
 Every block takes ``channels`` as its first constructor argument; build one by key with
-``create_attention(key, channels, **kwargs)``.
+``create_attention(key, channels, **kwargs)``. Residual blocks that start as the identity (zero-initialised
+``gamma`` or last norm) say so with the class attribute ``starts_as_identity = True``; tests/test_layers.py
+checks that flag both ways for every registry entry.
 """
 from __future__ import annotations
 

@@ -12,10 +12,12 @@ fusion (with its own global branch: the authors' code reuses the first one by mi
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from .helpers import reduced_channels
+from .helpers import conv_mlp, reduced_channels
 
 
 class MultiScaleChannelAttention(nn.Module):
@@ -44,21 +46,12 @@ class MultiScaleChannelAttention(nn.Module):
             nn.Conv2d(hidden, channels, kernel_size=1),
             norm_layer(channels),
         )
-        self.global_att = nn.Sequential(
-            nn.Conv2d(channels, hidden, kernel_size=1),
-            act_layer(),
-            nn.Conv2d(hidden, channels, kernel_size=1),
-        )
+        self.global_att = conv_mlp(channels, hidden, act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         local = self.local_att(x)  # (B, C, H, W)
         glob = self.global_att(x.mean(dim=(2, 3), keepdim=True))  # (B, C, 1, 1)
         return torch.sigmoid(local + glob)
-
-
-def _check_pair(name: str, x: torch.Tensor, residual: torch.Tensor) -> None:
-    if x.shape != residual.shape:
-        raise ValueError(f"{name}: x and residual must have the same shape, got {tuple(x.shape)} and {tuple(residual.shape)}")
 
 
 class AFF(nn.Module):
@@ -72,6 +65,8 @@ class AFF(nn.Module):
         norm_layer: norm class.
     """
 
+    iterative: ClassVar[bool] = False  # iAFF: a second MS-CAM (``attn2``) on the first fusion
+
     def __init__(
         self,
         channels: int,
@@ -81,38 +76,23 @@ class AFF(nn.Module):
     ) -> None:
         super().__init__()
         self.attn = MultiScaleChannelAttention(channels, reduction, act_layer, norm_layer)
+        self.attn2 = MultiScaleChannelAttention(channels, reduction, act_layer, norm_layer) if self.iterative else None
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        _check_pair("AFF", x, residual)
+        if x.shape != residual.shape:
+            raise ValueError(f"{type(self).__name__}: x and residual must have the same shape, got {tuple(x.shape)} "
+                             f"and {tuple(residual.shape)}")
         weight = self.attn(x + residual)  # (B, C, H, W)
-        return 2 * x * weight + 2 * residual * (1 - weight)
-
-
-class IAFF(nn.Module):
-    """Iterative attentional feature fusion: a first MS-CAM fusion decides the input of the second.
-    Fusion block: ``forward(x, residual)``.
-
-    Args:
-        channels: channels of both inputs (= output).
-        reduction: MS-CAM bottleneck ratio (paper: 4).
-        act_layer: activation class.
-        norm_layer: norm class.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        reduction: float = 4,
-        act_layer: type[nn.Module] = nn.ReLU,
-        norm_layer: type[nn.Module] = nn.BatchNorm2d,
-    ) -> None:
-        super().__init__()
-        self.attn1 = MultiScaleChannelAttention(channels, reduction, act_layer, norm_layer)
-        self.attn2 = MultiScaleChannelAttention(channels, reduction, act_layer, norm_layer)
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        _check_pair("iAFF", x, residual)
-        weight = self.attn1(x + residual)  # (B, C, H, W)
-        fused = x * weight + residual * (1 - weight)  # initial integration
+        if self.attn2 is None:
+            return 2 * x * weight + 2 * residual * (1 - weight)
+        fused = x * weight + residual * (1 - weight)  # iAFF: the initial integration decides the second weight
         weight = self.attn2(fused)  # (B, C, H, W)
         return x * weight + residual * (1 - weight)
+
+
+class IAFF(AFF):
+    """Iterative attentional feature fusion: a first MS-CAM fusion decides the input of the second
+    (``x M' + residual (1 - M')``, no factor 2). Fusion block: ``forward(x, residual)``; arguments as :class:`AFF`.
+    """
+
+    iterative: ClassVar[bool] = True

@@ -16,6 +16,8 @@ the identity (as DANet/CCNet-style context blocks do).
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -87,6 +89,8 @@ class AxialAttention(nn.Module):
         max_size: largest feature-map size the relative positions cover, an int or (max_h, max_w);
             required when ``positional``. Larger inputs raise a ValueError.
     """
+
+    starts_as_identity: ClassVar[bool] = True  # residual with a zero-initialised last factor
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .helpers import reduced_channels
+from .helpers import conv_mlp, reduced_channels
 
 
 class BAM(nn.Module):
@@ -38,11 +38,7 @@ class BAM(nn.Module):
     ) -> None:
         super().__init__()
         hidden = reduced_channels(channels, reduction)
-        self.channel_mlp = nn.Sequential(
-            nn.Conv2d(channels, hidden, kernel_size=1),
-            act_layer(),
-            nn.Conv2d(hidden, channels, kernel_size=1),
-        )
+        self.channel_mlp = conv_mlp(channels, hidden, act_layer)
         self.spatial = nn.Sequential(
             nn.Conv2d(channels, hidden, kernel_size=1, bias=False),
             norm_layer(hidden),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .helpers import reduced_channels
+from .helpers import conv_mlp, reduced_channels
 
 
 class CBAM(nn.Module):
@@ -38,11 +38,7 @@ class CBAM(nn.Module):
         if spatial_kernel_size % 2 != 1:
             raise ValueError(f"CBAM: spatial_kernel_size must be odd to keep the shape, got {spatial_kernel_size}")
         hidden = reduced_channels(channels, reduction)
-        self.mlp = nn.Sequential(
-            nn.Conv2d(channels, hidden, kernel_size=1),
-            act_layer(),
-            nn.Conv2d(hidden, channels, kernel_size=1),
-        )
+        self.mlp = conv_mlp(channels, hidden, act_layer)
         self.spatial_conv = nn.Conv2d(2, 1, spatial_kernel_size, padding=spatial_kernel_size // 2)
         self.gate = gate_layer()
 

@@ -8,6 +8,8 @@ No convolutions: the channel affinities are computed from the input itself; the 
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -23,6 +25,8 @@ class ChannelAttention(nn.Module):
         channels: input (= output) channels. Kept for the common ``channels``-first contract;
             CAM has no channel-dependent parameters.
     """
+
+    starts_as_identity: ClassVar[bool] = True  # residual with a zero-initialised last factor
 
     def __init__(self, channels: int) -> None:
         super().__init__()

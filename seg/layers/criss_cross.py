@@ -9,6 +9,8 @@ sharing weights) is the caller's loop, see the CCNet head in ``seg.models``.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -24,6 +26,8 @@ class CrissCrossAttention(nn.Module):
         channels: input (= output and value) channels.
         reduction: query/key channels are ``max(channels // reduction, 1)``.
     """
+
+    starts_as_identity: ClassVar[bool] = True  # residual with a zero-initialised last factor
 
     def __init__(self, channels: int, reduction: int = 8) -> None:
         super().__init__()

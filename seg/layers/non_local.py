@@ -12,7 +12,7 @@ no norm) zeroed so the block starts as the identity.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -30,6 +30,8 @@ class NonLocal2d(nn.Module):
         mode: ``'embedded_gaussian'`` (softmax) or ``'dot_product'`` (energies / N, no softmax).
         norm_layer: norm after ``conv_out`` (``None``: no norm, ``conv_out`` gets a bias).
     """
+
+    starts_as_identity: ClassVar[bool] = True  # residual with a zero-initialised last factor
 
     def __init__(
         self,

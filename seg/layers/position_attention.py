@@ -11,6 +11,8 @@ inputs).
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -26,6 +28,8 @@ class PositionAttention(nn.Module):
         channels: input (= output and value) channels.
         qk_channels: query/key channels (DANet: 64 for 512 input channels; mmseg ``pam_channels``).
     """
+
+    starts_as_identity: ClassVar[bool] = True  # residual with a zero-initialised last factor
 
     def __init__(self, channels: int, qk_channels: int = 64) -> None:
         super().__init__()

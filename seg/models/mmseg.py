@@ -95,7 +95,7 @@ def load_mmseg_checkpoint(
 
     Args:
         path: mmseg checkpoint (``{'state_dict': ...}`` as published by OpenMMLab, or a bare state dict).
-        head: ``'fcn'``, ``'ccnet'``, ``'danet'`` or ``'nonlocal'`` (mmseg FCNHead/CCHead/DAHead/NLHead).
+        head: a ``seg.models.HEADS`` key with an mmseg counterpart (all but ``'axial'``), e.g. ``'ccnet'``.
         backbone: timm name of the mmseg backbone: ``'resnet50c'`` / ``'resnet101c'`` for ResNetV1c
             (the ``*_r50-d8`` / ``*_r101-d8`` configs), ``'resnet50d'`` for ResNetV1d ...
         num_classes: classes of the checkpoint (19 for Cityscapes, 150 for ADE20K).

@@ -10,6 +10,11 @@
   ``forward(x, prev_logits)`` (OCRNet); the model then runs the aux head in eval mode too.
 * constructor ``(in_channels, num_classes, ...)``; ``forward`` returns ``{'out': logits}`` plus, in train
   mode, any extra deep-supervision outputs (DANet: ``'pam'``, ``'cam'``).
+
+Every head derives from ``DecodeHead`` (``decode_head.py``: these attributes and the ``dropout -> conv_seg``
+classifier); the context heads (CCNet, Non-local, GCNet, DNLNet, axial) are ``FCNHead`` with one context block
+plugged between its convs (``fcn.py``). Each head still spells out its own typed arguments: ``head_signature``
+reads them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from .axial import AxialHead
 from .ccnet import CCHead
 from .conv_bn_act import ConvBnAct, DepthwiseSeparableConvBnAct
 from .danet import DAHead
+from .decode_head import DecodeHead
 from .dnl import DNLHead
 from .ema import EMAHead
 from .fcn import FCNHead
@@ -36,7 +42,8 @@ from .sep_aspp import DepthwiseSeparableASPPHead
 from .uper import UPerHead
 
 __all__ = [
-    "ANNHead", "ASPPHead", "AxialHead", "CCHead", "ConvBnAct", "DAHead", "DNLHead", "DepthwiseSeparableASPPHead",
+    "ANNHead", "ASPPHead", "AxialHead", "CCHead", "ConvBnAct", "DAHead", "DNLHead", "DecodeHead",
+    "DepthwiseSeparableASPPHead",
     "DepthwiseSeparableConvBnAct", "EMAHead", "FCNHead", "GCHead", "HEADS", "ISAHead", "NLHead", "OCRHead",
     "PSPHead", "UPerHead", "create_head", "head_signature",
 ]

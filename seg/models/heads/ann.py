@@ -19,7 +19,8 @@ from torch import nn
 
 from seg.layers.pooling import AdaptiveAvgPool2d
 
-from .conv_bn_act import ConvBnAct, classifier
+from .conv_bn_act import ConvBnAct
+from .decode_head import DecodeHead
 from .self_attention import SelfAttentionBlock
 
 __all__ = ["AFNB", "ANNHead", "APNB", "PPMConcat"]
@@ -94,7 +95,7 @@ class APNB(nn.Module):
         return self.bottleneck(torch.cat([context, x], dim=1))
 
 
-class ANNHead(nn.Module):
+class ANNHead(DecodeHead):
     """ANN decode head on ``[stage3, stage4]``; returns ``{'out': logits at feature resolution}``.
 
     (mmseg's ``query_scales`` is fixed to ``(1,)``: every published config uses it, and other values
@@ -124,18 +125,14 @@ class ANNHead(nn.Module):
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
-        super().__init__()
+        super().__init__(in_channels, channels, num_classes)
         low_in, high_in = in_channels
-        self.in_channels = tuple(in_channels)
-        self.channels = channels
-        self.num_classes = num_classes
         self.fusion = AFNB(low_in, high_in, project_channels, key_pool_scales, norm_layer, act_layer)
         self.bottleneck = ConvBnAct(high_in, channels, 3, norm_layer=norm_layer, act_layer=act_layer)
         self.context = APNB(channels, project_channels, key_pool_scales, norm_layer, act_layer)
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.conv_seg = classifier(channels, num_classes)
+        self.add_classifier(dropout)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         low, high = feats
         out = self.bottleneck(self.dropout(self.fusion(low, high)))  # (B, C, h, w)
-        return {"out": self.conv_seg(self.dropout(self.context(out)))}
+        return {"out": self.classify(self.context(out))}

@@ -15,7 +15,8 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
-from .conv_bn_act import ConvBnAct, DepthwiseSeparableConvBnAct, classifier, upsample_like
+from .conv_bn_act import ConvBnAct, DepthwiseSeparableConvBnAct, upsample_like
+from .decode_head import DecodeHead
 
 __all__ = ["ASPPHead", "ASPPModule"]
 
@@ -57,7 +58,7 @@ class ASPPModule(nn.ModuleList):
         return [branch(x) for branch in self]
 
 
-class ASPPHead(nn.Module):
+class ASPPHead(DecodeHead):
     """DeepLabV3 decode head; returns ``{'out': logits at feature resolution}``.
 
     Args:
@@ -70,7 +71,6 @@ class ASPPHead(nn.Module):
         act_layer: activation class.
     """
 
-    in_stages: ClassVar[tuple[int, ...]] = (3,)
     separable: ClassVar[bool] = False
 
     def __init__(
@@ -83,10 +83,7 @@ class ASPPHead(nn.Module):
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.channels = channels
-        self.num_classes = num_classes
+        super().__init__(in_channels, channels, num_classes)
         self.dilations = tuple(dilations)
         self.image_pool = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), ConvBnAct(in_channels, channels, 1, norm_layer=norm_layer, act_layer=act_layer)
@@ -95,8 +92,7 @@ class ASPPHead(nn.Module):
                                        norm_layer=norm_layer, act_layer=act_layer)
         self.bottleneck = ConvBnAct((len(dilations) + 1) * channels, channels, 3, norm_layer=norm_layer,
                                     act_layer=act_layer)
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.conv_seg = classifier(channels, num_classes)
+        self.add_classifier(dropout)
 
     def aspp(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, h, w) -> fused ASPP features (B, channels, h, w)."""
@@ -104,4 +100,4 @@ class ASPPHead(nn.Module):
         return self.bottleneck(torch.cat(outs, dim=1))  # (B, (D + 1) * C, h, w) -> (B, C, h, w)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"out": self.conv_seg(self.dropout(self.aspp(x)))}
+        return {"out": self.classify(self.aspp(x))}

@@ -9,7 +9,6 @@ R = 2 times (two passes reach every pixel) -> conv -> ``conv_cat([input, feature
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from seg.layers import CrissCrossAttention
@@ -48,14 +47,4 @@ class CCHead(FCNHead):
     ) -> None:
         super().__init__(in_channels, num_classes, channels=channels, num_convs=2, concat_input=concat_input,
                          dropout=dropout, norm_layer=norm_layer, act_layer=act_layer)
-        self.recurrence = recurrence
-        self.cca = CrissCrossAttention(channels, reduction=reduction)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.convs[0](x)
-        for _ in range(self.recurrence):  # the same weights every pass
-            feats = self.cca(feats)
-        feats = self.convs[1](feats)
-        if self.conv_cat is not None:
-            feats = self.conv_cat(torch.cat([x, feats], dim=1))  # (B, C_in + C, h, w) -> (B, C, h, w)
-        return {"out": self.conv_seg(self.dropout(feats))}
+        self.plug_context("cca", CrissCrossAttention(channels, reduction=reduction), recurrence)

@@ -11,19 +11,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def classifier(channels: int, num_classes: int) -> nn.Conv2d:
-    """The 1x1 ``conv_seg`` of every head, initialised as mmseg does (normal std 0.01, zero bias)."""
-    conv = nn.Conv2d(channels, num_classes, kernel_size=1)
+def init_classifier(conv: nn.Conv2d) -> nn.Conv2d:
+    """mmseg's init of a 1x1 classifier (normal std 0.01, zero bias), in place."""
     nn.init.normal_(conv.weight, std=0.01)
     nn.init.zeros_(conv.bias)
     return conv
+
+
+def classifier(channels: int, num_classes: int) -> nn.Conv2d:
+    """The 1x1 ``conv_seg`` of every head, initialised as mmseg does."""
+    return init_classifier(nn.Conv2d(channels, num_classes, kernel_size=1))
 
 
 def upsample_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Bilinear resize of ``x`` to ``ref``'s spatial size, ``align_corners=False`` (mmseg's ``resize`` in heads)."""
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
-__all__ = ["ConvBnAct", "DepthwiseSeparableConvBnAct", "classifier", "upsample_like"]
+__all__ = ["ConvBnAct", "DepthwiseSeparableConvBnAct", "classifier", "init_classifier", "upsample_like"]
 
 
 class ConvBnAct(nn.Sequential):

@@ -10,19 +10,18 @@ losses 1.0; the loss lives in ``seg.training``). All three share one ``Dropout2d
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import nn
 
 from seg.layers import ChannelAttention, PositionAttention
 
-from .conv_bn_act import ConvBnAct
+from .conv_bn_act import ConvBnAct, init_classifier
+from .decode_head import DecodeHead
 
 __all__ = ["DAHead"]
 
 
-class DAHead(nn.Module):
+class DAHead(DecodeHead):
     """DANet decode head: ``{'out'}`` in eval mode, ``{'out', 'pam', 'cam'}`` in train mode.
 
     Args:
@@ -35,8 +34,6 @@ class DAHead(nn.Module):
         act_layer: activation class.
     """
 
-    in_stages: ClassVar[tuple[int, ...]] = (3,)  # backbone stages fed to it as the decode head
-
     def __init__(
         self,
         in_channels: int,
@@ -47,10 +44,7 @@ class DAHead(nn.Module):
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.channels = channels
-        self.num_classes = num_classes
+        super().__init__(in_channels, channels, num_classes)
 
         def conv(cin: int) -> ConvBnAct:
             return ConvBnAct(cin, channels, 3, norm_layer=norm_layer, act_layer=act_layer)
@@ -65,14 +59,13 @@ class DAHead(nn.Module):
         self.cam_conv_seg = nn.Conv2d(channels, num_classes, kernel_size=1)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.conv_seg = nn.Conv2d(channels, num_classes, kernel_size=1)
-        for classifier in (self.pam_conv_seg, self.cam_conv_seg, self.conv_seg):
-            nn.init.normal_(classifier.weight, std=0.01)
-            nn.init.zeros_(classifier.bias)
+        for conv in (self.pam_conv_seg, self.cam_conv_seg, self.conv_seg):  # this order keeps seeded inits as they were
+            init_classifier(conv)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         pam_feat = self.pam_out_conv(self.pam(self.pam_in_conv(x)))  # (B, C, h, w)
         cam_feat = self.cam_out_conv(self.cam(self.cam_in_conv(x)))  # (B, C, h, w)
-        outs = {"out": self.conv_seg(self.dropout(pam_feat + cam_feat))}
+        outs = {"out": self.classify(pam_feat + cam_feat)}
         if self.training:  # deep supervision of each branch
             outs["pam"] = self.pam_conv_seg(self.dropout(pam_feat))
             outs["cam"] = self.cam_conv_seg(self.dropout(cam_feat))

@@ -16,14 +16,14 @@ and responsibilities), and in train mode the bases buffer moves towards the batc
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .conv_bn_act import ConvBnAct, classifier
+from .conv_bn_act import ConvBnAct
+from .decode_head import DecodeHead
 
 __all__ = ["EMAHead", "EMAModule"]
 
@@ -77,7 +77,7 @@ class EMAModule(nn.Module):
         return recon.to(x.dtype).reshape(b, c, h, w)
 
 
-class EMAHead(nn.Module):
+class EMAHead(DecodeHead):
     """EMANet decode head; returns ``{'out': logits at feature resolution}``.
 
     Args:
@@ -94,8 +94,6 @@ class EMAHead(nn.Module):
         act_layer: activation class.
     """
 
-    in_stages: ClassVar[tuple[int, ...]] = (3,)
-
     def __init__(
         self,
         in_channels: int,
@@ -110,10 +108,7 @@ class EMAHead(nn.Module):
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.channels = channels
-        self.num_classes = num_classes
+        super().__init__(in_channels, channels, num_classes)
         self.ema_module = EMAModule(ema_channels, num_bases, num_stages, momentum)
         self.ema_in_conv = ConvBnAct(in_channels, ema_channels, 3, norm_layer=norm_layer, act_layer=act_layer)
         # a fixed random 1x1 projection (with bias) in front of the EM steps, as in the paper's code
@@ -126,8 +121,7 @@ class EMAHead(nn.Module):
             if concat_input
             else None
         )
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.conv_seg = classifier(channels, num_classes)
+        self.add_classifier(dropout)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         identity = self.ema_in_conv(x)  # (B, E, h, w)
@@ -135,4 +129,4 @@ class EMAHead(nn.Module):
         feats = self.bottleneck(F.relu(identity + recon))  # (B, C, h, w)
         if self.conv_cat is not None:
             feats = self.conv_cat(torch.cat([x, feats], dim=1))  # (B, C_in + C, h, w) -> (B, C, h, w)
-        return {"out": self.conv_seg(self.dropout(feats))}
+        return {"out": self.classify(feats)}

@@ -1,26 +1,32 @@
-"""FCN head: a few 3x3 convs and a 1x1 classifier; the baseline head and the auxiliary head.
+"""FCN head: a few 3x3 convs and a 1x1 classifier; the baseline, the auxiliary head, and the frame of the
+context heads.
 
 "Fully Convolutional Networks for Semantic Segmentation", Long et al., CVPR 2015,
 https://arxiv.org/abs/1411.4038. Layout mirrors mmsegmentation 1.x ``FCNHead`` + ``BaseDecodeHead``
 (``configs/_base_/models/fcn_r50-d8.py``): ``num_convs`` ConvBnAct, optional ``conv_cat`` over
 ``[input, features]`` (``concat_input``), ``Dropout2d`` then the 1x1 ``conv_seg``. Module names are
-mmseg's, so its checkpoints load without renaming. Our addition: ``attention`` puts any
-``seg.layers`` block (``se``, ``cbam``, ``bam``, ``coord``, ``sk`` ...) after the first conv.
+mmseg's, so its checkpoints load without renaming.
+
+The frame: ``convs[0] -> context block (x recurrence, shared weights) -> convs[1:] -> conv_cat -> classify``.
+mmseg's CCNet, Non-local, GCNet and DNLNet heads are this FCN with one context block between the two convs
+(``CCHead``, ``NLHead``, ``GCHead``, ``DNLHead``, and our ``AxialHead``): each subclass only declares its typed
+arguments and plugs its block in with :meth:`FCNHead.plug_context` under mmseg's module name (``cca``,
+``nl_block``, ``gc_block``, ``dnl_block``). Our addition to the plain FCN: ``attention`` plugs any
+``seg.layers`` block (``se``, ``cbam``, ``bam``, ``coord``, ``sk`` ...) in the same place.
 """
 
 from __future__ import annotations
-
-from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .conv_bn_act import ConvBnAct
+from .decode_head import DecodeHead
 
 __all__ = ["FCNHead"]
 
 
-class FCNHead(nn.Module):
+class FCNHead(DecodeHead):
     """FCN decode head; returns ``{'out': logits at feature resolution}``.
 
     Args:
@@ -36,8 +42,6 @@ class FCNHead(nn.Module):
         act_layer: activation class.
     """
 
-    in_stages: ClassVar[tuple[int, ...]] = (3,)  # backbone stages fed to it as the decode head
-
     def __init__(
         self,
         in_channels: int,
@@ -51,12 +55,9 @@ class FCNHead(nn.Module):
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
-        super().__init__()
+        super().__init__(in_channels, channels, num_classes)
         if num_convs < 1:
             raise ValueError(f"num_convs must be >= 1, got {num_convs}")
-        self.in_channels = in_channels
-        self.channels = channels
-        self.num_classes = num_classes
         self.convs = nn.Sequential(
             *[
                 ConvBnAct(in_channels if i == 0 else channels, channels, kernel_size,
@@ -64,26 +65,38 @@ class FCNHead(nn.Module):
                 for i in range(num_convs)
             ]
         )
+        self.context_name: str | None = None  # attribute holding the context block, see plug_context
+        self.recurrence = 1
         self.attention: nn.Module | None = None
         if attention is not None:
             from seg.layers import create_attention
 
-            self.attention = create_attention(attention, channels)
+            self.plug_context("attention", create_attention(attention, channels))
         self.conv_cat = (
             ConvBnAct(in_channels + channels, channels, kernel_size, norm_layer=norm_layer, act_layer=act_layer)
             if concat_input
             else None
         )
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.conv_seg = nn.Conv2d(channels, num_classes, kernel_size=1)
-        nn.init.normal_(self.conv_seg.weight, std=0.01)  # mmseg's init of the classifier
-        nn.init.zeros_(self.conv_seg.bias)
+        self.add_classifier(dropout)
+
+    def plug_context(self, name: str, block: nn.Module, recurrence: int = 1) -> None:
+        """Make ``block`` (channels in = out) the context block, applied ``recurrence`` times with the same
+        weights after ``convs[0]``. It is registered as the attribute ``name`` (mmseg's module name, so
+        checkpoints load by key); ``recurrence`` stays an attribute a caller may change after building.
+        """
+        if recurrence < 1:
+            raise ValueError(f"{type(self).__name__}: recurrence must be >= 1, got {recurrence}")
+        setattr(self, name, block)
+        self.context_name = name
+        self.recurrence = recurrence
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.convs[0](x)
-        if self.attention is not None:
-            feats = self.attention(feats)
+        if self.context_name is not None:
+            block = getattr(self, self.context_name)
+            for _ in range(self.recurrence):  # the same weights every pass (CCNet: 2 reach every pixel)
+                feats = block(feats)
         feats = self.convs[1:](feats)
         if self.conv_cat is not None:
             feats = self.conv_cat(torch.cat([x, feats], dim=1))  # (B, C_in + C, h, w) -> (B, C, h, w)
-        return {"out": self.conv_seg(self.dropout(feats))}
+        return {"out": self.classify(feats)}

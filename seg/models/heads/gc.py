@@ -113,10 +113,4 @@ class GCHead(FCNHead):
     ) -> None:
         super().__init__(in_channels, num_classes, channels=channels, num_convs=2, concat_input=concat_input,
                          dropout=dropout, norm_layer=norm_layer, act_layer=act_layer)
-        self.gc_block = ContextBlock(channels, ratio=ratio, pooling=pooling, fusions=tuple(fusions))
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.convs[1](self.gc_block(self.convs[0](x)))
-        if self.conv_cat is not None:
-            feats = self.conv_cat(torch.cat([x, feats], dim=1))  # (B, C_in + C, h, w) -> (B, C, h, w)
-        return {"out": self.conv_seg(self.dropout(feats))}
+        self.plug_context("gc_block", ContextBlock(channels, ratio=ratio, pooling=pooling, fusions=tuple(fusions)))

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv_bn_act import ConvBnAct, classifier
+from .conv_bn_act import ConvBnAct
+from .decode_head import DecodeHead
 from .self_attention import SelfAttentionBlock
 
 __all__ = ["ISAHead"]
@@ -39,7 +40,7 @@ class _Relation(SelfAttentionBlock):
         return self.output_project(super().forward(x, x))
 
 
-class ISAHead(nn.Module):
+class ISAHead(DecodeHead):
     """ISANet decode head; returns ``{'out': logits at feature resolution}``.
 
     Args:
@@ -53,7 +54,6 @@ class ISAHead(nn.Module):
         act_layer: activation class.
     """
 
-    in_stages: ClassVar[tuple[int, ...]] = (3,)
     # torch.export cannot keep H and W symbolic through the pad-to-a-multiple-of-down_factor and crop-back
     # (it freezes whether the traced size needed padding): `python -m seg.export` exports ISA at a fixed --size.
     export_dynamic: ClassVar[bool] = False
@@ -69,17 +69,13 @@ class ISAHead(nn.Module):
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.channels = channels
-        self.num_classes = num_classes
+        super().__init__(in_channels, channels, num_classes)
         self.down_factor = (int(down_factor[0]), int(down_factor[1]))
         self.in_conv = ConvBnAct(in_channels, channels, 3, norm_layer=norm_layer, act_layer=act_layer)
         self.global_relation = _Relation(channels, isa_channels, norm_layer, act_layer)
         self.local_relation = _Relation(channels, isa_channels, norm_layer, act_layer)
         self.out_conv = ConvBnAct(channels * 2, channels, 1, norm_layer=norm_layer, act_layer=act_layer)
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.conv_seg = classifier(channels, num_classes)
+        self.add_classifier(dropout)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         residual = feats = self.in_conv(x)  # (B, C, h, w)
@@ -100,4 +96,4 @@ class ISAHead(nn.Module):
         feats = feats.permute(0, 3, 1, 4, 2, 5).reshape(b, c, glb_h * loc_h, glb_w * loc_w)  # (B, C, H', W')
         feats = feats[:, :, pad_h // 2:pad_h // 2 + h, pad_w // 2:pad_w // 2 + w]  # remove the padding
         out = self.out_conv(torch.cat([feats, residual], dim=1))  # (B, 2C, h, w) -> (B, C, h, w)
-        return {"out": self.conv_seg(self.dropout(out))}
+        return {"out": self.classify(out)}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import nn
 
 from seg.layers import NonLocal2d
@@ -52,13 +51,5 @@ class NLHead(FCNHead):
     ) -> None:
         super().__init__(in_channels, num_classes, channels=channels, num_convs=2, concat_input=concat_input,
                          dropout=dropout, norm_layer=norm_layer, act_layer=act_layer)
-        self.nl_block = NonLocal2d(channels, reduction=reduction, use_scale=use_scale, mode=mode,
-                                   norm_layer=norm_layer)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.convs[0](x)
-        feats = self.nl_block(feats)
-        feats = self.convs[1](feats)
-        if self.conv_cat is not None:
-            feats = self.conv_cat(torch.cat([x, feats], dim=1))  # (B, C_in + C, h, w) -> (B, C, h, w)
-        return {"out": self.conv_seg(self.dropout(feats))}
+        self.plug_context("nl_block", NonLocal2d(channels, reduction=reduction, use_scale=use_scale, mode=mode,
+                                                 norm_layer=norm_layer))

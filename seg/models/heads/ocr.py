@@ -20,7 +20,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .conv_bn_act import ConvBnAct, classifier
+from .conv_bn_act import ConvBnAct
+from .decode_head import DecodeHead
 from .self_attention import SelfAttentionBlock
 
 __all__ = ["OCRHead", "ObjectAttentionBlock", "spatial_gather"]
@@ -59,7 +60,7 @@ class ObjectAttentionBlock(SelfAttentionBlock):
         return self.bottleneck(torch.cat([context, query_feats], dim=1))  # (B, 2C, h, w) -> (B, C, h, w)
 
 
-class OCRHead(nn.Module):
+class OCRHead(DecodeHead):
     """OCR decode head: ``forward(stage4, prev_logits)`` -> ``{'out': logits at feature resolution}``.
 
     Args:
@@ -72,7 +73,6 @@ class OCRHead(nn.Module):
         act_layer: activation class.
     """
 
-    in_stages: ClassVar[tuple[int, ...]] = (3,)
     cascade: ClassVar[bool] = True
 
     def __init__(
@@ -85,17 +85,13 @@ class OCRHead(nn.Module):
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.channels = channels
-        self.num_classes = num_classes
+        super().__init__(in_channels, channels, num_classes)
         self.bottleneck = ConvBnAct(in_channels, channels, 3, norm_layer=norm_layer, act_layer=act_layer)
         self.object_context_block = ObjectAttentionBlock(channels, ocr_channels, norm_layer, act_layer)
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.conv_seg = classifier(channels, num_classes)
+        self.add_classifier(dropout)
 
     def forward(self, x: torch.Tensor, prev_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.bottleneck(x)  # (B, C, h, w)
         centres = spatial_gather(feats, prev_logits)  # (B, C, K, 1)
         out = self.object_context_block(feats, centres)  # (B, C, h, w)
-        return {"out": self.conv_seg(self.dropout(out))}
+        return {"out": self.classify(out)}

@@ -52,7 +52,7 @@ class DepthwiseSeparableASPPHead(ASPPHead):
         c1_in, c4_in = in_channels
         super().__init__(c4_in, num_classes, channels=channels, dilations=dilations, dropout=dropout,
                          norm_layer=norm_layer, act_layer=act_layer)
-        self.in_channels = tuple(in_channels)  # type: ignore[assignment]
+        self.in_channels = tuple(in_channels)  # the stages it reads, not only ASPP's stage 4
         self.c1_bottleneck = ConvBnAct(c1_in, c1_channels, 1, norm_layer=norm_layer, act_layer=act_layer)
         self.sep_bottleneck = nn.Sequential(
             DepthwiseSeparableConvBnAct(channels + c1_channels, channels, 3, norm_layer=norm_layer,
@@ -65,4 +65,4 @@ class DepthwiseSeparableASPPHead(ASPPHead):
         low = self.c1_bottleneck(c1)  # (B, C1, H/4, W/4)
         high = upsample_like(self.aspp(c4), low)  # (B, C, H/4, W/4)
         out = self.sep_bottleneck(torch.cat([high, low], dim=1))  # (B, C + C1, H/4, W/4) -> (B, C, H/4, W/4)
-        return {"out": self.conv_seg(self.dropout(out))}
+        return {"out": self.classify(out)}
