@@ -267,8 +267,9 @@ def _smp_loss(name: str, ignore_index: int) -> nn.Module:
 
 
 def _full_resolution(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """fp32 logits (B, C, H, W) at the mask size: bilinear, ``align_corners=False`` (as the fused cross-entropy)."""
-    logits = logits.float()
+    """fp32 logits (B, C, H, W) at the mask size: bilinear, ``align_corners=False`` (as the fused cross-entropy;
+    fp64 stays fp64)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
