@@ -99,6 +99,7 @@ def test_output_stride_honoured_or_refused():
     with pytest.raises(ValueError, match=r"smp:DeepLabV3 supports output_stride 8 or 16"):
         build_model("resnet18", "smp:DeepLabV3", 3, output_stride=32, backbone_kwargs=TINY_BACKBONE)
     check_output_stride("smp:PAN", 32)
+    check_output_stride("fcn", 16)  # native heads: the CLI types their output stride
 
 
 def test_signature_arguments_and_errors():
@@ -293,3 +294,15 @@ def test_smp_terms_all_ignored_give_zero_with_gradient():
     total, _ = SegLoss("ce+dice+focal+lovasz")({"out": logits}, target)
     total.backward()
     assert float(total) == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_dynamic_export_runs_at_sizes_that_need_padding():
+    """``seg.export --dynamic``: the padding to a multiple of 32 and the crop stay symbolic (no size is frozen)."""
+    from seg.export import DeployModel, trace_program
+
+    deploy = DeployModel(tiny_smp("smp:FPN")).eval()
+    program = trace_program(deploy, (64, 96), dynamic=True).module()
+    for size in ((64, 96), (45, 77)):
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), deploy(x), rtol=1e-5, atol=1e-5)

@@ -28,7 +28,7 @@ file maps seg's model arguments onto it:
 Input sizes: smp decoders need sizes divisible by 32 (PAN also a stride-16/32 map of at least 8 x 8), seg's
 evaluation runs whole images of any size. :class:`SmpModel` pads the normalised image with zeros (the mean colour)
 at the bottom/right to what the architecture needs and crops the logits back, so logits always come at input
-resolution.
+resolution. Both stay symbolic under ``torch.export``: ``seg.export --dynamic`` works (PAN: at a fixed size only).
 """
 
 from __future__ import annotations
@@ -114,7 +114,11 @@ def default_output_stride(head: str) -> int:
 
 
 def check_output_stride(head: str, output_stride: int) -> None:
-    """Raise a ``ValueError`` if smp architecture ``head`` cannot run at ``output_stride`` (what it supports)."""
+    """Raise a ``ValueError`` if smp architecture ``head`` cannot run at ``output_stride``, naming what it supports
+    (an unknown ``'smp:'`` name raises too, listing the valid ones). Native heads pass: their ``output_stride``
+    (8, 16, 32) is typed by the CLI. The CLI calls this at parse time."""
+    if not is_smp_head(head):
+        return
     supported = supported_output_strides(head)
     if output_stride in supported:
         return
@@ -168,12 +172,14 @@ class SmpModel(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        ph = max(self.min_size, -(-h // SIZE_DIVISOR) * SIZE_DIVISOR) - h
-        pw = max(self.min_size, -(-w // SIZE_DIVISOR) * SIZE_DIVISOR) - w
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))  # bottom/right zeros = the mean colour of the normalised image
+        ph, pw = (-h) % SIZE_DIVISOR, (-w) % SIZE_DIVISOR  # to the next multiple of 32
+        if self.min_size > SIZE_DIVISOR:  # PAN only (a size branch here, so PAN exports at a fixed size)
+            ph, pw = max(self.min_size - h, ph), max(self.min_size - w, pw)
+        # bottom/right zeros = the mean colour of the normalised image. Unconditional (a pad of 0 copies the
+        # input): a branch on the size would freeze it in a dynamic-shape export (seg.export --dynamic).
+        x = F.pad(x, (0, pw, 0, ph))
         logits = self.net(x)  # (B, num_classes, H + ph, W + pw)
-        return {"out": logits[..., :h, :w] if ph or pw else logits}
+        return {"out": F.pad(logits, (0, -pw, 0, -ph))}  # negative padding crops: (B, num_classes, H, W)
 
 
 def build_smp_model(
