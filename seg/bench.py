@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from seg.layers import functional as AF
 from seg.models import HEADS as HEAD_CLASSES
 from seg.models import all_head_names, recipe_output_stride
+from seg.models.smp import backbone_error, is_smp_head
 
 # Dense bf16 tensor-core peak (FLOP/s, without sparsity) of GPUs we know, matched on device name.
 GPU_BF16_PEAK = {
@@ -596,6 +597,12 @@ def run(
         for core, label, dims in core_cases(quick):
             for impl in ("explicit", "seg"):
                 report(call(run_core_case, core, label, dims, impl, device, core_dtype, iters))
+    model_backbone = train_shape(quick, backbone, batch, crop)[0]
+    skipped = {h: backbone_error(h, model_backbone) for h in heads if is_smp_head(h)}  # DPT needs a ViT
+    for head, reason in skipped.items():
+        if reason:
+            print(f"skip  {head}: {reason}", flush=True)
+    heads = [h for h in heads if not skipped.get(h)]
     if "models" in parts:
         impls = ("explicit", "seg") + (("seg+compile",) if compile else ())
         tshape = train_shape(quick, backbone, batch, crop)

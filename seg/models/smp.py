@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import segmentation_models_pytorch as smp
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,7 +49,7 @@ from torch import nn
 from .backbone import check_name, imagenet_weights_error, load_weights_file, resolve_weights
 
 __all__ = [
-    "SMP_HEADS", "SmpModel", "build_smp_model", "check_output_stride", "default_output_stride", "is_smp_head",
+    "SMP_HEADS", "SmpModel", "backbone_error", "build_smp_model", "check_output_stride", "default_output_stride", "is_smp_head",
     "smp_signature", "supported_output_strides",
 ]
 
@@ -129,6 +130,24 @@ def check_output_stride(head: str, output_stride: int) -> None:
         why = f"{head} supports output_stride {' or '.join(map(str, supported))} (its encoder_output_stride)"
     raise ValueError(f"model.output_stride={output_stride}: {why}. Set --model.output_stride="
                      f"{default_output_stride(head)} (its default).")
+
+
+def backbone_error(head: str, backbone: str) -> str | None:
+    """Why ``head`` cannot be built on timm model ``backbone``, or ``None``. DPT reassembles the tokens of a Vision
+    Transformer: it needs a ViT (a timm model with ``patch_embed``); every other architecture takes any timm model
+    with ``features_only``. ``seg.bench`` skips a head with this reason."""
+    if smp_class(head) is not getattr(smp, "DPT", None):
+        return None
+    name = backbone.removeprefix("tu-")
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False)
+    except Exception:  # noqa: BLE001  an unknown name: check_name reports it
+        return None
+    if hasattr(model, "patch_embed") and hasattr(model, "forward_intermediates"):
+        return None
+    return (f"{head} needs a Vision Transformer backbone (a timm ViT such as vit_base_patch16_224.augreg_in21k, "
+            f"test_vit for tests), not {backbone!r}: set --model.backbone")
 
 
 def _min_size(net: nn.Module) -> int:
@@ -212,6 +231,9 @@ def build_smp_model(
                       "(set model.aux=false to silence this)", UserWarning, stacklevel=3)
     encoder = backbone.removeprefix("tu-")
     check_name(encoder)
+    reason = backbone_error(head, backbone)
+    if reason is not None:
+        raise ValueError(reason)
     pretrained, weights_path = resolve_weights(weights)
     encoder_kwargs = dict(backbone_kwargs or {})
     if cls is getattr(smp, "DPT", None):
