@@ -142,6 +142,20 @@ def test_encoder_weights_from_local_file(tmp_path, suffix):
         build_model("resnet18", "smp:FPN", 3, output_stride=32, weights=str(tmp_path / "missing.pth"))
 
 
+def test_vit_weights_from_local_file_and_dpt_needs_a_vit(tmp_path):
+    """DPT's encoder is the whole timm ViT: its top-level tensors (cls_token, pos_embed) load too."""
+    src = timm.create_model("test_vit")
+    torch.save(src.state_dict(), tmp_path / "vit.pth")
+    model = build_model("test_vit", "smp:DPT", 3, output_stride=32, weights=str(tmp_path / "vit.pth"),
+                        **tiny_arch_kwargs("smp:DPT"))
+    loaded, ref = model.backbone.model.state_dict(), src.state_dict()
+    assert "cls_token" in loaded and "pos_embed" in loaded
+    for k, v in loaded.items():
+        assert torch.equal(v, ref[k]), k
+    with pytest.raises(ValueError, match="smp:DPT needs a Vision Transformer backbone.*not 'resnet18'"):
+        build_model("resnet18", "smp:DPT", 3, output_stride=32, backbone_kwargs=TINY_BACKBONE)
+
+
 def test_imagenet_weights_offline_gives_clear_error(monkeypatch):
     from huggingface_hub.errors import LocalEntryNotFoundError
     import timm.models._builder as builder

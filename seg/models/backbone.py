@@ -164,7 +164,7 @@ def load_weights_file(body: nn.Module, path: str | Path) -> None:
     """
     path = Path(path)
     state = read_state_dict(path, what="backbone weights")  # safe read: never runs code from the file
-    kept_roots = {name for name, _ in body.named_children()}
+    kept_roots = {k.split(".")[0] for k in body.state_dict()}  # submodules and top-level tensors (ViT's cls_token)
     state = {k: v for k, v in state.items() if k.split(".")[0] in kept_roots}
     load_strict(body, state, f"backbone weights {path}",
                 hint="Pass a state dict of the same timm model (same name and constructor arguments).")
