@@ -201,12 +201,12 @@ def test_smp_trains_through_cli_and_rebuilds_from_checkpoint(tiny_data, tmp_path
     """train.py with an smp architecture and a weighted loss; the checkpoint rebuilds the same network."""
     from seg.export import load_for_export
 
-    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=4, val_check_interval=2)
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=2, val_check_interval=2)
     head_kwargs = json.dumps({"decoder_channels": [16, 8, 8, 8, 8]})
     with pytest.warns(UserWarning, match="no auxiliary segmentation head"):  # the config says aux: true (default)
         cli = main(["--config", str(cfg), "--model.head=smp:Unet", f"--model.head_kwargs={head_kwargs}",
                     "--model.output_stride=32", "--model.loss=ce+0.5*dice"])
-    assert cli.trainer.global_step == 4 and isinstance(cli.model.model, SmpModel)
+    assert cli.trainer.global_step == 2 and isinstance(cli.model.model, SmpModel)
     assert cli.model.criterion.terms == (("ce", 1.0), ("dice", 0.5))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["head"] == "smp:Unet" and 0.0 <= summary["last"]["mIoU"] <= 1.0
