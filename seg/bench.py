@@ -51,6 +51,8 @@ import torch.nn.functional as F
 
 from seg.layers import functional as AF
 from seg.models import HEADS as HEAD_CLASSES
+from seg.models import all_head_names, recipe_output_stride
+from seg.models.smp import backbone_error, is_smp_head
 
 # Dense bf16 tensor-core peak (FLOP/s, without sparsity) of GPUs we know, matched on device name.
 GPU_BF16_PEAK = {
@@ -65,7 +67,7 @@ GPU_BF16_PEAK = {
     "4090": 165e12,
 }
 
-HEADS = tuple(HEAD_CLASSES)  # every registered head
+HEADS = all_head_names()  # every registered head: the native ones, then smp's architectures ('smp:Unet' ...)
 
 
 @dataclass
@@ -287,16 +289,17 @@ def _explicit(enabled: bool):
 
 
 def _stride(head: str) -> int:
-    """The backbone's output stride in the head's recipe: 8 (dilated, "-D8"), UPerNet's undilated 32."""
-    return getattr(HEAD_CLASSES[head], "recipe_output_stride", 8)
+    """The backbone's output stride in the head's recipe: 8 (dilated, "-D8"), UPerNet's undilated 32, an smp
+    architecture's own default."""
+    return recipe_output_stride(head)
 
 
 def _build(head: str, backbone: str, num_classes: int, device: torch.device, fast: bool, **kw):
     """fast: seg's path (channels_last, matmul logit resize); else mmseg's (NCHW, F.interpolate)."""
     from seg.models import build_model
 
-    model = build_model(backbone=backbone, head=head, num_classes=num_classes, output_stride=_stride(head), aux=True,
-                        weights=None, **kw)
+    model = build_model(backbone=backbone, head=head, num_classes=num_classes, output_stride=_stride(head),
+                        aux=head in HEAD_CLASSES, weights=None, **kw)  # smp architectures have no aux head
     model = model.to(device)
     model.fast_resize = fast
     if fast:
@@ -594,6 +597,12 @@ def run(
         for core, label, dims in core_cases(quick):
             for impl in ("explicit", "seg"):
                 report(call(run_core_case, core, label, dims, impl, device, core_dtype, iters))
+    model_backbone = train_shape(quick, backbone, batch, crop)[0]
+    skipped = {h: backbone_error(h, model_backbone) for h in heads if is_smp_head(h)}  # DPT needs a ViT
+    for head, reason in skipped.items():
+        if reason:
+            print(f"skip  {head}: {reason}", flush=True)
+    heads = [h for h in heads if not skipped.get(h)]
     if "models" in parts:
         impls = ("explicit", "seg") + (("seg+compile",) if compile else ())
         tshape = train_shape(quick, backbone, batch, crop)

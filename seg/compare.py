@@ -60,7 +60,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from seg.models import HEADS
+from seg.models import all_head_names
+from seg.models.smp import default_output_stride, is_smp_head, supported_output_strides
 
 ROOT = Path(__file__).resolve().parent.parent
 VERDICTS = ("better", "worse", "within noise")
@@ -437,21 +438,38 @@ def _run_child(cmd: list[str], env: dict[str, str]) -> float:
     return usage.ru_maxrss / 1024  # KiB -> MiB
 
 
+def head_overrides(head: str, config: str) -> list[str]:
+    """The train.py overrides an smp architecture needs on a config written for the native heads: its own
+    arguments instead of the config's ``head_kwargs`` (smp defaults), no aux head, and the config's output stride
+    if the architecture supports it, else its own default (Unet & co. decode from the undilated encoder: 32).
+    Nothing for native heads. Overrides after ``--`` come later on the command line, so they still win."""
+    if not is_smp_head(head):
+        return []
+    import yaml
+
+    model = (yaml.safe_load(Path(config).read_text()) or {}).get("model") or {}
+    stride = model.get("output_stride", 8)
+    stride = stride if stride in supported_output_strides(head) else default_output_stride(head)
+    return ["--model.head_kwargs={}", "--model.aux=false", f"--model.output_stride={stride}"]
+
+
 def train_runs(config: str, heads: list[str], seeds: list[int], out: Path, extra: list[str],
                group: str) -> list[Path]:
-    """One train.py run per head x seed (same config and budget; ``out/<head>-s<seed>``), in W&B group
-    ``group``; existing finished runs (a ``last.ckpt`` and ``summary.json``) are kept, not retrained."""
+    """One train.py run per head x seed (same config and budget; ``out/<head>-s<seed>``, ``smp:Unet`` as
+    ``smp-Unet``), in W&B group ``group``; existing finished runs (a ``last.ckpt`` and ``summary.json``) are kept,
+    not retrained. smp architectures get :func:`head_overrides`."""
     env = {**os.environ, "WANDB_RUN_GROUP": group}
     runs = []
     for seed in seeds:  # seed-major: an interrupted comparison still has every head for the first seeds
         for head in heads:
-            run_dir = out / f"{head}-s{seed}"
+            run_dir = out / f"{head.replace(':', '-')}-s{seed}"
             if (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "summary.json").is_file() \
                     and (run_dir / "compare_train.json").is_file():
                 print(f"{run_dir}: already trained, kept", flush=True)
             else:
                 cmd = [sys.executable, str(ROOT / "train.py"), "--config", config, f"--model.head={head}",
-                       f"--seed_everything={seed}", f"--trainer.default_root_dir={run_dir}", *extra]
+                       *head_overrides(head, config), f"--seed_everything={seed}",
+                       f"--trainer.default_root_dir={run_dir}", *extra]
                 t0 = time.perf_counter()
                 rss = _run_child(cmd, env)
                 (run_dir / "compare_train.json").write_text(json.dumps(
@@ -508,9 +526,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--out", default=None, help="output folder (default: . or runs/compare with --train)")
     p.add_argument("--train", action="store_true", help="train one run per --heads x --seeds first")
     p.add_argument("--config", help="train.py config for --train")
-    p.add_argument("--heads", nargs="+", choices=sorted(HEADS), default=["fcn", "ccnet", "danet", "nonlocal", "axial"],
+    p.add_argument("--heads", nargs="+", choices=all_head_names(), default=["fcn", "ccnet", "danet", "nonlocal", "axial"],
                    metavar="HEAD", help="heads to train with --train (default: fcn ccnet danet nonlocal axial; "
-                   f"any of {' '.join(HEADS)})")
+                   f"any of {' '.join(all_head_names())}; smp architectures train with their own defaults)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per head with --train: 0 .. N-1 (default 3)")
     p.add_argument("--baseline", default="fcn", help="head the others are compared to (default fcn)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")

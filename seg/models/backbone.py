@@ -32,7 +32,8 @@ from torch import nn
 
 from .checkpoint import load_strict, read_state_dict
 
-__all__ = ["TESTED_BACKBONES", "TimmBackbone", "create_backbone", "load_weights_file"]
+__all__ = ["TESTED_BACKBONES", "TimmBackbone", "check_name", "create_backbone", "imagenet_weights_error",
+           "load_weights_file", "resolve_weights"]
 
 # Names covered by tests / mmseg conversion. Any other timm model with features_only + output_stride works too.
 TESTED_BACKBONES: tuple[str, ...] = (
@@ -75,7 +76,7 @@ class TimmBackbone(nn.Module):
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
-        _check_name(name)
+        check_name(name)
         self.name = name
         self.output_stride = output_stride
         kwargs = dict(model_kwargs or {})
@@ -83,20 +84,7 @@ class TimmBackbone(nn.Module):
         if output_stride != 32:
             kwargs["output_stride"] = output_stride
 
-        weights_path: Path | None = None
-        pretrained = False
-        if weights is None:
-            pass
-        elif isinstance(weights, str) and weights.lower() == "imagenet":
-            pretrained = True
-        else:
-            weights_path = Path(weights).expanduser()
-            if weights_path.suffix.lower() not in WEIGHT_SUFFIXES or not weights_path.is_file():
-                raise ValueError(
-                    f"weights={str(weights)!r} is neither None, 'imagenet' nor an existing weight file "
-                    f"({', '.join(WEIGHT_SUFFIXES)})."
-                )
-
+        pretrained, weights_path = resolve_weights(weights)
         try:
             self.body = timm.create_model(name, pretrained=pretrained, **kwargs)
         except TypeError as err:  # e.g. a model without output_stride support
@@ -107,13 +95,7 @@ class TimmBackbone(nn.Module):
         except (OSError, RuntimeError, ValueError) as err:
             if not pretrained:
                 raise
-            raise RuntimeError(
-                f"Could not load timm's ImageNet weights for {name!r} ({type(err).__name__}: {err}). "
-                "This machine is probably offline and the weights are not in the Hugging Face cache. "
-                f"Download them elsewhere (timm.create_model({name!r}, pretrained=True) then "
-                "torch.save(model.state_dict(), 'file.pth')) and pass `weights: /path/to/file.pth` "
-                "(.pth or .safetensors), or use `weights: null` for random init."
-            ) from err
+            raise imagenet_weights_error(name, err) from err
         if weights_path is not None:
             load_weights_file(self.body, weights_path)
 
@@ -135,7 +117,35 @@ def create_backbone(
     return TimmBackbone(name, output_stride=output_stride, weights=weights, model_kwargs=model_kwargs)
 
 
-def _check_name(name: str) -> None:
+def resolve_weights(weights: str | Path | None) -> tuple[bool, Path | None]:
+    """``(pretrained, local file)`` for a ``weights`` value: ``None``, ``'imagenet'`` (timm's download) or an
+    existing weight file; anything else raises a ``ValueError`` saying what is accepted."""
+    if weights is None:
+        return False, None
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        return True, None
+    path = Path(weights).expanduser()
+    if path.suffix.lower() not in WEIGHT_SUFFIXES or not path.is_file():
+        raise ValueError(
+            f"weights={str(weights)!r} is neither None, 'imagenet' nor an existing weight file "
+            f"({', '.join(WEIGHT_SUFFIXES)})."
+        )
+    return False, path
+
+
+def imagenet_weights_error(name: str, err: BaseException) -> RuntimeError:
+    """The error for ImageNet weights that could not be loaded (offline, no cache): what to do instead."""
+    return RuntimeError(
+        f"Could not load timm's ImageNet weights for {name!r} ({type(err).__name__}: {err}). "
+        "This machine is probably offline and the weights are not in the Hugging Face cache. "
+        f"Download them elsewhere (timm.create_model({name!r}, pretrained=True) then "
+        "torch.save(model.state_dict(), 'file.pth')) and pass `weights: /path/to/file.pth` "
+        "(.pth or .safetensors), or use `weights: null` for random init."
+    )
+
+
+def check_name(name: str) -> None:
+    """Raise a ``ValueError`` naming the tested backbones (and close timm names) for an unknown timm model."""
     if name in TESTED_BACKBONES or timm.is_model(name):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5)
@@ -154,7 +164,7 @@ def load_weights_file(body: nn.Module, path: str | Path) -> None:
     """
     path = Path(path)
     state = read_state_dict(path, what="backbone weights")  # safe read: never runs code from the file
-    kept_roots = {name for name, _ in body.named_children()}
+    kept_roots = {k.split(".")[0] for k in body.state_dict()}  # submodules and top-level tensors (ViT's cls_token)
     state = {k: v for k, v in state.items() if k.split(".")[0] in kept_roots}
     load_strict(body, state, f"backbone weights {path}",
                 hint="Pass a state dict of the same timm model (same name and constructor arguments).")

@@ -16,6 +16,19 @@ alike, so loss values and gradients (hence the effective learning rate) are the 
 The network returns a dict of logits (``out``, ``aux``, DANet's ``pam``/``cam``); the :class:`SegLoss` sums the
 per-output losses with their weights (``aux`` 0.4, everything else 1.0).
 
+**Loss terms** (``SegLoss(loss=...)``, ``--model.loss``): ``ce``, ``ohem``, and segmentation_models_pytorch's
+``dice`` (``smp.losses.DiceLoss``), ``focal`` (``FocalLoss``) and ``lovasz`` (``LovaszLoss``), all in multiclass
+mode with the ignore index, or a weighted sum of distinct terms: ``ce+dice``, ``ce+0.5*dice``, ``0.5*ohem+lovasz``
+(grammar: ``term ('+' term)*``, ``term = [weight '*'] name``, weight a positive number; see :func:`parse_loss`).
+Every term is applied to every output, the sum weighted per output as above; ``ohem`` on ``aux`` is plain
+cross-entropy (mmseg's OHEM recipes). The smp terms get the logits resized bilinearly to the mask size and
+normalise themselves (not by ``avg_non_ignore``); with ignored pixels they see only the labelled ones:
+``DiceLoss`` zeroes the ignored pixels' probabilities and one-hot targets before its batch-wide sums (the soft
+Dice of the labelled pixels; classes absent from the labelled pixels add 0 but count in the class mean),
+``FocalLoss`` drops them before its per-class (one-vs-rest sigmoid) focal terms, averaged over pixels then
+classes, ``LovaszLoss`` drops them before the Lovasz-softmax over the classes present. A batch without any
+labelled pixel gives 0 for every term.
+
 **Resizing inside the loss.** As in mmseg's ``loss_by_feat``, logits at feature resolution are resized
 bilinearly (``align_corners=False``) to the mask size before the cross-entropy. Done naively, every output
 stores its full-resolution fp32 logits and their log-softmax for backward: 2 x 304 MiB per output for
@@ -26,12 +39,19 @@ backward recomputes each block. The result equals ``F.interpolate`` + ``F.cross_
 """
 from __future__ import annotations
 
-from typing import Literal
+import math
+import re
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seg.models.resize import interpolation_matrix
+
+#: The loss terms of ``SegLoss(loss=...)``: seg's fused ``ce`` / ``ohem`` and smp's ``dice``, ``focal``, ``lovasz``.
+LOSS_TERMS: tuple[str, ...] = ("ce", "ohem", "dice", "focal", "lovasz")
+SMP_TERMS: frozenset[str] = frozenset({"dice", "focal", "lovasz"})
+_TERM_RE = re.compile(r"^(?:(?P<weight>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?(?P<name>[a-z_]+)$")
 
 #: Size in bytes of one block of full-resolution fp32 logits in the fused resize + cross-entropy.
 LOSS_CHUNK_BYTES = 128 * 2**20
@@ -201,12 +221,68 @@ def ohem_cross_entropy(logits: Tensor, target: Tensor, thresh: float = 0.7, min_
                        min_kept, ignore_index)
 
 
+def parse_loss(spec: str) -> tuple[tuple[str, float], ...]:
+    """``'ce+0.5*dice'`` -> ``(('ce', 1.0), ('dice', 0.5))``: the terms of a loss specification with their weights.
+
+    Grammar: ``term ('+' term)*`` with ``term = [weight '*'] name``, ``name`` one of :data:`LOSS_TERMS`, ``weight``
+    a positive number (default 1); spaces are allowed, each name at most once. Anything else raises a
+    ``ValueError`` naming the bad part and the valid names.
+    """
+    valid = ", ".join(LOSS_TERMS)
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"loss {spec!r}: expected one of {valid}, or a weighted sum such as 'ce+0.5*dice'")
+    terms: list[tuple[str, float]] = []
+    for part in spec.split("+"):
+        m = _TERM_RE.match(part.strip().lower())
+        if m is None or m.group("name") not in LOSS_TERMS:
+            raise ValueError(f"loss {spec!r}: cannot read the term {part.strip()!r}. Terms are {valid}, optionally "
+                             "weighted as '<weight>*<name>' and joined with '+', e.g. 'ce+0.5*dice'")
+        name, weight = m.group("name"), float(m.group("weight") or 1.0)
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"loss {spec!r}: the weight of {name!r} must be a positive number, got {weight}")
+        if any(name == n for n, _ in terms):
+            raise ValueError(f"loss {spec!r}: {name!r} appears twice; give it one weight instead")
+        terms.append((name, weight))
+    return tuple(terms)
+
+
+class LossSpec(str):
+    """A loss specification string (``'ce'``, ``'ce+0.5*dice'`` ...), checked by :func:`parse_loss` on creation: the
+    type of ``SegmentationModule(loss=...)``, so the CLI rejects a misspelt ``--model.loss`` at parse time."""
+
+    def __new__(cls, value: str) -> "LossSpec":
+        parse_loss(value)
+        return super().__new__(cls, value)
+
+
+def _smp_loss(name: str, ignore_index: int) -> nn.Module:
+    """smp's multiclass loss ``name`` with ``ignore_index`` (imported here: only runs that use one need smp)."""
+    from segmentation_models_pytorch import losses as smp_losses
+
+    if name == "dice":
+        return smp_losses.DiceLoss("multiclass", ignore_index=ignore_index)
+    if name == "focal":
+        return smp_losses.FocalLoss("multiclass", ignore_index=ignore_index)
+    return smp_losses.LovaszLoss("multiclass", ignore_index=ignore_index)
+
+
+def _full_resolution(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """fp32 logits (B, C, H, W) at the mask size: bilinear, ``align_corners=False`` (as the fused cross-entropy;
+    fp64 stays fp64)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
 class SegLoss(nn.Module):
     """Weighted sum of per-output losses for the model's output dict.
 
     Args:
-        loss: ``'ce'`` (cross-entropy) or ``'ohem'`` (hard pixels only; applied to the decode outputs,
-            the auxiliary FCN head keeps plain cross-entropy as in mmseg's OHEM recipes).
+        loss: ``'ce'`` (cross-entropy), ``'ohem'`` (hard pixels only; applied to the decode outputs,
+            the auxiliary FCN head keeps plain cross-entropy as in mmseg's OHEM recipes), smp's ``'dice'``,
+            ``'focal'``, ``'lovasz'``, or a weighted sum of them such as ``'ce+dice'`` or ``'ce+0.5*dice'``
+            (see :func:`parse_loss` and the module docstring); checked here, naming the valid terms.
         aux_weight: weight of the ``'aux'`` output (0.4 in the mmseg/torchvision recipes).
         ignore_index: label value that never contributes (255).
         ohem_thresh: OHEM probability threshold (0.7).
@@ -215,12 +291,12 @@ class SegLoss(nn.Module):
             (mmseg's ``CrossEntropyLoss(avg_non_ignore=...)``; False, mmseg's default, is the published recipe).
     """
 
-    def __init__(self, loss: Literal["ce", "ohem"] = "ce", aux_weight: float = 0.4, ignore_index: int = 255,
+    def __init__(self, loss: str = "ce", aux_weight: float = 0.4, ignore_index: int = 255,
                  ohem_thresh: float = 0.7, ohem_min_kept: int = 100_000, avg_non_ignore: bool = False) -> None:
         super().__init__()
-        if loss not in ("ce", "ohem"):
-            raise ValueError(f"Unknown loss {loss!r}; valid: 'ce', 'ohem'")
-        self.loss = loss
+        self.terms = parse_loss(loss)
+        self.loss = str(loss)
+        self.smp_losses = nn.ModuleDict({n: _smp_loss(n, ignore_index) for n, _ in self.terms if n in SMP_TERMS})
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
         self.ohem_thresh = ohem_thresh
@@ -236,15 +312,28 @@ class SegLoss(nn.Module):
         bilinearly to the mask size inside the loss (see the module docstring)."""
         safe, valid = _prepare_target(target, self.ignore_index)  # shared by every output (stored once)
         denom = loss_denominator(target, valid, self.avg_non_ignore)
+        any_labelled = bool(valid.any()) if self.smp_losses else True  # smp's focal/lovasz give NaN without any
         parts: dict[str, Tensor] = {}
         for name, logits in outputs.items():
             if logits.ndim != 4 or logits.shape[0] != target.shape[0]:
                 raise ValueError(f"output {name!r} has shape {tuple(logits.shape)}; expected (B, C, h, w) logits "
                                  f"for the mask batch of shape {tuple(target.shape)}")
-            if self.loss == "ohem" and name != "aux":
-                parts[name] = _fused_ohem(logits, target, safe, valid, denom, self.ohem_thresh,
-                                          self.ohem_min_kept, self.ignore_index)
-            else:
-                parts[name] = _fused_ce(logits, safe, valid, denom)
+            part: Tensor | None = None
+            full: Tensor | None = None  # fp32 logits at the mask size, for the smp terms
+            for term, weight in self.terms:
+                if term == "ohem" and name != "aux":
+                    value = _fused_ohem(logits, target, safe, valid, denom, self.ohem_thresh,
+                                        self.ohem_min_kept, self.ignore_index)
+                elif term in ("ce", "ohem"):
+                    value = _fused_ce(logits, safe, valid, denom)
+                elif not any_labelled:
+                    value = logits.sum().float() * 0.0  # 0 with a (zero) gradient, as the fused cross-entropy
+                else:
+                    with torch.autocast(logits.device.type, enabled=False):
+                        full = _full_resolution(logits, target.shape[-2:]) if full is None else full
+                        value = self.smp_losses[term](full, target.long())
+                value = value if weight == 1.0 else weight * value
+                part = value if part is None else part + value
+            parts[name] = part
         total = sum(self.weight(k) * v for k, v in parts.items())
         return total, parts

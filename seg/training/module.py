@@ -18,9 +18,17 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from seg.models.inference import is_tta, predict_probs, resize_logits
-from .losses import SegLoss
+
+from .losses import LossSpec, SegLoss
 from .metrics import SegMetrics
 from .scheduler import PolyLR
+
+try:  # --model.loss is checked at parse time (parse_loss's message) and written to configs as a plain string
+    from jsonargparse.typing import register_type
+
+    register_type(LossSpec, serializer=str, deserializer=LossSpec)
+except (ImportError, ValueError):  # no jsonargparse (no CLI), or registered already
+    pass
 
 # val/test metrics are computed from the rank-summed confusion matrix, so they are already equal on every rank.
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
@@ -47,7 +55,9 @@ class SegmentationModule(L.LightningModule):
 
     Args:
         backbone: timm backbone name (``resnet50c`` = mmseg ResNetV1c).
-        head: head name in ``seg.models.HEADS`` (fcn, ccnet, danet, nonlocal, axial, ...).
+        head: head name in ``seg.models.HEADS`` (fcn, ccnet, danet, nonlocal, axial, ...) or an smp architecture
+            ``smp:<Architecture>`` (``seg.models.SMP_HEADS``: smp:Unet, smp:DeepLabV3Plus, ...; no aux head,
+            ``output_stride`` as the architecture allows).
         num_classes: number of classes (the CLI links it from ``data.num_classes``).
         output_stride: backbone output stride (8 = the "-D8" recipes; 32 = undilated, UPerNet).
         aux: add the auxiliary FCN head on stage 3.
@@ -55,7 +65,9 @@ class SegmentationModule(L.LightningModule):
         weights: backbone weights: None (random), 'imagenet', or a local .pth/.safetensors path.
         head_kwargs: extra keyword arguments of the head (e.g. ``{attention: cbam}``, ``{channels: 512}``).
         backbone_kwargs: extra timm constructor arguments of the backbone (e.g. narrow widths in tests).
-        loss: 'ce' or 'ohem' (threshold ``ohem_thresh``, at least ``ohem_min_kept`` pixels per image).
+        loss: 'ce', 'ohem' (threshold ``ohem_thresh``, at least ``ohem_min_kept`` pixels per image), smp's 'dice',
+            'focal', 'lovasz', or a weighted sum of them: 'ce+dice', 'ce+0.5*dice' (see seg.training.losses).
+            Every term applies to every output (aux weighted by ``aux_weight``).
         ohem_thresh: OHEM probability threshold.
         ohem_min_kept: OHEM minimum kept pixels per image.
         avg_non_ignore: divide the summed loss by the labelled pixels instead of all pixels of the batch
@@ -93,7 +105,7 @@ class SegmentationModule(L.LightningModule):
         weights: Optional[str] = None,
         head_kwargs: Optional[dict[str, Any]] = None,
         backbone_kwargs: Optional[dict[str, Any]] = None,
-        loss: Literal["ce", "ohem"] = "ce",
+        loss: LossSpec = LossSpec("ce"),
         ohem_thresh: float = 0.7,
         ohem_min_kept: int = 100_000,
         avg_non_ignore: bool = False,
@@ -115,7 +127,10 @@ class SegmentationModule(L.LightningModule):
         eval_flip: bool = False,
     ) -> None:
         super().__init__()
+        loss = str(loss)  # hyper-parameters hold a plain str (checkpoints are read with weights_only=True)
         self.save_hyperparameters()
+        # first: a bad loss specification fails before the (possibly slow, downloading) model build
+        self.criterion = SegLoss(loss, aux_weight, ignore_index, ohem_thresh, ohem_min_kept, avg_non_ignore)
         from seg.models import build_model  # the only dependency on the models part
 
         self.model = build_model(backbone, head, num_classes, output_stride=output_stride, aux=aux,
@@ -135,7 +150,6 @@ class SegmentationModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         if compile:
             self.model.compile()
-        self.criterion = SegLoss(loss, aux_weight, ignore_index, ohem_thresh, ohem_min_kept, avg_non_ignore)
         self.val_metrics = SegMetrics(num_classes, ignore_index)
         self.test_metrics = SegMetrics(num_classes, ignore_index)
         self.class_names: list[str] = [f"class_{i}" for i in range(num_classes)]

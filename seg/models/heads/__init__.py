@@ -81,7 +81,14 @@ def head_signature(name: str) -> tuple[Callable[..., Any], frozenset[str]]:
     """``(builder, supplied)``: the ``head_kwargs`` head ``name`` accepts are the keyword parameters of ``builder``
     except ``supplied``, which :func:`seg.models.build_model` fills itself. The CLI types ``model.head_kwargs`` from
     it (``--print_config`` shows them with defaults; a misspelt one fails at parse time).
+
+    ``'smp:<Architecture>'``: the smp class (:func:`seg.models.smp.smp_signature`); its ``**kwargs`` (timm encoder
+    arguments) are not head arguments: they go in ``model.backbone_kwargs``.
     """
+    if name.startswith("smp:"):
+        from ..smp import smp_signature  # here: seg.models.smp is not a head module
+
+        return smp_signature(name)
     if name not in HEADS:
         raise ValueError(f"Unknown head {name!r}. Valid heads: {', '.join(sorted(HEADS))}")
     return HEADS[name], frozenset({"in_channels", "num_classes"})
