@@ -123,3 +123,22 @@ def test_rerun_into_a_used_run_dir_says_what_happens(tiny_data, tmp_path):
         warnings.simplefilter("always")
         main(["--config", str(config), "--trainer.max_steps=4", "--ckpt_path", "last"])
     assert not [w for w in caught if "earlier run" in str(w.message) or "not empty" in str(w.message)]
+
+
+def test_smp_heads_are_typed_and_checked_at_parse_time(capsys):
+    """smp architectures: their own named arguments (not what **kwargs forwards to the encoder), and output stride /
+    backbone needs refused before anything is built."""
+    import segmentation_models_pytorch as smp
+
+    typed = typed_head_kwargs("smp:DeepLabV3Plus", {"decoder_atrous_rates": [6, 12, 18]})
+    params = inspect.signature(smp.DeepLabV3Plus).parameters
+    assert typed["decoder_atrous_rates"] == [6, 12, 18]
+    assert typed["decoder_channels"] == params["decoder_channels"].default
+    assert set(typed) <= set(params) and "encoder_name" not in typed and "output_stride" not in typed
+    quick = ["--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.head=smp:Unet"]
+    assert "head_kwargs='{}'" in _exit_message(capsys, quick)  # quickstart's FCN head_kwargs: says how to reset
+    err = _exit_message(capsys, [*quick, "--model.head_kwargs={}"])
+    assert "output_stride=8" in err and "32" in err
+    err = _exit_message(capsys, [*quick[:-1], "--model.head=smp:DPT", "--model.head_kwargs={}",
+                                 "--model.output_stride=32"])
+    assert "Vision Transformer" in err

@@ -100,7 +100,8 @@ class SegCLI(LightningCLI):
             cfg = parser.parse_args(argv)
         try:
             cfg.model.head_kwargs = typed_head_kwargs(cfg.model.head, cfg.model.head_kwargs)
-        except HeadArgumentError as err:
+            check_model(cfg.model.head, cfg.model.backbone, cfg.model.output_stride)
+        except (HeadArgumentError, ValueError) as err:
             parser.error(str(err))
         self.config = cfg
         if print_flags is not None:
@@ -151,6 +152,17 @@ class SegCLI(LightningCLI):
             kwargs["logger"] = build_loggers(tcfg.default_root_dir, cfg.wandb, cfg.wandb_project,
                                              resume=cfg.ckpt_path is not None)
         return super().instantiate_trainer(**kwargs)
+
+
+def check_model(head: str, backbone: str, output_stride: int) -> None:
+    """What can be known about the model before building it: an smp architecture's output strides and backbone
+    needs (:mod:`seg.models.smp`). Raises ``ValueError`` naming the value and what to set instead."""
+    from seg.models.smp import backbone_error, check_output_stride, is_smp_head
+
+    check_output_stride(head, output_stride)
+    why = backbone_error(head, backbone) if is_smp_head(head) else None
+    if why:
+        raise ValueError(f"model.backbone={backbone!r}: {why}")
 
 
 def console_callbacks(tcfg: Any, callbacks: list[Any]) -> list[Any]:

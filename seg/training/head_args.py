@@ -37,9 +37,11 @@ def _is_class_argument(annotation: Any) -> bool:
     return False
 
 
-def config_arguments(head: str) -> tuple[Any, dict[str, inspect.Parameter], set[str]]:
-    """``(builder, arguments, skipped)``: the head's builder, its config-settable keyword parameters by name, and
-    the names that are not config values (supplied by seg, or class-valued)."""
+def config_arguments(head: str) -> tuple[Any, dict[str, tuple[inspect.Parameter, Any]], set[str]]:
+    """``(builder, arguments, skipped)``: the head's builder, its config-settable keyword parameters by name (with
+    their resolved type hints), and the names that are not config values (supplied by seg, or class-valued). Only
+    the builder's own named parameters count: whatever its ``**kwargs`` forwards (smp: timm encoder arguments) is
+    not a head argument."""
     from seg.models import head_signature
 
     builder, supplied = head_signature(head)
@@ -53,10 +55,11 @@ def config_arguments(head: str) -> tuple[Any, dict[str, inspect.Parameter], set[
     for name, p in params.items():
         if name in supplied or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        if _is_class_argument(hints.get(name, p.annotation)):
+        hint = hints.get(name, p.annotation)
+        if _is_class_argument(hint):
             skipped.add(name)
             continue
-        arguments[name] = p
+        arguments[name] = (p, hint)
     return builder, arguments, skipped
 
 
@@ -77,16 +80,16 @@ def typed_head_kwargs(head: str, head_kwargs: Mapping[str, Any] | None) -> dict[
         if key in skipped:
             raise HeadArgumentError(f"model.head_kwargs.{key}: set by seg itself or a class, not a config value, for "
                                     f"{label}; the config can set: {valid}")
-        raise HeadArgumentError(f"model.head_kwargs.{key}: {label} has no argument {key!r}; its arguments are: {valid}")
+        raise HeadArgumentError(f"model.head_kwargs.{key}: {label} has no argument {key!r}; its arguments are: {valid} "
+                                "(head_kwargs written for another head? --model.head_kwargs='{}' resets them)")
     parser = ArgumentParser(exit_on_error=False)
-    for name, p in arguments.items():
+    for name, (p, hint) in arguments.items():
         if p.default is inspect.Parameter.empty and name not in given:
             raise HeadArgumentError(f"model.head_kwargs.{name} is required by {label}")
+        typed = {} if hint is inspect.Parameter.empty else {"type": hint}
+        default = None if p.default is inspect.Parameter.empty else p.default
+        parser.add_argument(f"--{name}", default=default, **typed)
     try:
-        if inspect.isclass(builder):
-            parser.add_class_arguments(builder, skip=skipped, fail_untyped=False, sub_configs=False)
-        else:
-            parser.add_function_arguments(builder, skip=skipped, fail_untyped=False, sub_configs=False)
         namespace = parser.parse_object(given)
     except Exception as err:  # jsonargparse names the key and the expected type
         raise HeadArgumentError(f"model.head_kwargs for {label}: {_first_line(err)}; its arguments are: "
