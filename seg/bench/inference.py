@@ -1,0 +1,67 @@
+"""Per-head whole-image inference cases: the model as built (``plain``: fp32, NCHW, BN unfused, what
+``seg.predict`` ran before ``optimize_for_inference``) against ``seg.models.optimize_for_inference`` with the
+chosen levers (``opt``), time, peak memory, and how far the optimised logits are from the plain ones."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+
+from seg.models.optimize import optimize_for_inference
+
+from .memory import peak_mb
+from .models import build, stride
+from .result import Result
+from .timing import time_call
+
+__all__ = ["INFER_IMPLS", "infer_shape", "run_infer_opt_case"]
+
+INFER_IMPLS = ("plain", "opt")
+
+
+def infer_shape(quick: bool, backbone: str | None = None, size: tuple[int, int] | None = None) -> tuple[str, int, int]:
+    """(backbone, height, width): R50-D8 on one 512x1024 image (quick: resnet18, 128x256)."""
+    b0, (h0, w0) = ("resnet18", (128, 256)) if quick else ("resnet50c", (512, 1024))
+    h, w = size or (h0, w0)
+    return backbone or b0, h, w
+
+
+def run_infer_opt_case(head: str, device: str, shape: tuple[str, int, int], iters: int, fuse_bn: bool = True,
+                       channels_last: bool = True, bf16: bool = False, **build_kwargs) -> list[dict]:
+    """Rows ``plain`` and ``opt`` for one head: ms per image (median of ``iters``), peak MiB, and on ``opt`` the
+    largest logit difference to ``plain`` (relative to the largest plain logit) and the share of pixels whose
+    argmax agrees, in ``extra``. Both models share the weights (random init, BN statistics randomised so that
+    folding has work to do)."""
+    dev = torch.device(device)
+    backbone, hh, ww = shape
+    torch.manual_seed(0)
+    plain = build(head, backbone, 19, dev, fast=False, **build_kwargs)
+    plain.fast_resize = True  # seg's default resize; fast=False only keeps NCHW
+    with torch.no_grad():
+        for m in plain.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    plain.eval()
+    opt = optimize_for_inference(plain, dev, fuse_bn=fuse_bn, channels_last=channels_last, bf16=bf16)
+    x = torch.randn(1, 3, hh, ww, device=dev, generator=torch.Generator(device=dev).manual_seed(1))
+    label = f"{backbone}-D{stride(head)} B=1 {hh}x{ww}"
+    levers = "+".join(n for n, on in (("fuse_bn", fuse_bn), ("channels_last", channels_last), ("bf16", bf16)) if on)
+    rows = []
+    outs = {}
+    for impl, model in (("plain", plain), ("opt", opt)):
+        def fwd(model=model):
+            with torch.inference_mode():
+                return model(x)["out"]
+
+        res = Result("infer_cpu" if dev.type == "cpu" else "infer_opt", head, label, impl,
+                     "bf16" if impl == "opt" and bf16 else "fp32", note=levers if impl == "opt" else "")
+        outs[impl] = fwd().float()
+        res.peak_mb = peak_mb(fwd, dev)
+        res.fwd_ms = 1e3 * time_call(fwd, dev, 0, iters)  # warmed up by the calls above
+        rows.append(res)
+    ref, out = outs["plain"], outs["opt"]
+    rows[1].extra = {"max_rel_diff": float((out - ref).abs().max() / ref.abs().max()),
+                     "argmax_agree": float((out.argmax(1) == ref.argmax(1)).float().mean()),
+                     "fused_conv_bn": int(getattr(opt, "fused_conv_bn", 0))}
+    return [asdict(r) for r in rows]
