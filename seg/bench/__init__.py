@@ -1,6 +1,6 @@
 """`python -m seg.bench`: speed and memory of seg's attention cores and whole models.
 
-Two parts, printed as tables and written as JSON + Markdown:
+Three parts, printed as tables and written as JSON + Markdown (default: cores + models on CUDA, infer on CPU):
 
 * **cores** - each functional attention core (`position_attention` as used by DANet's PAM and by
   Non-local, `criss_cross_attention`, `axial_attention`, `channel_attention`): forward and
@@ -13,6 +13,11 @@ Two parts, printed as tables and written as JSON + Markdown:
   autocast, channels_last, cuDNN benchmark, fused attention, the training loss of ``train.py``:
   fused resize + cross-entropy). Also whole-image inference memory (1024x2048) and the fraction of
   the GPU's dense bf16 FLOP/s the training step reaches.
+* **infer** - per head, whole-image inference of one image (R50-D8, 512x1024; ``--infer-size``): the model as
+  built (fp32, NCHW, BN unfused) against ``seg.models.optimize_for_inference`` (BN folded into the convs,
+  channels_last, ``F.interpolate`` logit resize on CPU; ``--no-fuse-bn``, ``--no-channels-last``, ``--bf16``),
+  ms per image and peak memory, with the largest logit difference and the argmax agreement of the two
+  (``run_infer_opt_case``). Against mmseg itself: ``scripts/cpu_inference_vs_mmseg.py``.
 
 `--onnx` (needs the ``export`` extra) instead times whole-image inference per head in ONNX Runtime (CPU)
 beside PyTorch eager (fp32, CPU) on the same random-init model, with the ``.onnx`` file size and the

@@ -86,7 +86,7 @@ def run(
     if "infer" in parts:
         ishape = infer_shape(quick, backbone, infer_size)
         for head in heads:
-            for r in run_infer_opt_case(head, device, ishape, iters, fuse_bn, channels_last, bf16):
+            for r in run_infer_opt_case(head, device, ishape, iters, fuse_bn, channels_last, bf16, compile):
                 report(r)
     if "onnx" in parts:
         size = onnx_size or ((128, 256) if quick else (512, 1024))
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS))
     p.add_argument("--iters", type=int, default=None, help="timed iterations per case (median is reported)")
     p.add_argument("--out", default="bench_results", help="folder for the JSON and Markdown results")
-    p.add_argument("--compile", action="store_true", help="also time the training step under torch.compile")
+    p.add_argument("--compile", action="store_true", help="also time the training step under torch.compile; in the infer part, "
+                        "the optimised model is torch.compile'd (inductor, freezing)")
     p.add_argument("--backbone", default=None, help="timm backbone of the model cases (default resnet50c; quick: resnet18)")
     p.add_argument("--batch", type=int, default=None, help="training batch size (default 8; quick: 2)")
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None,

@@ -3,6 +3,7 @@
 chosen levers (``opt``), time, peak memory, and how far the optimised logits are from the plain ones."""
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 
 import torch
@@ -27,11 +28,14 @@ def infer_shape(quick: bool, backbone: str | None = None, size: tuple[int, int] 
 
 
 def run_infer_opt_case(head: str, device: str, shape: tuple[str, int, int], iters: int, fuse_bn: bool = True,
-                       channels_last: bool = True, bf16: bool = False, **build_kwargs) -> list[dict]:
+                       channels_last: bool = True, bf16: bool = False, compile: bool = False,
+                       **build_kwargs) -> list[dict]:
     """Rows ``plain`` and ``opt`` for one head: ms per image (median of ``iters``), peak MiB, and on ``opt`` the
     largest logit difference to ``plain`` (relative to the largest plain logit) and the share of pixels whose
     argmax agrees, in ``extra``. Both models share the weights (random init, BN statistics randomised so that
-    folding has work to do)."""
+    folding has work to do). ``compile``: the optimised model is also ``torch.compile``d (freezing); its first call
+    (compilation) is recorded as ``extra['first_call_s']`` and its peak is the resident-set growth (the per-op
+    sampler cannot see inside a compiled graph)."""
     dev = torch.device(device)
     backbone, hh, ww = shape
     torch.manual_seed(0)
@@ -43,12 +47,14 @@ def run_infer_opt_case(head: str, device: str, shape: tuple[str, int, int], iter
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     plain.eval()
-    opt = optimize_for_inference(plain, dev, fuse_bn=fuse_bn, channels_last=channels_last, bf16=bf16)
+    opt = optimize_for_inference(plain, dev, fuse_bn=fuse_bn, channels_last=channels_last, bf16=bf16, compile=compile)
     x = torch.randn(1, 3, hh, ww, device=dev, generator=torch.Generator(device=dev).manual_seed(1))
     label = f"{backbone}-D{stride(head)} B=1 {hh}x{ww}"
-    levers = "+".join(n for n, on in (("fuse_bn", fuse_bn), ("channels_last", channels_last), ("bf16", bf16)) if on)
+    levers = "+".join(n for n, on in (("fuse_bn", fuse_bn), ("channels_last", channels_last), ("bf16", bf16),
+                                      ("compile", compile)) if on)
     rows = []
     outs = {}
+    first_call_s = 0.0
     for impl, model in (("plain", plain), ("opt", opt)):
         def fwd(model=model):
             with torch.inference_mode():
@@ -56,12 +62,14 @@ def run_infer_opt_case(head: str, device: str, shape: tuple[str, int, int], iter
 
         res = Result("infer_cpu" if dev.type == "cpu" else "infer_opt", head, label, impl,
                      "bf16" if impl == "opt" and bf16 else "fp32", note=levers if impl == "opt" else "")
+        t0 = time.perf_counter()
         outs[impl] = fwd().float()
-        res.peak_mb = peak_mb(fwd, dev)
+        first_call_s = time.perf_counter() - t0
+        res.peak_mb = peak_mb(fwd, dev, per_op=not (compile and impl == "opt"))
         res.fwd_ms = 1e3 * time_call(fwd, dev, 0, iters)  # warmed up by the calls above
         rows.append(res)
     ref, out = outs["plain"], outs["opt"]
     rows[1].extra = {"max_rel_diff": float((out - ref).abs().max() / ref.abs().max()),
                      "argmax_agree": float((out.argmax(1) == ref.argmax(1)).float().mean()),
-                     "fused_conv_bn": int(getattr(opt, "fused_conv_bn", 0))}
+                     "fused_conv_bn": int(getattr(opt, "fused_conv_bn", 0)), "first_call_s": first_call_s}
     return [asdict(r) for r in rows]
