@@ -21,8 +21,8 @@ seg variants (``--variants``): ``plain`` (``build_model`` as ``seg.predict`` ran
 ``opt-bf16-compile`` (also ``torch.compile`` with freezing; the first call, which compiles, is the warm-up and its
 time is printed).
 
-``--memory``: peak memory of one forward per implementation, as ``seg.bench`` measures it on CPU (malloc bytes in
-use, sampled after every aten op, above what was held before the call).
+``--memory``: peak memory of the first forward per implementation, as ``seg.bench`` measures it on CPU (malloc
+bytes in use, sampled after every aten op, above what was held before the call); ``--reps 0`` skips the timing.
 """
 from __future__ import annotations
 
@@ -94,38 +94,44 @@ def main() -> None:
         segs = {v: build_seg(head, state, nc, v) for v in a.variants}
         for v, model in segs.items():
             impls[f"seg-{v}"] = (lambda m: lambda: m(x)["out"])(model)
-        with torch.inference_mode():
-            ref = impls["mmseg"]()  # also the warm-up
-            for name, fn in impls.items():
-                if name != "mmseg":
-                    t0 = time.perf_counter()
+        firsts: dict[str, torch.Tensor] = {}
+        peaks: dict[str, float] = {}
+        for name, fn in impls.items():  # first call: warm-up (compiles if compiled), logits, peak memory (--memory)
+            gc.collect()
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                if a.memory:
+                    box: list = []
+                    peaks[name] = _cpu_alloc_peak_mb(lambda: box.append(fn()))
+                    out = box.pop()
+                else:
                     out = fn()
-                    print(f"{head:9s} {name:14s} first call (warm-up, compiles if compiled) "
-                          f"{time.perf_counter() - t0:.1f} s", flush=True)
-                    diff = (out.float() - ref).abs().max().item() / ref.abs().max().item()
-                    agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
-                    print(f"{head:9s} {name:14s} max |logit diff| / max |logit| {diff:.2e}, argmax agrees on "
-                          f"{100 * agree:.3f} % of pixels", flush=True)
-            del ref
+            firsts[name] = out.float()
+            del out
+            print(f"{head:9s} {name:14s} first call {time.perf_counter() - t0:.1f} s", flush=True)
+        ref = firsts.pop("mmseg")
+        for name, out in firsts.items():
+            diff = (out - ref).abs().max().item() / ref.abs().max().item()
+            agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
+            print(f"{head:9s} {name:14s} max |logit diff| / max |logit| {diff:.2e}, argmax agrees on "
+                  f"{100 * agree:.3f} % of pixels", flush=True)
+        del ref, firsts
+        for name, mb in peaks.items():
+            print(f"{head:9s} {name:14s} peak {mb:8.0f} MiB  x mmseg {mb / peaks['mmseg']:.3f}", flush=True)
+        if a.reps:
             times: dict[str, list[float]] = {name: [] for name in impls}
-            for _ in range(a.reps):
-                for name, fn in impls.items():
-                    t0 = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t0)
-        base = statistics.median(times["mmseg"])
-        for name, ts in times.items():
-            med = statistics.median(ts)
-            print(f"{head:9s} {name:14s} min {min(ts):7.3f} s  median {med:7.3f} s  speed x mmseg {base / med:5.2f}  "
-                  f"({' '.join(f'{t:.2f}' for t in ts)})", flush=True)
-        if a.memory:
-            peaks = {}
-            for name, fn in impls.items():
-                gc.collect()
-                with torch.inference_mode():
-                    peaks[name] = _cpu_alloc_peak_mb(fn)
-            for name, mb in peaks.items():
-                print(f"{head:9s} {name:14s} peak {mb:8.0f} MiB  x mmseg {mb / peaks['mmseg']:.3f}", flush=True)
+            with torch.inference_mode():
+                for _ in range(a.reps):
+                    for name, fn in impls.items():
+                        t0 = time.perf_counter()
+                        fn()
+                        times[name].append(time.perf_counter() - t0)
+            base = statistics.median(times["mmseg"])
+            for name, ts in times.items():
+                med = statistics.median(ts)
+                print(f"{head:9s} {name:14s} min {min(ts):7.3f} s  median {med:7.3f} s  speed x mmseg "
+                      f"{base / med:5.2f} (min: {min(times['mmseg']) / min(ts):5.2f})  "
+                      f"({' '.join(f'{t:.2f}' for t in ts)})", flush=True)
         del mm, segs, impls
         gc.collect()
 

@@ -32,7 +32,8 @@ Memory of ``position_attention`` (the only core whose explicit energy is HW x HW
   via ``expand``, no copy), so the flash / cuDNN kernels apply (they need equal q/k/v head dims
   <= 256); in fp32 one head, which the memory-efficient kernel runs (flash has no fp32).
 * elsewhere (CPU, or ``chunk_size`` given): ``position_attention_chunked`` - queries are processed in
-  chunks sized automatically so that one chunk's energies take about ``CHUNK_BYTES``; peak extra memory
+  chunks sized automatically so that one chunk's energies take about ``CHUNK_BYTES`` (``INFERENCE_CHUNK_BYTES``
+  without gradients); peak extra memory
   is O(chunk * HW). When gradients are needed and there is more than one chunk, each chunk is
   recomputed in backward (activation checkpointing), so training does not store HW x HW either.
 """
@@ -69,10 +70,17 @@ __all__ = [
     "export_mode",
     "exporting",
     "CHUNK_BYTES",
+    "INFERENCE_CHUNK_BYTES",
 ]
 
-#: Target size in bytes of one chunk's fp32 energies in ``position_attention_chunked``.
+#: Target size in bytes of one chunk's fp32 energies in ``position_attention_chunked`` when gradients are needed
+#: (each chunk is recomputed in backward).
 CHUNK_BYTES = 16 * 2**20
+#: The same without gradients (inference: one reused energy buffer). Larger chunks mean fewer, larger matmuls and
+#: fewer thread synchronisations: on a 2-core AMD EPYC (DANet PAM, 64x128 features, q/k 64, v 512) 512-query
+#: chunks (16 MiB) took 1.7x the time of 2048-query chunks (64 MiB), the whole 8192 queries at once 1.04x; see
+#: docs/benchmarks.md. 64 MiB is small next to the (HW)^2 energies it replaces (4 GiB at 1024x2048).
+INFERENCE_CHUNK_BYTES = 64 * 2**20
 
 _EXPLICIT = False
 _EXPORT = False
@@ -195,8 +203,9 @@ def position_attention_chunked(
     check_qkv("position_attention_chunked", q, k, v)
     b, _, h, w = q.shape
     n = h * w
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if chunk_size is None:
-        chunk_size = auto_chunk_size(b, n)
+        chunk_size = auto_chunk_size(b, n, CHUNK_BYTES if needs_grad else INFERENCE_CHUNK_BYTES)
     if chunk_size < 1:
         raise ValueError(f"position_attention: chunk_size must be >= 1, got {chunk_size}")
     dtype = _compute_dtype(q, k, v)
@@ -205,7 +214,7 @@ def position_attention_chunked(
     v_flat = v.flatten(2).to(dtype)  # (B, Cv, N)
     if chunk_size >= n:
         out = _attend_chunk(q_flat, k_flat, v_flat)  # (B, Cv, N)
-    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    elif needs_grad:
         # Recompute chunks in backward instead of storing every chunk's attention (= HW x HW).
         outs = [
             checkpoint(_attend_chunk, q_flat[:, start : start + chunk_size], k_flat, v_flat, use_reentrant=False)
