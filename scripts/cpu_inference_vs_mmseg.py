@@ -14,8 +14,11 @@ Then, ``--reps`` times, each implementation runs one forward of the same random 
 ``encode_decode``: network + bilinear resize to the input; seg's ``model(x)['out']``, the same), all under
 ``torch.inference_mode()``; min and median seconds are reported, and seg's speed-up = mmseg median / seg median.
 Alternating the implementations within each repetition spreads the noise of a shared machine over all of them.
+Each call's process CPU time (all threads) is reported beside its wall time: on an oversubscribed machine wall
+time mostly measures the other tenants; with ``--threads 1`` CPU time is the work itself (no thread waits).
 
-seg variants (``--variants``): ``plain`` (``build_model`` as ``seg.predict`` ran it before: NCHW, BN unfused),
+seg variants (``--variants``): ``plain`` (the model as ``seg.predict`` ran it before: channels_last, the
+``SegmentationModule`` default, BN unfused, logits resized by matrix products),
 ``opt`` (``seg.models.optimize_for_inference``: BN folded into convs, channels_last / oneDNN), ``opt-bf16``
 (the same under bf16 autocast; its logit difference to mmseg's fp32 is printed too), ``opt-compile`` /
 ``opt-bf16-compile`` (also ``torch.compile`` with freezing; the first call, which compiles, is the warm-up and its
@@ -64,8 +67,9 @@ def build_seg(head: str, state: dict, num_classes: int, variant: str):
         path = Path(tmp) / f"{head}.pth"
         torch.save({"state_dict": state}, path)
         model = load_mmseg_checkpoint(path, head, "resnet50c", num_classes, output_stride=stride).eval()
-    if variant == "plain":
-        return model
+    if variant == "plain":  # as seg.predict ran it: channels_last (the module default), BN unfused, matmul resize
+        model.to(memory_format=torch.channels_last)
+        return lambda x: model(x.contiguous(memory_format=torch.channels_last))
     return optimize_for_inference(model, "cpu", bf16="bf16" in variant, compile="compile" in variant)
 
 
@@ -120,18 +124,21 @@ def main() -> None:
             print(f"{head:9s} {name:14s} peak {mb:8.0f} MiB  x mmseg {mb / peaks['mmseg']:.3f}", flush=True)
         if a.reps:
             times: dict[str, list[float]] = {name: [] for name in impls}
+            cpu: dict[str, list[float]] = {name: [] for name in impls}
             with torch.inference_mode():
                 for _ in range(a.reps):
                     for name, fn in impls.items():
-                        t0 = time.perf_counter()
+                        c0, t0 = time.process_time(), time.perf_counter()
                         fn()
                         times[name].append(time.perf_counter() - t0)
-            base = statistics.median(times["mmseg"])
-            for name, ts in times.items():
-                med = statistics.median(ts)
-                print(f"{head:9s} {name:14s} min {min(ts):7.3f} s  median {med:7.3f} s  speed x mmseg "
-                      f"{base / med:5.2f} (min: {min(times['mmseg']) / min(ts):5.2f})  "
-                      f"({' '.join(f'{t:.2f}' for t in ts)})", flush=True)
+                        cpu[name].append(time.process_time() - c0)
+            for label, table in (("wall", times), ("cpu", cpu)):
+                base = statistics.median(table["mmseg"])
+                for name, ts in table.items():
+                    med = statistics.median(ts)
+                    print(f"{head:9s} {name:14s} {label:4s} min {min(ts):7.3f} s  median {med:7.3f} s  speed x mmseg "
+                          f"{base / med:5.2f} (min: {min(table['mmseg']) / min(ts):5.2f})  "
+                          f"({' '.join(f'{t:.2f}' for t in ts)})", flush=True)
         del mm, segs, impls
         gc.collect()
 

@@ -24,9 +24,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=15)
     a = p.parse_args()
     torch.manual_seed(0)
-    plain = build(a.head, a.backbone, 19, torch.device("cpu"), fast=False).eval()
-    plain.fast_resize = True
-    x = torch.randn(1, 3, *a.size)
+    plain = build(a.head, a.backbone, 19, torch.device("cpu"), fast=True).eval()  # as seg.predict ran it
+    x = torch.randn(1, 3, *a.size).contiguous(memory_format=torch.channels_last)
     for variant in a.variants:
         model = plain if variant == "plain" else optimize_for_inference(plain, "cpu", bf16=variant == "opt-bf16")
         with torch.inference_mode():

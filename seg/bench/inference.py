@@ -1,5 +1,5 @@
-"""Per-head whole-image inference cases: the model as built (``plain``: fp32, NCHW, BN unfused, what
-``seg.predict`` ran before ``optimize_for_inference``) against ``seg.models.optimize_for_inference`` with the
+"""Per-head whole-image inference cases: the model as ``seg.predict`` ran it before ``optimize_for_inference``
+(``plain``: fp32, channels_last as ``SegmentationModule`` sets it, BN unfused, matmul logit resize) against ``seg.models.optimize_for_inference`` with the
 chosen levers (``opt``), time, peak memory, and how far the optimised logits are from the plain ones."""
 from __future__ import annotations
 
@@ -39,8 +39,7 @@ def run_infer_opt_case(head: str, device: str, shape: tuple[str, int, int], iter
     dev = torch.device(device)
     backbone, hh, ww = shape
     torch.manual_seed(0)
-    plain = build(head, backbone, 19, dev, fast=False, **build_kwargs)
-    plain.fast_resize = True  # seg's default resize; fast=False only keeps NCHW
+    plain = build(head, backbone, 19, dev, fast=True, **build_kwargs)  # channels_last, matmul resize
     with torch.no_grad():
         for m in plain.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -55,10 +54,11 @@ def run_infer_opt_case(head: str, device: str, shape: tuple[str, int, int], iter
     rows = []
     outs = {}
     first_call_s = 0.0
-    for impl, model in (("plain", plain), ("opt", opt)):
-        def fwd(model=model):
+    x_cl = x.contiguous(memory_format=torch.channels_last)  # as SegmentationModule feeds it
+    for impl, model, inp in (("plain", plain, x_cl), ("opt", opt, x)):
+        def fwd(model=model, inp=inp):
             with torch.inference_mode():
-                return model(x)["out"]
+                return model(inp)["out"]
 
         res = Result("infer_cpu" if dev.type == "cpu" else "infer_opt", head, label, impl,
                      "bf16" if impl == "opt" and bf16 else "fp32", note=levers if impl == "opt" else "")
