@@ -22,7 +22,10 @@ def main() -> None:
     p.add_argument("--size", type=int, nargs=2, default=(512, 1024))
     p.add_argument("--variants", nargs="+", default=["plain", "opt"], choices=["plain", "opt", "opt-bf16"])
     p.add_argument("--rows", type=int, default=15)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     plain = build(a.head, a.backbone, 19, torch.device("cpu"), fast=True).eval()  # as seg.predict ran it
     x = torch.randn(1, 3, *a.size).contiguous(memory_format=torch.channels_last)

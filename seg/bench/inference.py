@@ -30,7 +30,7 @@ def infer_shape(quick: bool, backbone: str | None = None, size: tuple[int, int] 
 def run_infer_opt_case(head: str, device: str, shape: tuple[str, int, int], iters: int, fuse_bn: bool = True,
                        channels_last: bool = True, bf16: bool = False, compile: bool = False,
                        **build_kwargs) -> list[dict]:
-    """Rows ``plain`` and ``opt`` for one head: ms per image (median of ``iters``), peak MiB, and on ``opt`` the
+    """Rows ``plain`` and ``opt`` for one head: ms per image (median of ``iters``, the two alternating), peak MiB, and on ``opt`` the
     largest logit difference to ``plain`` (relative to the largest plain logit) and the share of pixels whose
     argmax agrees, in ``extra``. Both models share the weights (random init, BN statistics randomised so that
     folding has work to do). ``compile``: the optimised model is also ``torch.compile``d (freezing); its first call
@@ -55,6 +55,7 @@ def run_infer_opt_case(head: str, device: str, shape: tuple[str, int, int], iter
     outs = {}
     first_call_s = 0.0
     x_cl = x.contiguous(memory_format=torch.channels_last)  # as SegmentationModule feeds it
+    fwds = {}
     for impl, model, inp in (("plain", plain, x_cl), ("opt", opt, x)):
         def fwd(model=model, inp=inp):
             with torch.inference_mode():
@@ -63,11 +64,18 @@ def run_infer_opt_case(head: str, device: str, shape: tuple[str, int, int], iter
         res = Result("infer_cpu" if dev.type == "cpu" else "infer_opt", head, label, impl,
                      "bf16" if impl == "opt" and bf16 else "fp32", note=levers if impl == "opt" else "")
         t0 = time.perf_counter()
-        outs[impl] = fwd().float()
+        outs[impl] = fwd().float()  # also the warm-up (and the compilation, if compiled)
         first_call_s = time.perf_counter() - t0
         res.peak_mb = peak_mb(fwd, dev, per_op=not (compile and impl == "opt"))
-        res.fwd_ms = 1e3 * time_call(fwd, dev, 0, iters)  # warmed up by the calls above
         rows.append(res)
+        fwds[impl] = fwd
+    # plain and opt alternate, so that a shared machine's drift hits both medians alike
+    times: dict[str, list[float]] = {impl: [] for impl in fwds}
+    for _ in range(iters):
+        for impl, fwd in fwds.items():
+            times[impl].append(time_call(fwd, dev, 0, 1))
+    for res in rows:
+        res.fwd_ms = 1e3 * sorted(times[res.impl])[len(times[res.impl]) // 2]
     ref, out = outs["plain"], outs["opt"]
     rows[1].extra = {"max_rel_diff": float((out - ref).abs().max() / ref.abs().max()),
                      "argmax_agree": float((out.argmax(1) == ref.argmax(1)).float().mean()),
