@@ -6,7 +6,8 @@ Each core has two implementations:
   ``axial_attention``) - memory-safe, softmax in fp32, safe under bf16/fp16 autocast and
   ``torch.compile``;
 * ``*_reference`` - the plain explicit-energy formulation that mmsegmentation / mmcv compute
-  (build the whole energy tensor, softmax, weighted sum). Tests check the two agree; ``seg.bench``
+  (build the whole energy tensor, softmax, weighted sum), defined in ``seg.layers.functional_reference``
+  and re-exported here. Tests check the two agree; ``seg.bench``
   times them against each other. ``explicit_attention()`` switches the main functions (and so every
   block in ``seg.layers``) to the references, e.g. to benchmark a whole model "as mmseg runs it".
 
@@ -31,7 +32,8 @@ Memory of ``position_attention`` (the only core whose explicit energy is HW x HW
   via ``expand``, no copy), so the flash / cuDNN kernels apply (they need equal q/k/v head dims
   <= 256); in fp32 one head, which the memory-efficient kernel runs (flash has no fp32).
 * elsewhere (CPU, or ``chunk_size`` given): ``position_attention_chunked`` - queries are processed in
-  chunks sized automatically so that one chunk's energies take about ``CHUNK_BYTES``; peak extra memory
+  chunks sized automatically so that one chunk's energies take about ``CHUNK_BYTES`` (``INFERENCE_CHUNK_BYTES``
+  without gradients); peak extra memory
   is O(chunk * HW). When gradients are needed and there is more than one chunk, each chunk is
   recomputed in backward (activation checkpointing), so training does not store HW x HW either.
 """
@@ -43,6 +45,15 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from .functional_reference import (
+    attended_axis,
+    axial_attention_reference,
+    channel_attention_reference,
+    check_qkv,
+    criss_cross_attention_reference,
+    position_attention_reference,
+)
 
 __all__ = [
     "position_attention",
@@ -59,10 +70,17 @@ __all__ = [
     "export_mode",
     "exporting",
     "CHUNK_BYTES",
+    "INFERENCE_CHUNK_BYTES",
 ]
 
-#: Target size in bytes of one chunk's fp32 energies in ``position_attention_chunked``.
+#: Target size in bytes of one chunk's fp32 energies in ``position_attention_chunked`` when gradients are needed
+#: (each chunk is recomputed in backward).
 CHUNK_BYTES = 16 * 2**20
+#: The same without gradients (inference: one reused energy buffer). Larger chunks mean fewer, larger matmuls and
+#: fewer thread synchronisations: on a 2-core AMD EPYC (DANet PAM, 64x128 features, q/k 64, v 512) 512-query
+#: chunks (16 MiB) took 1.7x the time of 2048-query chunks (64 MiB), the whole 8192 queries at once 1.04x; see
+#: docs/benchmarks.md. 64 MiB is small next to the (HW)^2 energies it replaces (4 GiB at 1024x2048).
+INFERENCE_CHUNK_BYTES = 64 * 2**20
 
 _EXPLICIT = False
 _EXPORT = False
@@ -95,19 +113,6 @@ def export_mode(enabled: bool = True) -> Iterator[None]:
 def exporting() -> bool:
     """True inside ``export_mode()``."""
     return _EXPORT
-
-
-def _check_qkv(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(
-            f"{name}: q, k, v must be (B, C, H, W), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if q.shape != k.shape:
-        raise ValueError(f"{name}: q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if v.shape[0] != q.shape[0] or v.shape[2:] != q.shape[2:]:
-        raise ValueError(
-            f"{name}: v must match q in batch and spatial size, got q {tuple(q.shape)} and v {tuple(v.shape)}"
-        )
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -145,7 +150,7 @@ def position_attention(
     """
     if _EXPLICIT:
         return position_attention_reference(q, k, v, scale)
-    _check_qkv("position_attention", q, k, v)
+    check_qkv("position_attention", q, k, v)
     if chunk_size is None and q.device.type == "cuda":
         return position_attention_sdpa(q, k, v, scale)
     return position_attention_chunked(q, k, v, scale, chunk_size)
@@ -195,11 +200,12 @@ def position_attention_chunked(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0, chunk_size: int | None = None
 ) -> torch.Tensor:
     """``position_attention`` by query chunks: peak extra memory O(B * chunk_size * H * W)."""
-    _check_qkv("position_attention_chunked", q, k, v)
+    check_qkv("position_attention_chunked", q, k, v)
     b, _, h, w = q.shape
     n = h * w
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if chunk_size is None:
-        chunk_size = auto_chunk_size(b, n)
+        chunk_size = auto_chunk_size(b, n, CHUNK_BYTES if needs_grad else INFERENCE_CHUNK_BYTES)
     if chunk_size < 1:
         raise ValueError(f"position_attention: chunk_size must be >= 1, got {chunk_size}")
     dtype = _compute_dtype(q, k, v)
@@ -208,7 +214,7 @@ def position_attention_chunked(
     v_flat = v.flatten(2).to(dtype)  # (B, Cv, N)
     if chunk_size >= n:
         out = _attend_chunk(q_flat, k_flat, v_flat)  # (B, Cv, N)
-    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    elif needs_grad:
         # Recompute chunks in backward instead of storing every chunk's attention (= HW x HW).
         outs = [
             checkpoint(_attend_chunk, q_flat[:, start : start + chunk_size], k_flat, v_flat, use_reentrant=False)
@@ -237,7 +243,7 @@ def position_attention_sdpa(
             fp32 (no flash kernel) and otherwise - one head with all of v (the memory-efficient kernel
             accepts a v width different from q/k; splitting would redo q.k per head: 31 ms vs 20 ms).
     """
-    _check_qkv("position_attention_sdpa", q, k, v)
+    check_qkv("position_attention_sdpa", q, k, v)
     b, cq, h, w = q.shape
     cv = v.shape[1]
     n = h * w
@@ -259,19 +265,6 @@ def position_attention_sdpa(
     # The fused kernels return (B, N, heads, d) memory: read it back as channels_last (B, Cv, H, W), a view
     out = out.permute(0, 2, 1, 3).reshape(b, h, w, cv)  # (B, H, W, Cv)
     return out.permute(0, 3, 1, 2)  # (B, Cv, H, W)
-
-
-def position_attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0
-) -> torch.Tensor:
-    """Explicit ``position_attention`` as mmseg's PAM / mmcv's NonLocal2d compute it (HW x HW energy)."""
-    _check_qkv("position_attention_reference", q, k, v)
-    b, _, h, w = q.shape
-    query = q.flatten(2).transpose(1, 2)  # (B, N, Cq)
-    energy = torch.bmm(query, k.flatten(2)) * scale  # (B, N, N)
-    attn = torch.softmax(energy.float(), dim=-1).to(v.dtype)  # (B, N, N)
-    out = torch.bmm(v.flatten(2), attn.transpose(1, 2))  # (B, Cv, N)
-    return out.reshape(b, v.shape[1], h, w)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -356,17 +349,6 @@ def channel_attention(x: torch.Tensor) -> torch.Tensor:
     return out.reshape(b, c, h, w)
 
 
-def channel_attention_reference(x: torch.Tensor) -> torch.Tensor:
-    """Explicit DANet CAM as mmseg writes it: ``softmax(max(energy) - energy)``."""
-    b, c, h, w = x.shape
-    query = x.flatten(2)  # (B, C, N)
-    energy = torch.bmm(query, query.transpose(1, 2))  # (B, C, C)
-    energy_new = energy.max(dim=-1, keepdim=True)[0].expand_as(energy) - energy  # (B, C, C)
-    attn = torch.softmax(energy_new.float(), dim=-1).to(x.dtype)
-    out = torch.bmm(attn, query)  # (B, C, N)
-    return out.reshape(b, c, h, w)
-
-
 # ------------------------------------------------------------------------------------------------
 # criss-cross attention (CCNet)
 
@@ -380,7 +362,7 @@ def criss_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     """
     if _EXPLICIT:
         return criss_cross_attention_reference(q, k, v)
-    _check_qkv("criss_cross_attention", q, k, v)
+    check_qkv("criss_cross_attention", q, k, v)
     h = q.shape[2]
     energy_col = torch.einsum("bchw,bciw->bhwi", q, k).float()  # (B, H, W, H): pixel vs its column
     energy_row = torch.einsum("bchw,bchj->bhwj", q, k).float()  # (B, H, W, W): pixel vs its row
@@ -393,31 +375,8 @@ def criss_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     return out
 
 
-def criss_cross_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Criss-cross attention as mmcv's pure-PyTorch ``CrissCrossAttention`` writes it (energies with a
-    -inf diagonal added, transposed, concatenated, softmax)."""
-    _check_qkv("criss_cross_attention_reference", q, k, v)
-    h = q.shape[2]
-    neg_inf_diag = torch.diag(torch.full((h,), float("-inf"), device=q.device))  # (H, H), 0 off-diagonal
-    energy_h = torch.einsum("bchw,bciw->bwhi", q, k).float() + neg_inf_diag  # (B, W, H, H)
-    energy_h = energy_h.transpose(1, 2)  # (B, H, W, H)
-    energy_w = torch.einsum("bchw,bchj->bhwj", q, k).float()  # (B, H, W, W)
-    attn = F.softmax(torch.cat([energy_h, energy_w], dim=-1), dim=-1).to(v.dtype)  # (B, H, W, H+W)
-    out = torch.einsum("bciw,bhwi->bchw", v, attn[..., :h])
-    out = out + torch.einsum("bchj,bhwj->bchw", v, attn[..., h:])
-    return out
-
-
 # ------------------------------------------------------------------------------------------------
 # axial attention
-
-
-def _axis(axis: int) -> int:
-    if axis in (-1, 3):
-        return -1
-    if axis in (-2, 2):
-        return -2
-    raise ValueError(f"axial_attention: axis must be -1 (along W, within rows) or -2 (along H, within columns), got {axis}")
 
 
 def axial_attention(
@@ -437,9 +396,9 @@ def axial_attention(
     """
     if _EXPLICIT:
         return axial_attention_reference(q, k, v, axis, scale, bias)
-    _check_qkv("axial_attention", q, k, v)
+    check_qkv("axial_attention", q, k, v)
     out_dtype = _compute_dtype(v)
-    if _axis(axis) == -1:
+    if attended_axis(axis) == -1:
         energy = torch.einsum("bchi,bchj->bhij", q, k).float() * scale  # (B, H, W, W)
         if bias is not None:
             energy = energy + bias
@@ -452,30 +411,3 @@ def axial_attention(
     return torch.einsum("bwij,bcjw->bciw", attn, v)  # (B, C, H, W)
 
 
-def axial_attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    axis: int,
-    scale: float = 1.0,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Explicit axial attention as usually written: fold the other axis into the batch, bmm, softmax."""
-    _check_qkv("axial_attention_reference", q, k, v)
-    b, cq, h, w = q.shape
-    cv = v.shape[1]
-    if _axis(axis) == -2:  # transpose so that the attended axis is the last one
-        q, k, v = q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3)
-    _, _, other, length = q.shape
-    query = q.permute(0, 2, 3, 1).reshape(b * other, length, cq)  # (B*other, L, Cq)
-    key = k.permute(0, 2, 1, 3).reshape(b * other, cq, length)  # (B*other, Cq, L)
-    value = v.permute(0, 2, 3, 1).reshape(b * other, length, cv)  # (B*other, L, Cv)
-    energy = torch.bmm(query, key).float() * scale  # (B*other, L, L)
-    if bias is not None:
-        energy = energy + bias.expand(b, other, length, length).reshape(b * other, length, length)
-    attn = torch.softmax(energy, dim=-1).to(value.dtype)
-    out = torch.bmm(attn, value)  # (B*other, L, Cv)
-    out = out.reshape(b, other, length, cv).permute(0, 3, 1, 2)  # (B, Cv, other, L)
-    if _axis(axis) == -2:
-        out = out.transpose(2, 3)  # (B, Cv, H, W)
-    return out.contiguous()

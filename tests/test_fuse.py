@@ -1,0 +1,98 @@
+"""Conv+BN folding and optimize_for_inference: the optimised model computes what the plain model computes."""
+import pytest
+import torch
+from torch import nn
+
+from seg.models import HEADS, build_model
+from seg.models.fuse import fold_bn_into_conv, fuse_conv_bn
+from seg.models.optimize import optimize_for_inference
+
+TINY = dict(backbone_kwargs=dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64)), channels=16, aux_channels=8)
+
+
+def _tiny_model(head: str) -> nn.Module:
+    torch.manual_seed(0)
+    kwargs = dict(TINY, output_stride=getattr(HEADS[head], "recipe_output_stride", 8))
+    model = build_model("resnet18", head, 5, weights=None, **kwargs)
+    with torch.no_grad():  # non-trivial statistics and affine parameters, so that folding has work to do
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+    return model.eval()
+
+
+def test_fold_bn_into_conv_equals_conv_then_bn():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 6, 3, padding=1, bias=False, groups=1), nn.BatchNorm2d(6)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.1, 3)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    bn.eval()
+    x = torch.randn(2, 3, 9, 11)
+    expected = (conv(x) - bn.running_mean[:, None, None]) / (bn.running_var[:, None, None] + bn.eps).sqrt() \
+        * bn.weight[:, None, None] + bn.bias[:, None, None]
+    fold_bn_into_conv(conv, bn)
+    torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_fused_model_matches_the_unfused_one(head):
+    model = _tiny_model(head)
+    x = torch.randn(1, 3, 41, 57)
+    fused = fuse_conv_bn(model, torch.randn(1, 3, 64, 64))
+    assert fused is not model and fused.fused_conv_bn > 0
+    # each fold removes one BatchNorm from the eval forward (the aux head's, not run in eval, stay)
+    def bns_run(m: nn.Module) -> int:
+        ran = []
+        hooks = [b.register_forward_hook(lambda *a: ran.append(1)) for b in m.modules() if isinstance(b, nn.BatchNorm2d)]
+        with torch.no_grad():
+            m(x)
+        for h in hooks:
+            h.remove()
+        return len(ran)
+
+    assert bns_run(model) - bns_run(fused) == fused.fused_conv_bn
+    with torch.no_grad():
+        out, ref = fused(x)["out"], model(x)["out"]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+def test_optimize_for_inference_matches_and_keeps_the_original():
+    model = _tiny_model("danet")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = optimize_for_inference(model, "cpu")
+    x = torch.randn(2, 3, 37, 45)
+    with torch.no_grad():
+        ref, out = model(x)["out"], opt(x)["out"]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy was optimised
+    assert opt.build_args == model.build_args  # attributes of the wrapped model stay reachable
+    with torch.no_grad():  # bf16: close to fp32, not equal (reported with its accuracy in docs/benchmarks.md)
+        low = optimize_for_inference(model, "cpu", bf16=True)(x)["out"]
+    assert low.dtype == torch.float32
+    assert (low - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_fuse_refuses_train_mode_and_wrong_folds():
+    model = _tiny_model("fcn").train()
+    with pytest.raises(ValueError, match="eval"):
+        fuse_conv_bn(model, torch.randn(1, 3, 32, 32))
+
+    class SkipBeforeBN(nn.Module):  # the conv output is used besides its BN: folding would change the result
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+            with torch.no_grad():
+                self.bn.running_mean.fill_(1.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    with pytest.raises(RuntimeError, match="differs from the original"):
+        fuse_conv_bn(SkipBeforeBN().eval(), torch.randn(1, 3, 8, 8))
