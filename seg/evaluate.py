@@ -48,6 +48,8 @@ def default_output(ckpt: str) -> Path:
 def main(args: Optional[list[str]] = None) -> dict[str, Any]:
     cli = EvaluateCLI(args=args)
     module, dm, trainer = cli.model, cli.datamodule, cli.trainer
+    params = count_parameters(module.model)  # before BatchNorm folding (--optimize) removes the BN parameters
+    cli.optimize_for(module, trainer.strategy.root_device)
     t0 = time.perf_counter()
     trainer.test(module, datamodule=dm, verbose=False)
     seconds = time.perf_counter() - t0
@@ -63,7 +65,8 @@ def main(args: Optional[list[str]] = None) -> dict[str, Any]:
         "crop_size": list(hp.eval_crop_size) if hp.eval_mode == "slide" else None,
         "stride": list(hp.eval_stride) if hp.eval_mode == "slide" else None,
         "ckpt": str(cli.config.ckpt), "split": dm.test_split, "world_size": trainer.world_size,
-        "backbone": hp.backbone, "head": hp.head, "params": count_parameters(module.model),
+        "backbone": hp.backbone, "head": hp.head, "params": params,
+        "optimize": bool(cli.config.optimize), "bf16": bool(cli.config.bf16),
     }
     if trainer.is_global_zero:
         out = Path(cli.config.output) if cli.config.output else default_output(cli.config.ckpt)

@@ -61,6 +61,7 @@ def _main_torch(args: Optional[list[str]]) -> list[Path]:
     cfg, module, dm = cli.config, cli.model, cli.datamodule
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     module.to(device).eval()
+    cli.optimize_for(module, device)  # CPU: BN folded, channels_last (--optimize), bf16 (--bf16)
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

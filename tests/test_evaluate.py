@@ -115,3 +115,20 @@ def _tta_slide_probs(net, x, scales, crop, stride) -> torch.Tensor:
             logits = logits.flip(-1) if flip else logits
             probs += F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(1)
     return probs / (2 * len(scales))
+
+
+def test_cpu_inference_optimisation_keeps_the_predictions(trained_run, tiny_data, tmp_path):
+    """seg.evaluate / seg.predict fold BatchNorm etc. on CPU by default (--optimize): the same metrics as the plain
+    model; --bf16 predictions stay close to fp32 ones."""
+    ckpt = str(trained_run / "checkpoints/best.ckpt")
+    plain = evaluate_cmd.main(["--ckpt", ckpt, "--optimize", "false", "--output", str(tmp_path / "plain.json")])
+    opt = evaluate_cmd.main(["--ckpt", ckpt, "--output", str(tmp_path / "opt.json")])
+    assert opt["optimize"] and not plain["optimize"] and opt["params"] == plain["params"]
+    for key in ("mIoU", "aAcc", "mAcc"):
+        assert opt[key] == pytest.approx(plain[key], abs=1e-4), key
+    images = str(tiny_data / "val/images")
+    fp32 = predict_cmd.main(["--ckpt", ckpt, images, "--out", str(tmp_path / "fp32")])
+    bf16 = predict_cmd.main(["--ckpt", ckpt, images, "--out", str(tmp_path / "bf16"), "--bf16", "true"])
+    agree = [np.mean(cv2.imread(str(a), cv2.IMREAD_UNCHANGED) == cv2.imread(str(b), cv2.IMREAD_UNCHANGED))
+             for a, b in zip(fp32, bf16)]
+    assert np.mean(agree) > 0.9, agree
