@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--onnx", action="store_true",
                    help="ONNX Runtime (CPU) whole-image latency per head beside PyTorch's (size: --infer-size, "
                         "default 512 1024; needs pip install -e '.[export]')")
-    p.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS))
+    p.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS), metavar="HEAD",
+                   help="default: every registered head: " + " ".join(HEADS))
     p.add_argument("--iters", type=int, default=None, help="timed iterations per case (median is reported)")
     p.add_argument("--out", default="bench_results", help="folder for the JSON and Markdown results")
     p.add_argument("--compile", action="store_true", help="also time the training step under torch.compile; in the infer part, "
