@@ -85,7 +85,8 @@ class SegCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {
             "description": "Train a segmentation model (seg). Every option can be set in the --config YAML or as "
                            "--section.key=value; --print_config shows the merged config, head arguments included.",
-            "usage": "python train.py --config CONFIG [--section.key=value ...] [--ckpt_path last|PATH] [--print_config]"})
+            "usage": "python train.py --config CONFIG [--section.key=value ...] [--ckpt_path last|PATH] "
+                     "[--print_config]"})
         super().__init__(SegmentationModule, SegDataModule, run=False, args=args, auto_configure_optimizers=False,
                          **kwargs)
 
@@ -177,7 +178,8 @@ def console_callbacks(tcfg: Any, callbacks: list[Any]) -> list[Any]:
 
 def take_print_config(argv: list[str]) -> tuple[list[str], Optional[dict[str, bool]]]:
     """Removes ``--print_config[=flags]`` from ``argv``; returns the rest and the ``dump`` options it asked for
-    (None if absent). Flags as jsonargparse's: ``skip_default``, ``skip_unset`` (``skip_null`` = ``skip_unset``), as jsonargparse's own ``--print_config``."""
+    (None if absent). Flags as jsonargparse's own ``--print_config``: ``skip_default``, ``skip_unset``
+    (``skip_null`` = ``skip_unset``)."""
     rest: list[str] = []
     flags: Optional[dict[str, bool]] = None
     for arg in argv:

@@ -13,6 +13,9 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.model_summary import get_human_readable_count as _count
+
+from .summary import count_parameters
 
 __all__ = ["SegModelSummary", "SegProgressBar", "TextProgressBar", "progress_bar", "quiet_lightning"]
 
@@ -29,24 +32,12 @@ class _DropMessages(logging.Filter):
 
 def quiet_lightning() -> None:
     """Drops Lightning's advertising tip (litlogger), its notice that seg's model summary replaces its own, and its
-    internal deprecation warning about pytree specs: printed on every run, none is about the user's run."""
-    drop = _DropMessages("litlogger", "Skipping setting a default `ModelSummary`")
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-                 "lightning.fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropMessages) for f in logger.filters):
-            logger.addFilter(drop)
-        for handler in logger.handlers:
-            if not any(isinstance(f, _DropMessages) for f in handler.filters):
-                handler.addFilter(drop)
+    internal deprecation warning about pytree specs: printed on every run, none is about the user's run. (Lightning
+    logs its notices through the one ``rank_zero`` logger.)"""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropMessages) for f in logger.filters):
+        logger.addFilter(_DropMessages("litlogger", "Skipping setting a default `ModelSummary`"))
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-
-
-def _count(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return str(int(n))
 
 
 class SegModelSummary(ModelSummary):
@@ -59,10 +50,9 @@ class SegModelSummary(ModelSummary):
         if not trainer.is_global_zero:
             return
         net = getattr(pl_module, "model", pl_module)
-        params = list(net.parameters())
-        total = sum(p.numel() for p in params)
-        trainable = sum(p.numel() for p in params if p.requires_grad)
-        parts = ", ".join(f"{name} {_count(sum(p.numel() for p in child.parameters()))} ({type(child).__name__})"
+        total = count_parameters(net)
+        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        parts = ", ".join(f"{name} {_count(count_parameters(child))} ({type(child).__name__})"
                           for name, child in net.named_children())
         frozen = f", {_count(total - trainable)} frozen" if trainable < total else ""
         rank_zero_info(f"model: {_count(total)} parameters{frozen}, {total * 4 / 2**20:.1f} MB in fp32: {parts}")

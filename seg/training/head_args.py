@@ -14,6 +14,7 @@ Arguments whose type is a class (``norm_layer``, ``act_layer``) are not config v
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from typing import Any, Mapping
 
@@ -31,7 +32,7 @@ def _is_class_argument(annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
     if origin is type:
         return True
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return bool(args) and all(_is_class_argument(a) for a in args)
     return False
@@ -92,11 +93,11 @@ def typed_head_kwargs(head: str, head_kwargs: Mapping[str, Any] | None) -> dict[
     try:
         namespace = parser.parse_object(given)
     except Exception as err:  # jsonargparse names the key and the expected type
-        raise HeadArgumentError(f"model.head_kwargs for {label}: {_first_line(err)}; its arguments are: "
+        raise HeadArgumentError(f"model.head_kwargs for {label}: {_one_line(err)}; its arguments are: "
                                 f"{valid}") from None
     return dict(yaml.safe_load(parser.dump(namespace, skip_unset=False)) or {})
 
 
-def _first_line(err: BaseException) -> str:
+def _one_line(err: BaseException) -> str:
     text = " ".join(line.strip() for line in str(err).strip().splitlines())
     return text or type(err).__name__
