@@ -26,3 +26,18 @@ def trained_run(tiny_data, tmp_path_factory) -> Path:
     config = tiny_config(tmp / "cfg.yaml", tiny_data, tmp / "run")
     main(["--config", str(config)])
     return tmp / "run"
+
+
+@pytest.fixture
+def offline_timm(monkeypatch):
+    """An offline machine without a Hugging Face cache: every timm weight download raises what huggingface_hub
+    raises then (LocalEntryNotFoundError)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    import timm.models._builder as builder
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("Cannot find the requested files in the local cache (simulated)")
+
+    monkeypatch.setattr(builder, "load_state_dict_from_hf", offline)
+    monkeypatch.setattr(builder, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(builder, "download_cached_file", offline, raising=False)

@@ -161,17 +161,8 @@ def test_weights_file_mismatch_is_an_error(tmp_path):
         TimmBackbone("resnet18", weights=tmp_path / "missing.pth", model_kwargs=TINY)
 
 
-def test_imagenet_weights_offline_gives_clear_error(monkeypatch):
+def test_imagenet_weights_offline_gives_clear_error(offline_timm):
     """Simulate an offline machine without HF cache: timm's download raises LocalEntryNotFoundError."""
-    from huggingface_hub.errors import LocalEntryNotFoundError
-    import timm.models._builder as builder
-
-    def offline(*args, **kwargs):
-        raise LocalEntryNotFoundError("Cannot find the requested files in the local cache (simulated)")
-
-    monkeypatch.setattr(builder, "load_state_dict_from_hf", offline)
-    monkeypatch.setattr(builder, "load_state_dict_from_url", offline)
-    monkeypatch.setattr(builder, "download_cached_file", offline, raising=False)
     with pytest.raises(RuntimeError, match=r"(?s)ImageNet weights.*offline.*weights: /path/to/file.pth"):
         TimmBackbone("resnet18", weights="imagenet", model_kwargs=TINY)
 

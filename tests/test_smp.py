@@ -156,16 +156,7 @@ def test_vit_weights_from_local_file_and_dpt_needs_a_vit(tmp_path):
         build_model("resnet18", "smp:DPT", 3, output_stride=32, backbone_kwargs=TINY_BACKBONE)
 
 
-def test_imagenet_weights_offline_gives_clear_error(monkeypatch):
-    from huggingface_hub.errors import LocalEntryNotFoundError
-    import timm.models._builder as builder
-
-    def offline(*args, **kwargs):
-        raise LocalEntryNotFoundError("Cannot find the requested files in the local cache (simulated)")
-
-    monkeypatch.setattr(builder, "load_state_dict_from_hf", offline)
-    monkeypatch.setattr(builder, "load_state_dict_from_url", offline)
-    monkeypatch.setattr(builder, "download_cached_file", offline, raising=False)
+def test_imagenet_weights_offline_gives_clear_error(offline_timm):
     with pytest.raises(RuntimeError, match=r"(?s)ImageNet weights for 'resnet18'.*offline.*weights: /path/to/file.pth"):
         build_model("resnet18", "smp:Unet", 3, output_stride=32, weights="imagenet", backbone_kwargs=TINY_BACKBONE)
 
