@@ -1,4 +1,4 @@
-"""Decoding: libspng and OpenCV give the same pixels; the decode cache is lossless, invalidated by edits,
+"""Decoding: the fast PNG path, libspng and OpenCV give the same pixels; the decode cache is lossless, invalidated by edits,
 robust to damaged entries, and never loads anything but plain numbers."""
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from PIL import Image
 from data_fixtures import folder_tree
 from seg.data import FolderDataset
 from seg.data import base as base_module
+from seg.data import png as png_module
 from seg.data.cache import FileCache, main as cache_main, read_entry, write_entry
 
 RNG = np.random.default_rng(0)
@@ -38,20 +39,24 @@ def _pngs(tmp_path: Path) -> dict[str, tuple[Path, np.ndarray]]:
     return out
 
 
-@pytest.mark.parametrize('decoder', ['opencv', 'libspng'])
+@pytest.mark.parametrize('decoder', ['opencv', 'libspng', 'isal+libspng'])
 def test_png_kinds_decode_to_the_same_rgb(tmp_path, monkeypatch, decoder):
     if decoder == 'opencv':
-        monkeypatch.setattr(base_module, '_pyspng', None)
+        monkeypatch.setattr(png_module, '_spng', None)
     else:
         pyspng = pytest.importorskip('pyspng')
+        if decoder == 'libspng':
+            monkeypatch.setattr(png_module, '_isal', None)
+        else:
+            pytest.importorskip('isal')
         used = []
-        monkeypatch.setattr(base_module, '_pyspng', type('Spy', (), {
+        monkeypatch.setattr(png_module, '_spng', type('Spy', (), {
             'load': staticmethod(lambda data, **kw: used.append(1) or pyspng.load(data, **kw))}))
     for name, (path, ref) in _pngs(tmp_path).items():
         img = base_module.read_image(path)
         assert img.dtype == np.uint8 and img.shape == (13, 21, 3) and img.flags.c_contiguous, name
         np.testing.assert_array_equal(img, ref, err_msg=name)
-    if decoder == 'libspng':
+    if decoder != 'opencv':
         assert len(used) == 2  # the 8-bit RGB and RGBA files; the others went to OpenCV
 
 

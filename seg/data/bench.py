@@ -65,7 +65,7 @@ def _rate(f: Callable[[int], object], iters: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from . import base
+    from . import png as png_decoder
     from .cityscapes import CityscapesDataset
     from .datamodule import collate, seed_worker
     from .transforms import build_train_transform
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             ('decode PNG + augment', lambda i: ds[i % n]),
             ('decode cache + augment', lambda i: cached[i % n]),
         ]
-        decoder = 'libspng (pyspng)' if base._pyspng is not None else 'OpenCV (libpng)'
+        decoder = png_decoder.backend()
         print(f'image: 2048x1024 PNG, {png.stat().st_size / 1e6:.1f} MB, decoded by {decoder}; '
               f'crop {args.crop[0]}x{args.crop[1]}; 1 thread')
         print(f'{"samples/s per worker":38s} {"wall":>8s} {"CPU":>8s}   ms/sample (CPU)')
