@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from data_fixtures import folder_tree
@@ -140,5 +141,70 @@ def test_data_bench_reports_the_split(capsys):
 
     bench_main(['--iters', '2', '--crop', '64', '128'])
     out = capsys.readouterr().out
-    for row in ('decode PNG pair', 'decode from cache', 'augment only', 'decode cache + augment', 'workers for 90'):
+    for row in ('decode PNG pair', 'decode from cache', 'augment only', 'decode PNG + augment (training)',
+                'decode cache + augment', 'workers for 90'):
         assert row in out, out
+
+
+# -- the training crop decodes only the PNG rows it reads ------------------------------------------------------
+
+def _fake_cityscapes(tmp_path: Path, n: int = 3) -> Path:
+    from seg.data.bench import write_fake_cityscapes
+
+    root = tmp_path / 'cityscapes'
+    write_fake_cityscapes(root, n=n, size=(512, 256))
+    return root
+
+
+def test_training_crop_reads_only_the_rows_it_needs_with_the_same_result(tmp_path, monkeypatch):
+    pytest.importorskip('pyspng')
+    pytest.importorskip('isal')
+    from seg.data import CityscapesDataset
+    from seg.data.transforms import build_eval_transform, build_train_transform
+
+    root = _fake_cityscapes(tmp_path)
+    lazy, whole = (CityscapesDataset(root, 'train', transform=build_train_transform((96, 192), (512, 256), seed=0))
+                   for _ in range(2))
+    monkeypatch.setattr(whole, '_row_reader', lambda: None)
+    asked = []
+    rows = png_module.PngRows.rows
+    monkeypatch.setattr(png_module.PngRows, 'rows', lambda self, n: asked.append((n, self.shape[0])) or rows(self, n))
+    for seed in range(40):
+        lazy.reseed(seed)
+        whole.reseed(seed)
+        a, b = lazy[seed % 3], whole[seed % 3]
+        assert torch.equal(a['image'], b['image']) and torch.equal(a['mask'], b['mask']), seed
+    fractions = [n / h for n, h in asked]
+    assert 0.4 < np.mean(fractions) < 0.9  # the recipe's scales: ~0.7 of the rows on average
+    assert min(fractions) < 0.5 and max(fractions) == 1.0
+    assert len(asked) >= 80  # image and mask, every sample
+    cached = CityscapesDataset(root, 'train', transform=build_train_transform((96, 192), (512, 256)))
+    cached.set_cache(tmp_path / 'cache')
+    evaluated = CityscapesDataset(root, 'train', transform=build_eval_transform((512, 256)))
+    assert cached._row_reader() is None and evaluated._row_reader() is None and lazy._row_reader() is not None
+
+
+def test_training_crop_checks_the_labels_it_reads_and_falls_back_on_damage(tmp_path, monkeypatch):
+    pytest.importorskip('pyspng')
+    pytest.importorskip('isal')
+    from seg.data import CityscapesDataset, DataError
+    from seg.data.transforms import build_train_transform
+
+    root = _fake_cityscapes(tmp_path, n=1)
+    lazy, whole = (CityscapesDataset(root, 'train', transform=build_train_transform((96, 192), (512, 256), seed=0))
+                   for _ in range(2))
+    monkeypatch.setattr(whole, '_row_reader', lambda: None)
+    for seed in range(3):  # damaged data found while cropping: the usual decode runs with the same draws
+        lazy.reseed(seed)
+        whole.reseed(seed)
+        with monkeypatch.context() as m:
+            m.setattr(png_module.PngRows, 'rows', lambda self, n: (_ for _ in ()).throw(png_module.DecodeError('x')))
+            a = lazy[0]
+        b = whole[0]
+        assert torch.equal(a['image'], b['image']) and torch.equal(a['mask'], b['mask'])
+    mask_path = next(root.rglob('*_labelIds.png'))
+    labels = np.array(Image.open(mask_path))
+    labels[:5] = 250  # not a Cityscapes label id, in rows every crop reads
+    Image.fromarray(labels).save(mask_path)
+    with pytest.raises(DataError, match=f'{mask_path.name}: mask values 250 are neither'):
+        lazy[0]

@@ -11,6 +11,7 @@ from seg.data import UnpaddedDistributedSampler, build_eval_transform, build_tra
 import albumentations as A
 from seg.data.transforms import (
     CatMaxRandomCrop, NormalizeToTensor, PhotoMetricDistortion, RandomRescale, RandomRescaleCrop, nearest_index, reseed,
+    resize_region, rows_needed,
 )
 
 COLOURS = np.array([(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0), (0, 250, 250)], np.uint8)
@@ -310,3 +311,26 @@ def test_unpadded_sampler_each_index_once(n, world):
 def test_unpadded_sampler_bad_rank():
     with pytest.raises(ValueError, match='rank 3'):
         UnpaddedDistributedSampler(list(range(5)), num_replicas=2, rank=3)
+
+
+def test_resize_region_from_the_top_rows_equals_the_whole_image():
+    """`rows_needed` rows from the top give exactly what the whole image gives (every interpolation, scale and
+    box, including boxes at the bottom edge); fewer is refused, not silently replicated."""
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        h, w = int(rng.integers(8, 90)), int(rng.integers(8, 90))
+        img = _smooth_image(h, w, seed=trial)
+        height = int(rng.integers(4, 3 * h))
+        width = max(1, round(w * height / h))
+        y1 = int(rng.integers(0, height))
+        y2 = int(rng.integers(y1 + 1, height + 1)) if trial % 4 else height
+        x1 = int(rng.integers(0, width))
+        box = (x1, y1, int(rng.integers(x1 + 1, width + 1)), y2)
+        for interp in (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_NEAREST, cv2.INTER_AREA):
+            n = rows_needed(h, height, box, interp)
+            whole = resize_region(img, (width, height), box, interp)
+            top = resize_region(np.ascontiguousarray(img[:n]), (width, height), box, interp, src_size=(w, h))
+            np.testing.assert_array_equal(top, whole, err_msg=f'{(h, w)} -> {(height, width)} {box} {interp}')
+            if n > 1 and n < h:
+                with pytest.raises(ValueError, match='rows given'):
+                    resize_region(img[:n - 1], (width, height), box, interp, src_size=(w, h))

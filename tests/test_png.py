@@ -131,3 +131,35 @@ def test_damaged_files_are_never_decoded(tmp_path):
     with pytest.raises(base.DataError, match='bad.png: cannot decode'):  # the fallback reports the file
         base.read_image(path)
     np.testing.assert_array_equal(png.decode(good, 'RGB'), pixels)
+
+
+# -- decoding only the rows a training crop reads --------------------------------------------------------------
+
+def test_rows_from_the_top_equal_the_whole_decode():
+    pixels = _smooth(60, 70, 3)
+    data = encode(pixels, 2, RNG.integers(0, 5, 60).astype(np.uint8), idat_size=300)
+    rows = png.open_rows(data, 'RGB')
+    assert rows is not None and rows.shape == (60, 70, 3)
+    np.testing.assert_array_equal(rows.rows(17), pixels[:17])
+    np.testing.assert_array_equal(rows.rows(5), pixels[:5])  # already decoded: a view of it
+    np.testing.assert_array_equal(rows.rows(30), pixels)  # more than before: the whole image, in one go
+    assert rows.rows_read == 60
+    grey = _smooth(20, 9, 1)[:, :, 0]
+    np.testing.assert_array_equal(png.open_rows(encode(grey, 0, np.full(20, 3, np.uint8)), 'mask').rows(7), grey[:7])
+    assert png.open_rows(encode(grey, 0, np.zeros(20, np.uint8)), 'RGB') is None
+
+
+def test_damage_below_the_rows_read_is_caught_when_they_are_read():
+    pixels = _smooth(50, 40, 3)
+    good = encode(pixels, 2, np.ones(50, np.uint8), idat_size=100000)
+    raw = zlib.decompress(good[good.index(b'IDAT') + 4:good.index(b'IEND') - 8])
+    bad_rows = bytearray(raw)
+    bad_rows[45 * (1 + 40 * 3)] = 9  # row 45's filter type: no such filter
+    stream = zlib.compress(bytes(bad_rows))
+    idat = struct.pack('>I', len(stream)) + b'IDAT' + stream + struct.pack('>I', zlib.crc32(b'IDAT' + stream))
+    data = good[:good.index(b'IDAT') - 4] + idat + good[good.index(b'IEND') - 4:]
+    rows = png.open_rows(data, 'RGB')
+    np.testing.assert_array_equal(rows.rows(20), pixels[:20])  # the rows above the damage are the file's
+    with pytest.raises(png.DecodeError):
+        rows.rows(50)
+    assert png.decode(data, 'RGB') is None

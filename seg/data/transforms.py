@@ -20,8 +20,9 @@ All randomness comes from the transforms' own generators (`self.py_random`, `sel
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # no PyPI version check at import (offline machines)
 
@@ -72,8 +73,25 @@ def nearest_index(src_len: int, dst_len: int, start: int, stop: int) -> np.ndarr
     return np.minimum(np.floor(np.arange(start, stop, dtype=np.float64) * inv), src_len - 1).astype(np.intp)
 
 
+def rows_needed(src_height: int, height: int, box: tuple[int, int, int, int], interpolation: int) -> int:
+    """How many source rows from the top `resize_region(img, (., height), box, interpolation)` reads, for an
+    image `src_height` rows high: up to the sample position of the box's last row plus the interpolation
+    kernel's reach, with a margin for warpAffine's fixed-point rounding. Every row for other modes."""
+    y2 = box[3]
+    if height == src_height:
+        return min(src_height, y2)
+    if interpolation == cv2.INTER_NEAREST:
+        return int(nearest_index(src_height, height, y2 - 1, y2)[0]) + 1
+    if interpolation not in (cv2.INTER_LINEAR, cv2.INTER_CUBIC):
+        return src_height
+    last = (y2 - 1 + 0.5) * (src_height / height) - 0.5
+    reach = 2 if interpolation == cv2.INTER_LINEAR else 3  # the rows floor(y)..floor(y)+1 (+2 for cubic)
+    return min(src_height, max(0, int(np.floor(last))) + reach + 2)
+
+
 def resize_region(
-    img: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int], interpolation: int = cv2.INTER_LINEAR
+    img: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int], interpolation: int = cv2.INTER_LINEAR,
+    src_size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """``cv2.resize(img, size, interpolation)[y1:y2, x1:x2]`` for box (x1, y1, x2, y2), computing only the box.
 
@@ -81,9 +99,15 @@ def resize_region(
     ``(x + 0.5) * scale - 0.5``, edges replicated as resize clamps) through `cv2.warpAffine`, whose 1/32-pixel
     fixed-point coordinates differ from resize's by at most one grey level on natural images. Other modes
     (e.g. INTER_AREA) resize the whole image and crop.
+
+    src_size: (W, H) of the whole source when `img` holds only its top rows (at least `rows_needed` of them):
+    the result is the same as from the whole image.
     """
     x1, y1, x2, y2 = box
-    src_h, src_w = img.shape[:2]
+    src_w, src_h = src_size if src_size is not None else (img.shape[1], img.shape[0])
+    if src_h != img.shape[0] and img.shape[0] < rows_needed(src_h, size[1], box, interpolation):
+        raise ValueError(f'resize_region: {img.shape[0]} of {src_h} rows given, '
+                         f'{rows_needed(src_h, size[1], box, interpolation)} needed')
     width, height = size
     if (width, height) == (src_w, src_h):
         return np.ascontiguousarray(img[y1:y2, x1:x2])
@@ -235,25 +259,53 @@ class RandomRescaleCrop(CatMaxRandomCrop):
         self.base_size = tuple(base_size) if base_size is not None else None
         self.ratio_range = _check_ratio_range(ratio_range)
         self.interpolation = interpolation
+        self._source: Any = None
+
+    @contextlib.contextmanager
+    def reading(self, image: Any, mask: Any = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Crop from sources that decode from the top (``.shape``, ``.rows(n)`` -> the first n rows, e.g.
+        `seg.data.png.PngRows`), reading only the rows the drawn crop needs (and the candidate boxes the
+        cat-max rule looks at, for the mask). Yields stand-ins of the image's (and mask's) shape to pass to the
+        pipeline as ``image`` and ``mask`` (zeros, allocated lazily by the OS: never touched, they cost no
+        time). The crop must be the pipeline's first step (`SegDataset` checks, `apply` too). Same draws and
+        same result as passing the whole decoded arrays."""
+        stand_ins = np.zeros(image.shape, np.uint8), None if mask is None else np.zeros(mask.shape, np.uint8)
+        self._source = (image, mask), stand_ins
+        try:
+            yield stand_ins
+        finally:
+            self._source = None
+
+    def _read(self, which: int, given: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int],
+              interpolation: int) -> np.ndarray:
+        """`resize_region` of the image (which=0) or mask (1): of `given`, or of its source's top rows."""
+        if self._source is None or self._source[0][which] is None:
+            return resize_region(given, size, box, interpolation)
+        source, stand_in = self._source[0][which], self._source[1][which]
+        if given is not stand_in:
+            raise RuntimeError('RandomRescaleCrop.reading: the crop must be the first step of the pipeline')
+        src_h, src_w = source.shape[:2]
+        top = source.rows(rows_needed(src_h, size[1], box, interpolation))
+        return resize_region(top, size, box, interpolation, src_size=(src_w, src_h))
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         src_h, src_w = params['shape'][:2]
         size = _scaled_size(src_w, src_h, self.py_random.uniform(*self.ratio_range), self.base_size)
         mask = data.get('mask')
-        region = None if mask is None else (lambda b: resize_region(mask, size, b, cv2.INTER_NEAREST))
+        region = None if mask is None else (lambda b: self._read(1, mask, size, b, cv2.INTER_NEAREST))
         return {'size': size, 'box': self._draw_box(size[1], size[0], region)}
 
     def apply(
         self, img: np.ndarray, size: tuple[int, int] = (1, 1), box: tuple[int, int, int, int] = (0, 0, 1, 1),
         **params: Any,
     ) -> np.ndarray:
-        return resize_region(img, size, box, self.interpolation)
+        return self._read(0, img, size, box, self.interpolation)
 
     def apply_to_mask(
         self, mask: np.ndarray, size: tuple[int, int] = (1, 1), box: tuple[int, int, int, int] = (0, 0, 1, 1),
         **params: Any,
     ) -> np.ndarray:
-        return resize_region(mask, size, box, cv2.INTER_NEAREST)
+        return self._read(1, mask, size, box, cv2.INTER_NEAREST)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ('height', 'width', 'base_size', 'ratio_range', 'cat_max_ratio', 'ignore_index', 'max_tries',
