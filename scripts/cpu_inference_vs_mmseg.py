@@ -22,7 +22,14 @@ seg variants (``--variants``): ``plain`` (the model as ``seg.predict`` ran it be
 ``opt`` (``seg.models.optimize_for_inference``: BN folded into convs, channels_last / oneDNN), ``opt-bf16``
 (the same under bf16 autocast; its logit difference to mmseg's fp32 is printed too), ``opt-compile`` /
 ``opt-bf16-compile`` (also ``torch.compile`` with freezing; the first call, which compiles, is the warm-up and its
-time is printed).
+time is printed). ``opt-backbone`` runs only the `opt` model's dilated ResNet (no head, no resize): the
+convolution work every implementation of these models shares, so mmseg's time over it bounds the speed-up any
+head or resize change can give in that precision.
+
+``--bound``: the fp32 floor. The seg model's forward FLOPs (``seg.bench.flops.forward_flops``: convolutions and
+attention products) over the best fp32 rate this CPU reaches (a 512->512 3x3 convolution on 64x128 features,
+channels_last, oneDNN: the shape of the heads' convs) give the least time any implementation of the same
+arithmetic can take, and mmseg's median over it the largest fp32 speed-up possible.
 
 ``--memory``: peak memory of the first forward per implementation, as ``seg.bench`` measures it on CPU (malloc
 bytes in use, sampled after every aten op, above what was held before the call); ``--reps 0`` skips the timing.
@@ -57,20 +64,44 @@ def build_mmseg(head: str, num_classes: int):
     return model.eval()
 
 
-def build_seg(head: str, state: dict, num_classes: int, variant: str):
+def load_seg(head: str, state: dict, num_classes: int) -> torch.nn.Module:
+    """seg's model of `head` with mmseg's weights `state`."""
     from seg.models import load_mmseg_checkpoint
     from seg.models.heads import HEADS
-    from seg.models.optimize import optimize_for_inference
 
     stride = getattr(HEADS[head], "recipe_output_stride", 8)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{head}.pth"
         torch.save({"state_dict": state}, path)
-        model = load_mmseg_checkpoint(path, head, "resnet50c", num_classes, output_stride=stride).eval()
+        return load_mmseg_checkpoint(path, head, "resnet50c", num_classes, output_stride=stride).eval()
+
+
+def build_seg(head: str, state: dict, num_classes: int, variant: str):
+    from seg.models.optimize import optimize_for_inference
+
+    model = load_seg(head, state, num_classes)
+    if variant == "opt-backbone":  # the shared convolution work alone: the bound on what a faster head can give
+        opt = optimize_for_inference(model, "cpu")
+        return lambda x: {"out": opt.model.backbone(x.contiguous(memory_format=torch.channels_last))[-1]}
     if variant == "plain":  # as seg.predict ran it: channels_last (the module default), BN unfused, matmul resize
         model.to(memory_format=torch.channels_last)
         return lambda x: model(x.contiguous(memory_format=torch.channels_last))
     return optimize_for_inference(model, "cpu", bf16="bf16" in variant, compile="compile" in variant)
+
+
+def conv_peak(reps: int = 5) -> float:
+    """Best fp32 FLOP/s of a 512->512 3x3 convolution on 1x512x64x128 (channels_last, oneDNN), min of `reps`."""
+    conv = torch.nn.Conv2d(512, 512, 3, padding=1, bias=False).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 512, 64, 128).contiguous(memory_format=torch.channels_last)
+    flops = 2 * 512 * 512 * 9 * 64 * 128
+    with torch.inference_mode():
+        conv(x)
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            conv(x)
+            best = min(best, time.perf_counter() - t0)
+    return flops / best
 
 
 def main() -> None:
@@ -78,9 +109,10 @@ def main() -> None:
     p.add_argument("--heads", nargs="+", default=["fcn", "ccnet", "danet", "nonlocal"])
     p.add_argument("--size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"))
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--variants", nargs="+", default=["plain", "opt"], choices=["plain", "opt", "opt-bf16", "opt-compile", "opt-bf16-compile"])
+    p.add_argument("--variants", nargs="+", default=["plain", "opt"], choices=["plain", "opt", "opt-bf16", "opt-compile", "opt-bf16-compile", "opt-backbone"])
     p.add_argument("--memory", action="store_true", help="also the peak memory of one forward per implementation")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--bound", action="store_true", help="also the fp32 floor: forward FLOPs / best conv GFLOP/s")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -91,6 +123,9 @@ def main() -> None:
     x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(1))
     metas = [dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w))]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input 1x3x{h}x{w}, {time.strftime('%F %T')}")
+    peak = conv_peak() if a.bound else None
+    if peak:
+        print(f"best fp32 rate: 512->512 3x3 conv on 1x512x64x128, channels_last: {peak / 1e9:.0f} GFLOP/s")
     for head in a.heads:
         mm = build_mmseg(head, nc)
         state = {k: v.clone() for k, v in mm.state_dict().items()}
@@ -115,6 +150,8 @@ def main() -> None:
             print(f"{head:9s} {name:14s} first call {time.perf_counter() - t0:.1f} s", flush=True)
         ref = firsts.pop("mmseg")
         for name, out in firsts.items():
+            if out.shape != ref.shape:  # opt-backbone: features, not logits
+                continue
             diff = (out - ref).abs().max().item() / ref.abs().max().item()
             agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
             print(f"{head:9s} {name:14s} max |logit diff| / max |logit| {diff:.2e}, argmax agrees on "
@@ -132,6 +169,13 @@ def main() -> None:
                         fn()
                         times[name].append(time.perf_counter() - t0)
                         cpu[name].append(time.process_time() - c0)
+            if peak:
+                from seg.bench.flops import forward_flops
+
+                flops = forward_flops(load_seg(head, state, nc), (1, 3, h, w))
+                floor = flops / peak
+                print(f"{head:9s} fp32 floor: {flops / 1e9:.0f} GFLOP / {peak / 1e9:.0f} GFLOP/s = {floor:.2f} s; "
+                      f"mmseg median / floor = {statistics.median(times['mmseg']) / floor:.2f}x at most", flush=True)
             for label, table in (("wall", times), ("cpu", cpu)):
                 base = statistics.median(table["mmseg"])
                 for name, ts in table.items():

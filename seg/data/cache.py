@@ -30,6 +30,8 @@ from typing import Callable
 
 import numpy as np
 
+from .png import inflate
+
 _MAGIC = b'SEGCACHE1\n'
 _DTYPE_KINDS = 'biuf'  # plain numbers only: an entry can never describe an object array
 _COMPRESS_MIN_RATIO = 4  # store zlib'ed only when it shrinks the entry this much (masks, flat images)
@@ -121,7 +123,7 @@ def read_entry(entry: Path) -> np.ndarray:
     if dtype.kind not in _DTYPE_KINDS or any(n < 0 for n in shape):
         raise ValueError(f'unsupported entry {header}')
     if header['zlib']:
-        data: bytes | bytearray = bytearray(zlib.decompress(memoryview(buf)[end + 1:]))
+        data: bytes | bytearray = bytearray(inflate(memoryview(buf)[end + 1:]))
         offset = 0
     else:
         data, offset = buf, end + 1

@@ -16,6 +16,7 @@ to OpenCV / PIL, which decode it or report the file.
 from __future__ import annotations
 
 import struct
+import zlib
 
 import numpy as np
 
@@ -35,6 +36,16 @@ _STORED_BLOCK = 65535
 
 class DecodeError(ValueError):
     """`PngRows.rows` met damaged data (decode the file the usual way to have it reported)."""
+
+
+def inflate(data: bytes | memoryview) -> bytes:
+    """``zlib.decompress``, by ISA-L (~2.5x faster) when the `fast` extra is installed; raises ``zlib.error``."""
+    if _isal is None:
+        return zlib.decompress(data)
+    try:
+        return _isal.decompress(data)
+    except _isal.error as e:
+        raise zlib.error(str(e)) from e
 
 
 def backend() -> str:
