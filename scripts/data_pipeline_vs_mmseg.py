@@ -105,6 +105,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--rounds', type=int, default=5)
     p.add_argument('--iters', type=int, default=20, help='samples per pipeline per round')
+    p.add_argument('--encoder', choices=('opencv', 'pil'), default='opencv', help='who writes the PNGs')
     args = p.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -114,7 +115,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_fake_cityscapes(root, n=4)
+        write_fake_cityscapes(root, n=4, encoder=args.encoder)
         png = next((root / 'leftImg8bit').rglob('*.png'))
         print(f'2048x1024 image PNG {png.stat().st_size / 1e6:.2f} MB, 4 samples, crop 512x1024, 1 thread')
         pipelines = {

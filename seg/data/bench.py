@@ -44,20 +44,32 @@ def fake_scene(seed: int = 0, size: tuple[int, int] = (2048, 1024)) -> tuple[np.
     return np.clip(img, 0, 255).astype(np.uint8), labels
 
 
-def write_fake_cityscapes(root: Path, n: int = 1, size: tuple[int, int] = (2048, 1024)) -> None:
+def write_fake_cityscapes(root: Path, n: int = 1, size: tuple[int, int] = (2048, 1024),
+                          encoder: str = 'opencv') -> None:
     """n `fake_scene` samples in the Cityscapes layout (train split, city 'bench'): image, labelIds and
-    labelTrainIds PNGs."""
+    labelTrainIds PNGs, written by OpenCV (libpng, every row Sub-filtered) or PIL (`encoder='pil'`: adaptive
+    per-row filters, mostly Paeth for photos, as e.g. cityscapesScripts writes its label images). The row
+    filters decide how fast a PNG decodes (Paeth rows are the slowest), for every decoder alike."""
+    from PIL import Image
+
     from .cityscapes import label_id_lut
 
+    if encoder not in ('opencv', 'pil'):
+        raise ValueError(f"encoder must be 'opencv' or 'pil', got {encoder!r}")
     to_train = np.maximum(label_id_lut(), 0).astype(np.uint8)
     img_dir, gt_dir = root / 'leftImg8bit/train/bench', root / 'gtFine/train/bench'
     img_dir.mkdir(parents=True)
     gt_dir.mkdir(parents=True)
     for i in range(n):
         img, labels = fake_scene(i, size)
-        cv2.imwrite(str(img_dir / f'bench_{i:06d}_000019_leftImg8bit.png'), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(gt_dir / f'bench_{i:06d}_000019_gtFine_labelIds.png'), labels)
-        cv2.imwrite(str(gt_dir / f'bench_{i:06d}_000019_gtFine_labelTrainIds.png'), to_train[labels])
+        files = {img_dir / f'bench_{i:06d}_000019_leftImg8bit.png': img,
+                 gt_dir / f'bench_{i:06d}_000019_gtFine_labelIds.png': labels,
+                 gt_dir / f'bench_{i:06d}_000019_gtFine_labelTrainIds.png': to_train[labels]}
+        for path, array in files.items():
+            if encoder == 'pil':
+                Image.fromarray(array).save(path)
+            else:
+                cv2.imwrite(str(path), cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array)
 
 
 def _rate(f: Callable[[int], object], iters: int) -> tuple[float, float]:
@@ -79,12 +91,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument('--workers', type=int, default=0, help='also measure a DataLoader with this many workers')
     p.add_argument('--batch-size', type=int, default=8, help='DataLoader batch size')
     p.add_argument('--crop', type=int, nargs=2, default=(512, 1024), metavar=('H', 'W'))
+    p.add_argument('--encoder', choices=('opencv', 'pil'), default='opencv',
+                   help='who writes the synthetic PNGs (their row filters set the decode speed; see write_fake_cityscapes)')
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)  # one core per worker, as in a DataLoader worker
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / 'cityscapes'
-        write_fake_cityscapes(root, n=4)
+        write_fake_cityscapes(root, n=4, encoder=args.encoder)
         png = next((root / 'leftImg8bit').rglob('*.png'))
         transform = build_train_transform(crop_size=tuple(args.crop), base_size=(2048, 1024), seed=0)
         ds = CityscapesDataset(root, 'train', transform=transform)
@@ -109,8 +123,8 @@ def main(argv: list[str] | None = None) -> None:
             ('decode cache + augment', lambda i: cached[i % n]),
         ]
         decoder = png_decoder.backend()
-        print(f'image: 2048x1024 PNG, {png.stat().st_size / 1e6:.1f} MB, decoded by {decoder}; '
-              f'crop {args.crop[0]}x{args.crop[1]}; 1 thread')
+        print(f'image: 2048x1024 PNG written by {args.encoder}, {png.stat().st_size / 1e6:.1f} MB, decoded by '
+              f'{decoder}; crop {args.crop[0]}x{args.crop[1]}; 1 thread')
         print(f'{"samples/s per worker":40s} {"wall":>8s} {"CPU":>8s}   ms/sample (CPU)')
         full = {}
         for name, f in rows:
