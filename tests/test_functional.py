@@ -503,3 +503,18 @@ def test_channel_attention_cuda_bf16_matches_fp32(compiled):
     assert (out.float() - out_ref).norm() / out_ref.norm() < 1e-2
     assert (gx.float() - gx_ref).norm() / gx_ref.norm() < 2e-2
     torch.testing.assert_close(gx.float(), gx_ref, rtol=3e-2, atol=3e-2 * gx_ref.abs().max().item())
+
+
+def test_chunked_inference_with_peaky_energies_equals_float64():
+    """Unscaled energies spread over thousands (DANet's PAM on real features): most of each softmax row
+    underflows. The inference path's exp floor (a speed fix) must not change the result at fp32 precision;
+    compared with the definition computed in float64."""
+    q, k, v = _qkv(1, 6, 10, cq=8, cv=5, seed=4)
+    q, k = q * 30, k * 30  # energies of +-several thousand: nearly one-hot rows, the rest far below exp's range
+    with torch.inference_mode():
+        out = AF.position_attention(q, k, v, scale=1.0, chunk_size=7)
+    qd, kd, vd = (t.double().flatten(2) for t in (q, k, v))
+    attn = torch.softmax(qd.transpose(1, 2) @ kd, dim=-1)  # (B, N, N)
+    expected = (vd @ attn.transpose(1, 2)).reshape(v.shape)
+    assert (attn < 1e-38).float().mean() > 0.5  # the case this is about: most weights underflow
+    _close(out, expected, rtol=1e-6, atol=1e-6)
