@@ -5,7 +5,7 @@ from torch import nn
 
 from seg.models import HEADS, build_model
 from seg.models.fuse import fold_bn_into_conv, fuse_conv_bn
-from seg.models.optimize import optimize_for_inference
+from seg.models.optimize import ExplicitPadConv2d, optimize_for_inference, pad_dilated_depthwise
 
 TINY = dict(backbone_kwargs=dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64)), channels=16, aux_channels=8)
 
@@ -96,3 +96,29 @@ def test_fuse_refuses_train_mode_and_wrong_folds():
 
     with pytest.raises(RuntimeError, match="differs from the original"):
         fuse_conv_bn(SkipBeforeBN().eval(), torch.randn(1, 3, 8, 8))
+
+
+def test_dilated_depthwise_convs_pad_explicitly_with_the_same_result():
+    """The separable ASPP's dilated depthwise convs become ExplicitPadConv2d (a CPU speed fix): same values,
+    same parameters and state-dict keys; dense and undilated convs are left alone."""
+    model = _tiny_model("sep_aspp")
+    dw = [m for m in model.modules() if type(m) is nn.Conv2d and m.groups > 1 and max(m.dilation) > 1]
+    assert len(dw) == 3  # the three dilated branches
+    opt = optimize_for_inference(model, "cpu")
+    assert sum(isinstance(m, ExplicitPadConv2d) for m in opt.modules()) == 3
+    unfused = optimize_for_inference(model, "cpu", fuse_bn=False)
+    assert sum(isinstance(m, ExplicitPadConv2d) for m in unfused.modules()) == 3
+    assert list(unfused.model.state_dict()) == list(model.state_dict())
+    x = torch.randn(1, 3, 53, 67)
+    with torch.no_grad():
+        ref, out = model(x)["out"], opt(x)["out"]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+    torch.manual_seed(1)  # one conv on its own, against F.conv2d with its own padding (channels_last as on CPU)
+    conv = nn.Conv2d(8, 8, 3, padding=(5, 3), dilation=(5, 3), groups=8)
+    xs = torch.randn(2, 8, 11, 13).contiguous(memory_format=torch.channels_last)
+    expected = conv(xs)
+    plain = nn.Sequential(nn.Conv2d(8, 8, 3, padding=2, dilation=2), nn.Conv2d(8, 8, 3, padding=1, groups=8))
+    assert pad_dilated_depthwise(nn.Sequential(conv, plain)) == 1
+    assert isinstance(conv, ExplicitPadConv2d) and conv.padding == (0, 0)
+    assert not any(isinstance(m, ExplicitPadConv2d) for m in plain)
+    torch.testing.assert_close(conv(xs), expected, rtol=1e-6, atol=1e-6)
