@@ -201,6 +201,14 @@ def default_palette(num_classes: int) -> Palette:
     return palette
 
 
+def _check_sizes(img_path: Path, image_shape: tuple[int, ...], mask_path: Path, mask_shape: tuple[int, ...]) -> None:
+    if image_shape[:2] != mask_shape[:2]:
+        raise DataError(
+            f'{mask_path}: mask size {mask_shape[1]}x{mask_shape[0]} (WxH) does not match image '
+            f'{img_path} size {image_shape[1]}x{image_shape[0]}'
+        )
+
+
 class _MappedRows:
     """A mask source read from the top (`seg.data.png.PngRows`) whose rows go through the dataset's
     `decode_mask` (train ids, values checked) as they are read."""
@@ -287,11 +295,7 @@ class SegDataset(Dataset):
         else:
             image, raw_mask = self.cache.get(img_path, read_image), self.cache.get(mask_path, read_mask)
         mask = self.decode_mask(raw_mask, mask_path)
-        if image.shape[:2] != mask.shape[:2]:
-            raise DataError(
-                f'{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) does not match image '
-                f'{img_path} size {image.shape[1]}x{image.shape[0]}'
-            )
+        _check_sizes(img_path, image.shape, mask_path, mask.shape)
         return image, mask
 
     def _row_reader(self) -> Any:
@@ -323,11 +327,7 @@ class SegDataset(Dataset):
             mask: Any = _MappedRows(rows, self.decode_mask, mask_path)
         else:  # colour masks are checked whole (e.g. "grey saved as RGB" is a property of the whole file)
             mask = self.decode_mask(read_mask(mask_path), mask_path)
-        if image.shape[:2] != mask.shape[:2]:
-            raise DataError(
-                f'{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) does not match image '
-                f'{img_path} size {image.shape[1]}x{image.shape[0]}'
-            )
+        _check_sizes(img_path, image.shape, mask_path, mask.shape)
         generators = self.transform.random_generator, self.transform.py_random
         state = generators[0].bit_generator.state, generators[1].getstate()
         try:
