@@ -211,3 +211,15 @@ def test_training_crop_checks_the_labels_it_reads_and_falls_back_on_damage(tmp_p
     Image.fromarray(labels[:100]).save(mask_path)  # and a mask of another size than its image
     with pytest.raises(DataError, match=f'{mask_path.name}: mask size 512x100 \\(WxH\\) does not match image'):
         lazy[0]
+
+
+def test_without_the_fast_extra_training_decodes_whole_files(tmp_path, monkeypatch):
+    from seg.data import CityscapesDataset
+    from seg.data.transforms import build_train_transform
+
+    root = _fake_cityscapes(tmp_path, n=1)
+    ds = CityscapesDataset(root, 'train', transform=build_train_transform((96, 192), (512, 256), seed=0))
+    monkeypatch.setattr(png_module, '_isal', None)
+    assert ds._transform_reading_rows(0) is None  # no row-limited decode: the usual path
+    sample = ds[0]
+    assert sample['image'].shape == (3, 96, 192) and sample['mask'].shape == (96, 192)
