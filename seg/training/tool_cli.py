@@ -73,8 +73,9 @@ class SegToolCLI(SegCLI):
         parser.add_argument("--crop_size", type=Optional[tuple[int, int]], default=None, help="slide crop (H, W)")
         parser.add_argument("--stride", type=Optional[tuple[int, int]], default=None, help="slide stride (H, W)")
         parser.add_argument("--optimize", type=bool, default=True,
-                            help="on CPU: BatchNorm folded into the convs, channels_last, F.interpolate logit resize "
-                                 "(seg.models.optimize_for_inference; same predictions to fp32 rounding)")
+                            help="on CPU: BatchNorm folded into the convs, channels_last, F.interpolate logit resize, "
+                                 "dilated depthwise convs padded explicitly (seg.models.optimize_for_inference; "
+                                 "same predictions to fp32 rounding)")
         parser.add_argument("--bf16", type=bool, default=False,
                             help="on CPU: bf16 weights and autocast, about 2x faster on CPUs with AVX512-BF16 or AMX; "
                                  "logits change by bf16 rounding (on GPU use --trainer.precision=bf16-mixed)")
