@@ -68,9 +68,14 @@ def to_markdown(results: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def _by_head(results: list[dict], parts: tuple[str, ...]) -> tuple[dict, list[str]]:
+    """The results of `parts` keyed by (head, impl), and the heads in order of first appearance."""
+    by = {(r["name"], r["impl"]): r for r in results if r["part"] in parts}
+    return by, list(dict.fromkeys(name for name, _ in by))
+
+
 def onnx_markdown(results: list[dict]) -> list[str]:
-    by = {(r["name"], r["impl"]): r for r in results if r["part"] == "onnx"}
-    heads = list(dict.fromkeys(name for name, _ in by))
+    by, heads = _by_head(results, ("onnx",))
     if not heads:
         return []
     lines = ["## Whole-image inference: ONNX Runtime vs PyTorch (CPU, fp32)", "",
@@ -86,8 +91,7 @@ def onnx_markdown(results: list[dict]) -> list[str]:
 
 def infer_opt_markdown(results: list[dict]) -> list[str]:
     """The ``infer`` part: per head plain vs optimised whole-image inference, with the logit difference."""
-    by = {(r["name"], r["impl"]): r for r in results if r["part"] in ("infer_cpu", "infer_opt")}
-    heads = list(dict.fromkeys(name for name, _ in by))
+    by, heads = _by_head(results, ("infer_cpu", "infer_opt"))
     if not heads:
         return []
     lines = ["## Whole-image inference: plain model vs optimize_for_inference", "",

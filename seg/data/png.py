@@ -108,14 +108,20 @@ def _idat(data: bytes) -> list[memoryview] | None:
     return idat or None
 
 
-def _unfilter(raw: bytes | memoryview, width: int, rows: int, colour: int) -> np.ndarray:
-    """Pixels of `rows` filtered scanlines: re-wrapped as a stored-deflate PNG that libspng unfilters."""
-    fmt = 'RGB' if colour in (2, 6) else 'L'
-    out = _spng.load(_stored_png(raw, width, rows, 0 if colour == 3 else colour), format=fmt)
-    shape = (rows, width, 3) if fmt == 'RGB' else (rows, width)
+def _spng_load(data: bytes, width: int, rows: int, colour: int) -> np.ndarray:
+    """libspng's pixels of a PNG: HxWx3 RGB for colour types 2/6, HxW values for grey (and re-wrapped palette)
+    files. Raises ValueError if libspng returns anything else."""
+    rgb = colour in (2, 6)
+    out = _spng.load(data, format='RGB' if rgb else 'L')
+    shape = (rows, width, 3) if rgb else (rows, width)
     if out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
         raise ValueError(f'libspng returned {out.shape} {out.dtype}, expected {shape} uint8')
     return out
+
+
+def _unfilter(raw: bytes | memoryview, width: int, rows: int, colour: int) -> np.ndarray:
+    """Pixels of `rows` filtered scanlines: re-wrapped as a stored-deflate PNG that libspng unfilters."""
+    return _spng_load(_stored_png(raw, width, rows, 0 if colour == 3 else colour), width, rows, colour)
 
 
 def decode(data: bytes, mode: str) -> np.ndarray | None:
@@ -134,9 +140,7 @@ def decode(data: bytes, mode: str) -> np.ndarray | None:
         if _isal is None:
             if colour == 3:  # libspng would expand the palette to colours
                 return None
-            out = _spng.load(data, format='RGB' if colour in (2, 6) else 'L')
-            shape = (height, width, 3) if colour in (2, 6) else (height, width)
-            return out if out.shape == shape and out.dtype == np.uint8 and out.flags.c_contiguous else None
+            return _spng_load(data, width, height, colour)
         idat = _idat(data)
         if idat is None:
             return None
@@ -157,9 +161,8 @@ class PngRows:
     for more decodes the whole image (a second partial decode would rarely pay).
     """
 
-    def __init__(self, width: int, height: int, colour: int, stream: bytes, mode: str) -> None:
+    def __init__(self, width: int, height: int, colour: int, stream: bytes) -> None:
         self.shape = (height, width, 3) if colour in (2, 6) else (height, width)
-        self.mode = mode
         self._colour, self._stride = colour, 1 + width * _CHANNELS[colour]
         self._inflate, self._tail, self._raw = _isal.decompressobj(), stream, b''
         self._decoded: np.ndarray | None = None
@@ -186,7 +189,8 @@ class PngRows:
         height, width = self.shape[:2]
         need = count * self._stride
         if len(self._raw) < need:
-            self._raw += self._inflate.decompress(self._tail, need - len(self._raw))
+            more = self._inflate.decompress(self._tail, need - len(self._raw))
+            self._raw = self._raw + more if self._raw else more  # the first read: no copy of the rows
             self._tail = self._inflate.unconsumed_tail
         if len(self._raw) < need:
             raise ValueError(f'data stream ends after {len(self._raw) // self._stride} of {height} rows')
@@ -204,4 +208,4 @@ def open_rows(data: bytes, mode: str = 'RGB') -> PngRows | None:
     if header is None or _isal is None:
         return None
     idat = _idat(data)
-    return None if idat is None else PngRows(*header, b''.join(idat), mode)
+    return None if idat is None else PngRows(*header, b''.join(idat))
