@@ -131,7 +131,7 @@ def main() -> None:
     for head in a.heads:
         mm = build_mmseg(head, nc)
         state = {k: v.clone() for k, v in mm.state_dict().items()}
-        impls = {"mmseg": lambda: mm.encode_decode(x, metas)}
+        impls = {"mmseg": (lambda m: lambda: m.encode_decode(x, metas))(mm)}
         segs = {v: build_seg(head, state, nc, v) for v in a.variants}
         for v, model in segs.items():
             impls[f"seg-{v}"] = (lambda m: lambda: m(x)["out"])(model)

@@ -126,7 +126,7 @@ def main() -> None:
         pipelines['seg (decode cache)'] = seg_pipeline(root, False, root / 'cache')
         rates: dict[str, list[float]] = {k: [] for k in pipelines}  # samples per wall second
         cpu_rates: dict[str, list[float]] = {k: [] for k in pipelines}  # samples per CPU second of this process
-        for name, f in pipelines.items():  # warm-up
+        for f in pipelines.values():  # warm-up
             for i in range(3):
                 f(i)
         for r in range(args.rounds):

@@ -29,7 +29,7 @@ def main():
         x = torch.randn(a.batch, 3, *a.size, device=dev).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 19, (a.batch, *a.size), device=dev)
 
-        def step():
+        def step(model=model, opt=opt, x=x, y=y):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = SegLoss()(model(x, resize=False), y)[0]  # what train.py runs
             loss.backward()

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from seg.deploy.outputs import IMAGE_EXTS, list_images, read_rgb, write_prediction
 
-__all__ = ["IMAGE_EXTS", "PredictCLI", "list_images", "main"]
+__all__ = ["IMAGE_EXTS", "list_images", "main"]  # PredictCLI: module __getattr__ (torch on first use)
 
 
 def _predict_cli() -> type:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_cli import tiny_config
 
 from seg.data.synthetic import write_demo
 from seg.training.cli import main
-from test_cli import tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +32,8 @@ def trained_run(tiny_data, tmp_path_factory) -> Path:
 def offline_timm(monkeypatch):
     """An offline machine without a Hugging Face cache: every timm weight download raises what huggingface_hub
     raises then (LocalEntryNotFoundError)."""
-    from huggingface_hub.errors import LocalEntryNotFoundError
     import timm.models._builder as builder
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     def offline(*args, **kwargs):
         raise LocalEntryNotFoundError("Cannot find the requested files in the local cache (simulated)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import subprocess
 import sys
 import types
@@ -18,11 +19,16 @@ from seg.models import build_model, load_mmseg_checkpoint, load_seg_checkpoint, 
 from seg.models import checkpoint as ckpt_mod
 from seg.models.backbone import TimmBackbone
 from seg.models.checkpoint import (
-    CheckpointError, NonFiniteError, atomic_save, read_checkpoint, read_state_dict, remove_stale_temp_files,
+    CheckpointError,
+    NonFiniteError,
+    atomic_save,
+    read_checkpoint,
+    read_state_dict,
+    remove_stale_temp_files,
 )
 from seg.training.callbacks import AtomicCheckpointIO, check_checkpoint_dir
-from seg.training.tool_cli import load_seg_weights as cli_load_seg_weights
 from seg.training.module import load_matching_weights
+from seg.training.tool_cli import load_seg_weights as cli_load_seg_weights
 
 TINY = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "zero_init_last": False}
 
@@ -148,7 +154,7 @@ def test_mmengine_metadata_is_read_through_the_allow_list(tmp_path, legacy):
     assert convert_mmseg_state_dict(mm_state).keys() == model.state_dict().keys()
     path = tmp_path / "mm.pth"
     _fake_mmengine_checkpoint(path, mm_state, legacy)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)  # plain weights_only refuses the metadata
     ckpt = read_checkpoint(path)
     assert ckpt["meta"]["iter"] == 40000 and ckpt["param_schedulers"][0]["power"] == 0.9
@@ -167,7 +173,7 @@ def test_broken_files_name_the_file(tmp_path, content):
         read_checkpoint(path, what="--ckpt")
     assert "best.ckpt" not in str(err.value)
     atomic_save({"state_dict": {"model.w": torch.zeros(1)}}, path.with_name("best.ckpt"))
-    with pytest.raises(CheckpointError, match=rf"best\.ckpt exists: resume from it with --ckpt_path .*best\.ckpt"):
+    with pytest.raises(CheckpointError, match=r"best\.ckpt exists: resume from it with --ckpt_path .*best\.ckpt"):
         read_checkpoint(path, what="--ckpt_path")
     with pytest.raises(FileNotFoundError, match=r"init_from: .*nope\.ckpt does not exist"):
         read_checkpoint(tmp_path / "nope.ckpt", what="init_from")

@@ -9,12 +9,12 @@ import warnings
 
 import pytest
 import yaml
+from test_cli import ROOT, run_cmd, tiny_config
 
 from seg.models import HEADS, head_signature
 from seg.training.cli import main, take_print_config
 from seg.training.console import TextProgressBar, progress_bar
 from seg.training.head_args import HeadArgumentError, typed_head_kwargs
-from test_cli import ROOT, run_cmd, tiny_config
 
 
 def _exit_message(capsys, args: list[str]) -> str:

@@ -10,11 +10,11 @@ import types
 import numpy as np
 import pytest
 import torch
+from test_cli import tiny_config
 
 from seg import compare as C
 from seg.training.loggers import build_loggers
 from seg.training.metrics import metrics_from_confmat
-from test_cli import tiny_config
 
 
 def _synthetic_counts(rng: np.random.Generator, seeds: int, images: int, classes: int, acc: float) -> np.ndarray:

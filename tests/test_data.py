@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_fixtures import blocks_mask, folder_tree, write_mask, write_rgb
 from PIL import Image
 
-from data_fixtures import blocks_mask, folder_tree, write_mask, write_rgb
 from seg.data import ADE20KDataset, CityscapesDataset, DataError, FolderDataset
 from seg.data.check import main as check_main
 

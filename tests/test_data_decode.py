@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_fixtures import folder_tree
 from PIL import Image
 
-from data_fixtures import folder_tree
 from seg.data import FolderDataset
 from seg.data import base as base_module
 from seg.data import png as png_module
-from seg.data.cache import FileCache, main as cache_main, read_entry, write_entry
+from seg.data.cache import FileCache, read_entry, write_entry
+from seg.data.cache import main as cache_main
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (13, 21, 3), dtype=np.uint8)

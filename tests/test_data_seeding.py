@@ -11,9 +11,9 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-
 from data_fixtures import folder_tree
-from seg.data import EpochSampler, SegDataModule, SeededDataset
+
+from seg.data import EpochSampler, SeededDataset, SegDataModule
 from seg.data.seeding import resolve_data_seed, sample_seed
 
 

@@ -1,6 +1,7 @@
 """The augmentation recipe (alignment, mask values, cat_max_ratio) and the unpadded DDP sampler."""
 from __future__ import annotations
 
+import albumentations as A
 import cv2
 import numpy as np
 import pytest
@@ -8,10 +9,16 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from seg.data import UnpaddedDistributedSampler, build_eval_transform, build_train_transform
-import albumentations as A
 from seg.data.transforms import (
-    CatMaxRandomCrop, NormalizeToTensor, PhotoMetricDistortion, RandomRescale, RandomRescaleCrop, nearest_index, reseed,
-    resize_region, rows_needed,
+    CatMaxRandomCrop,
+    NormalizeToTensor,
+    PhotoMetricDistortion,
+    RandomRescale,
+    RandomRescaleCrop,
+    nearest_index,
+    reseed,
+    resize_region,
+    rows_needed,
 )
 
 COLOURS = np.array([(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0), (0, 250, 250)], np.uint8)

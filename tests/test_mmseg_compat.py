@@ -20,7 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from seg.models import (
-    HEADS, build_model, convert_mmseg_state_dict, create_head, load_mmseg_checkpoint, load_seg_checkpoint,
+    HEADS,
+    build_model,
+    convert_mmseg_state_dict,
+    create_head,
+    load_mmseg_checkpoint,
+    load_seg_checkpoint,
 )
 from seg.models.mmseg import read_mmseg_state_dict
 

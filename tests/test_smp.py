@@ -5,21 +5,30 @@ and each loss equals an independent computation on the labelled pixels only."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import segmentation_models_pytorch as smp
 import timm
 import torch
 import torch.nn.functional as F
+from test_cli import TINY_BACKBONE, tiny_config
 
-from seg.models import (SMP_HEADS, SmpModel, TimmBackbone, all_head_names, build_model, check_output_stride, head_signature,
-                        load_seg_checkpoint, recipe_output_stride, save_seg_checkpoint)
+from seg.models import (
+    SMP_HEADS,
+    SmpModel,
+    TimmBackbone,
+    all_head_names,
+    build_model,
+    check_output_stride,
+    head_signature,
+    load_seg_checkpoint,
+    recipe_output_stride,
+    save_seg_checkpoint,
+)
 from seg.models.checkpoint import CheckpointError
 from seg.models.smp import SUPPLIED, supported_output_strides
 from seg.training.cli import main
 from seg.training.losses import SegLoss, cross_entropy, parse_loss
-from test_cli import TINY_BACKBONE, tiny_config
 
 NUM_CLASSES = 5
 

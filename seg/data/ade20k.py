@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .base import DataError, IGNORE_INDEX, IMAGE_EXTENSIONS, SegDataset, map_index_mask
+from .base import IGNORE_INDEX, IMAGE_EXTENSIONS, DataError, SegDataset, map_index_mask
 
 # names and palette as used by the ADE20K benchmark tools and mmsegmentation
 CLASSES = (

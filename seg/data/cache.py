@@ -77,7 +77,7 @@ class FileCache:
         except FileNotFoundError:
             pass
         except (OSError, ValueError, zlib.error) as e:  # damaged entry (disk error, foreign file): decode afresh
-            warnings.warn(f'{entry}: unreadable cache entry for {path} ({e}); decoding the source again')
+            warnings.warn(f'{entry}: unreadable cache entry for {path} ({e}); decoding the source again', stacklevel=2)
         array = decode(path)
         self._store(entry, array)
         return array
@@ -87,7 +87,7 @@ class FileCache:
             write_entry(entry, array)
         except OSError as e:  # e.g. disk full: training goes on, decoding from the source
             if not self._write_failed:
-                warnings.warn(f'{self.root}: cannot write cache entries ({e}); decoding without caching')
+                warnings.warn(f'{self.root}: cannot write cache entries ({e}); decoding without caching', stacklevel=2)
             self._write_failed = True
 
 

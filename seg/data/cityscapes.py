@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .base import DataError, IGNORE_INDEX, SegDataset, index_lut, map_index_mask
+from .base import IGNORE_INDEX, DataError, SegDataset, index_lut, map_index_mask
 
 CLASSES = (
     'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation',

@@ -20,8 +20,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .base import IGNORE_INDEX, IMAGE_EXTENSIONS, DataError, Palette, SegDataset, default_palette, index_lut
-from .base import map_color_mask, map_index_mask
+from .base import (
+    IGNORE_INDEX,
+    IMAGE_EXTENSIONS,
+    DataError,
+    Palette,
+    SegDataset,
+    default_palette,
+    index_lut,
+    map_color_mask,
+    map_index_mask,
+)
 
 META_FILE = 'classes.json'
 

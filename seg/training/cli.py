@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
-from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -43,16 +43,15 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from seg.data import SegDataModule
 from seg.data.base import DataError
 from seg.models.checkpoint import CheckpointError
-
 from seg.models.inference import is_tta
 
 from .checkpointing import SegCheckpoint
 from .console import SegModelSummary, progress_bar, quiet_lightning
 from .head_args import HeadArgumentError, typed_head_kwargs
 from .loggers import ValImageLogger, build_loggers
-from .summary import RunSummary
 from .module import DivergenceError, SegmentationModule
 from .resume import ExactResume
+from .summary import RunSummary
 
 
 def _cuda_bf16() -> bool:

@@ -16,9 +16,8 @@ import sys
 import types
 from pathlib import Path
 
-import torch
-
 import mmcv
+import torch
 
 mmcv.__version__ = "2.1.0"  # mmseg 1.2.2 refuses mmcv 2.2.0 at import; the blocks used here are unchanged
 _ops = types.ModuleType("mmcv.ops")  # mmcv-lite has no compiled ops; none is used by these blocks
