@@ -36,6 +36,7 @@ above it cannot be met with the same arithmetic.
 ``--memory``: peak memory of the first forward per implementation, as ``seg.bench`` measures it on CPU (malloc
 bytes in use, sampled after every aten op, above what was held before the call); ``--reps 0`` skips the timing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,7 +112,12 @@ def main() -> None:
     p.add_argument("--heads", nargs="+", default=["fcn", "ccnet", "danet", "nonlocal"])
     p.add_argument("--size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"))
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--variants", nargs="+", default=["plain", "opt"], choices=["plain", "opt", "opt-bf16", "opt-compile", "opt-bf16-compile", "opt-backbone"])
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["plain", "opt"],
+        choices=["plain", "opt", "opt-bf16", "opt-compile", "opt-bf16-compile", "opt-backbone"],
+    )
     p.add_argument("--memory", action="store_true", help="also the peak memory of one forward per implementation")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--bound", action="store_true", help="also the fp32 floor: forward FLOPs / best conv GFLOP/s")
@@ -156,8 +162,11 @@ def main() -> None:
                 continue
             diff = (out - ref).abs().max().item() / ref.abs().max().item()
             agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
-            print(f"{head:9s} {name:14s} max |logit diff| / max |logit| {diff:.2e}, argmax agrees on "
-                  f"{100 * agree:.3f} % of pixels", flush=True)
+            print(
+                f"{head:9s} {name:14s} max |logit diff| / max |logit| {diff:.2e}, argmax agrees on "
+                f"{100 * agree:.3f} % of pixels",
+                flush=True,
+            )
         del ref, firsts
         for name, mb in peaks.items():
             print(f"{head:9s} {name:14s} peak {mb:8.0f} MiB  x mmseg {mb / peaks['mmseg']:.3f}", flush=True)
@@ -177,16 +186,22 @@ def main() -> None:
                 flops = forward_flops(load_seg(head, state, nc), (1, 3, h, w))
                 floor, mm_med = flops / peak, statistics.median(times["mmseg"])
                 rates = " ".join(f"{name} {flops / statistics.median(ts) / 1e9:.0f}" for name, ts in times.items())
-                print(f"{head:9s} fp32 bound: {flops / 1e9:.0f} GFLOP; GFLOP/s achieved: {rates}; 1.5x mmseg needs "
-                      f"{1.5 * flops / mm_med / 1e9:.0f} GFLOP/s, the best single conv ran at {peak / 1e9:.0f} "
-                      f"(floor {floor:.2f} s: mmseg median / floor = {mm_med / floor:.2f}x)", flush=True)
+                print(
+                    f"{head:9s} fp32 bound: {flops / 1e9:.0f} GFLOP; GFLOP/s achieved: {rates}; 1.5x mmseg needs "
+                    f"{1.5 * flops / mm_med / 1e9:.0f} GFLOP/s, the best single conv ran at {peak / 1e9:.0f} "
+                    f"(floor {floor:.2f} s: mmseg median / floor = {mm_med / floor:.2f}x)",
+                    flush=True,
+                )
             for label, table in (("wall", times), ("cpu", cpu)):
                 base = statistics.median(table["mmseg"])
                 for name, ts in table.items():
                     med = statistics.median(ts)
-                    print(f"{head:9s} {name:14s} {label:4s} min {min(ts):7.3f} s  median {med:7.3f} s  speed x mmseg "
-                          f"{base / med:5.2f} (min: {min(table['mmseg']) / min(ts):5.2f})  "
-                          f"({' '.join(f'{t:.2f}' for t in ts)})", flush=True)
+                    print(
+                        f"{head:9s} {name:14s} {label:4s} min {min(ts):7.3f} s  median {med:7.3f} s  speed x mmseg "
+                        f"{base / med:5.2f} (min: {min(table['mmseg']) / min(ts):5.2f})  "
+                        f"({' '.join(f'{t:.2f}' for t in ts)})",
+                        flush=True,
+                    )
         del mm, segs, impls
         gc.collect()
 

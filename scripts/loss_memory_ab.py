@@ -9,6 +9,7 @@
 Each case runs in a fresh process after one warm-up step; peak = ``seg.bench``'s measure (CUDA
 ``max_memory_allocated``; CPU malloc bytes in use sampled after every op). A diagnosis tool; not run in CI.
 """
+
 import argparse
 
 import torch
@@ -52,8 +53,10 @@ def main():
             print(f"{head:9s} {mode:6s} peak {peaks[head, mode]:8.0f} MiB", flush=True)
     if "fcn" in a.heads:
         for head in a.heads:
-            print(f"{head:9s} x FCN mem: naive {peaks[head, 'naive'] / peaks['fcn', 'naive']:.3f}  "
-                  f"fused {peaks[head, 'fused'] / peaks['fcn', 'fused']:.3f}")
+            print(
+                f"{head:9s} x FCN mem: naive {peaks[head, 'naive'] / peaks['fcn', 'naive']:.3f}  "
+                f"fused {peaks[head, 'fused'] / peaks['fcn', 'fused']:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ def install_mmcv_ops_stub() -> None:
 
     ops = types.ModuleType("mmcv.ops")
     ops.__path__ = []  # a package, so submodules can be registered below it
+
     def __getattr__(name: str):  # PEP 562 module __getattr__: placeholders for the compiled ops
         if name.startswith("__"):
             raise AttributeError(name)
@@ -113,21 +114,53 @@ def mmseg_cfg(head: str, num_classes: int, tiny: bool) -> dict:
     else:
         backbone = dict(type="ResNetV1c", depth=50)
         in4, in3, ch, aux_ch, pam = 2048, 1024, 512, 256, 64
-    backbone.update(num_stages=4, out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1),
-                    norm_cfg=norm_cfg, norm_eval=False, style="pytorch", contract_dilation=True)
-    common = dict(in_channels=in4, in_index=3, channels=ch, dropout_ratio=0.1, num_classes=num_classes,
-                  norm_cfg=norm_cfg, align_corners=False)
+    backbone.update(
+        num_stages=4,
+        out_indices=(0, 1, 2, 3),
+        dilations=(1, 1, 2, 4),
+        strides=(1, 2, 1, 1),
+        norm_cfg=norm_cfg,
+        norm_eval=False,
+        style="pytorch",
+        contract_dilation=True,
+    )
+    common = dict(
+        in_channels=in4,
+        in_index=3,
+        channels=ch,
+        dropout_ratio=0.1,
+        num_classes=num_classes,
+        norm_cfg=norm_cfg,
+        align_corners=False,
+    )
     decode = {
         "fcn": dict(type="FCNHead", num_convs=2, concat_input=True, **common),
         "ccnet": dict(type="CCHead", recurrence=2, concat_input=True, **common),
         "danet": dict(type="DAHead", pam_channels=pam, **common),
-        "nonlocal": dict(type="NLHead", reduction=2, use_scale=True, mode="embedded_gaussian",
-                         concat_input=True, **common),
+        "nonlocal": dict(
+            type="NLHead", reduction=2, use_scale=True, mode="embedded_gaussian", concat_input=True, **common
+        ),
     }[head]
-    aux = dict(type="FCNHead", in_channels=in3, in_index=2, channels=aux_ch, num_convs=1, concat_input=False,
-               dropout_ratio=0.1, num_classes=num_classes, norm_cfg=norm_cfg, align_corners=False)
-    return dict(type="EncoderDecoder", backbone=backbone, decode_head=decode, auxiliary_head=aux,
-                train_cfg=dict(), test_cfg=dict(mode="whole"))
+    aux = dict(
+        type="FCNHead",
+        in_channels=in3,
+        in_index=2,
+        channels=aux_ch,
+        num_convs=1,
+        concat_input=False,
+        dropout_ratio=0.1,
+        num_classes=num_classes,
+        norm_cfg=norm_cfg,
+        align_corners=False,
+    )
+    return dict(
+        type="EncoderDecoder",
+        backbone=backbone,
+        decode_head=decode,
+        auxiliary_head=aux,
+        train_cfg=dict(),
+        test_cfg=dict(mode="whole"),
+    )
 
 
 def zoo_cfg(head: str, num_classes: int, tiny: bool) -> dict:
@@ -145,36 +178,87 @@ def zoo_cfg(head: str, num_classes: int, tiny: bool) -> dict:
         backbone.update(dilations=(1, 1, 1, 1), strides=(1, 2, 2, 2))
     else:
         backbone.update(dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1))
-    backbone.update(num_stages=4, out_indices=(0, 1, 2, 3), norm_cfg=norm_cfg, norm_eval=False, style="pytorch",
-                    contract_dilation=True)
+    backbone.update(
+        num_stages=4,
+        out_indices=(0, 1, 2, 3),
+        norm_cfg=norm_cfg,
+        norm_eval=False,
+        style="pytorch",
+        contract_dilation=True,
+    )
     if tiny:
         ch = ZOO_SEG_KWARGS[head]["channels"]
-    common = dict(in_channels=c4, in_index=3, channels=ch, dropout_ratio=0.1, num_classes=num_classes,
-                  norm_cfg=norm_cfg, align_corners=False)
-    fcn = dict(type="FCNHead", in_channels=c3, in_index=2, channels=aux_ch, num_convs=1, concat_input=False,
-               dropout_ratio=0.1, num_classes=num_classes, norm_cfg=norm_cfg, align_corners=False)
+    common = dict(
+        in_channels=c4,
+        in_index=3,
+        channels=ch,
+        dropout_ratio=0.1,
+        num_classes=num_classes,
+        norm_cfg=norm_cfg,
+        align_corners=False,
+    )
+    fcn = dict(
+        type="FCNHead",
+        in_channels=c3,
+        in_index=2,
+        channels=aux_ch,
+        num_convs=1,
+        concat_input=False,
+        dropout_ratio=0.1,
+        num_classes=num_classes,
+        norm_cfg=norm_cfg,
+        align_corners=False,
+    )
     if head == "ocr":  # ocrnet_r50-d8: a two-stage cascade, no auxiliary head
         decode = [fcn, dict(type="OCRHead", ocr_channels=ocr, **common)]
-        return dict(type="CascadeEncoderDecoder", num_stages=2, backbone=backbone, decode_head=decode,
-                    train_cfg=dict(), test_cfg=dict(mode="whole"))
+        return dict(
+            type="CascadeEncoderDecoder",
+            num_stages=2,
+            backbone=backbone,
+            decode_head=decode,
+            train_cfg=dict(),
+            test_cfg=dict(mode="whole"),
+        )
     decode = {
         "psp": lambda: dict(type="PSPHead", pool_scales=(1, 2, 3, 6), **common),
         "aspp": lambda: dict(type="ASPPHead", dilations=dil, **common),
-        "sep_aspp": lambda: dict(type="DepthwiseSeparableASPPHead", dilations=dil, c1_in_channels=c1,
-                                 c1_channels=c1_ch, **common),
-        "gc": lambda: dict(type="GCHead", ratio=1 / 2 if tiny else 1 / 4, pooling_type="att",
-                           fusion_types=("channel_add",), **common),
-        "ema": lambda: dict(type="EMAHead", ema_channels=ema, num_bases=bases, num_stages=3, momentum=0.1,
-                            **dict(common, channels=common["channels"] if tiny else 256)),
+        "sep_aspp": lambda: dict(
+            type="DepthwiseSeparableASPPHead", dilations=dil, c1_in_channels=c1, c1_channels=c1_ch, **common
+        ),
+        "gc": lambda: dict(
+            type="GCHead", ratio=1 / 2 if tiny else 1 / 4, pooling_type="att", fusion_types=("channel_add",), **common
+        ),
+        "ema": lambda: dict(
+            type="EMAHead",
+            ema_channels=ema,
+            num_bases=bases,
+            num_stages=3,
+            momentum=0.1,
+            **dict(common, channels=common["channels"] if tiny else 256),
+        ),
         "isa": lambda: dict(type="ISAHead", isa_channels=isa, down_factor=isa_down, **common),
         "dnl": lambda: dict(type="DNLHead", reduction=2, use_scale=True, mode="embedded_gaussian", **common),
-        "ann": lambda: dict(type="ANNHead", project_channels=proj, query_scales=(1,), key_pool_scales=(1, 3, 6, 8),
-                            **dict(common, in_channels=[c3, c4], in_index=[2, 3])),
-        "uper": lambda: dict(type="UPerHead", pool_scales=(1, 2, 3, 6),
-                             **dict(common, in_channels=[c1, c2, c3, c4], in_index=[0, 1, 2, 3])),
+        "ann": lambda: dict(
+            type="ANNHead",
+            project_channels=proj,
+            query_scales=(1,),
+            key_pool_scales=(1, 3, 6, 8),
+            **dict(common, in_channels=[c3, c4], in_index=[2, 3]),
+        ),
+        "uper": lambda: dict(
+            type="UPerHead",
+            pool_scales=(1, 2, 3, 6),
+            **dict(common, in_channels=[c1, c2, c3, c4], in_index=[0, 1, 2, 3]),
+        ),
     }[head]()
-    return dict(type="EncoderDecoder", backbone=backbone, decode_head=decode, auxiliary_head=fcn,
-                train_cfg=dict(), test_cfg=dict(mode="whole"))
+    return dict(
+        type="EncoderDecoder",
+        backbone=backbone,
+        decode_head=decode,
+        auxiliary_head=fcn,
+        train_cfg=dict(),
+        test_cfg=dict(mode="whole"),
+    )
 
 
 def build(cfg: dict):
@@ -195,8 +279,11 @@ def randomise(model: torch.nn.Module, gen: torch.Generator) -> None:
             t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
         elif t.ndim == 1 and ("bn" in name or ".stem." in name or "gamma" in name):
             # BN weight/bias, Scale gammas: weight-like in [0.5, 1.5), bias-like small.
-            t.copy_(torch.rand(t.shape, generator=gen) + 0.5 if name.endswith(("weight", "scale"))
-                    else torch.randn(t.shape, generator=gen) * 0.1)
+            t.copy_(
+                torch.rand(t.shape, generator=gen) + 0.5
+                if name.endswith(("weight", "scale"))
+                else torch.randn(t.shape, generator=gen) * 0.1
+            )
         else:
             fan_in = t[0].numel() if t.ndim > 1 else 1
             t.copy_(torch.randn(t.shape, generator=gen) * (1.0 / fan_in) ** 0.5)
@@ -224,12 +311,21 @@ def make_golden() -> None:
                 _, pam, cam = model.decode_head(feats)
                 extra = {"pam": pam, "cam": cam}
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        torch.save({"state_dict": state, "meta": {"generator": "scripts/make_mmseg_golden.py",
-                                                  "mmseg_cfg": mmseg_cfg(head, NUM_CLASSES, tiny=True)}},
-                   OUT / f"{head}.pth")
+        torch.save(
+            {
+                "state_dict": state,
+                "meta": {
+                    "generator": "scripts/make_mmseg_golden.py",
+                    "mmseg_cfg": mmseg_cfg(head, NUM_CLASSES, tiny=True),
+                },
+            },
+            OUT / f"{head}.pth",
+        )
         golden["heads"][head] = {"logits": logits, "aux": aux, "head_kwargs": SEG_HEAD_KWARGS[head], **extra}
-        print(f"{head}: logits {tuple(logits.shape)} |max| {logits.abs().max():.3f}, "
-              f"{sum(v.numel() for v in state.values())} state values")
+        print(
+            f"{head}: logits {tuple(logits.shape)} |max| {logits.abs().max():.3f}, "
+            f"{sum(v.numel() for v in state.values())} state values"
+        )
     torch.save(golden, OUT / "golden.pt")
     total = sum(p.stat().st_size for p in OUT.iterdir())
     print(f"wrote {OUT} ({total / 1024:.0f} KiB)")
@@ -245,7 +341,7 @@ def pack(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         offset = 0
         for k in keys:
             n = state[k].numel()
-            out[k] = flat[offset:offset + n].view(state[k].shape)
+            out[k] = flat[offset : offset + n].view(state[k].shape)
             offset += n
     return {k: out[k] for k in state}
 
@@ -259,8 +355,12 @@ def make_zoo_golden() -> None:
     x = torch.load(OUT / "golden.pt", weights_only=True)["input"]  # the input of the other golden tests
     gen = torch.Generator().manual_seed(1)
     metas = [dict(img_shape=tuple(x.shape[-2:]), ori_shape=tuple(x.shape[-2:]), pad_shape=tuple(x.shape[-2:]))]
-    zoo: dict = {"generator": "scripts/make_mmseg_golden.py", "seg_kwargs": ZOO_SEG_KWARGS_COMMON,
-                 "backbone": None, "heads": {}}
+    zoo: dict = {
+        "generator": "scripts/make_mmseg_golden.py",
+        "seg_kwargs": ZOO_SEG_KWARGS_COMMON,
+        "backbone": None,
+        "heads": {},
+    }
     for head in ZOO_HEADS:
         cfg = zoo_cfg(head, NUM_CLASSES, tiny=True)
         model = build(cfg)
@@ -286,16 +386,19 @@ def make_zoo_golden() -> None:
                 entry["aux"] = model.auxiliary_head(feats)
                 entry["logits"] = model.decode_head(feats)
             # encode_decode is the bilinear resize of the head's logits, so feature-resolution goldens suffice
-            assert torch.equal(logits, F.interpolate(entry["logits"], x.shape[-2:], mode="bilinear",
-                                                     align_corners=False)), head
+            assert torch.equal(
+                logits, F.interpolate(entry["logits"], x.shape[-2:], mode="bilinear", align_corners=False)
+            ), head
             entry["state_dict"] = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
             if head == "ema":  # one train-mode step of the head moves the bases towards the batch's
                 model.decode_head.train()
                 model.decode_head(feats)
                 entry["bases_after_train_step"] = model.decode_head.ema_module.bases.clone()
         zoo["heads"][head] = entry
-        print(f"{head}: logits {tuple(entry['logits'].shape)} |max| {entry['logits'].abs().max():.3f}, "
-              f"{sum(v.numel() for v in entry['state_dict'].values())} head values")
+        print(
+            f"{head}: logits {tuple(entry['logits'].shape)} |max| {entry['logits'].abs().max():.3f}, "
+            f"{sum(v.numel() for v in entry['state_dict'].values())} head values"
+        )
     zoo["backbone"] = pack(zoo["backbone"])
     for entry in zoo["heads"].values():
         entry["state_dict"] = pack(entry["state_dict"])
@@ -308,14 +411,18 @@ def print_counts(num_classes: int = 19) -> None:
     for head in HEADS:
         model = build(mmseg_cfg(head, num_classes, tiny=False))
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-        print(f"{head}: decode_head {count(model.decode_head)}, auxiliary_head {count(model.auxiliary_head)}, "
-              f"backbone {count(model.backbone)}, total {count(model)}")
+        print(
+            f"{head}: decode_head {count(model.decode_head)}, auxiliary_head {count(model.auxiliary_head)}, "
+            f"backbone {count(model.backbone)}, total {count(model)}"
+        )
     for head in ZOO_HEADS:
         model = build(zoo_cfg(head, num_classes, tiny=False))
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         if head == "ocr":
-            print(f"{head}: decode_head.1 (OCRHead) {count(model.decode_head[1])}, decode_head.0 (FCN) "
-                  f"{count(model.decode_head[0])}")
+            print(
+                f"{head}: decode_head.1 (OCRHead) {count(model.decode_head[1])}, decode_head.0 (FCN) "
+                f"{count(model.decode_head[0])}"
+            )
         else:
             print(f"{head}: decode_head {count(model.decode_head)}")
 

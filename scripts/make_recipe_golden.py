@@ -26,6 +26,7 @@ NOT part of the seg package and NOT run in CI: it imports mmsegmentation 1.2.2 /
     mmengine ``PolyLR(eta_min, power, begin=0, end=max_iters, by_epoch=False)``: the lr each iteration trains
     with, as mmengine's runner steps it (once after every iteration), past the end of the schedule.
 """
+
 from __future__ import annotations
 
 import json
@@ -124,20 +125,42 @@ def eval_golden() -> dict:
         ds = BaseSegmentor.postprocess_result(_Seg(), logits, [ds])[0]
         pred = ds.pred_sem_seg.data[0]
         metric.process([], [ds.to_dict()])
-        samples.append({"image": torch.from_numpy(img), "mask": torch.from_numpy(gt), "resized": torch.from_numpy(resized),
-                        "logits": logits, "pred": pred.to(torch.uint8)})
+        samples.append(
+            {
+                "image": torch.from_numpy(img),
+                "mask": torch.from_numpy(gt),
+                "resized": torch.from_numpy(resized),
+                "logits": logits,
+                "pred": pred.to(torch.uint8),
+            }
+        )
         preds_all.append(pred)
     # per-class IoU/Acc of IoUMetric (percent, rounded by mmseg's table) + the raw areas for an exact check
     results = metric.results
     areas = [torch.stack([r[k] for r in results]).sum(0) for k in range(4)]  # intersect, union, pred, label
     summary = metric.compute_metrics(results)
     ade_sizes = [(512, 683), (375, 500), (1536, 2048), (256, 256), (511, 767), (333, 2000), (2048, 1536)]
-    ade = [list(Resize(scale=(2048, 512), keep_ratio=True)(
-        {"img": np.zeros((*hw, 1), np.uint8), "img_shape": hw, "ori_shape": hw})["img"].shape[:2]) for hw in ade_sizes]
-    return {"num_classes": num_classes, "scale": scale, "samples": samples,
-            "area_intersect": areas[0], "area_union": areas[1], "area_pred": areas[2], "area_label": areas[3],
-            "mIoU": float(summary["mIoU"]), "aAcc": float(summary["aAcc"]),
-            "ade_sizes": ade_sizes, "ade_resized_hw": ade}
+    ade = [
+        list(
+            Resize(scale=(2048, 512), keep_ratio=True)(
+                {"img": np.zeros((*hw, 1), np.uint8), "img_shape": hw, "ori_shape": hw}
+            )["img"].shape[:2]
+        )
+        for hw in ade_sizes
+    ]
+    return {
+        "num_classes": num_classes,
+        "scale": scale,
+        "samples": samples,
+        "area_intersect": areas[0],
+        "area_union": areas[1],
+        "area_pred": areas[2],
+        "area_label": areas[3],
+        "mIoU": float(summary["mIoU"]),
+        "aAcc": float(summary["aAcc"]),
+        "ade_sizes": ade_sizes,
+        "ade_resized_hw": ade,
+    }
 
 
 def tta_golden() -> dict:
@@ -175,7 +198,7 @@ def main() -> None:
     torch.save(loss_golden(), OUT / "loss.pt")
     torch.save(eval_golden(), OUT / "eval.pt")
     for name, data in (("tta.json", tta_golden()), ("poly.json", poly_golden())):  # one case per line
-        (key, rows), = data.items()
+        ((key, rows),) = data.items()
         (OUT / name).write_text(f'{{"{key}": [\n' + ",\n".join(json.dumps(r) for r in rows) + "\n]}\n")
     for f in sorted(OUT.iterdir()):
         print(f"{f.relative_to(OUT.parents[2])}: {f.stat().st_size} bytes")

@@ -9,6 +9,7 @@ with zeros to 128 or 256 channels (the same dot products) with 4 or 2 v heads; o
 memory-efficient kernel takes a v width different from q/k). Each runs with every SDPA backend that accepts it.
 A measurement tool for the Performance work (which split should be the default); not run in CI.
 """
+
 import argparse
 import contextlib
 
@@ -19,15 +20,26 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from seg.bench import _peak_mb, _time
 from seg.layers.functional import position_attention_reference, position_attention_sdpa
 
-BACKENDS = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+BACKENDS = {
+    "default": None,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--shape", type=int, nargs=3, metavar=("B", "H", "W"), default=None,
-                   help="default: 8 64 128 on CUDA, 1 16 24 on CPU")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        metavar=("B", "H", "W"),
+        default=None,
+        help="default: 8 64 128 on CUDA, 1 16 24 on CPU",
+    )
     p.add_argument("--iters", type=int, default=10)
     a = p.parse_args()
     dev = torch.device(a.device)
@@ -45,11 +57,16 @@ def main():
             pad = width - q.shape[1]
             qp, kp = (F.pad(t, (0, 0, 0, 0, 0, pad)) if pad else t for t in (q, k))  # zero channels
             return position_attention_sdpa(qp, kp, v, head_dim=head_dim)
+
         return run
 
-    variants = {"explicit": lambda: position_attention_reference(q, k, v),
-                "heads 8x64": variant(64, 64), "qk pad 128, heads 4x128": variant(128, 128),
-                "qk pad 256, heads 2x256": variant(256, 256), "1 head, v 512": variant(64, 512)}
+    variants = {
+        "explicit": lambda: position_attention_reference(q, k, v),
+        "heads 8x64": variant(64, 64),
+        "qk pad 128, heads 4x128": variant(128, 128),
+        "qk pad 256, heads 2x256": variant(256, 256),
+        "1 head, v 512": variant(64, 512),
+    }
     print(f"{'variant':26s} {'backend':10s} {'fwd ms':>8s} {'fwd+bwd ms':>11s} {'peak MiB':>9s} {'max err':>8s}")
     for name, fn in variants.items():
         for backend, kind in BACKENDS.items():

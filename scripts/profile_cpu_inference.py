@@ -4,6 +4,7 @@
 
 Not part of the package; prints one table per variant (self CPU time per aten op, sorted) after a warm-up call.
 """
+
 from __future__ import annotations
 
 import argparse

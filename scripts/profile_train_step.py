@@ -5,6 +5,7 @@
 Prints, per head, the step time and the CUDA kernels that take the most time, grouped by operator.
 A diagnosis tool for the Performance work; not run in CI.
 """
+
 import argparse
 
 import torch

@@ -6,6 +6,7 @@ broke ``pytest.approx`` on tensors between two runs of the same commit). Refresh
 
     pip install -U -e ".[dev]" && python scripts/update_constraints.py "seg[dev]" && python -m pytest -q
 """
+
 from __future__ import annotations
 
 import sys

@@ -45,6 +45,7 @@ W&B: with ``--train`` every run of one comparison gets the W&B group ``--group``
 name and a timestamp) and, unless ``--wandb=off`` is passed, the summary table and chart are logged once, as
 one extra run ``<group>/summary`` in that group.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,8 +99,9 @@ def miou_from_counts(counts: np.ndarray) -> np.ndarray:
     return out
 
 
-def bootstrap_draws(n_images: int, seeds_per_head: dict[str, int], samples: int,
-                    seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def bootstrap_draws(
+    n_images: int, seeds_per_head: dict[str, int], samples: int, seed: int = 0
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The resamples: image indices (samples, n_images), shared by all heads, and per head seed indices
     (samples, n_seeds), drawn independently per head."""
     rng = np.random.default_rng(seed)
@@ -121,8 +123,9 @@ def bootstrap_miou(counts: np.ndarray, image_idx: np.ndarray, seed_idx: np.ndarr
     return np.nansum(per_seed * w_seed, axis=1) / s
 
 
-def compare_to_baseline(counts: dict[str, np.ndarray], baseline: str, samples: int = 2000,
-                        confidence: float = 0.95, seed: int = 0) -> dict[str, dict[str, Any]]:
+def compare_to_baseline(
+    counts: dict[str, np.ndarray], baseline: str, samples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, dict[str, Any]]:
     """Per head: point difference of mean-over-seeds mIoU to ``baseline``, bootstrap interval and verdict.
 
     counts: head -> (S, N, 3, C) per-image counts; every head must cover the same N validation images in the
@@ -142,8 +145,14 @@ def compare_to_baseline(counts: dict[str, np.ndarray], baseline: str, samples: i
         diff = reps[h] - reps[baseline]
         lo, hi = (float(v) for v in np.nanquantile(diff, [alpha, 1 - alpha]))
         verdict = "better" if lo > 0 else "worse" if hi < 0 else "within noise"
-        out[h] = {"baseline": baseline, "diff": point[h] - point[baseline], "ci_low": lo, "ci_high": hi,
-                  "confidence": confidence, "verdict": verdict if h != baseline else "baseline"}
+        out[h] = {
+            "baseline": baseline,
+            "diff": point[h] - point[baseline],
+            "ci_low": lo,
+            "ci_high": hi,
+            "confidence": confidence,
+            "verdict": verdict if h != baseline else "baseline",
+        }
     return out
 
 
@@ -184,17 +193,23 @@ def evaluate_run(run_dir: str | Path, ckpt: str = "last.ckpt", device: Optional[
             if i > 0 or len(loader) == 1:
                 seconds += time.perf_counter() - t0
                 timed += preds.shape[0]
-            counts.append(per_image_counts(preds, batch["mask"].to(dev), module.hparams.num_classes,
-                                           dm.ignore_index))
+            counts.append(per_image_counts(preds, batch["mask"].to(dev), module.hparams.num_classes, dm.ignore_index))
             paths += list(batch["path"])
     per_image = np.concatenate(counts)  # (N, 3, C)
-    np.savez_compressed(run_dir / "per_image.npz", counts=per_image, paths=np.array(paths),
-                        classes=np.array(dm.classes))
+    np.savez_compressed(
+        run_dir / "per_image.npz", counts=per_image, paths=np.array(paths), classes=np.array(dm.classes)
+    )
     crop = list(dm.crop_size)
     result = {
-        "ckpt": str(ckpt_path), "num_images": len(paths), "images_per_s": timed / seconds if seconds else None,
-        "eval_device": dev.type, "params": count_parameters(module.model), "crop_size": crop,
-        "gflops": _gflops(module.model, crop, dev), "head": module.hparams.head, "backbone": module.hparams.backbone,
+        "ckpt": str(ckpt_path),
+        "num_images": len(paths),
+        "images_per_s": timed / seconds if seconds else None,
+        "eval_device": dev.type,
+        "params": count_parameters(module.model),
+        "crop_size": crop,
+        "gflops": _gflops(module.model, crop, dev),
+        "head": module.hparams.head,
+        "backbone": module.hparams.backbone,
     }
     atomic_write_text(json.dumps(result, indent=2), run_dir / "eval.json")
     return result
@@ -230,19 +245,30 @@ def load_run(run_dir: str | Path, evaluate: bool = True) -> dict[str, Any]:
     total = counts.sum(0)  # (3, C)
     union = total[1] + total[2] - total[0]
     iou = [float(t / u) if u > 0 else None for t, u in zip(total[0], union)]
-    train_meta = json.loads((run_dir / "compare_train.json").read_text()) \
-        if (run_dir / "compare_train.json").is_file() else {}
+    train_meta = (
+        json.loads((run_dir / "compare_train.json").read_text()) if (run_dir / "compare_train.json").is_file() else {}
+    )
     peak = summary.get("peak_cuda_memory_mb") or train_meta.get("peak_rss_mb")
     return {
-        "run": str(run_dir), "name": run_dir.name, "head": ev.get("head") or summary.get("head"),
-        "backbone": ev.get("backbone") or summary.get("backbone"), "seed": _run_seed(run_dir),
-        "steps": summary.get("global_step"), "mIoU": float(miou_from_counts(total)),
+        "run": str(run_dir),
+        "name": run_dir.name,
+        "head": ev.get("head") or summary.get("head"),
+        "backbone": ev.get("backbone") or summary.get("backbone"),
+        "seed": _run_seed(run_dir),
+        "steps": summary.get("global_step"),
+        "mIoU": float(miou_from_counts(total)),
         "aAcc": float(total[0].sum() / max(total[1].sum(), 1)),
-        "per_class_IoU": dict(zip(classes, iou)), "params": ev.get("params"), "gflops": ev.get("gflops"),
-        "crop_size": ev.get("crop_size"), "train_img_s": summary.get("train_images_per_s"),
-        "eval_img_s": ev.get("images_per_s"), "peak_mem_mb": peak,
+        "per_class_IoU": dict(zip(classes, iou)),
+        "params": ev.get("params"),
+        "gflops": ev.get("gflops"),
+        "crop_size": ev.get("crop_size"),
+        "train_img_s": summary.get("train_images_per_s"),
+        "eval_img_s": ev.get("images_per_s"),
+        "peak_mem_mb": peak,
         "peak_mem_kind": "cuda" if summary.get("peak_cuda_memory_mb") else ("rss" if peak else None),
-        "num_images": len(paths), "_counts": counts, "_paths": paths,
+        "num_images": len(paths),
+        "_counts": counts,
+        "_paths": paths,
     }
 
 
@@ -251,12 +277,14 @@ def _mean(vals: list[Any]) -> Optional[float]:
     return float(np.mean(vals)) if vals else None
 
 
-def summarize(runs: list[dict[str, Any]], baseline: str = "fcn", samples: int = 2000,
-              confidence: float = 0.95) -> dict[str, Any]:
+def summarize(
+    runs: list[dict[str, Any]], baseline: str = "fcn", samples: int = 2000, confidence: float = 0.95
+) -> dict[str, Any]:
     """compare.json's content: ``runs``, ``heads`` (mean/std/n, costs, difference to the baseline)."""
     heads = list(dict.fromkeys(r["head"] for r in runs))
-    by_head = {h: sorted((r for r in runs if r["head"] == h), key=lambda r: (r["seed"] is None, r["seed"]))
-               for h in heads}
+    by_head = {
+        h: sorted((r for r in runs if r["head"] == h), key=lambda r: (r["seed"] is None, r["seed"])) for h in heads
+    }
     for h, rs in by_head.items():
         if len({r["seed"] for r in rs}) != len(rs):
             raise ValueError(f"head {h}: several runs with the same seed ({[r['run'] for r in rs]})")
@@ -275,19 +303,24 @@ def summarize(runs: list[dict[str, Any]], baseline: str = "fcn", samples: int = 
         m = [r["mIoU"] for r in rs]
         classes = list(rs[0]["per_class_IoU"])
         out_heads[h] = {
-            "n": len(rs), "seeds": [r["seed"] for r in rs], "mIoU_mean": float(np.mean(m)),
+            "n": len(rs),
+            "seeds": [r["seed"] for r in rs],
+            "mIoU_mean": float(np.mean(m)),
             "mIoU_std": float(np.std(m, ddof=1)) if len(m) > 1 else None,
             "per_class_IoU_mean": {c: _mean([r["per_class_IoU"][c] for r in rs]) for c in classes},
-            **{k: _mean([r[k] for r in rs]) for k in ("params", "gflops", "train_img_s", "eval_img_s",
-                                                      "peak_mem_mb")},
+            **{k: _mean([r[k] for r in rs]) for k in ("params", "gflops", "train_img_s", "eval_img_s", "peak_mem_mb")},
             "vs_baseline": deltas.get(h),
         }
     return {
         "baseline": baseline if baseline in by_head else None,
-        "bootstrap": {"samples": samples, "confidence": confidence, "seed": 0,
-                      "procedure": "paired over validation images (one resample for all heads), seeds resampled "
-                                   "per head; statistic: mean over seeds of dataset-level mIoU; percentile "
-                                   "interval of the difference to the baseline"},
+        "bootstrap": {
+            "samples": samples,
+            "confidence": confidence,
+            "seed": 0,
+            "procedure": "paired over validation images (one resample for all heads), seeds resampled "
+            "per head; statistic: mean over seeds of dataset-level mIoU; percentile "
+            "interval of the difference to the baseline",
+        },
         "heads": out_heads,
         "runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs],
     }
@@ -307,33 +340,60 @@ def markdown(result: dict[str, Any]) -> str:
     classes = list(dict.fromkeys(c for h in heads.values() for c in h["per_class_IoU_mean"]))
     mem_kind = {r["peak_mem_kind"] for r in result["runs"] if r.get("peak_mem_kind")}
     mem = "peak MiB" + (" (CUDA)" if mem_kind == {"cuda"} else " (RSS)" if mem_kind == {"rss"} else "")
-    cols = ["head", "n", "mIoU mean ± std", f"Δ vs {base} [{conf}% CI]" if base else "Δ", "verdict",
-            "params (M)", "GFLOPs", "train img/s", "eval img/s", mem] + [f"IoU {c}" for c in classes]
+    cols = [
+        "head",
+        "n",
+        "mIoU mean ± std",
+        f"Δ vs {base} [{conf}% CI]" if base else "Δ",
+        "verdict",
+        "params (M)",
+        "GFLOPs",
+        "train img/s",
+        "eval img/s",
+        mem,
+    ] + [f"IoU {c}" for c in classes]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for h, s in sorted(heads.items(), key=lambda kv: -kv[1]["mIoU_mean"]):
         d = s["vs_baseline"]
-        delta = "-" if d is None or h == base else \
-            f"{100 * d['diff']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
+        delta = (
+            "-"
+            if d is None or h == base
+            else f"{100 * d['diff']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
+        )
         std = f" ± {100 * s['mIoU_std']:.2f}" if s["mIoU_std"] is not None else ""
-        cells = [h, str(s["n"]), f"{100 * s['mIoU_mean']:.2f}{std}", delta,
-                 "-" if d is None else d["verdict"], _fmt(s["params"], 1e-6, 2), _fmt(s["gflops"], 1, 2),
-                 _fmt(s["train_img_s"]), _fmt(s["eval_img_s"]), _fmt(s["peak_mem_mb"], 1, 0)] + \
-            [_fmt(s["per_class_IoU_mean"].get(c), 100) for c in classes]
+        cells = [
+            h,
+            str(s["n"]),
+            f"{100 * s['mIoU_mean']:.2f}{std}",
+            delta,
+            "-" if d is None else d["verdict"],
+            _fmt(s["params"], 1e-6, 2),
+            _fmt(s["gflops"], 1, 2),
+            _fmt(s["train_img_s"]),
+            _fmt(s["eval_img_s"]),
+            _fmt(s["peak_mem_mb"], 1, 0),
+        ] + [_fmt(s["per_class_IoU_mean"].get(c), 100) for c in classes]
         lines.append("| " + " | ".join(cells) + " |")
     b = result["bootstrap"]
     crops = {tuple(r["crop_size"]) for r in result["runs"] if r.get("crop_size")}
-    lines += ["", f"mIoU/IoU in % on {result['runs'][0]['num_images']} validation images, mean over seeds (std: "
-              f"sample std over seeds). Δ: difference of mean mIoU to {base}, {conf}% interval of a paired bootstrap "
-              f"({b['samples']} resamples of the validation images, seeds resampled per head); verdict "
-              "'better'/'worse' only when the interval excludes 0. GFLOPs: one forward pass at the training crop "
-              f"{' / '.join('x'.join(map(str, c)) for c in sorted(crops))}; params include the aux head; "
-              "img/s are throughputs of the machine that ran it (noisy on a shared machine).", "",
-              "| run | head | seed | steps | mIoU | aAcc | train img/s | eval img/s | " + mem + " |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"mIoU/IoU in % on {result['runs'][0]['num_images']} validation images, mean over seeds (std: "
+        f"sample std over seeds). Δ: difference of mean mIoU to {base}, {conf}% interval of a paired bootstrap "
+        f"({b['samples']} resamples of the validation images, seeds resampled per head); verdict "
+        "'better'/'worse' only when the interval excludes 0. GFLOPs: one forward pass at the training crop "
+        f"{' / '.join('x'.join(map(str, c)) for c in sorted(crops))}; params include the aux head; "
+        "img/s are throughputs of the machine that ran it (noisy on a shared machine).",
+        "",
+        "| run | head | seed | steps | mIoU | aAcc | train img/s | eval img/s | " + mem + " |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["runs"]:
-        lines.append(f"| {r['name']} | {r['head']} | {r['seed']} | {r['steps']} | {_fmt(r['mIoU'], 100, 2)} | "
-                     f"{_fmt(r['aAcc'], 100, 2)} | {_fmt(r['train_img_s'])} | {_fmt(r['eval_img_s'])} | "
-                     f"{_fmt(r['peak_mem_mb'], 1, 0)} |")
+        lines.append(
+            f"| {r['name']} | {r['head']} | {r['seed']} | {r['steps']} | {_fmt(r['mIoU'], 100, 2)} | "
+            f"{_fmt(r['aAcc'], 100, 2)} | {_fmt(r['train_img_s'])} | {_fmt(r['eval_img_s'])} | "
+            f"{_fmt(r['peak_mem_mb'], 1, 0)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -358,8 +418,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
         vals = [100 * r["mIoU"] for r in result["runs"] if r["head"] == h]
         ax.scatter([i] * len(vals), vals, color="tab:gray", s=14, zorder=3)
         std = stats[h]["mIoU_std"]
-        ax.errorbar([i], [100 * stats[h]["mIoU_mean"]], yerr=None if std is None else [100 * std], fmt="o",
-                    color="tab:blue", capsize=5, zorder=4)
+        ax.errorbar(
+            [i],
+            [100 * stats[h]["mIoU_mean"]],
+            yerr=None if std is None else [100 * std],
+            fmt="o",
+            color="tab:blue",
+            capsize=5,
+            zorder=4,
+        )
     ax.set_xticks(range(len(heads)), heads)
     ax.set_ylabel("mIoU (%)")
     ax.set_title("mIoU per seed (grey) and mean ± std")
@@ -374,8 +441,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
         y = 100 * d["diff"]
         err = [[y - 100 * d["ci_low"]], [100 * d["ci_high"] - y]]
         ax.errorbar([i], [y], yerr=err, fmt="o", capsize=5, color=colors[d["verdict"]])
-        ax.annotate(d["verdict"], (i, 100 * d["ci_high"]), textcoords="offset points", xytext=(0, 4),
-                    ha="center", fontsize="small")
+        ax.annotate(
+            d["verdict"],
+            (i, 100 * d["ci_high"]),
+            textcoords="offset points",
+            xytext=(0, 4),
+            ha="center",
+            fontsize="small",
+        )
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(heads)), heads)
     ax.set_ylabel(f"Δ mIoU vs {base} (points)")
@@ -391,9 +464,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("IoU (%)")
     ax.set_title("per-class IoU (mean over seeds)")
     ax.legend(fontsize="small")
-    for ax, key, label, lower in ((axes[1, 0], "gflops", "GFLOPs per image at the training crop", True),
-                                  (axes[1, 1], "train_img_s", "train images/s", False),
-                                  (axes[1, 2], "eval_img_s", "eval images/s", False)):
+    for ax, key, label, lower in (
+        (axes[1, 0], "gflops", "GFLOPs per image at the training crop", True),
+        (axes[1, 1], "train_img_s", "train images/s", False),
+        (axes[1, 2], "eval_img_s", "eval images/s", False),
+    ):
         xs = [stats[h][key] for h in heads]
         ys = [100 * stats[h]["mIoU_mean"] for h in heads]
         es = [100 * (stats[h]["mIoU_std"] or 0) for h in heads]
@@ -413,8 +488,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def compare(run_dirs: Sequence[str | Path], out: str | Path = ".", baseline: str = "fcn", samples: int = 2000,
-            confidence: float = 0.95, evaluate: bool = True) -> dict[str, Any]:
+def compare(
+    run_dirs: Sequence[str | Path],
+    out: str | Path = ".",
+    baseline: str = "fcn",
+    samples: int = 2000,
+    confidence: float = 0.95,
+    evaluate: bool = True,
+) -> dict[str, Any]:
     """Load (and evaluate where needed) the runs, write compare.md/.png/.json into ``out``; returns the json."""
     runs = [load_run(d, evaluate) for d in run_dirs]
     result = summarize(runs, baseline, samples, confidence)
@@ -453,8 +534,7 @@ def head_overrides(head: str, config: str) -> list[str]:
     return ["--model.head_kwargs={}", "--model.aux=false", f"--model.output_stride={stride}"]
 
 
-def train_runs(config: str, heads: list[str], seeds: list[int], out: Path, extra: list[str],
-               group: str) -> list[Path]:
+def train_runs(config: str, heads: list[str], seeds: list[int], out: Path, extra: list[str], group: str) -> list[Path]:
     """One train.py run per head x seed (same config and budget; ``out/<head>-s<seed>``, ``smp:Unet`` as
     ``smp-Unet``), in W&B group ``group``; existing finished runs (a ``last.ckpt`` and ``summary.json``) are kept,
     not retrained. smp architectures get :func:`head_overrides`."""
@@ -463,17 +543,29 @@ def train_runs(config: str, heads: list[str], seeds: list[int], out: Path, extra
     for seed in seeds:  # seed-major: an interrupted comparison still has every head for the first seeds
         for head in heads:
             run_dir = out / f"{head.replace(':', '-')}-s{seed}"
-            if (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "summary.json").is_file() \
-                    and (run_dir / "compare_train.json").is_file():
+            if (
+                (run_dir / "checkpoints" / "last.ckpt").is_file()
+                and (run_dir / "summary.json").is_file()
+                and (run_dir / "compare_train.json").is_file()
+            ):
                 print(f"{run_dir}: already trained, kept", flush=True)
             else:
-                cmd = [sys.executable, str(ROOT / "train.py"), "--config", config, f"--model.head={head}",
-                       *head_overrides(head, config), f"--seed_everything={seed}",
-                       f"--trainer.default_root_dir={run_dir}", *extra]
+                cmd = [
+                    sys.executable,
+                    str(ROOT / "train.py"),
+                    "--config",
+                    config,
+                    f"--model.head={head}",
+                    *head_overrides(head, config),
+                    f"--seed_everything={seed}",
+                    f"--trainer.default_root_dir={run_dir}",
+                    *extra,
+                ]
                 t0 = time.perf_counter()
                 rss = _run_child(cmd, env)
-                (run_dir / "compare_train.json").write_text(json.dumps(
-                    {"peak_rss_mb": rss, "wall_s": time.perf_counter() - t0, "command": cmd}, indent=2))
+                (run_dir / "compare_train.json").write_text(
+                    json.dumps({"peak_rss_mb": rss, "wall_s": time.perf_counter() - t0, "command": cmd}, indent=2)
+                )
             runs.append(run_dir)
     return runs
 
@@ -487,18 +579,57 @@ def log_wandb_summary(result: dict[str, Any], out: Path, group: str, project: st
         return
     import wandb
 
-    cols = ["head", "n", "mIoU_mean", "mIoU_std", "diff_vs_baseline", "ci_low", "ci_high", "verdict", "params",
-            "gflops", "train_img_s", "eval_img_s", "peak_mem_mb"]
+    cols = [
+        "head",
+        "n",
+        "mIoU_mean",
+        "mIoU_std",
+        "diff_vs_baseline",
+        "ci_low",
+        "ci_high",
+        "verdict",
+        "params",
+        "gflops",
+        "train_img_s",
+        "eval_img_s",
+        "peak_mem_mb",
+    ]
     rows = []
     for h, s in result["heads"].items():
         d = s["vs_baseline"] or {}
-        rows.append([h, s["n"], s["mIoU_mean"], s["mIoU_std"], d.get("diff"), d.get("ci_low"), d.get("ci_high"),
-                     d.get("verdict"), s["params"], s["gflops"], s["train_img_s"], s["eval_img_s"], s["peak_mem_mb"]])
-    run = wandb.init(project=project, group=group, name=f"{group}/summary", job_type="compare", dir=str(out),
-                     mode=mode, config={"baseline": result["baseline"], **result["bootstrap"]})
+        rows.append(
+            [
+                h,
+                s["n"],
+                s["mIoU_mean"],
+                s["mIoU_std"],
+                d.get("diff"),
+                d.get("ci_low"),
+                d.get("ci_high"),
+                d.get("verdict"),
+                s["params"],
+                s["gflops"],
+                s["train_img_s"],
+                s["eval_img_s"],
+                s["peak_mem_mb"],
+            ]
+        )
+    run = wandb.init(
+        project=project,
+        group=group,
+        name=f"{group}/summary",
+        job_type="compare",
+        dir=str(out),
+        mode=mode,
+        config={"baseline": result["baseline"], **result["bootstrap"]},
+    )
     try:
-        run.log({"compare/table": wandb.Table(columns=cols, data=rows),
-                 "compare/chart": wandb.Image(str(out / "compare.png"))})
+        run.log(
+            {
+                "compare/table": wandb.Table(columns=cols, data=rows),
+                "compare/chart": wandb.Image(str(out / "compare.png")),
+            }
+        )
     finally:
         run.finish()
 
@@ -507,8 +638,11 @@ def _wandb_arg(extra: list[str]) -> tuple[str, str]:
     mode, project = "auto", "seg"
     for i, a in enumerate(extra):
         for flag in ("--wandb", "--wandb_project"):
-            val = a.split("=", 1)[1] if a.startswith(flag + "=") else (
-                extra[i + 1] if a == flag and i + 1 < len(extra) else None)
+            val = (
+                a.split("=", 1)[1]
+                if a.startswith(flag + "=")
+                else (extra[i + 1] if a == flag and i + 1 < len(extra) else None)
+            )
             if val is not None:
                 mode, project = (val, project) if flag == "--wandb" else (mode, val)
     return mode, project
@@ -519,23 +653,34 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
-    p = argparse.ArgumentParser(prog="python -m seg.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        argv, extra = argv[:i], argv[i + 1 :]
+    p = argparse.ArgumentParser(
+        prog="python -m seg.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("runs", nargs="*", help="train.py run directories to compare")
     p.add_argument("--out", default=None, help="output folder (default: . or runs/compare with --train)")
     p.add_argument("--train", action="store_true", help="train one run per --heads x --seeds first")
     p.add_argument("--config", help="train.py config for --train")
-    p.add_argument("--heads", nargs="+", choices=all_head_names(), default=["fcn", "ccnet", "danet", "nonlocal", "axial"],
-                   metavar="HEAD", help="heads to train with --train (default: fcn ccnet danet nonlocal axial; "
-                   f"any of {' '.join(all_head_names())}; smp architectures train with their own defaults)")
+    p.add_argument(
+        "--heads",
+        nargs="+",
+        choices=all_head_names(),
+        default=["fcn", "ccnet", "danet", "nonlocal", "axial"],
+        metavar="HEAD",
+        help="heads to train with --train (default: fcn ccnet danet nonlocal axial; "
+        f"any of {' '.join(all_head_names())}; smp architectures train with their own defaults)",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds per head with --train: 0 .. N-1 (default 3)")
     p.add_argument("--baseline", default="fcn", help="head the others are compared to (default fcn)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--confidence", type=float, default=0.95, help="interval coverage (default 0.95)")
     p.add_argument("--group", default=None, help="W&B group of the runs (default: <out folder>-<timestamp>)")
-    p.add_argument("--no-evaluate", dest="evaluate", action="store_false",
-                   help="fail instead of evaluating runs that lack per_image.npz")
+    p.add_argument(
+        "--no-evaluate",
+        dest="evaluate",
+        action="store_false",
+        help="fail instead of evaluating runs that lack per_image.npz",
+    )
     args, unknown = p.parse_known_args(argv)
     extra = unknown + extra  # e.g. --trainer.max_steps=300 goes to every train.py
     if args.seeds < 1:

@@ -38,13 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("--head", required=True, choices=sorted(HEADS))
     mm.add_argument("--backbone", required=True, help="timm name: resnet50c / resnet101c for mmseg ResNetV1c")
     mm.add_argument("--num-classes", type=int, required=True, help="19 Cityscapes, 150 ADE20K")
-    mm.add_argument("--output-stride", type=int, default=8, choices=[8, 16, 32],
-                    help="8 for *-d8 configs, 32 for UPerNet (undilated)")
-    mm.add_argument("--channels", type=int, default=None,
-                    help="decode head width (default: the head's, 512; EMANet 256)")
+    mm.add_argument(
+        "--output-stride",
+        type=int,
+        default=8,
+        choices=[8, 16, 32],
+        help="8 for *-d8 configs, 32 for UPerNet (undilated)",
+    )
+    mm.add_argument(
+        "--channels", type=int, default=None, help="decode head width (default: the head's, 512; EMANet 256)"
+    )
     mm.add_argument("--aux-channels", type=int, default=256, help="auxiliary head width")
-    mm.add_argument("--aux", action=argparse.BooleanOptionalAction, default=None,
-                    help="keep the auxiliary head (default: when the checkpoint has one)")
+    mm.add_argument(
+        "--aux",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the auxiliary head (default: when the checkpoint has one)",
+    )
     mm.add_argument("--backbone-kwargs", type=_json_dict, default=None, help="extra timm kwargs, JSON")
     mm.add_argument("--head-kwargs", type=_json_dict, default={}, help="extra head kwargs, JSON")
     return parser
@@ -57,9 +67,16 @@ def main(argv: list[str] | None = None) -> int:
         head_kwargs["channels"] = args.channels
     try:
         out = convert_mmseg_checkpoint(
-            args.src, args.dst, head=args.head, backbone=args.backbone, num_classes=args.num_classes,
-            aux=args.aux, output_stride=args.output_stride, backbone_kwargs=args.backbone_kwargs,
-            aux_channels=args.aux_channels, **head_kwargs,
+            args.src,
+            args.dst,
+            head=args.head,
+            backbone=args.backbone,
+            num_classes=args.num_classes,
+            aux=args.aux,
+            output_stride=args.output_stride,
+            backbone_kwargs=args.backbone_kwargs,
+            aux_channels=args.aux_channels,
+            **head_kwargs,
         )
     except (ValueError, OSError) as err:  # CheckpointError / missing file / full disk: one line, no traceback
         print(f"error: {err}", file=sys.stderr)

@@ -9,6 +9,7 @@ Protocol (mmseg 1.x): the image is resized to the data's test scale (``data.val_
 keeps its original size, and the logits are resized bilinearly to it before scoring (per image, on every rank).
 ``--scales``/``--flip`` follow mmseg's ``TestTimeAug``: each factor scales the original image size.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,19 @@ from seg.training.tool_cli import SegToolCLI
 
 
 class EvaluateCLI(SegToolCLI):
-    description = ("Evaluate a checkpoint: mIoU, aAcc, mAcc and per-class IoU/Acc on the val (or --split) set, "
-                   "written to metrics.json. Model/data/trainer options as in train.py.")
-    usage = ("python -m seg.evaluate --ckpt CKPT [-c CONFIG] [--mode whole|slide] [--scales ...] [--flip true] "
-             "[--output FILE] ...")
+    description = (
+        "Evaluate a checkpoint: mIoU, aAcc, mAcc and per-class IoU/Acc on the val (or --split) set, "
+        "written to metrics.json. Model/data/trainer options as in train.py."
+    )
+    usage = (
+        "python -m seg.evaluate --ckpt CKPT [-c CONFIG] [--mode whole|slide] [--scales ...] [--flip true] "
+        "[--output FILE] ..."
+    )
 
     def add_tool_arguments(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--output", type=Optional[str], default=None,
-                            help="metrics.json path (default: <run_dir>/metrics.json)")
+        parser.add_argument(
+            "--output", type=Optional[str], default=None, help="metrics.json path (default: <run_dir>/metrics.json)"
+        )
         parser.add_argument("--split", type=Optional[str], default=None, help="split to evaluate (default: val)")
 
     def before_instantiate_classes(self) -> None:
@@ -57,22 +63,37 @@ def main(args: Optional[list[str]] = None) -> dict[str, Any]:
     hp = module.hparams
     n = res.pop("num_images", None)
     result = {
-        "mIoU": res["mIoU"], "aAcc": res["aAcc"], "mAcc": res["mAcc"],
-        "per_class_IoU": res["per_class_IoU"], "per_class_Acc": res["per_class_Acc"],
-        "num_images": n, "images_per_s": (n / seconds) if n else None, "seconds": seconds,
-        "mode": hp.eval_mode, "scales": list(hp.eval_scales), "flip": hp.eval_flip,
-        "val_mode": dm.hparams.val_mode, "test_scale": list(dm.base_size) if dm.base_size and dm.hparams.val_mode == "resize" else None,
+        "mIoU": res["mIoU"],
+        "aAcc": res["aAcc"],
+        "mAcc": res["mAcc"],
+        "per_class_IoU": res["per_class_IoU"],
+        "per_class_Acc": res["per_class_Acc"],
+        "num_images": n,
+        "images_per_s": (n / seconds) if n else None,
+        "seconds": seconds,
+        "mode": hp.eval_mode,
+        "scales": list(hp.eval_scales),
+        "flip": hp.eval_flip,
+        "val_mode": dm.hparams.val_mode,
+        "test_scale": list(dm.base_size) if dm.base_size and dm.hparams.val_mode == "resize" else None,
         "crop_size": list(hp.eval_crop_size) if hp.eval_mode == "slide" else None,
         "stride": list(hp.eval_stride) if hp.eval_mode == "slide" else None,
-        "ckpt": str(cli.config.ckpt), "split": dm.test_split, "world_size": trainer.world_size,
-        "backbone": hp.backbone, "head": hp.head, "params": params,
-        "optimize": bool(cli.config.optimize), "bf16": bool(cli.config.bf16),
+        "ckpt": str(cli.config.ckpt),
+        "split": dm.test_split,
+        "world_size": trainer.world_size,
+        "backbone": hp.backbone,
+        "head": hp.head,
+        "params": params,
+        "optimize": bool(cli.config.optimize),
+        "bf16": bool(cli.config.bf16),
     }
     if trainer.is_global_zero:
         out = Path(cli.config.output) if cli.config.output else default_output(cli.config.ckpt)
         atomic_write_text(json.dumps(result, indent=2), out)
-        print(f"mIoU {result['mIoU']:.4f}  aAcc {result['aAcc']:.4f}  mAcc {result['mAcc']:.4f}  "
-              f"({n} images, {trainer.world_size} process(es)) -> {out}")
+        print(
+            f"mIoU {result['mIoU']:.4f}  aAcc {result['aAcc']:.4f}  mAcc {result['mAcc']:.4f}  "
+            f"({n} images, {trainer.world_size} process(es)) -> {out}"
+        )
     return result
 
 

@@ -24,6 +24,7 @@ whole/slide, crop, stride, scales, flip) travel inside the file: ONNX ``metadata
 file ``seg_deploy.json`` of TorchScript / ``torch.export`` archives (``seg.deploy.metadata``).
 ``python -m seg.predict --onnx FILE IMAGES --out DIR`` runs an ONNX file without PyTorch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,19 @@ from seg.deploy import metadata as deploy_meta
 from seg.layers.functional import export_mode
 from seg.models import SegmentationModel, build_model, load_seg_checkpoint
 
-__all__ = ["DeployModel", "FORMATS", "deploy_settings", "export_model", "load_for_export", "main", "run_exported",
-           "save_onnx", "trace_program", "trace_torchscript", "verify_export"]
+__all__ = [
+    "DeployModel",
+    "FORMATS",
+    "deploy_settings",
+    "export_model",
+    "load_for_export",
+    "main",
+    "run_exported",
+    "save_onnx",
+    "trace_program",
+    "trace_torchscript",
+    "verify_export",
+]
 
 FORMATS = ("onnx", "torchscript", "exported")
 Format = Literal["onnx", "torchscript", "exported"]
@@ -60,8 +72,14 @@ class DeployModel(nn.Module):
         argmax: output class indices (B, H, W) instead of logits (B, C, H, W).
     """
 
-    def __init__(self, model: SegmentationModel, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, normalize: bool = False, argmax: bool = False) -> None:
+    def __init__(
+        self,
+        model: SegmentationModel,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        normalize: bool = False,
+        argmax: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model.eval()
         self.normalize = normalize
@@ -106,12 +124,20 @@ def load_for_export(path: str | Path) -> tuple[SegmentationModel, dict[str, Any]
         return load_seg_checkpoint(path), {}, {}
     hp = ckpt.get("hyper_parameters")
     if not isinstance(hp, dict) or "state_dict" not in ckpt or "backbone" not in hp:
-        raise ValueError(f"{path}: neither a seg checkpoint ('seg_model') nor a train.py checkpoint "
-                         "('hyper_parameters'); convert mmseg checkpoints with python -m seg.convert first")
-    model = build_model(hp["backbone"], hp["head"], hp["num_classes"], output_stride=hp.get("output_stride", 8),
-                        aux=hp.get("aux", True), backbone_kwargs=hp.get("backbone_kwargs"),
-                        **(hp.get("head_kwargs") or {}))
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        raise ValueError(
+            f"{path}: neither a seg checkpoint ('seg_model') nor a train.py checkpoint "
+            "('hyper_parameters'); convert mmseg checkpoints with python -m seg.convert first"
+        )
+    model = build_model(
+        hp["backbone"],
+        hp["head"],
+        hp["num_classes"],
+        output_stride=hp.get("output_stride", 8),
+        aux=hp.get("aux", True),
+        backbone_kwargs=hp.get("backbone_kwargs"),
+        **(hp.get("head_kwargs") or {}),
+    )
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -141,8 +167,9 @@ def _classes_and_palette(num_classes: int, data: dict[str, Any]) -> tuple[list[s
     return names, [[int(c) for c in rgb] for rgb in palette]
 
 
-def deploy_settings(model: SegmentationModel, hp: dict[str, Any], data: dict[str, Any],
-                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def deploy_settings(
+    model: SegmentationModel, hp: dict[str, Any], data: dict[str, Any], overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The inference settings of ``seg.deploy.metadata`` (without the graph's own keys), as ``seg.predict``
     would use them: model eval settings from ``hp``, data settings from ``data``, then ``overrides``."""
     from seg.data.datamodule import BASE_SIZES
@@ -154,7 +181,9 @@ def deploy_settings(model: SegmentationModel, hp: dict[str, Any], data: dict[str
         base = data.get("base_size") or BASE_SIZES.get(data.get("dataset", "folder"))
         eval_resize = list(base) if base is not None else None
     meta = {
-        "num_classes": num_classes, "classes": names, "palette": palette,
+        "num_classes": num_classes,
+        "classes": names,
+        "palette": palette,
         "mean": [float(m) for m in data.get("mean", IMAGENET_MEAN)],
         "std": [float(s) for s in data.get("std", IMAGENET_STD)],
         "eval_resize": eval_resize,
@@ -185,13 +214,16 @@ def trace_program(deploy: DeployModel, size: tuple[int, int], dynamic: bool = Fa
     """``torch.export`` of ``deploy`` under ``export_mode()`` at ``size`` (the ONNX exporter starts from it too)."""
     head = deploy.model.head
     if dynamic and not getattr(head, "export_dynamic", True):
-        raise ValueError(f"{type(head).__name__} cannot be exported with symbolic H and W (see its export_dynamic "
-                         "note); export it without --dynamic at the size you will run it at (--size H W)")
+        raise ValueError(
+            f"{type(head).__name__} cannot be exported with symbolic H and W (see its export_dynamic "
+            "note); export it without --dynamic at the size you will run it at (--size H W)"
+        )
     # batch 2 when dynamic: torch.export specialises a dimension of size 1 to the constant 1
     example = deploy.eval().example(2 if dynamic else 1, size)
     with torch.no_grad(), export_mode():
-        return torch.export.export(deploy, (example,), dynamic_shapes=_dynamic_shapes(deploy.normalize)
-                                   if dynamic else None)
+        return torch.export.export(
+            deploy, (example,), dynamic_shapes=_dynamic_shapes(deploy.normalize) if dynamic else None
+        )
 
 
 def trace_torchscript(deploy: DeployModel, size: tuple[int, int], dynamic: bool = False) -> torch.jit.ScriptModule:
@@ -204,8 +236,9 @@ def trace_torchscript(deploy: DeployModel, size: tuple[int, int], dynamic: bool 
         return torch.jit.trace(deploy, (example,), check_trace=False)
 
 
-def save_onnx(program: torch.export.ExportedProgram, out: str | Path, opset: int | None = None,
-              meta: dict[str, Any] | None = None) -> Path:
+def save_onnx(
+    program: torch.export.ExportedProgram, out: str | Path, opset: int | None = None, meta: dict[str, Any] | None = None
+) -> Path:
     """Convert a traced program to ONNX (one file, weights inside) with ``meta`` in its ``metadata_props``."""
     onnx_program = torch.onnx.export(program, dynamo=True, opset_version=opset, verbose=False, external_data=False)
     onnx_program.model.metadata_props.update(deploy_meta.encode(meta) if meta else {})
@@ -213,8 +246,15 @@ def save_onnx(program: torch.export.ExportedProgram, out: str | Path, opset: int
     return Path(out)
 
 
-def export_model(deploy: DeployModel, fmt: Format, out: str | Path, size: tuple[int, int], dynamic: bool = False,
-                 opset: int | None = None, meta: dict[str, Any] | None = None) -> Path:
+def export_model(
+    deploy: DeployModel,
+    fmt: Format,
+    out: str | Path,
+    size: tuple[int, int],
+    dynamic: bool = False,
+    opset: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
     """Trace ``deploy`` under ``export_mode()`` at ``size`` and write it to ``out`` in format ``fmt``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -241,8 +281,9 @@ def run_exported(fmt: Format, path: str | Path) -> Any:
         try:
             import onnxruntime as ort
         except ImportError as err:
-            raise ImportError("verifying an ONNX export needs onnxruntime: pip install -e '.[export]' "
-                              "(or pass --no-verify)") from err
+            raise ImportError(
+                "verifying an ONNX export needs onnxruntime: pip install -e '.[export]' (or pass --no-verify)"
+            ) from err
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: np.asarray(x)})[0]
@@ -257,8 +298,9 @@ def run_exported(fmt: Format, path: str | Path) -> Any:
     return run
 
 
-def verify_export(deploy: DeployModel, fmt: Format, path: str | Path, sizes: Sequence[tuple[int, int]],
-                  batch: int = 1) -> list[dict[str, Any]]:
+def verify_export(
+    deploy: DeployModel, fmt: Format, path: str | Path, sizes: Sequence[tuple[int, int]], batch: int = 1
+) -> list[dict[str, Any]]:
     """Compare the exported file with the eager model (default, non-export mode) on random inputs.
 
     Returns per size: ``max_abs`` and ``rel`` (max |difference| / max |eager logits|) for logits, or
@@ -293,28 +335,54 @@ def second_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m seg.export", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.split("\n")[2:]))
+    p = argparse.ArgumentParser(
+        prog="python -m seg.export",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[2:]),
+    )
     p.add_argument("--ckpt", required=True, help="training checkpoint, or seg checkpoint (seg.convert output)")
-    p.add_argument("--format", required=True, choices=FORMATS, help="onnx (.onnx), torchscript (.pt), "
-                   "exported (torch.export program, .pt2)")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="onnx (.onnx), torchscript (.pt), exported (torch.export program, .pt2)",
+    )
     p.add_argument("--out", required=True, help="file to write")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="input size the graph is traced (and checked) at (default: the slide crop, else 512 1024)")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="input size the graph is traced (and checked) at (default: the slide crop, else 512 1024)",
+    )
     p.add_argument("--dynamic", action="store_true", help="symbolic batch, H and W (checked at a second size)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's; 20 with torch 2.14.1)")
-    p.add_argument("--argmax", action="store_true", help="output class indices (B, H, W) instead of logits "
-                   "(seg.predict --onnx then runs whole images only and resizes labels by nearest neighbour)")
-    p.add_argument("--with-normalize", action="store_true",
-                   help="bake mean/std in: the input is uint8 RGB (B, H, W, 3)")
-    p.add_argument("--config", default=None, help="train.py YAML whose model/data sections override the "
-                   "checkpoint's settings (class names, palette, mean/std, eval mode)")
+    p.add_argument(
+        "--argmax",
+        action="store_true",
+        help="output class indices (B, H, W) instead of logits "
+        "(seg.predict --onnx then runs whole images only and resizes labels by nearest neighbour)",
+    )
+    p.add_argument(
+        "--with-normalize", action="store_true", help="bake mean/std in: the input is uint8 RGB (B, H, W, 3)"
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="train.py YAML whose model/data sections override the "
+        "checkpoint's settings (class names, palette, mean/std, eval mode)",
+    )
     p.add_argument("--mode", choices=["whole", "slide"], default=None, help="inference mode recorded in the file")
     p.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide crop (H, W)")
     p.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide stride (H, W)")
-    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                   help="run the file and compare with PyTorch (default: on)")
+    p.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the file and compare with PyTorch (default: on)",
+    )
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest relative difference to PyTorch allowed")
     return p
 
@@ -336,17 +404,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg_model, cfg_data = _config_sections(args.config)
     hp.update(cfg_model)
     data.update(cfg_data)
-    meta = deploy_settings(model, hp, data, {"eval_mode": args.mode, "crop_size": args.crop_size,
-                                             "stride": args.stride})
+    meta = deploy_settings(
+        model, hp, data, {"eval_mode": args.mode, "crop_size": args.crop_size, "stride": args.stride}
+    )
     size = tuple(args.size or (meta["crop_size"] if meta["eval_mode"] == "slide" else (512, 1024)))
     deploy = DeployModel(model, meta["mean"], meta["std"], normalize=args.with_normalize, argmax=args.argmax)
-    meta.update(normalize_baked=args.with_normalize, output="labels" if args.argmax else "logits",
-                dynamic=args.dynamic, traced_size=list(size))
+    meta.update(
+        normalize_baked=args.with_normalize,
+        output="labels" if args.argmax else "logits",
+        dynamic=args.dynamic,
+        traced_size=list(size),
+    )
     t0 = time.perf_counter()
     out = export_model(deploy, args.format, args.out, size, args.dynamic, args.opset, meta)
     seconds = time.perf_counter() - t0
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.format}, traced at {size[0]}x{size[1]}"
-          f"{', dynamic batch/H/W' if args.dynamic else ''}) in {seconds:.1f} s")
+    print(
+        f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.format}, traced at {size[0]}x{size[1]}"
+        f"{', dynamic batch/H/W' if args.dynamic else ''}) in {seconds:.1f} s"
+    )
     result: dict[str, Any] = {"out": str(out), "bytes": out.stat().st_size, "export_s": seconds, "checks": []}
     if args.verify:
         sizes = [size, second_size(size)] if args.dynamic else [size]

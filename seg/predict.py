@@ -12,6 +12,7 @@ work as in ``seg.evaluate``.
 ``--onnx`` runs a file written by ``python -m seg.export`` with numpy + ONNX Runtime only
 (:mod:`seg.deploy.onnx_predict`; it never imports torch): its settings travel in the file's metadata.
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,19 +31,24 @@ def _predict_cli() -> type:
     from seg.training.tool_cli import SegToolCLI
 
     class PredictCLI(SegToolCLI):
-        description = ("Predict masks for a folder of images (or one image): a label PNG and a colour overlay per "
-                       "image. Model/data/trainer options as in train.py.")
-        usage = ("python -m seg.predict INPUT --out DIR --ckpt CKPT [-c CONFIG] [--mode whole|slide] "
-                 "[--scales ...] ...")
+        description = (
+            "Predict masks for a folder of images (or one image): a label PNG and a colour overlay per "
+            "image. Model/data/trainer options as in train.py."
+        )
+        usage = "python -m seg.predict INPUT --out DIR --ckpt CKPT [-c CONFIG] [--mode whole|slide] [--scales ...] ..."
 
         def add_tool_arguments(self, parser: LightningArgumentParser) -> None:
             parser.add_argument("input", type=str, help="folder of images (or one image)")
             parser.add_argument("--out", type=str, required=True, help="output folder")
             parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
             parser.add_argument("--device", type=Optional[str], default=None, help="cuda/cpu (default: cuda if any)")
-            parser.add_argument("--onnx", type=Optional[str], default=None,
-                                help="run an exported .onnx instead (no PyTorch): python -m seg.predict --onnx FILE "
-                                     "INPUT --out DIR; see python -m seg.predict --onnx x --help")
+            parser.add_argument(
+                "--onnx",
+                type=Optional[str],
+                default=None,
+                help="run an exported .onnx instead (no PyTorch): python -m seg.predict --onnx FILE "
+                "INPUT --out DIR; see python -m seg.predict --onnx x --help",
+            )
 
     return PredictCLI
 

@@ -1,5 +1,6 @@
 """Fixtures shared by several test files (defined once here, so a session fixture is built once per run:
 importing it into two test modules would make two fixtures and train the run twice)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """seg.bench runs end to end on CPU and compares implementations that agree (numbers are not asserted: speed belongs
 to the benchmark, not the tests)."""
+
 import json
 
 import pytest
@@ -63,12 +64,33 @@ def test_infer_part_optimised_logits_match_the_plain_model():
 
 def test_cpu_bench_command_reports_inference_per_head(tmp_path, capsys):
     """`python -m seg.bench --device cpu` defaults to the infer part: time, peak memory and fidelity per head."""
-    bench.main(["--device", "cpu", "--heads", "fcn", "nonlocal", "--backbone", "resnet18", "--infer-size", "40", "56",
-                "--iters", "1", "--no-channels-last", "--out", str(tmp_path)])
+    bench.main(
+        [
+            "--device",
+            "cpu",
+            "--heads",
+            "fcn",
+            "nonlocal",
+            "--backbone",
+            "resnet18",
+            "--infer-size",
+            "40",
+            "56",
+            "--iters",
+            "1",
+            "--no-channels-last",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     saved = json.loads((tmp_path / "bench_cpu_infer.json").read_text())
     rows = saved["results"]
-    assert [(r["name"], r["impl"]) for r in rows] == [("fcn", "plain"), ("fcn", "opt"), ("nonlocal", "plain"),
-                                                      ("nonlocal", "opt")]
+    assert [(r["name"], r["impl"]) for r in rows] == [
+        ("fcn", "plain"),
+        ("fcn", "opt"),
+        ("nonlocal", "plain"),
+        ("nonlocal", "opt"),
+    ]
     for r in rows[1::2]:
         assert r["note"] == "fuse_bn" and r["extra"]["max_rel_diff"] < 1e-5, r
     md = (tmp_path / "bench_cpu_infer.md").read_text()
@@ -81,7 +103,9 @@ def test_train_case_counts_useful_flops_independent_of_the_formulation():
     fast = bench.run_train_case("danet", "seg", "cpu", quick=True, iters=1)
     assert explicit["img_s"] > 0 and fast["img_s"] > 0
     assert explicit["extra"]["tflop_per_img"] == pytest.approx(fast["extra"]["tflop_per_img"])
-    md = bench.to_markdown([explicit, fast], {"device_name": "cpu", "command": "x", "torch": torch.__version__, "date": "d"})
+    md = bench.to_markdown(
+        [explicit, fast], {"device_name": "cpu", "command": "x", "torch": torch.__version__, "date": "d"}
+    )
     assert "| danet |" in md and "x explicit" in md
 
 

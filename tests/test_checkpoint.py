@@ -1,6 +1,7 @@
 """seg.models.checkpoint: every weight file is read without running code from it (a crafted pickle is refused by
 every loader), mmengine metadata is read through the allow-list, broken files give one error naming the file,
 writes are atomic, refuse NaN weights, report a full disk plainly, and leave no temp files behind."""
+
 from __future__ import annotations
 
 import errno
@@ -61,17 +62,22 @@ def test_crafted_pickle_is_refused_by_every_loader(crafted, tmp_path):
     path, marker = crafted
     loaders = {
         "read_checkpoint": lambda: read_checkpoint(path),
-        "--ckpt (seg.evaluate / seg.predict)": lambda: cli_load_seg_weights(types.SimpleNamespace(model=tiny_model()),
-                                                                            path),
+        "--ckpt (seg.evaluate / seg.predict)": lambda: cli_load_seg_weights(
+            types.SimpleNamespace(model=tiny_model()), path
+        ),
         "init_from": lambda: load_matching_weights(tiny_model(), path),
         "mmseg convert": lambda: load_mmseg_checkpoint(path, "fcn", "resnet18", 3, backbone_kwargs=TINY, channels=16),
-        "backbone weights": lambda: TimmBackbone("resnet18", weights=path.rename(tmp_path / "evil.pth"),
-                                                 model_kwargs=TINY),
+        "backbone weights": lambda: TimmBackbone(
+            "resnet18", weights=path.rename(tmp_path / "evil.pth"), model_kwargs=TINY
+        ),
         "--ckpt_path (Lightning resume)": lambda: AtomicCheckpointIO().load_checkpoint(tmp_path / "evil.pth"),
     }
     for name, load in loaders.items():
-        with pytest.raises(CheckpointError, match=r"references Python objects that seg does not unpickle: "
-                                                  r"(posix|nt)\.system") as err:
+        with pytest.raises(
+            CheckpointError,
+            match=r"references Python objects that seg does not unpickle: "
+            r"(posix|nt)\.system",
+        ) as err:
             load()
         assert "evil." in str(err.value), name
         assert not marker.exists(), name
@@ -89,8 +95,21 @@ def test_convert_command_refuses_crafted_file(crafted, tmp_path, capsys):
     from seg.convert import main as convert_main
 
     path, marker = crafted
-    rc = convert_main(["mmseg", str(path), str(tmp_path / "out.ckpt"), "--head", "fcn", "--backbone", "resnet18",
-                       "--num-classes", "3", "--backbone-kwargs", '{"layers": [1, 1, 1, 1]}'])
+    rc = convert_main(
+        [
+            "mmseg",
+            str(path),
+            str(tmp_path / "out.ckpt"),
+            "--head",
+            "fcn",
+            "--backbone",
+            "resnet18",
+            "--num-classes",
+            "3",
+            "--backbone-kwargs",
+            '{"layers": [1, 1, 1, 1]}',
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "does not unpickle: posix.system" in err, err
     assert not marker.exists() and not (tmp_path / "out.ckpt").exists()
@@ -124,12 +143,19 @@ def _fake_mmengine_checkpoint(path: Path, state: dict[str, torch.Tensor], legacy
     sys.modules["mmengine.logging"].history_buffer = mod
     sys.modules["mmengine"].logging = sys.modules["mmengine.logging"]
     try:
-        torch.save({"meta": {"epoch": 1, "iter": 40000, "dataset_meta": {"classes": ("a", "b", "c")}},
-                    "state_dict": state,
-                    "message_hub": {"log_scalars": {"train/loss": HistoryBuffer()},
-                                    "runtime_info": {"iter": np.int64(40000)}},
-                    "param_schedulers": [{"power": np.float64(0.9)}]}, path,
-                   _use_new_zipfile_serialization=not legacy)  # legacy: the pre-torch-1.6 format of old checkpoints
+        torch.save(
+            {
+                "meta": {"epoch": 1, "iter": 40000, "dataset_meta": {"classes": ("a", "b", "c")}},
+                "state_dict": state,
+                "message_hub": {
+                    "log_scalars": {"train/loss": HistoryBuffer()},
+                    "runtime_info": {"iter": np.int64(40000)},
+                },
+                "param_schedulers": [{"power": np.float64(0.9)}],
+            },
+            path,
+            _use_new_zipfile_serialization=not legacy,
+        )  # legacy: the pre-torch-1.6 format of old checkpoints
     finally:
         for n, m in saved.items():
             sys.modules.pop(n) if m is None else sys.modules.__setitem__(n, m)
@@ -145,9 +171,13 @@ def test_mmengine_metadata_is_read_through_the_allow_list(tmp_path, legacy):
     from seg.models.mmseg import convert_mmseg_state_dict
 
     def to_mmseg(key: str) -> str:  # our tiny model's keys under mmseg's prefixes
-        for ours, theirs in (("backbone.body.", "backbone."), ("aux_head.", "auxiliary_head."), ("head.", "decode_head.")):
+        for ours, theirs in (
+            ("backbone.body.", "backbone."),
+            ("aux_head.", "auxiliary_head."),
+            ("head.", "decode_head."),
+        ):
             if key.startswith(ours):
-                return theirs + key[len(ours):]
+                return theirs + key[len(ours) :]
         return key
 
     mm_state = {to_mmseg(k): v for k, v in model.state_dict().items()}
@@ -163,8 +193,9 @@ def test_mmengine_metadata_is_read_through_the_allow_list(tmp_path, legacy):
         assert torch.equal(loaded.state_dict()[k], v), k
 
 
-@pytest.mark.parametrize("content", [b"", b"hello, this is a text file\n", b"PK\x03\x04truncated"],
-                         ids=["empty", "text", "truncated-zip"])
+@pytest.mark.parametrize(
+    "content", [b"", b"hello, this is a text file\n", b"PK\x03\x04truncated"], ids=["empty", "text", "truncated-zip"]
+)
 def test_broken_files_name_the_file(tmp_path, content):
     path = tmp_path / "checkpoints" / "last.ckpt"
     path.parent.mkdir()
@@ -186,8 +217,11 @@ def test_seg_checkpoint_round_trip_and_strict_errors(tmp_path):
     again = load_seg_checkpoint(path)
     for k, v in model.state_dict().items():
         assert torch.equal(again.state_dict()[k], v)
-    with pytest.raises(CheckpointError, match=r"(?s)shape mismatches: \['head.conv_seg.weight: checkpoint \(3, 16"
-                                              r".*Check --config"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"(?s)shape mismatches: \['head.conv_seg.weight: checkpoint \(3, 16"
+        r".*Check --config",
+    ):
         ckpt_mod.load_seg_weights(tiny_model(5), path, hint="Check --config")
     report = load_matching_weights(tiny_model(5), path)
     assert "head.conv_seg.weight (3, 16, 1, 1) -> (5, 16, 1, 1)" in report["shape_mismatch"]
@@ -233,6 +267,9 @@ def test_stale_temp_files_removed_and_dir_checked_at_start(tmp_path):
     assert sorted(p.name for p in ckpts.iterdir()) == sorted([live.name, "last.ckpt"])
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    with pytest.raises(PermissionError, match=rf"checkpoint folder {blocker}/checkpoints is not writable .*"
-                                              r"--checkpoint\.dirpath"):
+    with pytest.raises(
+        PermissionError,
+        match=rf"checkpoint folder {blocker}/checkpoints is not writable .*"
+        r"--checkpoint\.dirpath",
+    ):
         check_checkpoint_dir(blocker / "checkpoints")

@@ -2,6 +2,7 @@
 resume, W&B offline, fine-tuning with another class count, and 2-process CPU DDP (subprocesses: DDP
 re-executes sys.argv). A tiny ResNet-18 on 48x48 synthetic scenes keeps every run to seconds.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,14 +31,37 @@ def tiny_config(path: Path, data_root: Path, run_dir: Path, **trainer) -> Path:
     """A train.py config: tiny backbone, 48x48 scenes, CPU, a few steps."""
     cfg = {
         "seed_everything": 0,
-        "model": {"backbone": "resnet18", "backbone_kwargs": TINY_BACKBONE, "head": "fcn",
-                  "head_kwargs": {"channels": 16}, "weights": None, "channels_last": False, "lr": 0.02},
-        "data": {"dataset": "folder", "root": str(data_root), "batch_size": 4, "val_batch_size": 2,
-                 "num_workers": 0, "crop_size": [32, 32]},
-        "trainer": {"default_root_dir": str(run_dir), "accelerator": "cpu", "devices": 1, "max_steps": 6,
-                    "max_epochs": -1, "val_check_interval": 3, "check_val_every_n_epoch": None,
-                    "log_every_n_steps": 1, "num_sanity_val_steps": 0, "enable_progress_bar": False,
-                    "enable_model_summary": False, **trainer},
+        "model": {
+            "backbone": "resnet18",
+            "backbone_kwargs": TINY_BACKBONE,
+            "head": "fcn",
+            "head_kwargs": {"channels": 16},
+            "weights": None,
+            "channels_last": False,
+            "lr": 0.02,
+        },
+        "data": {
+            "dataset": "folder",
+            "root": str(data_root),
+            "batch_size": 4,
+            "val_batch_size": 2,
+            "num_workers": 0,
+            "crop_size": [32, 32],
+        },
+        "trainer": {
+            "default_root_dir": str(run_dir),
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 6,
+            "max_epochs": -1,
+            "val_check_interval": 3,
+            "check_val_every_n_epoch": None,
+            "log_every_n_steps": 1,
+            "num_sanity_val_steps": 0,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            **trainer,
+        },
         "wandb": "off",
     }
     path.write_text(yaml.safe_dump(cfg))
@@ -47,8 +71,7 @@ def tiny_config(path: Path, data_root: Path, run_dir: Path, **trainer) -> Path:
 def run_cmd(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keep the caller's too
     env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
@@ -59,10 +82,19 @@ def model_state(ckpt: Path) -> dict[str, torch.Tensor]:
 
 def test_quickstart_fast_dev_run(tmp_path):
     """configs/quickstart.yaml as shipped (its model and recipe), one train and one val batch."""
-    cli = main(["--config", str(ROOT / "configs/quickstart.yaml"), "--trainer.fast_dev_run=true",
-                f"--data.root={tmp_path / 'demo'}", f"--data.generate_demo={tmp_path / 'demo'}",
-                "--data.num_workers=0", "--wandb=off",
-                f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.enable_progress_bar=false"])
+    cli = main(
+        [
+            "--config",
+            str(ROOT / "configs/quickstart.yaml"),
+            "--trainer.fast_dev_run=true",
+            f"--data.root={tmp_path / 'demo'}",
+            f"--data.generate_demo={tmp_path / 'demo'}",
+            "--data.num_workers=0",
+            "--wandb=off",
+            f"--trainer.default_root_dir={tmp_path / 'run'}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     assert cli.trainer.state.finished
     assert cli.trainer.global_step == 1
     assert cli.model.hparams.num_classes == 5  # linked from the data
@@ -166,8 +198,9 @@ def test_data_seed_decides_the_training_batches(tiny_data, tmp_path):
         return [{"path": b["path"], "image": b["image"]} for b in dm.train_dataloader()]
 
     def same(a: list[dict], b: list[dict]) -> bool:
-        return len(a) == len(b) and all(x["path"] == y["path"] and torch.equal(x["image"], y["image"])
-                                        for x, y in zip(a, b))
+        return len(a) == len(b) and all(
+            x["path"] == y["path"] and torch.equal(x["image"], y["image"]) for x, y in zip(a, b)
+        )
 
     followed = trained_batches("--seed_everything=2", "--data.num_workers=2")  # data.seed unset
     assert len(followed) == 3 and same(followed, bare_batches(2)) and not same(followed, bare_batches(0))
@@ -186,7 +219,9 @@ def test_divergence_stops_with_one_error_and_no_nan_checkpoint(tiny_data, tmp_pa
         main()
     last = exit_info.value.code
     assert isinstance(last, str), last  # sys.exit(message): printed to stderr, exit code 1
-    assert re.match(r"error: .* at step \d+ \(learning rate [\d.e+]+, base --model.lr=1e\+06\): the run diverged", last), last
+    assert re.match(
+        r"error: .* at step \d+ \(learning rate [\d.e+]+, base --model.lr=1e\+06\): the run diverged", last
+    ), last
     step = int(re.search(r"at step (\d+)", last).group(1))
     for ckpt in (tmp_path / "run/checkpoints").glob("*.ckpt"):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -209,8 +244,11 @@ def test_broken_last_ckpt_and_bad_interval_give_one_clear_error(trained_run, tin
     (run / "checkpoints/last.ckpt").write_bytes(b"")
     (run / "checkpoints/.last.ckpt.tmp999999999").write_bytes(b"partial")  # from a kill -9 mid-save
     cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, run, max_steps=8)
-    with pytest.raises(CheckpointError, match=rf"--ckpt_path: {run}/checkpoints/last.ckpt is empty \(0 bytes\).*"
-                                              rf"{run}/checkpoints/best.ckpt exists: resume from it"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"--ckpt_path: {run}/checkpoints/last.ckpt is empty \(0 bytes\).*"
+        rf"{run}/checkpoints/best.ckpt exists: resume from it",
+    ):
         main(["--config", str(cfg), "--ckpt_path=last"])
     assert not (run / "checkpoints/.last.ckpt.tmp999999999").exists()  # cleaned up at start
     with pytest.raises(SystemExit):
@@ -237,15 +275,21 @@ def test_unknown_mask_colour_stops_training_with_the_file_named(tmp_path, monkey
             Image.fromarray(mask).save(tmp_path / f"data/{split}/masks/{i}.png")
     (tmp_path / "data/classes.json").write_text(json.dumps({"classes": ["bg", "red", "blue"]}))
     cfg = tiny_config(tmp_path / "cfg.yaml", tmp_path / "data", tmp_path / "run", max_steps=2, val_check_interval=2)
-    monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(cfg), "--data.num_workers=2",
-                                      "--data.palette=[[0,0,0],[255,0,0],[0,0,255]]"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["train.py", "--config", str(cfg), "--data.num_workers=2", "--data.palette=[[0,0,0],[255,0,0],[0,0,255]]"],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     message = exit_info.value.code
     assert isinstance(message, str) and message.startswith("error: "), message
     assert "\n" not in message and "Traceback" not in message, message
-    assert re.search(r"train/masks/2\.png: 25 pixels \(1\.56%\) have colours that are not in the palette: "
-                     r"\(250, 0, 0\): 25 px", message), message
+    assert re.search(
+        r"train/masks/2\.png: 25 pixels \(1\.56%\) have colours that are not in the palette: "
+        r"\(250, 0, 0\): 25 px",
+        message,
+    ), message
 
 
 def test_wandb_offline(tiny_data, tmp_path, monkeypatch):
@@ -299,7 +343,12 @@ def test_finetune_init_from_other_class_count(trained_run, tmp_path):
     report = module.init_report
     mismatched = {s.split()[0] for s in report["shape_mismatch"]}
     assert mismatched and all(k.endswith(("weight", "bias")) for k in mismatched)
-    assert mismatched == {"head.conv_seg.weight", "head.conv_seg.bias", "aux_head.conv_seg.weight", "aux_head.conv_seg.bias"}
+    assert mismatched == {
+        "head.conv_seg.weight",
+        "head.conv_seg.bias",
+        "aux_head.conv_seg.weight",
+        "aux_head.conv_seg.bias",
+    }
     assert len(report["loaded"]) > 20 and not report["missing"]
     old = model_state(src)
     new = module.model.state_dict()
@@ -321,8 +370,21 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_data, tmp_path):
     ddp_val = json.loads((tmp_path / "run/summary.json").read_text())["last"]
     ckpt = tmp_path / "run/checkpoints/last.ckpt"
     run_cmd(["-m", "seg.evaluate", "--config", str(cfg), "--ckpt", str(ckpt), "--output", str(tmp_path / "one.json")])
-    run_cmd(["-m", "seg.evaluate", "--config", str(cfg), "--ckpt", str(ckpt), "--output", str(tmp_path / "two.json"),
-             "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu"])
+    run_cmd(
+        [
+            "-m",
+            "seg.evaluate",
+            "--config",
+            str(cfg),
+            "--ckpt",
+            str(ckpt),
+            "--output",
+            str(tmp_path / "two.json"),
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp",
+            "--trainer.accelerator=cpu",
+        ]
+    )
     one = json.loads((tmp_path / "one.json").read_text())
     two = json.loads((tmp_path / "two.json").read_text())
     assert one["num_images"] == two["num_images"] == ddp_val["num_images"] == 7

@@ -1,5 +1,6 @@
 """What the commands print and accept: typed head arguments (checked at parse time, shown by --print_config),
 the tools' own options first in --help, plain progress lines in a log file, no Lightning noise."""
+
 from __future__ import annotations
 
 import inspect
@@ -53,8 +54,9 @@ def test_misspelt_head_argument_fails_at_parse_time_naming_the_valid_ones(capsys
 
 def test_print_config_shows_typed_head_arguments(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["--config", str(ROOT / "configs" / "danet.yaml"), "--model.head_kwargs.pam_channels=32",
-              "--print_config"])
+        main(
+            ["--config", str(ROOT / "configs" / "danet.yaml"), "--model.head_kwargs.pam_channels=32", "--print_config"]
+        )
     assert exc.value.code == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["model"]["head"] == "danet"
@@ -65,8 +67,7 @@ def test_print_config_shows_typed_head_arguments(capsys):
 def test_take_print_config_flags():
     assert take_print_config(["--a=1"]) == (["--a=1"], None)
     assert take_print_config(["--print_config", "--a=1"]) == (["--a=1"], {"skip_unset": False})
-    assert take_print_config(["--print_config=skip_default,skip_null"])[1] == {"skip_default": True,
-                                                                              "skip_unset": True}
+    assert take_print_config(["--print_config=skip_default,skip_null"])[1] == {"skip_default": True, "skip_unset": True}
 
 
 def test_short_head_names_train_with_typed_kwargs(tiny_data, tmp_path):
@@ -92,8 +93,16 @@ def test_tool_help_lists_its_own_options_first():
 def test_log_file_gets_plain_progress_lines(tiny_data, tmp_path):
     """Not a terminal: one line per log_every_n_steps steps and per validation, the model summary in one line, no
     FLOPs column, no litlogger tip, no Rich box drawing."""
-    config = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=4, val_check_interval=2,
-                         log_every_n_steps=2, enable_progress_bar=True, enable_model_summary=True)
+    config = tiny_config(
+        tmp_path / "cfg.yaml",
+        tiny_data,
+        tmp_path / "run",
+        max_steps=4,
+        val_check_interval=2,
+        log_every_n_steps=2,
+        enable_progress_bar=True,
+        enable_model_summary=True,
+    )
     proc = run_cmd(["train.py", "--config", str(config)])
     text = proc.stdout + proc.stderr
     steps = re.findall(r"^step (\d+)/4 \| epoch \d+ \| .*train/loss [0-9.]+", text, flags=re.M)
@@ -139,6 +148,7 @@ def test_smp_heads_are_typed_and_checked_at_parse_time(capsys):
     assert "head_kwargs='{}'" in _exit_message(capsys, quick)  # quickstart's FCN head_kwargs: says how to reset
     err = _exit_message(capsys, [*quick, "--model.head_kwargs={}"])
     assert "output_stride=8" in err and "32" in err
-    err = _exit_message(capsys, [*quick[:-1], "--model.head=smp:DPT", "--model.head_kwargs={}",
-                                 "--model.output_stride=32"])
+    err = _exit_message(
+        capsys, [*quick[:-1], "--model.head=smp:DPT", "--model.head_kwargs={}", "--model.output_stride=32"]
+    )
     assert "Vision Transformer" in err

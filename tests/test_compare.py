@@ -1,5 +1,6 @@
 """seg.compare: per-image counts, the paired bootstrap (against a loop implementation and metrics_from_confmat),
 verdicts, and ``--train`` over heads x seeds end to end on tiny data (compare.md/.png/.json, W&B group)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -67,8 +68,9 @@ def test_identical_heads_within_noise_and_clear_differences_detected():
     base = _synthetic_counts(rng, 3, 30, 5, acc=0.75)
     better = _synthetic_counts(rng, 3, 30, 5, acc=0.85)
     worse = _synthetic_counts(rng, 3, 30, 5, acc=0.65)
-    res = C.compare_to_baseline({"fcn": base, "same": base.copy(), "better": better, "worse": worse}, "fcn",
-                                samples=500)
+    res = C.compare_to_baseline(
+        {"fcn": base, "same": base.copy(), "better": better, "worse": worse}, "fcn", samples=500
+    )
     same = res["same"]
     assert same["diff"] == 0 and same["ci_low"] <= 0 <= same["ci_high"] and same["verdict"] == "within noise"
     assert res["better"]["verdict"] == "better" and res["better"]["ci_low"] > 0
@@ -90,8 +92,25 @@ def test_wandb_group_passed_to_logger(tmp_path, monkeypatch):
 def test_compare_trains_heads_x_seeds(tiny_data, tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "unused", max_steps=2, val_check_interval=2)
     out = tmp_path / "cmp"
-    result = C.main(["--train", "--config", str(cfg), "--heads", "fcn", "danet", "--seeds", "2", "--out", str(out),
-                     "--bootstrap", "200", "--", "--data.num_workers=0", "--wandb=off"])
+    result = C.main(
+        [
+            "--train",
+            "--config",
+            str(cfg),
+            "--heads",
+            "fcn",
+            "danet",
+            "--seeds",
+            "2",
+            "--out",
+            str(out),
+            "--bootstrap",
+            "200",
+            "--",
+            "--data.num_workers=0",
+            "--wandb=off",
+        ]
+    )
     data = json.loads((out / "compare.json").read_text())
     assert data == json.loads(json.dumps(result))
     assert sorted((r["head"], r["seed"]) for r in data["runs"]) == [("danet", 0), ("danet", 1), ("fcn", 0), ("fcn", 1)]
@@ -121,8 +140,12 @@ def test_compare_trains_heads_x_seeds(tiny_data, tmp_path, monkeypatch):
             logged["finished"] = True
 
     spec = importlib.util.find_spec("wandb")
-    fake = types.SimpleNamespace(__spec__=spec, Table=lambda columns, data: (columns, data), Image=lambda p: p,
-                                 init=lambda **kw: logged.update(init=kw) or FakeRun())
+    fake = types.SimpleNamespace(
+        __spec__=spec,
+        Table=lambda columns, data: (columns, data),
+        Image=lambda p: p,
+        init=lambda **kw: logged.update(init=kw) or FakeRun(),
+    )
     monkeypatch.setitem(sys.modules, "wandb", fake)
     C.log_wandb_summary(result, out, "g1", "seg", "offline")
     assert logged["init"]["group"] == "g1" and logged["init"]["name"] == "g1/summary" and logged["finished"]

@@ -1,5 +1,6 @@
 """The demo data built for head comparisons: the lake/pool cue lies far from the water, lake and pool water look
 alike, and demo data is only written at its own root (a typo'd data.root is an error, not a new dataset)."""
+
 from __future__ import annotations
 
 import cv2
@@ -24,7 +25,7 @@ def test_water_class_decided_only_by_far_ground():
         # the cue: sand outside the plain disc (radius BUFFER_RADIUS around the centre) is tinted by class;
         # inside the disc, sand looks the same for both classes
         yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-        outside = (yy - (SIZE - 1) / 2) ** 2 + (xx - (SIZE - 1) / 2) ** 2 > BUFFER_RADIUS ** 2
+        outside = (yy - (SIZE - 1) / 2) ** 2 + (xx - (SIZE - 1) / 2) ** 2 > BUFFER_RADIUS**2
         r_over_b = image[..., 0].astype(np.float64) / image[..., 2]
         far_ratio[cls].append(r_over_b[outside & (mask == 0)].mean())
         near_ratio[cls].append(r_over_b[~outside & (mask == 0)].mean())
@@ -42,10 +43,10 @@ def test_water_class_decided_only_by_far_ground():
 def test_demo_only_written_at_its_own_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match="data.root data/citysapes does not exist"):
-        SegDataModule('folder', 'data/citysapes', generate_demo=True, num_workers=0)  # the quickstart + a typo
-    assert not (tmp_path / 'data' / 'citysapes').exists()
-    dm = SegDataModule('folder', 'data/demo', generate_demo=True, num_workers=0)  # the demo root: written
-    assert dm.num_classes == 5 and (tmp_path / 'data' / 'demo' / 'train' / 'images').is_dir()
-    (tmp_path / 'mine').mkdir()
-    prepare_demo_root(tmp_path / 'mine', True)  # an existing other root: left alone (a real dataset)
-    assert not any((tmp_path / 'mine').iterdir())
+        SegDataModule("folder", "data/citysapes", generate_demo=True, num_workers=0)  # the quickstart + a typo
+    assert not (tmp_path / "data" / "citysapes").exists()
+    dm = SegDataModule("folder", "data/demo", generate_demo=True, num_workers=0)  # the demo root: written
+    assert dm.num_classes == 5 and (tmp_path / "data" / "demo" / "train" / "images").is_dir()
+    (tmp_path / "mine").mkdir()
+    prepare_demo_root(tmp_path / "mine", True)  # an existing other root: left alone (a real dataset)
+    assert not any((tmp_path / "mine").iterdir())

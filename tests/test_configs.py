@@ -4,6 +4,7 @@ Cityscapes/ADE20K data is not present here: their data modules are constructed (
 touching the splits, and ImageNet weights (a download) are replaced by random init. The recipe values that the
 issue pins (crops, iterations, images per iteration, optimiser) are checked against the files.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,13 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 # Where a head's mmseg recipe differs from the R50-D8 one (ResNetV1c-50, output stride 8, 8 / 16 images per
 # iteration, lr 0.01 -> 1e-4): OCRNet is published as R101-D8 with 16 Cityscapes images at lr 0.02 -> 2e-4,
 # UPerNet on the undilated ResNet.
-RECIPE = {"backbone": "resnet50c", "output_stride": 8, "images": {"cityscapes": 8, "ade20k": 16}, "lr": 0.01,
-          "min_lr": 1e-4}
+RECIPE = {
+    "backbone": "resnet50c",
+    "output_stride": 8,
+    "images": {"cityscapes": 8, "ade20k": 16},
+    "lr": 0.01,
+    "min_lr": 1e-4,
+}
 RECIPE_CHANGES = {
     ("ocr", "cityscapes"): {"backbone": "resnet101c", "images": {"cityscapes": 16}, "lr": 0.02, "min_lr": 2e-4},
     ("ocr", "ade20k"): {"backbone": "resnet101c"},
@@ -47,15 +53,25 @@ def folder_root(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_config_instantiates(config, folder_root, tmp_path):
     raw = yaml.safe_load(config.read_text())
-    args = ["--config", str(config), "--wandb=off", f"--trainer.default_root_dir={tmp_path}",
-            "--model.weights=null", "--trainer.accelerator=cpu", "--trainer.devices=1"]
+    args = [
+        "--config",
+        str(config),
+        "--wandb=off",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--model.weights=null",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+    ]
     if raw["data"]["dataset"] == "folder":
         args += [f"--data.root={folder_root}", "--data.generate_demo=false"]
     cli = SegCLI(args=args)
     model, dm = cli.model, cli.datamodule
     assert model.hparams.head == raw["model"]["head"]
-    assert model.hparams.num_classes == dm.num_classes == {"cityscapes": 19, "ade20k": 150, "folder": 5}[
-        raw["data"]["dataset"]]
+    assert (
+        model.hparams.num_classes
+        == dm.num_classes
+        == {"cityscapes": 19, "ade20k": 150, "folder": 5}[raw["data"]["dataset"]]
+    )
     assert model.model.head is not None and (model.model.aux_head is not None) == raw["model"]["aux"]
     assert cli.trainer.max_steps == raw["trainer"]["max_steps"]
     assert Path(cli.trainer.default_root_dir) == tmp_path
@@ -70,7 +86,13 @@ def test_config_instantiates(config, folder_root, tmp_path):
         assert dm.batch_size * cli.trainer.num_devices == dict(RECIPE["images"], **recipe["images"])[dataset]
         hp = model.hparams
         assert (hp.lr, hp.momentum, hp.weight_decay, hp.power, hp.min_lr, hp.aux_weight) == (
-            recipe["lr"], 0.9, 5e-4, 0.9, recipe["min_lr"], 0.4)
+            recipe["lr"],
+            0.9,
+            5e-4,
+            0.9,
+            recipe["min_lr"],
+            0.4,
+        )
         # mmseg's loss normalisation (CrossEntropyLoss default) and test pipeline: images fit the test scale
         # (identity for 2048x1024 Cityscapes), the ground truth is scored at its original size
         assert hp.avg_non_ignore is False and model.criterion.avg_non_ignore is False

@@ -1,5 +1,6 @@
 """Decoding: the fast PNG path, libspng and OpenCV give the same pixels; the decode cache is lossless, invalidated by edits,
 robust to damaged entries, and never loads anything but plain numbers."""
+
 from __future__ import annotations
 
 import json
@@ -29,59 +30,64 @@ def _pngs(tmp_path: Path) -> dict[str, tuple[Path, np.ndarray]]:
     rgba = np.concatenate([RGB, RNG.integers(0, 256, (13, 21, 1), dtype=np.uint8)], -1)
     grey = RGB[:, :, 0]
     for name, im in {
-        'rgb': Image.fromarray(RGB), 'rgba': Image.fromarray(rgba), 'grey': Image.fromarray(grey),
-        'palette': Image.fromarray(RGB).quantize(16),
-        'grey16': Image.fromarray((grey.astype(np.uint16) * 257)),
+        "rgb": Image.fromarray(RGB),
+        "rgba": Image.fromarray(rgba),
+        "grey": Image.fromarray(grey),
+        "palette": Image.fromarray(RGB).quantize(16),
+        "grey16": Image.fromarray((grey.astype(np.uint16) * 257)),
     }.items():
-        path = tmp_path / f'{name}.png'
+        path = tmp_path / f"{name}.png"
         im.save(path)
         with Image.open(path) as back:
-            ref = np.array(back.convert('RGB')) if name != 'grey16' else np.repeat(grey[:, :, None], 3, 2)
+            ref = np.array(back.convert("RGB")) if name != "grey16" else np.repeat(grey[:, :, None], 3, 2)
         out[name] = path, ref
     return out
 
 
-@pytest.mark.parametrize('decoder', ['opencv', 'libspng', 'isal+libspng'])
+@pytest.mark.parametrize("decoder", ["opencv", "libspng", "isal+libspng"])
 def test_png_kinds_decode_to_the_same_rgb(tmp_path, monkeypatch, decoder):
-    if decoder == 'opencv':
-        monkeypatch.setattr(png_module, '_spng', None)
+    if decoder == "opencv":
+        monkeypatch.setattr(png_module, "_spng", None)
     else:
-        pyspng = pytest.importorskip('pyspng')
-        if decoder == 'libspng':
-            monkeypatch.setattr(png_module, '_isal', None)
+        pyspng = pytest.importorskip("pyspng")
+        if decoder == "libspng":
+            monkeypatch.setattr(png_module, "_isal", None)
         else:
-            pytest.importorskip('isal')
+            pytest.importorskip("isal")
         used = []
-        monkeypatch.setattr(png_module, '_spng', type('Spy', (), {
-            'load': staticmethod(lambda data, **kw: used.append(1) or pyspng.load(data, **kw))}))
+        monkeypatch.setattr(
+            png_module,
+            "_spng",
+            type("Spy", (), {"load": staticmethod(lambda data, **kw: used.append(1) or pyspng.load(data, **kw))}),
+        )
     for name, (path, ref) in _pngs(tmp_path).items():
         img = base_module.read_image(path)
         assert img.dtype == np.uint8 and img.shape == (13, 21, 3) and img.flags.c_contiguous, name
         np.testing.assert_array_equal(img, ref, err_msg=name)
-    if decoder != 'opencv':
+    if decoder != "opencv":
         assert len(used) == 2  # the 8-bit RGB and RGBA files; the others went to OpenCV
 
 
 def test_corrupt_png_is_a_clear_error_with_either_decoder(tmp_path):
-    path = tmp_path / 'bad.png'
-    path.write_bytes(_pngs(tmp_path)['rgb'][0].read_bytes()[:60])  # valid header, truncated data
-    with pytest.raises(base_module.DataError, match='bad.png: cannot decode image'):
+    path = tmp_path / "bad.png"
+    path.write_bytes(_pngs(tmp_path)["rgb"][0].read_bytes()[:60])  # valid header, truncated data
+    with pytest.raises(base_module.DataError, match="bad.png: cannot decode image"):
         base_module.read_image(path)
 
 
 def test_cache_is_lossless_and_replaces_decoding(tmp_path, monkeypatch):
-    folder_tree(tmp_path / 'd', n=2, size=(24, 32), values=[0, 1, 2, 255])
-    plain = FolderDataset(tmp_path / 'd', 'train', classes=['a', 'b', 'c'])
-    cached = FolderDataset(tmp_path / 'd', 'train', classes=['a', 'b', 'c'])
-    cached.set_cache(tmp_path / 'cache')
+    folder_tree(tmp_path / "d", n=2, size=(24, 32), values=[0, 1, 2, 255])
+    plain = FolderDataset(tmp_path / "d", "train", classes=["a", "b", "c"])
+    cached = FolderDataset(tmp_path / "d", "train", classes=["a", "b", "c"])
+    cached.set_cache(tmp_path / "cache")
     cached.load(0), cached.load(1)  # decodes and stores
     expected = [plain.load(i) for i in range(2)]
-    entries = sorted((tmp_path / 'cache').glob('*/*.bin'))
+    entries = sorted((tmp_path / "cache").glob("*/*.bin"))
     assert len(entries) == 4  # image + mask per sample
     sizes = sorted(e.stat().st_size for e in entries)
     assert sizes[0] < 24 * 32 // 4 < 24 * 32 * 3 < sizes[-1]  # band masks stored compressed, noise images raw
-    monkeypatch.setattr(base_module, 'read_image', lambda p: pytest.fail(f'decoded {p} again'))
-    monkeypatch.setattr(base_module, 'read_mask', lambda p: pytest.fail(f'decoded {p} again'))
+    monkeypatch.setattr(base_module, "read_image", lambda p: pytest.fail(f"decoded {p} again"))
+    monkeypatch.setattr(base_module, "read_mask", lambda p: pytest.fail(f"decoded {p} again"))
     for i in range(2):
         (img, mask), (img1, mask1) = cached.load(i), expected[i]
         np.testing.assert_array_equal(img, img1)
@@ -90,127 +96,139 @@ def test_cache_is_lossless_and_replaces_decoding(tmp_path, monkeypatch):
 
 
 def test_cache_follows_edits_and_survives_damaged_entries(tmp_path):
-    folder_tree(tmp_path / 'd', n=1, size=(24, 32), values=[0, 1])
-    ds = FolderDataset(tmp_path / 'd', 'train', classes=['a', 'b', 'c'])
-    ds.set_cache(tmp_path / 'cache')
+    folder_tree(tmp_path / "d", n=1, size=(24, 32), values=[0, 1])
+    ds = FolderDataset(tmp_path / "d", "train", classes=["a", "b", "c"])
+    ds.set_cache(tmp_path / "cache")
     assert set(np.unique(ds.load(0)[1])) == {0, 1}
-    mask_file = tmp_path / 'd/train/masks/im0.png'
+    mask_file = tmp_path / "d/train/masks/im0.png"
     Image.fromarray(np.full((24, 32), 2, np.uint8)).save(mask_file)
     os.utime(mask_file, ns=(10**18, 10**18))  # a different mtime even on coarse-clock filesystems
     assert set(np.unique(ds.load(0)[1])) == {2}  # the edit is seen, not the stale entry
     entry = ds.cache.entry(mask_file)
     entry.write_bytes(entry.read_bytes()[:-3])  # damaged entry: warned about, decoded again, rewritten
-    with pytest.warns(UserWarning, match='unreadable cache entry'):
+    with pytest.warns(UserWarning, match="unreadable cache entry"):
         assert set(np.unique(ds.load(0)[1])) == {2}
     with warnings.catch_warnings():
-        warnings.simplefilter('error')
+        warnings.simplefilter("error")
         assert set(np.unique(ds.load(0)[1])) == {2}
 
 
 def test_cache_entries_hold_only_plain_numbers(tmp_path):
-    write_entry(tmp_path / 'ok.bin', np.arange(12, dtype=np.int32).reshape(3, 4))
-    np.testing.assert_array_equal(read_entry(tmp_path / 'ok.bin'), np.arange(12).reshape(3, 4))
-    evil = tmp_path / 'evil.bin'
-    header = json.dumps({'dtype': '|O', 'shape': [1], 'zlib': False}).encode()  # an object array: refused
-    evil.write_bytes(b'SEGCACHE1\n' + header + b'\n' + b'x' * 8)
-    with pytest.raises(ValueError, match='unsupported entry'):
+    write_entry(tmp_path / "ok.bin", np.arange(12, dtype=np.int32).reshape(3, 4))
+    np.testing.assert_array_equal(read_entry(tmp_path / "ok.bin"), np.arange(12).reshape(3, 4))
+    evil = tmp_path / "evil.bin"
+    header = json.dumps({"dtype": "|O", "shape": [1], "zlib": False}).encode()  # an object array: refused
+    evil.write_bytes(b"SEGCACHE1\n" + header + b"\n" + b"x" * 8)
+    with pytest.raises(ValueError, match="unsupported entry"):
         read_entry(evil)
-    with pytest.raises(ValueError, match='not a seg cache entry'):
-        (tmp_path / 'npy.bin').write_bytes(b'\x93NUMPY' + b'\0' * 40)
-        read_entry(tmp_path / 'npy.bin')
+    with pytest.raises(ValueError, match="not a seg cache entry"):
+        (tmp_path / "npy.bin").write_bytes(b"\x93NUMPY" + b"\0" * 40)
+        read_entry(tmp_path / "npy.bin")
 
 
 def test_unwritable_cache_dir_is_a_clear_error(tmp_path):
-    blocker = tmp_path / 'file'
-    blocker.write_text('not a folder')
-    with pytest.raises(ValueError, match='cannot use it as the decode cache'):
-        FileCache(blocker / 'cache')
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="cannot use it as the decode cache"):
+        FileCache(blocker / "cache")
 
 
 def test_cache_cli_fills_every_split(tmp_path, capsys):
-    folder_tree(tmp_path / 'd', 'train', n=2, classes=['a', 'b', 'c'])
-    folder_tree(tmp_path / 'd', 'val', n=1, classes=['a', 'b', 'c'])
-    cache_main(['--dataset', 'folder', '--root', str(tmp_path / 'd'), '--cache-dir', str(tmp_path / 'c'),
-                '--workers', '0'])
+    folder_tree(tmp_path / "d", "train", n=2, classes=["a", "b", "c"])
+    folder_tree(tmp_path / "d", "val", n=1, classes=["a", "b", "c"])
+    cache_main(
+        ["--dataset", "folder", "--root", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c"), "--workers", "0"]
+    )
     out = capsys.readouterr().out
-    assert 'train: 2 samples' in out and 'val: 1 samples' in out
-    assert len(list((tmp_path / 'c').glob('*/*.bin'))) == 6
+    assert "train: 2 samples" in out and "val: 1 samples" in out
+    assert len(list((tmp_path / "c").glob("*/*.bin"))) == 6
 
 
 def test_data_bench_reports_the_split(capsys):
     from seg.data.bench import main as bench_main
 
-    bench_main(['--iters', '2', '--crop', '64', '128'])
+    bench_main(["--iters", "2", "--crop", "64", "128"])
     out = capsys.readouterr().out
-    for row in ('decode PNG pair', 'decode from cache', 'augment only', 'decode PNG + augment (training)',
-                'decode cache + augment', 'workers for 90'):
+    for row in (
+        "decode PNG pair",
+        "decode from cache",
+        "augment only",
+        "decode PNG + augment (training)",
+        "decode cache + augment",
+        "workers for 90",
+    ):
         assert row in out, out
 
 
 # -- the training crop decodes only the PNG rows it reads ------------------------------------------------------
 
+
 def _fake_cityscapes(tmp_path: Path, n: int = 3) -> Path:
     from seg.data.bench import write_fake_cityscapes
 
-    root = tmp_path / 'cityscapes'
+    root = tmp_path / "cityscapes"
     write_fake_cityscapes(root, n=n, size=(512, 256))
     return root
 
 
 def test_training_crop_reads_only_the_rows_it_needs_with_the_same_result(tmp_path, monkeypatch):
-    pytest.importorskip('pyspng')
-    pytest.importorskip('isal')
+    pytest.importorskip("pyspng")
+    pytest.importorskip("isal")
     from seg.data import CityscapesDataset
     from seg.data.transforms import build_eval_transform, build_train_transform
 
     root = _fake_cityscapes(tmp_path)
-    lazy, whole = (CityscapesDataset(root, 'train', transform=build_train_transform((96, 192), (512, 256), seed=0))
-                   for _ in range(2))
-    monkeypatch.setattr(whole, '_row_reader', lambda: None)
+    lazy, whole = (
+        CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (512, 256), seed=0))
+        for _ in range(2)
+    )
+    monkeypatch.setattr(whole, "_row_reader", lambda: None)
     asked = []
     rows = png_module.PngRows.rows
-    monkeypatch.setattr(png_module.PngRows, 'rows', lambda self, n: asked.append((n, self.shape[0])) or rows(self, n))
+    monkeypatch.setattr(png_module.PngRows, "rows", lambda self, n: asked.append((n, self.shape[0])) or rows(self, n))
     for seed in range(40):
         lazy.reseed(seed)
         whole.reseed(seed)
         a, b = lazy[seed % 3], whole[seed % 3]
-        assert torch.equal(a['image'], b['image']) and torch.equal(a['mask'], b['mask']), seed
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"]), seed
     fractions = [n / h for n, h in asked]
     assert 0.4 < np.mean(fractions) < 0.9  # the recipe's scales: ~0.7 of the rows on average
     assert min(fractions) < 0.5 and max(fractions) == 1.0
     assert len(asked) >= 80  # image and mask, every sample
-    cached = CityscapesDataset(root, 'train', transform=build_train_transform((96, 192), (512, 256)))
-    cached.set_cache(tmp_path / 'cache')
-    evaluated = CityscapesDataset(root, 'train', transform=build_eval_transform((512, 256)))
+    cached = CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (512, 256)))
+    cached.set_cache(tmp_path / "cache")
+    evaluated = CityscapesDataset(root, "train", transform=build_eval_transform((512, 256)))
     assert cached._row_reader() is None and evaluated._row_reader() is None and lazy._row_reader() is not None
 
 
 def test_training_crop_checks_the_labels_it_reads_and_falls_back_on_damage(tmp_path, monkeypatch):
-    pytest.importorskip('pyspng')
-    pytest.importorskip('isal')
+    pytest.importorskip("pyspng")
+    pytest.importorskip("isal")
     from seg.data import CityscapesDataset, DataError
     from seg.data.transforms import build_train_transform
 
     root = _fake_cityscapes(tmp_path, n=1)
-    lazy, whole = (CityscapesDataset(root, 'train', transform=build_train_transform((96, 192), (512, 256), seed=0))
-                   for _ in range(2))
-    monkeypatch.setattr(whole, '_row_reader', lambda: None)
+    lazy, whole = (
+        CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (512, 256), seed=0))
+        for _ in range(2)
+    )
+    monkeypatch.setattr(whole, "_row_reader", lambda: None)
     for seed in range(3):  # damaged data found while cropping: the usual decode runs with the same draws
         lazy.reseed(seed)
         whole.reseed(seed)
         with monkeypatch.context() as m:
-            m.setattr(png_module.PngRows, 'rows', lambda self, n: (_ for _ in ()).throw(png_module.DecodeError('x')))
+            m.setattr(png_module.PngRows, "rows", lambda self, n: (_ for _ in ()).throw(png_module.DecodeError("x")))
             a = lazy[0]
         b = whole[0]
-        assert torch.equal(a['image'], b['image']) and torch.equal(a['mask'], b['mask'])
-    mask_path = next(root.rglob('*_labelIds.png'))
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    mask_path = next(root.rglob("*_labelIds.png"))
     labels = np.array(Image.open(mask_path))
     labels[:5] = 250  # not a Cityscapes label id, in rows every crop reads
     Image.fromarray(labels).save(mask_path)
-    with pytest.raises(DataError, match=f'{mask_path.name}: mask values 250 are neither'):
+    with pytest.raises(DataError, match=f"{mask_path.name}: mask values 250 are neither"):
         lazy[0]
     Image.fromarray(labels[:100]).save(mask_path)  # and a mask of another size than its image
-    with pytest.raises(DataError, match=f'{mask_path.name}: mask size 512x100 \\(WxH\\) does not match image'):
+    with pytest.raises(DataError, match=f"{mask_path.name}: mask size 512x100 \\(WxH\\) does not match image"):
         lazy[0]
 
 
@@ -219,8 +237,8 @@ def test_without_the_fast_extra_training_decodes_whole_files(tmp_path, monkeypat
     from seg.data.transforms import build_train_transform
 
     root = _fake_cityscapes(tmp_path, n=1)
-    ds = CityscapesDataset(root, 'train', transform=build_train_transform((96, 192), (512, 256), seed=0))
-    monkeypatch.setattr(png_module, '_isal', None)
+    ds = CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (512, 256), seed=0))
+    monkeypatch.setattr(png_module, "_isal", None)
     assert ds._transform_reading_rows(0) is None  # no row-limited decode: the usual path
     sample = ds[0]
-    assert sample['image'].shape == (3, 96, 192) and sample['mask'].shape == (96, 192)
+    assert sample["image"].shape == (3, 96, 192) and sample["mask"].shape == (96, 192)

@@ -2,6 +2,7 @@
 `EpochSampler` (order, shards, mid-epoch skip), `SeededDataset`, and `SegDataModule`'s loaders built from it:
 the same batches with 0 or 2 workers, a new order per epoch and per seed, `resume_train_at`, and no draw from
 the global RNGs."""
+
 from __future__ import annotations
 
 import random
@@ -17,28 +18,30 @@ from seg.data import EpochSampler, SeededDataset, SegDataModule
 from seg.data.seeding import resolve_data_seed, sample_seed
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """6 train / 3 val random 40x40 images (3 classes + ignore)."""
-    root = tmp_path_factory.mktemp('seeding')
-    folder_tree(root, 'train', n=6, size=(40, 40), classes=['a', 'b', 'c'])
-    folder_tree(root, 'val', n=3, size=(40, 40))
+    root = tmp_path_factory.mktemp("seeding")
+    folder_tree(root, "train", n=6, size=(40, 40), classes=["a", "b", "c"])
+    folder_tree(root, "val", n=3, size=(40, 40))
     return root
 
 
 def _dm(root: Path, **kw) -> SegDataModule:
-    kw = {'batch_size': 2, 'num_workers': 0, 'crop_size': (24, 24), 'seed': 0, **kw}
-    return SegDataModule('folder', str(root), **kw)
+    kw = {"batch_size": 2, "num_workers": 0, "crop_size": (24, 24), "seed": 0, **kw}
+    return SegDataModule("folder", str(root), **kw)
 
 
 def _epochs(loader, n: int) -> list[list[dict]]:
     """n plain passes over a loader (no set_epoch: the sampler moves on by itself)."""
-    return [[{'path': b['path'], 'image': b['image'], 'mask': b['mask']} for b in loader] for _ in range(n)]
+    return [[{"path": b["path"], "image": b["image"], "mask": b["mask"]} for b in loader] for _ in range(n)]
 
 
 def _same(a: list[dict], b: list[dict]) -> bool:
-    return len(a) == len(b) and all(x['path'] == y['path'] and torch.equal(x['image'], y['image'])
-                                    and torch.equal(x['mask'], y['mask']) for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        x["path"] == y["path"] and torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"])
+        for x, y in zip(a, b)
+    )
 
 
 def test_epoch_sampler_deterministic_skip_shards_and_next_epoch():
@@ -91,13 +94,13 @@ def test_seeded_dataset_is_order_independent_and_leaves_global_rng():
 
 
 def test_data_seed_none_follows_seed_everything(root, monkeypatch):
-    monkeypatch.delenv('PL_GLOBAL_SEED', raising=False)
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     assert resolve_data_seed(None) == 0 and _dm(root, seed=None).seed == 0
     L.seed_everything(7, verbose=False)
     assert _dm(root, seed=None).seed == 7
     assert _dm(root, seed=5).seed == 5  # an explicit data.seed wins
-    monkeypatch.setenv('PL_GLOBAL_SEED', 'x')
-    with pytest.raises(ValueError, match='PL_GLOBAL_SEED'):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "x")
+    with pytest.raises(ValueError, match="PL_GLOBAL_SEED"):
         resolve_data_seed(None)
 
 
@@ -115,19 +118,19 @@ def test_same_seed_same_batches_with_any_workers_and_no_global_rng_draws(root):
     assert _same(got[0], ref[0]) and _same(got[1], ref[1])
     list(dm2.val_dataloader())
     assert torch.equal(torch.get_rng_state(), state)
-    assert [b['path'] for b in ref[0]] != [b['path'] for b in ref[1]]  # a new order every epoch
+    assert [b["path"] for b in ref[0]] != [b["path"] for b in ref[1]]  # a new order every epoch
     other = _epochs(_dm(root, seed=1).train_dataloader(), 1)[0]
-    assert [b['path'] for b in other] != [b['path'] for b in ref[0]]  # and per data seed
+    assert [b["path"] for b in other] != [b["path"] for b in ref[0]]  # and per data seed
 
 
 def test_workers_and_epochs_get_different_augmentations(tmp_path):
     # four copies of the same image: any difference between samples comes from the augmentation draws
-    folder_tree(tmp_path, n=1, size=(40, 40), classes=['a', 'b', 'c'])
+    folder_tree(tmp_path, n=1, size=(40, 40), classes=["a", "b", "c"])
     for i in range(1, 4):
-        for sub in ('images', 'masks'):
-            (tmp_path / 'train' / sub / f'im{i}.png').write_bytes((tmp_path / 'train' / sub / 'im0.png').read_bytes())
+        for sub in ("images", "masks"):
+            (tmp_path / "train" / sub / f"im{i}.png").write_bytes((tmp_path / "train" / sub / "im0.png").read_bytes())
     e1, e2 = _epochs(_dm(tmp_path, batch_size=1, num_workers=2).train_dataloader(), 2)
-    images = [b['image'] for b in e1 + e2]
+    images = [b["image"] for b in e1 + e2]
     assert len(images) == 8
     for i in range(8):  # samples from the two workers and the two epochs all differ
         for j in range(i + 1, 8):

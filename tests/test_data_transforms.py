@@ -1,4 +1,5 @@
 """The augmentation recipe (alignment, mask values, cat_max_ratio) and the unpadded DDP sampler."""
+
 from __future__ import annotations
 
 import albumentations as A
@@ -40,7 +41,7 @@ def _decode(image: np.ndarray) -> np.ndarray:
     return d.argmin(-1)
 
 
-@pytest.mark.parametrize('base_size', [(80, 60), None])
+@pytest.mark.parametrize("base_size", [(80, 60), None])
 def test_train_recipe_keeps_image_and_mask_aligned(base_size):
     image, mask = _scene()
     t = build_train_transform(crop_size=(40, 50), base_size=base_size, photometric=False, normalize=False, seed=1)
@@ -48,7 +49,7 @@ def test_train_recipe_keeps_image_and_mask_aligned(base_size):
     shapes, flips = set(), 0
     for _ in range(200):
         out = t(image=image, mask=mask)
-        img, m = out['image'], out['mask']
+        img, m = out["image"], out["mask"]
         assert img.shape == (40, 50, 3) and m.shape == (40, 50) and m.dtype == np.uint8
         assert set(np.unique(m)) <= {0, 1, 2, 3, 4, 255}
         valid = m != 255
@@ -67,29 +68,30 @@ def test_train_recipe_bilinear_and_photometric_masks_stay_nearest():
     assert isinstance(t.transforms[2], PhotoMetricDistortion)
     for _ in range(100):
         out = t(image=image, mask=mask)
-        assert out['image'].dtype == torch.float32 and out['image'].shape == (3, 40, 50)
-        assert set(np.unique(out['mask'])) <= {0, 1, 2, 3, 4, 255}
+        assert out["image"].dtype == torch.float32 and out["image"].shape == (3, 40, 50)
+        assert set(np.unique(out["mask"])) <= {0, 1, 2, 3, 4, 255}
     # the image-only steps never touch the mask: with photometric distortion, colours still decode right
     t2 = build_train_transform(crop_size=(40, 50), base_size=(80, 60), normalize=False, seed=3)
     t2.transforms[0].interpolation = cv2.INTER_NEAREST
-    t2.transforms[2] = PhotoMetricDistortion(brightness_delta=0, contrast_range=(1, 1), saturation_range=(1, 1),
-                                             hue_delta=0)
+    t2.transforms[2] = PhotoMetricDistortion(
+        brightness_delta=0, contrast_range=(1, 1), saturation_range=(1, 1), hue_delta=0
+    )
     reseed(t2, 3)
     out = t2(image=image, mask=mask)
-    valid = out['mask'] != 255
-    agree = (_decode(out['image'])[valid] == out['mask'][valid]).mean()
+    valid = out["mask"] != 255
+    agree = (_decode(out["image"])[valid] == out["mask"][valid]).mean()
     assert agree > 0.97  # hue/saturation round trips through HSV are not bit exact
 
 
 def test_rescale_keeps_ratio_like_mmcv():
     t = RandomRescale(base_size=(2048, 1024), ratio_range=(1.0, 1.0))
     out = t(image=np.zeros((500, 1000, 3), np.uint8), mask=np.zeros((500, 1000), np.uint8))
-    assert out['image'].shape[:2] == (1024, 2048) and out['mask'].shape == (1024, 2048)
+    assert out["image"].shape[:2] == (1024, 2048) and out["mask"].shape == (1024, 2048)
     out = t(image=np.zeros((683, 512, 3), np.uint8), mask=np.zeros((683, 512), np.uint8))  # portrait
-    assert out['image'].shape[:2] == (1366, 1024)  # short edge 1024 binds (long 1366 <= 2048)
+    assert out["image"].shape[:2] == (1366, 1024)  # short edge 1024 binds (long 1366 <= 2048)
     t = RandomRescale(base_size=(2048, 512), ratio_range=(0.5, 2.0))
     t.set_random_seed(0)
-    sizes = {t(image=np.zeros((300, 400, 3), np.uint8))['image'].shape[0] for _ in range(50)}
+    sizes = {t(image=np.zeros((300, 400, 3), np.uint8))["image"].shape[0] for _ in range(50)}
     assert min(sizes) >= 255 and max(sizes) <= 1024 and len(sizes) > 10  # short edge 512 * [0.5, 2]
 
 
@@ -101,7 +103,7 @@ def _cat_max_fraction(cat_max_ratio: float, draws: int = 300) -> float:
     crop.set_random_seed(0)
     ok = 0
     for _ in range(draws):
-        m = crop(image=np.zeros((100, 100, 3), np.uint8), mask=mask)['mask']
+        m = crop(image=np.zeros((100, 100, 3), np.uint8), mask=mask)["mask"]
         counts = np.bincount(m[m != 255].ravel(), minlength=2)
         ok += (counts > 0).sum() > 1 and counts.max() / counts.sum() < 0.75
     return ok / draws
@@ -116,49 +118,56 @@ def test_cat_max_ratio_resamples_dominated_crops():
 def test_cat_max_crop_smaller_input_and_eval_transform():
     crop = CatMaxRandomCrop(64, 64)
     out = crop(image=np.zeros((30, 70, 3), np.uint8), mask=np.zeros((30, 70), np.uint8))
-    assert out['image'].shape == (30, 64, 3)
-    t = build_eval_transform((80, 60), 'resize')
+    assert out["image"].shape == (30, 64, 3)
+    t = build_eval_transform((80, 60), "resize")
     out = t(image=np.zeros((45, 61, 3), np.uint8), mask=np.zeros((45, 61), np.uint8))
-    assert out['image'].shape == (59, 80, 3) and out['mask'].shape == (45, 61)  # mask: original size (mmseg)
-    np.testing.assert_allclose(out['image'][0, 0], -np.array([123.675, 116.28, 103.53]) / [58.395, 57.12, 57.375],
-                               rtol=1e-5)
-    assert build_eval_transform((80, 60), 'full')(image=np.zeros((45, 61, 3), np.uint8))['image'].shape == (45, 61, 3)
-    with pytest.raises(ValueError, match='val_mode'):
-        build_eval_transform((80, 60), 'crop')
+    assert out["image"].shape == (59, 80, 3) and out["mask"].shape == (45, 61)  # mask: original size (mmseg)
+    np.testing.assert_allclose(
+        out["image"][0, 0], -np.array([123.675, 116.28, 103.53]) / [58.395, 57.12, 57.375], rtol=1e-5
+    )
+    assert build_eval_transform((80, 60), "full")(image=np.zeros((45, 61, 3), np.uint8))["image"].shape == (45, 61, 3)
+    with pytest.raises(ValueError, match="val_mode"):
+        build_eval_transform((80, 60), "crop")
 
 
 def test_padding_uses_fill_mask_255_not_zero():
     image, mask = _scene(20, 20)
     t = build_train_transform(crop_size=(64, 64), base_size=None, scale_range=(1.0, 1.0), seed=0)
     out = t(image=image, mask=mask)
-    assert (out['mask'][20:] == 255).all() and (out['mask'][:, 20:] == 255).all()
-    assert (out['image'][:, 20:] == 0).all() and (out['image'][:, :, 20:] == 0).all()
-    assert (out['image'][:, :20, :20] != 0).any()
+    assert (out["mask"][20:] == 255).all() and (out["mask"][:, 20:] == 255).all()
+    assert (out["image"][:, 20:] == 0).all() and (out["image"][:, :, 20:] == 0).all()
+    assert (out["image"][:, :20, :20] != 0).any()
 
 
 def test_seeded_pipelines_repeat_and_reseed_changes_draws():
     image, mask = _scene()
     a = build_train_transform(crop_size=(30, 30), base_size=(80, 60), seed=5)
     b = build_train_transform(crop_size=(30, 30), base_size=(80, 60), seed=5)
-    np.testing.assert_array_equal(a(image=image, mask=mask)['image'], b(image=image, mask=mask)['image'])
+    np.testing.assert_array_equal(a(image=image, mask=mask)["image"], b(image=image, mask=mask)["image"])
     reseed(b, 6)
-    assert not np.array_equal(a(image=image, mask=mask)['image'], b(image=image, mask=mask)['image'])
+    assert not np.array_equal(a(image=image, mask=mask)["image"], b(image=image, mask=mask)["image"])
 
 
 def _smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     """A natural-looking image: smooth shading plus mild texture (what the recipe sees in practice)."""
     rng = np.random.default_rng(seed)
-    img = cv2.resize(rng.uniform(0, 255, (max(h // 8, 2), max(w // 8, 2), 3)).astype(np.float32), (w, h),
-                     interpolation=cv2.INTER_CUBIC) + rng.normal(0, 3, (h, w, 3))
+    img = cv2.resize(
+        rng.uniform(0, 255, (max(h // 8, 2), max(w // 8, 2), 3)).astype(np.float32),
+        (w, h),
+        interpolation=cv2.INTER_CUBIC,
+    ) + rng.normal(0, 3, (h, w, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize('src, base_size, ratios, crop', [
-    ((45, 61), None, (0.3, 0.9), (20, 30)),       # downscale, odd sizes
-    ((45, 61), None, (1.1, 2.3), (40, 50)),       # upscale, odd sizes
-    ((37, 83), (100, 50), (0.5, 2.0), (33, 47)),  # base size, both directions, crops sometimes larger
-    ((64, 128), (128, 64), (2.0, 2.0), (32, 64)),  # exactly 2x
-])
+@pytest.mark.parametrize(
+    "src, base_size, ratios, crop",
+    [
+        ((45, 61), None, (0.3, 0.9), (20, 30)),  # downscale, odd sizes
+        ((45, 61), None, (1.1, 2.3), (40, 50)),  # upscale, odd sizes
+        ((37, 83), (100, 50), (0.5, 2.0), (33, 47)),  # base size, both directions, crops sometimes larger
+        ((64, 128), (128, 64), (2.0, 2.0), (32, 64)),  # exactly 2x
+    ],
+)
 def test_rescale_crop_equals_resize_then_crop(src, base_size, ratios, crop):
     """Resampling only the crop gives resize-then-crop's pixels: masks exactly, images within 1 grey level."""
     h, w = src
@@ -170,18 +179,19 @@ def test_rescale_crop_equals_resize_then_crop(src, base_size, ratios, crop):
     seen_sizes = set()
     for _ in range(25):
         out = t(image=image, mask=mask)
-        size, (x1, y1, x2, y2) = t.params['size'], t.params['box']
+        size, (x1, y1, x2, y2) = t.params["size"], t.params["box"]
         seen_sizes.add(size)
         full = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)[y1:y2, x1:x2]
         full_mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)[y1:y2, x1:x2]
-        assert out['image'].shape == full.shape and out['mask'].shape == full_mask.shape
-        np.testing.assert_array_equal(out['mask'], full_mask)
-        assert np.abs(out['image'].astype(int) - full).max() <= 1
-        assert np.abs(out['image'].astype(int) - full).mean() < 0.3
+        assert out["image"].shape == full.shape and out["mask"].shape == full_mask.shape
+        np.testing.assert_array_equal(out["mask"], full_mask)
+        assert np.abs(out["image"].astype(int) - full).max() <= 1
+        assert np.abs(out["image"].astype(int) - full).mean() < 0.3
         out_nn = nn(image=image, mask=mask)  # nearest image: exact as well
-        size, (x1, y1, x2, y2) = nn.params['size'], nn.params['box']
-        np.testing.assert_array_equal(out_nn['image'],
-                                      cv2.resize(image, size, interpolation=cv2.INTER_NEAREST)[y1:y2, x1:x2])
+        size, (x1, y1, x2, y2) = nn.params["size"], nn.params["box"]
+        np.testing.assert_array_equal(
+            out_nn["image"], cv2.resize(image, size, interpolation=cv2.INTER_NEAREST)[y1:y2, x1:x2]
+        )
     assert len(seen_sizes) > (1 if ratios[0] < ratios[1] else 0)
 
 
@@ -191,8 +201,8 @@ def test_rescale_crop_sharp_edges_stay_close():
     t = RandomRescaleCrop(30, 40, base_size=None, ratio_range=(0.5, 2.0))
     t.set_random_seed(3)
     for _ in range(20):
-        out = t(image=image)['image'].astype(int)
-        size, (x1, y1, x2, y2) = t.params['size'], t.params['box']
+        out = t(image=image)["image"].astype(int)
+        size, (x1, y1, x2, y2) = t.params["size"], t.params["box"]
         d = np.abs(out - cv2.resize(image, size)[y1:y2, x1:x2])
         assert d.max() <= 8 and d.mean() < 1.0, (size, d.max(), d.mean())
 
@@ -202,11 +212,12 @@ def test_nearest_index_matches_opencv_for_many_sizes():
     for _ in range(200):
         src, dst = int(rng.integers(1, 3000)), int(rng.integers(1, 5000))
         ramp = np.arange(src, dtype=np.int32)[None].repeat(2, 0)
-        np.testing.assert_array_equal(nearest_index(src, dst, 0, dst),
-                                      cv2.resize(ramp, (dst, 2), interpolation=cv2.INTER_NEAREST)[0])
+        np.testing.assert_array_equal(
+            nearest_index(src, dst, 0, dst), cv2.resize(ramp, (dst, 2), interpolation=cv2.INTER_NEAREST)[0]
+        )
 
 
-@pytest.mark.parametrize('cat_max_ratio', [0.75, 1.0])
+@pytest.mark.parametrize("cat_max_ratio", [0.75, 1.0])
 def test_rescale_crop_draws_like_rescale_then_cat_max_crop(cat_max_ratio):
     """Same generator state -> same scale, same crop (cat-max re-draws included) as the two separate steps."""
     mask = np.zeros((50, 90), np.uint8)
@@ -219,8 +230,8 @@ def test_rescale_crop_draws_like_rescale_then_cat_max_crop(cat_max_ratio):
     reseed(steps, 7)
     accepted = 0
     for _ in range(150):
-        a, b = fused(image=image, mask=mask)['mask'], steps(image=image, mask=mask)['mask']
-        assert fused.transforms[0].params['box'] == steps.transforms[1].params['box']
+        a, b = fused(image=image, mask=mask)["mask"], steps(image=image, mask=mask)["mask"]
+        assert fused.transforms[0].params["box"] == steps.transforms[1].params["box"]
         np.testing.assert_array_equal(a, b)
         counts = np.bincount(a[a != 255], minlength=2)
         accepted += (counts > 0).sum() > 1 and counts.max() / counts.sum() < 0.75
@@ -229,8 +240,10 @@ def test_rescale_crop_draws_like_rescale_then_cat_max_crop(cat_max_ratio):
 
 def _pmd_reference(img: np.ndarray, beta, contrast_first, contrast, saturation, hue) -> np.ndarray:
     """mmseg's PhotoMetricDistortion arithmetic written out in float (BGR image, as mmseg holds it)."""
+
     def convert(x, alpha=1.0, b=0.0):
         return np.clip(x.astype(np.float32) * alpha + b, 0, 255).astype(np.uint8)
+
     bgr = img[:, :, ::-1].copy()
     if beta is not None:
         bgr = convert(bgr, b=beta)
@@ -249,7 +262,7 @@ def _pmd_reference(img: np.ndarray, beta, contrast_first, contrast, saturation, 
     return bgr[:, :, ::-1]
 
 
-PMD_KEYS = ('beta', 'contrast_first', 'contrast', 'saturation', 'hue')
+PMD_KEYS = ("beta", "contrast_first", "contrast", "saturation", "hue")
 
 
 def test_photometric_lookup_tables_match_float_formula():
@@ -257,7 +270,7 @@ def test_photometric_lookup_tables_match_float_formula():
     t = PhotoMetricDistortion()
     t.set_random_seed(0)
     for _ in range(60):
-        out = t(image=image)['image']
+        out = t(image=image)["image"]
         np.testing.assert_array_equal(out, _pmd_reference(image, **{k: t.params[k] for k in PMD_KEYS}))
 
 
@@ -266,47 +279,48 @@ def test_photometric_draws_follow_mmseg_ranges():
     t = PhotoMetricDistortion()
     t.set_random_seed(0)
     draws = [t.get_params() for _ in range(4000)]
-    hues = [d['hue'] for d in draws if d['hue'] is not None]
+    hues = [d["hue"] for d in draws if d["hue"] is not None]
     assert min(hues) == -18 and max(hues) == 17 and len(set(hues)) == 36
-    betas = [d['beta'] for d in draws if d['beta'] is not None]
+    betas = [d["beta"] for d in draws if d["beta"] is not None]
     assert -32 <= min(betas) < -31 and 31 < max(betas) < 32
-    for key, (lo, hi) in (('contrast', (0.5, 1.5)), ('saturation', (0.5, 1.5))):
+    for key, (lo, hi) in (("contrast", (0.5, 1.5)), ("saturation", (0.5, 1.5))):
         vals = [d[key] for d in draws if d[key] is not None]
         assert lo <= min(vals) < lo + 0.01 and hi - 0.01 < max(vals) <= hi
-    for key in ('beta', 'contrast', 'saturation', 'hue'):
+    for key in ("beta", "contrast", "saturation", "hue"):
         assert 0.45 < np.mean([d[key] is not None for d in draws]) < 0.55
-    assert 0.45 < np.mean([d['contrast_first'] for d in draws]) < 0.55
+    assert 0.45 < np.mean([d["contrast_first"] for d in draws]) < 0.55
     zero = PhotoMetricDistortion(hue_delta=0)
     zero.set_random_seed(0)
-    assert {zero.get_params()['hue'] for _ in range(50)} == {None, 0}
+    assert {zero.get_params()["hue"] for _ in range(50)} == {None, 0}
 
 
 def test_normalize_to_tensor_matches_normalize_pad_transpose():
     image, mask = _scene(21, 33)
     mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
     out = NormalizeToTensor(mean, std, pad_size=(25, 30))(image=image, mask=mask)
-    img, m = out['image'], out['mask']
+    img, m = out["image"], out["mask"]
     assert isinstance(img, torch.Tensor) and img.dtype == torch.float32 and img.shape == (3, 25, 33)
     expected = ((image.astype(np.float64) - mean) / std).transpose(2, 0, 1)
     np.testing.assert_allclose(img[:, :21].numpy(), expected, atol=1e-5)
     assert (img[:, 21:] == 0).all() and m.shape == (25, 33) and (m[21:] == 255).all()
     np.testing.assert_array_equal(m[:21], mask)
-    same = NormalizeToTensor(mean, std, pad_size=(5, 5))(image=image)['image']  # no padding: written in place
+    same = NormalizeToTensor(mean, std, pad_size=(5, 5))(image=image)["image"]  # no padding: written in place
     np.testing.assert_allclose(same.numpy(), expected, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------- sampler
 
 
-@pytest.mark.parametrize('n', [1, 7, 10, 11])
-@pytest.mark.parametrize('world', [2, 3])
+@pytest.mark.parametrize("n", [1, 7, 10, 11])
+@pytest.mark.parametrize("world", [2, 3])
 def test_unpadded_sampler_each_index_once(n, world):
     data = list(range(n))
     shards = [list(UnpaddedDistributedSampler(data, num_replicas=world, rank=r)) for r in range(world)]
     flat = [i for s in shards for i in s]
     assert sorted(flat) == data  # exactly once across ranks
-    assert [len(UnpaddedDistributedSampler(data, num_replicas=world, rank=r)) for r in range(world)] == \
-        [len(s) for s in shards]
+    assert [len(UnpaddedDistributedSampler(data, num_replicas=world, rank=r)) for r in range(world)] == [
+        len(s) for s in shards
+    ]
     # a dataset-level statistic (like a confusion matrix sum) equals the single-process one
     values = torch.arange(n, dtype=torch.float64) ** 2
     assert sum(values[s].sum() for s in shards) == values.sum()
@@ -316,7 +330,7 @@ def test_unpadded_sampler_each_index_once(n, world):
 
 
 def test_unpadded_sampler_bad_rank():
-    with pytest.raises(ValueError, match='rank 3'):
+    with pytest.raises(ValueError, match="rank 3"):
         UnpaddedDistributedSampler(list(range(5)), num_replicas=2, rank=3)
 
 
@@ -337,7 +351,7 @@ def test_resize_region_from_the_top_rows_equals_the_whole_image():
             n = rows_needed(h, height, box, interp)
             whole = resize_region(img, (width, height), box, interp)
             top = resize_region(np.ascontiguousarray(img[:n]), (width, height), box, interp, src_size=(w, h))
-            np.testing.assert_array_equal(top, whole, err_msg=f'{(h, w)} -> {(height, width)} {box} {interp}')
+            np.testing.assert_array_equal(top, whole, err_msg=f"{(h, w)} -> {(height, width)} {box} {interp}")
             if n > 1 and n < h:
-                with pytest.raises(ValueError, match='rows given'):
-                    resize_region(img[:n - 1], (width, height), box, interp, src_size=(w, h))
+                with pytest.raises(ValueError, match="rows given"):
+                    resize_region(img[: n - 1], (width, height), box, interp, src_size=(w, h))

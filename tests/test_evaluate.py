@@ -1,5 +1,6 @@
 """seg.evaluate (metrics.json, whole/slide, multi-scale + flip) and seg.predict (masks), on a tiny trained run (the
 `trained_run` fixture of test_cli). seg.compare: tests/test_compare.py."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,22 @@ def test_evaluate_writes_metrics_json(trained_run):
 
 
 def test_evaluate_slide_multiscale_flip(trained_run, tiny_data, tmp_path):
-    args = ["--ckpt", str(trained_run / "checkpoints/last.ckpt"), "--output", str(tmp_path / "m.json"), "--mode",
-            "slide", "--crop_size", "[32, 32]", "--stride", "[16, 16]", "--scales", "[0.75, 1.0, 1.25]", "--flip", "true"]
+    args = [
+        "--ckpt",
+        str(trained_run / "checkpoints/last.ckpt"),
+        "--output",
+        str(tmp_path / "m.json"),
+        "--mode",
+        "slide",
+        "--crop_size",
+        "[32, 32]",
+        "--stride",
+        "[16, 16]",
+        "--scales",
+        "[0.75, 1.0, 1.25]",
+        "--flip",
+        "true",
+    ]
     evaluate_cmd.main(args)
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["mode"] == "slide" and m["scales"] == [0.75, 1.0, 1.25] and m["flip"] and m["crop_size"] == [32, 32]
@@ -76,9 +91,16 @@ def _network(ckpt):
     """The trained network, rebuilt from the checkpoint's hyper-parameters (no seg inference code involved)."""
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     hp = state["hyper_parameters"]
-    net = build_model(hp["backbone"], hp["head"], hp["num_classes"], output_stride=hp["output_stride"], aux=hp["aux"],
-                      backbone_kwargs=hp["backbone_kwargs"], **hp["head_kwargs"])
-    net.load_state_dict({k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")})
+    net = build_model(
+        hp["backbone"],
+        hp["head"],
+        hp["num_classes"],
+        output_stride=hp["output_stride"],
+        aux=hp["aux"],
+        backbone_kwargs=hp["backbone_kwargs"],
+        **hp["head_kwargs"],
+    )
+    net.load_state_dict({k[len("model.") :]: v for k, v in state["state_dict"].items() if k.startswith("model.")})
     return net.eval()
 
 
@@ -129,6 +151,8 @@ def test_cpu_inference_optimisation_keeps_the_predictions(trained_run, tiny_data
     images = str(tiny_data / "val/images")
     fp32 = predict_cmd.main(["--ckpt", ckpt, images, "--out", str(tmp_path / "fp32")])
     bf16 = predict_cmd.main(["--ckpt", ckpt, images, "--out", str(tmp_path / "bf16"), "--bf16", "true"])
-    agree = [np.mean(cv2.imread(str(a), cv2.IMREAD_UNCHANGED) == cv2.imread(str(b), cv2.IMREAD_UNCHANGED))
-             for a, b in zip(fp32, bf16)]
+    agree = [
+        np.mean(cv2.imread(str(a), cv2.IMREAD_UNCHANGED) == cv2.imread(str(b), cv2.IMREAD_UNCHANGED))
+        for a, b in zip(fp32, bf16)
+    ]
     assert np.mean(agree) > 0.9, agree

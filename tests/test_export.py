@@ -6,6 +6,7 @@ Tiny ResNet-18 widths and 64x96 / 81x113 inputs keep this to a few seconds per h
 reference is the model in its default mode (chunked / fused attention cores, matrix resize), so the
 tests also check that ``export_mode()``'s reference formulation computes the same function.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,9 @@ TINY_HEAD_KWARGS = {"isa": {"down_factor": (2, 2)}}
 
 def tiny_deploy(head: str, **kw) -> DeployModel:
     torch.manual_seed(0)
-    model = build_model("resnet18", head, 3, backbone_kwargs=TINY, aux_channels=8, channels=16,
-                        **TINY_HEAD_KWARGS.get(head, {}))
+    model = build_model(
+        "resnet18", head, 3, backbone_kwargs=TINY, aux_channels=8, channels=16, **TINY_HEAD_KWARGS.get(head, {})
+    )
     with torch.no_grad():  # open the zero-initialised residual branches: attention must affect the output
         for name, p in model.named_parameters():
             if name.endswith("gamma") or name.endswith("nl_block.norm.weight"):
@@ -75,8 +77,7 @@ def test_every_head_exports_dynamic_and_matches_pytorch(head, tmp_path):
             trace_program(deploy, SIZE, dynamic=True)
         program = trace_program(deploy, SIZE)
         check_sizes(deploy, lambda x: program.module()(x).numpy(), [(SIZE, 1)])
-        session = ort.InferenceSession(str(save_onnx(program, tmp_path / "m.onnx")),
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(save_onnx(program, tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         check_sizes(deploy, lambda x: session.run(None, {name: x.numpy()})[0], [(SIZE, 1)])
         return
@@ -109,7 +110,9 @@ def test_every_attention_block_exports_to_onnx(key, tmp_path):
                 p.fill_(0.5)
     auto = torch.export.Dim.AUTO
     with torch.no_grad(), export_mode():
-        program = torch.export.export(block, (torch.randn(2, 16, 9, 13),), dynamic_shapes=({0: auto, 2: auto, 3: auto},))
+        program = torch.export.export(
+            block, (torch.randn(2, 16, 9, 13),), dynamic_shapes=({0: auto, 2: auto, 3: auto},)
+        )
     session = ort.InferenceSession(str(save_onnx(program, tmp_path / "b.onnx")), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     for shape in [(2, 16, 9, 13), (1, 16, 11, 7)]:
@@ -158,7 +161,9 @@ def test_positional_axial_block_exports(tmp_path):
     block.gamma.data.fill_(0.5)
     auto = torch.export.Dim.AUTO
     with torch.no_grad(), export_mode():
-        program = torch.export.export(block, (torch.randn(2, 16, 9, 13),), dynamic_shapes=({0: auto, 2: auto, 3: auto},))
+        program = torch.export.export(
+            block, (torch.randn(2, 16, 9, 13),), dynamic_shapes=({0: auto, 2: auto, 3: auto},)
+        )
     session = ort.InferenceSession(str(save_onnx(program, tmp_path / "b.onnx")), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     for shape in [(2, 16, 9, 13), (1, 16, 12, 5)]:
@@ -168,8 +173,15 @@ def test_positional_axial_block_exports(tmp_path):
         assert rel_diff(session.run(None, {name: x.numpy()})[0], ref) <= 1e-4, shape
 
 
-@pytest.mark.parametrize("h,w,crop,stride", [(48, 48, (32, 32), (16, 16)), (65, 97, (32, 48), (20, 30)),
-                                             (20, 30, (32, 48), (16, 16)), (100, 33, (40, 33), (40, 1))])
+@pytest.mark.parametrize(
+    "h,w,crop,stride",
+    [
+        (48, 48, (32, 32), (16, 16)),
+        (65, 97, (32, 48), (20, 30)),
+        (20, 30, (32, 48), (16, 16)),
+        (100, 33, (40, 33), (40, 1)),
+    ],
+)
 def test_slide_windows_cover_the_image(h, w, crop, stride):
     windows = slide_windows(h, w, crop, stride)
     cover = np.zeros((h, w), dtype=int)
@@ -209,11 +221,25 @@ def seg_checkpoint(tmp_path_factory):
     data = tmp / "data"
     write_demo(data, splits={"val": 3}, size=48)
     backbone = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "zero_init_last": False}
-    cfg = {"model": {"backbone": "resnet18", "backbone_kwargs": backbone, "head": "danet", "weights": None,
-                     "head_kwargs": {"channels": 16}, "channels_last": False},
-           "data": {"dataset": "folder", "root": str(data), "num_workers": 0, "mean": [120.0, 110.0, 100.0],
-                    "std": [60.0, 50.0, 55.0]},
-           "trainer": {"accelerator": "cpu", "enable_progress_bar": False}, "wandb": "off"}
+    cfg = {
+        "model": {
+            "backbone": "resnet18",
+            "backbone_kwargs": backbone,
+            "head": "danet",
+            "weights": None,
+            "head_kwargs": {"channels": 16},
+            "channels_last": False,
+        },
+        "data": {
+            "dataset": "folder",
+            "root": str(data),
+            "num_workers": 0,
+            "mean": [120.0, 110.0, 100.0],
+            "std": [60.0, 50.0, 55.0],
+        },
+        "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+        "wandb": "off",
+    }
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     torch.manual_seed(0)
     model = build_model("resnet18", "danet", 5, backbone_kwargs=backbone, channels=16)
@@ -227,8 +253,9 @@ def seg_checkpoint(tmp_path_factory):
 
 def run_onnx_predict_without_torch(args: list[str]) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "no PyTorch" in proc.stdout
 
@@ -238,8 +265,22 @@ def test_predict_onnx_without_torch_matches_pytorch(seg_checkpoint, tmp_path):
     equal seg.predict's PyTorch path, whole image and sliding window (mode and crop overridden at predict time)."""
     ckpt, cfg, data = seg_checkpoint
     onnx_path = tmp_path / "model.onnx"
-    result = export_cmd.main(["--ckpt", str(ckpt), "--format", "onnx", "--out", str(onnx_path), "--dynamic",
-                              "--config", str(cfg), "--size", "48", "48"])
+    result = export_cmd.main(
+        [
+            "--ckpt",
+            str(ckpt),
+            "--format",
+            "onnx",
+            "--out",
+            str(onnx_path),
+            "--dynamic",
+            "--config",
+            str(cfg),
+            "--size",
+            "48",
+            "48",
+        ]
+    )
     assert len(result["checks"]) == 2 and all(row["rel"] <= 1e-4 for row in result["checks"])
     meta = ort.InferenceSession(str(onnx_path)).get_modelmeta().custom_metadata_map
     classes = json.loads((data / "classes.json").read_text())
@@ -250,10 +291,12 @@ def test_predict_onnx_without_torch_matches_pytorch(seg_checkpoint, tmp_path):
         torch_dir, onnx_dir = tmp_path / f"torch_{mode}", tmp_path / f"onnx_{mode}"
         torch_args = ["--mode", "slide", "--crop_size", "[32, 32]", "--stride", "[16, 16]"] if mode == "slide" else []
         onnx_args = ["--mode", "slide", "--crop_size", "32", "32", "--stride", "16", "16"] if mode == "slide" else []
-        written = predict_cmd.main(["--config", str(cfg), "--ckpt", str(ckpt), str(data / "val/images"),
-                                    "--out", str(torch_dir), *torch_args])
-        run_onnx_predict_without_torch(["--onnx", str(onnx_path), str(data / "val/images"), "--out", str(onnx_dir),
-                                        *onnx_args])
+        written = predict_cmd.main(
+            ["--config", str(cfg), "--ckpt", str(ckpt), str(data / "val/images"), "--out", str(torch_dir), *torch_args]
+        )
+        run_onnx_predict_without_torch(
+            ["--onnx", str(onnx_path), str(data / "val/images"), "--out", str(onnx_dir), *onnx_args]
+        )
         agree = total = 0
         for mask in written:
             ref = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)

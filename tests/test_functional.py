@@ -1,5 +1,6 @@
 """seg.layers.functional: every core against a naive per-pixel loop written from the paper's
 definition, efficient vs reference agreement, chunking, autocast, memory (CPU) and the CUDA path."""
+
 from __future__ import annotations
 
 import json
@@ -88,7 +89,9 @@ def naive_axial(q, k, v, axis, scale=1.0, bias=None):
                 else:  # within column j
                     pos = [(y, j) for y in range(h)]
                     extra = [bias[n, j, i, y] if bias is not None else 0.0 for y in range(h)]
-                e = torch.stack([(q[n, :, i, j] * k[n, :, y, x]).sum() * scale + extra[t] for t, (y, x) in enumerate(pos)])
+                e = torch.stack(
+                    [(q[n, :, i, j] * k[n, :, y, x]).sum() * scale + extra[t] for t, (y, x) in enumerate(pos)]
+                )
                 a = torch.softmax(e, 0)
                 out[n, :, i, j] = sum(a[t] * v[n, :, y, x] for t, (y, x) in enumerate(pos))
     return out
@@ -108,8 +111,9 @@ def test_position_attention_matches_naive(b, h, w, scale):
     _close(AF.position_attention_chunked(q, k, v, scale=scale, chunk_size=2), expected)
     # the SDPA path (CUDA's) also runs on CPU: checks the head split of v with shared q/k
     for head_dim in (None, 6, 30):  # 5 heads sharing q/k, or one head
-        out = AF.position_attention_sdpa(q.repeat(1, 2, 1, 1), k.repeat(1, 2, 1, 1), v.repeat(1, 6, 1, 1),
-                                         scale=scale / 2, head_dim=head_dim)
+        out = AF.position_attention_sdpa(
+            q.repeat(1, 2, 1, 1), k.repeat(1, 2, 1, 1), v.repeat(1, 6, 1, 1), scale=scale / 2, head_dim=head_dim
+        )
         _close(out, expected.repeat(1, 6, 1, 1))
 
 
@@ -149,14 +153,27 @@ def test_efficient_matches_reference_with_gradients():
     torch.manual_seed(0)
     b, h, w = 2, 9, 11
     cores = {
-        "position": (lambda q, k, v: AF.position_attention(q, k, v, scale=0.2),
-                     lambda q, k, v: AF.position_attention_reference(q, k, v, scale=0.2)),
-        "position_chunked": (lambda q, k, v: AF.position_attention(q, k, v, scale=0.2, chunk_size=13),
-                             lambda q, k, v: AF.position_attention_reference(q, k, v, scale=0.2)),
-        "channel": (lambda q, k, v: AF.channel_attention(v * 0.3), lambda q, k, v: AF.channel_attention_reference(v * 0.3)),
+        "position": (
+            lambda q, k, v: AF.position_attention(q, k, v, scale=0.2),
+            lambda q, k, v: AF.position_attention_reference(q, k, v, scale=0.2),
+        ),
+        "position_chunked": (
+            lambda q, k, v: AF.position_attention(q, k, v, scale=0.2, chunk_size=13),
+            lambda q, k, v: AF.position_attention_reference(q, k, v, scale=0.2),
+        ),
+        "channel": (
+            lambda q, k, v: AF.channel_attention(v * 0.3),
+            lambda q, k, v: AF.channel_attention_reference(v * 0.3),
+        ),
         "criss_cross": (AF.criss_cross_attention, AF.criss_cross_attention_reference),
-        "axial_h": (lambda q, k, v: AF.axial_attention(q, k, v, -2), lambda q, k, v: AF.axial_attention_reference(q, k, v, -2)),
-        "axial_w": (lambda q, k, v: AF.axial_attention(q, k, v, -1), lambda q, k, v: AF.axial_attention_reference(q, k, v, -1)),
+        "axial_h": (
+            lambda q, k, v: AF.axial_attention(q, k, v, -2),
+            lambda q, k, v: AF.axial_attention_reference(q, k, v, -2),
+        ),
+        "axial_w": (
+            lambda q, k, v: AF.axial_attention(q, k, v, -1),
+            lambda q, k, v: AF.axial_attention_reference(q, k, v, -1),
+        ),
     }
     for name, (fast, ref) in cores.items():
         grads = []
@@ -178,8 +195,10 @@ def test_efficient_matches_reference_with_gradients():
 @pytest.mark.parametrize("chunk_size", [1, 2, 7, 44, 45, 1000])
 def test_chunked_position_attention_equals_reference(chunk_size):
     q, k, v = _qkv(2, 5, 9, cq=4, cv=6, seed=3)  # 45 positions: chunks that do and do not divide it
-    _close(AF.position_attention(q, k, v, scale=0.5, chunk_size=chunk_size),
-           AF.position_attention_reference(q, k, v, scale=0.5))
+    _close(
+        AF.position_attention(q, k, v, scale=0.5, chunk_size=chunk_size),
+        AF.position_attention_reference(q, k, v, scale=0.5),
+    )
 
 
 def test_chunked_training_recomputes_and_matches_gradients():
@@ -357,8 +376,12 @@ def test_position_attention_cuda_uses_fused_kernel(dtype):
 def test_cores_cuda_bf16_autocast():
     q, k, v = _qkv(2, 13, 9, cq=16, cv=32, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        for out in (AF.position_attention(q, k, v), AF.channel_attention(v), AF.criss_cross_attention(q, k, v),
-                    AF.axial_attention(q, k, v, -1)):
+        for out in (
+            AF.position_attention(q, k, v),
+            AF.channel_attention(v),
+            AF.criss_cross_attention(q, k, v),
+            AF.axial_attention(q, k, v, -1),
+        ):
             assert torch.isfinite(out).all()
 
 
@@ -374,7 +397,9 @@ def test_position_attention_sdpa_layouts_match_reference(channels_last, head_dim
     ref = AF.position_attention_reference(q, k, v, scale=0.5)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(ref)
-    torch.testing.assert_close(torch.autograd.grad(out, v, g)[0], torch.autograd.grad(ref, v, g)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        torch.autograd.grad(out, v, g)[0], torch.autograd.grad(ref, v, g)[0], rtol=1e-5, atol=1e-5
+    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Conv+BN folding and optimize_for_inference: the optimised model computes what the plain model computes."""
+
 import pytest
 import torch
 from torch import nn
@@ -34,8 +35,9 @@ def test_fold_bn_into_conv_equals_conv_then_bn():
         bn.bias.normal_()
     bn.eval()
     x = torch.randn(2, 3, 9, 11)
-    expected = (conv(x) - bn.running_mean[:, None, None]) / (bn.running_var[:, None, None] + bn.eps).sqrt() \
-        * bn.weight[:, None, None] + bn.bias[:, None, None]
+    expected = (conv(x) - bn.running_mean[:, None, None]) / (bn.running_var[:, None, None] + bn.eps).sqrt() * bn.weight[
+        :, None, None
+    ] + bn.bias[:, None, None]
     fold_bn_into_conv(conv, bn)
     torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
 
@@ -46,10 +48,13 @@ def test_fused_model_matches_the_unfused_one(head):
     x = torch.randn(1, 3, 41, 57)
     fused = fuse_conv_bn(model, torch.randn(1, 3, 64, 64))
     assert fused is not model and fused.fused_conv_bn > 0
+
     # each fold removes one BatchNorm from the eval forward (the aux head's, not run in eval, stay)
     def bns_run(m: nn.Module) -> int:
         ran = []
-        hooks = [b.register_forward_hook(lambda *a: ran.append(1)) for b in m.modules() if isinstance(b, nn.BatchNorm2d)]
+        hooks = [
+            b.register_forward_hook(lambda *a: ran.append(1)) for b in m.modules() if isinstance(b, nn.BatchNorm2d)
+        ]
         with torch.no_grad():
             m(x)
         for h in hooks:

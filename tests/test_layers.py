@@ -1,5 +1,6 @@
 """seg.layers blocks. Tests follow the registries: every key of ATTENTION and FUSION is tested
 (shape, gradients, finiteness, bf16 autocast, torch.compile) without new test code."""
+
 from __future__ import annotations
 
 import inspect
@@ -159,7 +160,9 @@ def test_registries_hold_classes_with_channels_first():
         inputs = len(inspect.signature(cls.forward).parameters) - 1  # minus self
         assert inputs == (2 if key in FUSION else 1), f"{key}: forward takes {inputs} inputs"
         assert cls.__module__.startswith("seg.layers."), key
-        assert "arxiv.org" in (__import__(cls.__module__, fromlist=["_"]).__doc__ or ""), f"{key}: docstring names no paper"
+        assert "arxiv.org" in (__import__(cls.__module__, fromlist=["_"]).__doc__ or ""), (
+            f"{key}: docstring names no paper"
+        )
 
 
 def test_every_exported_block_is_registered():
@@ -251,8 +254,14 @@ def test_pam_and_criss_cross_parameter_names():
     # names pinned in docs/design.md (the mmseg checkpoint conversion maps onto them)
     pam = create_attention("pam", 32, qk_channels=8)
     assert {n for n, _ in pam.named_parameters()} == {
-        "query_conv.weight", "query_conv.bias", "key_conv.weight", "key_conv.bias",
-        "value_conv.weight", "value_conv.bias", "gamma"}
+        "query_conv.weight",
+        "query_conv.bias",
+        "key_conv.weight",
+        "key_conv.bias",
+        "value_conv.weight",
+        "value_conv.bias",
+        "gamma",
+    }
     assert pam.query_conv.out_channels == 8 and pam.value_conv.out_channels == 32 and pam.gamma.shape == (1,)
     cc = create_attention("criss_cross", 32)
     assert cc.query_conv.out_channels == 4 and cc.key_conv.out_channels == 4 and cc.value_conv.out_channels == 32
@@ -289,8 +298,11 @@ def mm_to_seg_key(block: str, key: str) -> str:
     """mmseg/mmcv parameter names -> seg.layers names (what the checkpoint conversion does)."""
     key = key.replace("gamma.scale", "gamma")  # mmcv Scale module -> nn.Parameter
     if block == "pam":
-        return key.replace("key_project", "key_conv").replace("query_project", "query_conv").replace(
-            "value_project", "value_conv")
+        return (
+            key.replace("key_project", "key_conv")
+            .replace("query_project", "query_conv")
+            .replace("value_project", "value_conv")
+        )
     if block.startswith("nonlocal"):  # ConvModules: g.conv -> g, conv_out.bn -> norm
         return key.replace(".conv.", ".").replace("conv_out.bn.", "norm.")
     return key
@@ -301,8 +313,10 @@ def test_matches_mmseg_mmcv_given_same_weights(case):
     golden = torch.load(GOLDEN, weights_only=True)[case]
     block = create_attention(case.split("_")[0] if case.startswith("nonlocal") else case, C, **golden["kwargs"]).eval()
     # mmcv's Scale holds a 0-d tensor; seg's gamma is shape (1,)
-    state = {mm_to_seg_key(case, k): v.reshape(1) if k.endswith("gamma.scale") else v
-             for k, v in golden["state_dict"].items()}
+    state = {
+        mm_to_seg_key(case, k): v.reshape(1) if k.endswith("gamma.scale") else v
+        for k, v in golden["state_dict"].items()
+    }
     block.load_state_dict(state, strict=True)
     with torch.no_grad():
         out = block(golden["x"])

@@ -70,8 +70,15 @@ def test_logits_equal_mmseg_encode_decode(head, golden):
         assert rel_err(branches["cam"], ref["cam"]) <= RTOL
 
 
-@pytest.mark.parametrize("head,param", [("ccnet", "head.cca.gamma"), ("danet", "head.pam.gamma"),
-                                        ("danet", "head.cam.gamma"), ("nonlocal", "head.nl_block.norm.weight")])
+@pytest.mark.parametrize(
+    "head,param",
+    [
+        ("ccnet", "head.cca.gamma"),
+        ("danet", "head.pam.gamma"),
+        ("danet", "head.cam.gamma"),
+        ("nonlocal", "head.nl_block.norm.weight"),
+    ],
+)
 def test_golden_exercises_the_attention(head, param, golden):
     """Switching an attention branch off must break the agreement, else the test above proves little."""
     model = load(head, golden)
@@ -94,8 +101,11 @@ def test_key_mismatch_lists_the_keys(golden, tmp_path):
     del state["decode_head.conv_cat.conv.weight"]
     state["decode_head.extra.weight"] = torch.zeros(1)
     torch.save({"state_dict": state}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match=r"(?s)1 missing keys.*head\.conv_cat\.conv\.weight.*"
-                                         r"1 unexpected keys.*head\.extra\.weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)1 missing keys.*head\.conv_cat\.conv\.weight.*"
+        r"1 unexpected keys.*head\.extra\.weight",
+    ):
         load("fcn", golden, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match=r"shape mismatches: \['head\.conv_seg\.weight: checkpoint \(3, 8, 1, 1\)"):
         load_mmseg_checkpoint(DATA / "fcn.pth", "fcn", **dict(golden["seg_kwargs"], num_classes=5))
@@ -147,15 +157,23 @@ def test_zoo_logits_equal_mmseg(head, golden, zoo, tmp_path):
 # One parameter per head whose branch must matter: zeroing it breaks the agreement (else the test above proves
 # little about that branch).
 ZOO_BRANCHES = [
-    ("psp", "head.psp_modules.3.1.bn.weight"), ("aspp", "head.image_pool.1.bn.weight"),
+    ("psp", "head.psp_modules.3.1.bn.weight"),
+    ("aspp", "head.image_pool.1.bn.weight"),
     ("aspp", "head.aspp_modules.3.bn.weight"),
-    ("sep_aspp", "head.c1_bottleneck.bn.weight"), ("sep_aspp", "head.aspp_modules.3.depthwise_conv.bn.weight"),
-    ("gc", "head.gc_block.channel_add_conv.3.weight"), ("gc", "head.gc_block.conv_mask.weight"),
-    ("ema", "head.ema_out_conv.bn.weight"), ("isa", "head.global_relation.output_project.bn.weight"),
-    ("isa", "head.local_relation.output_project.bn.weight"), ("dnl", "head.dnl_block.norm.weight"),
-    ("dnl", "head.dnl_block.conv_mask.weight"), ("ann", "head.fusion.stages.0.out_project.weight"),
-    ("ann", "head.context.stages.0.out_project.weight"), ("ocr", "head.object_context_block.out_project.bn.weight"),
-    ("ocr", "aux_head.conv_seg.weight"), ("uper", "head.fpn_convs.0.bn.weight"),
+    ("sep_aspp", "head.c1_bottleneck.bn.weight"),
+    ("sep_aspp", "head.aspp_modules.3.depthwise_conv.bn.weight"),
+    ("gc", "head.gc_block.channel_add_conv.3.weight"),
+    ("gc", "head.gc_block.conv_mask.weight"),
+    ("ema", "head.ema_out_conv.bn.weight"),
+    ("isa", "head.global_relation.output_project.bn.weight"),
+    ("isa", "head.local_relation.output_project.bn.weight"),
+    ("dnl", "head.dnl_block.norm.weight"),
+    ("dnl", "head.dnl_block.conv_mask.weight"),
+    ("ann", "head.fusion.stages.0.out_project.weight"),
+    ("ann", "head.context.stages.0.out_project.weight"),
+    ("ocr", "head.object_context_block.out_project.bn.weight"),
+    ("ocr", "aux_head.conv_seg.weight"),
+    ("uper", "head.fpn_convs.0.bn.weight"),
     ("uper", "head.psp_modules.0.1.bn.weight"),
 ]
 
@@ -186,8 +204,12 @@ def test_ema_bases_move_like_mmseg_in_train_mode(golden, zoo, tmp_path):
 
 def test_ocr_needs_its_first_stage(zoo, tmp_path):
     with pytest.raises(ValueError, match="cascade head.*aux=True"):
-        load_mmseg_checkpoint(zoo_checkpoint("ocr", zoo, tmp_path), "ocr", aux=False,
-                              **dict(zoo["seg_kwargs"], **zoo["heads"]["ocr"]["seg_kwargs"]))
+        load_mmseg_checkpoint(
+            zoo_checkpoint("ocr", zoo, tmp_path),
+            "ocr",
+            aux=False,
+            **dict(zoo["seg_kwargs"], **zoo["heads"]["ocr"]["seg_kwargs"]),
+        )
 
 
 def test_convert_command_for_uper_at_output_stride_32(golden, zoo, tmp_path):
@@ -196,9 +218,25 @@ def test_convert_command_for_uper_at_output_stride_32(golden, zoo, tmp_path):
 
     bk = zoo["seg_kwargs"]["backbone_kwargs"]
     dst = tmp_path / "uper.ckpt"
-    argv = ["mmseg", str(zoo_checkpoint("uper", zoo, tmp_path)), str(dst), "--head", "uper", "--backbone",
-            "resnet50c", "--num-classes", "3", "--output-stride", "32", "--channels", "4", "--aux-channels", "4",
-            "--backbone-kwargs", json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in bk.items()})]
+    argv = [
+        "mmseg",
+        str(zoo_checkpoint("uper", zoo, tmp_path)),
+        str(dst),
+        "--head",
+        "uper",
+        "--backbone",
+        "resnet50c",
+        "--num-classes",
+        "3",
+        "--output-stride",
+        "32",
+        "--channels",
+        "4",
+        "--aux-channels",
+        "4",
+        "--backbone-kwargs",
+        json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in bk.items()}),
+    ]
     assert main(argv) == 0
     model = load_seg_checkpoint(dst)
     assert model.build_args["output_stride"] == 32 and model.backbone.reductions == [4, 8, 16, 32]
@@ -209,37 +247,76 @@ def test_convert_command_for_uper_at_output_stride_32(golden, zoo, tmp_path):
 
 
 def test_key_renames():
-    renamed = convert_mmseg_state_dict({
-        "backbone.stem.0.weight": torch.zeros(1), "backbone.stem.7.running_var": torch.zeros(1),
-        "backbone.layer3.1.conv2.weight": torch.zeros(1), "decode_head.cca.gamma.scale": torch.tensor(0.5),
-        "decode_head.pam.query_project.bias": torch.zeros(1), "auxiliary_head.conv_seg.bias": torch.zeros(1),
-        "decode_head.nl_block.conv_out.bn.weight": torch.zeros(1), "decode_head.nl_block.theta.conv.bias": torch.zeros(1),
-        "decode_head.dnl_block.g.conv.weight": torch.zeros(1),
-        "decode_head.dnl_block.conv_out.conv.weight": torch.zeros(1),
-        "decode_head.dnl_block.conv_mask.bias": torch.zeros(1),
-    })
-    assert sorted(renamed) == sorted([
-        "backbone.body.conv1.0.weight", "backbone.body.bn1.running_var", "backbone.body.layer3.1.conv2.weight",
-        "head.cca.gamma", "head.pam.query_conv.bias", "aux_head.conv_seg.bias", "head.nl_block.norm.weight",
-        "head.nl_block.theta.bias", "head.dnl_block.g.weight", "head.dnl_block.conv_out.weight",
-        "head.dnl_block.conv_mask.bias",
-    ])
+    renamed = convert_mmseg_state_dict(
+        {
+            "backbone.stem.0.weight": torch.zeros(1),
+            "backbone.stem.7.running_var": torch.zeros(1),
+            "backbone.layer3.1.conv2.weight": torch.zeros(1),
+            "decode_head.cca.gamma.scale": torch.tensor(0.5),
+            "decode_head.pam.query_project.bias": torch.zeros(1),
+            "auxiliary_head.conv_seg.bias": torch.zeros(1),
+            "decode_head.nl_block.conv_out.bn.weight": torch.zeros(1),
+            "decode_head.nl_block.theta.conv.bias": torch.zeros(1),
+            "decode_head.dnl_block.g.conv.weight": torch.zeros(1),
+            "decode_head.dnl_block.conv_out.conv.weight": torch.zeros(1),
+            "decode_head.dnl_block.conv_mask.bias": torch.zeros(1),
+        }
+    )
+    assert sorted(renamed) == sorted(
+        [
+            "backbone.body.conv1.0.weight",
+            "backbone.body.bn1.running_var",
+            "backbone.body.layer3.1.conv2.weight",
+            "head.cca.gamma",
+            "head.pam.query_conv.bias",
+            "aux_head.conv_seg.bias",
+            "head.nl_block.norm.weight",
+            "head.nl_block.theta.bias",
+            "head.dnl_block.g.weight",
+            "head.dnl_block.conv_out.weight",
+            "head.dnl_block.conv_mask.bias",
+        ]
+    )
     assert renamed["head.cca.gamma"].shape == (1,)
-    cascade = convert_mmseg_state_dict({"decode_head.0.conv_seg.bias": torch.zeros(1),
-                                        "decode_head.1.object_context_block.bottleneck.conv.weight": torch.zeros(1),
-                                        "decode_head.psp_modules.0.1.conv.weight": torch.zeros(1)})
-    assert sorted(cascade) == ["aux_head.conv_seg.bias", "head.object_context_block.bottleneck.conv.weight",
-                               "head.psp_modules.0.1.conv.weight"]
+    cascade = convert_mmseg_state_dict(
+        {
+            "decode_head.0.conv_seg.bias": torch.zeros(1),
+            "decode_head.1.object_context_block.bottleneck.conv.weight": torch.zeros(1),
+            "decode_head.psp_modules.0.1.conv.weight": torch.zeros(1),
+        }
+    )
+    assert sorted(cascade) == [
+        "aux_head.conv_seg.bias",
+        "head.object_context_block.bottleneck.conv.weight",
+        "head.psp_modules.0.1.conv.weight",
+    ]
 
 
 def test_convert_command_round_trip(golden, tmp_path):
     """The user-facing command, in a subprocess, then the seg checkpoint reproduces mmseg's logits."""
     dst = tmp_path / "sub" / "ccnet.ckpt"
     bk = golden["seg_kwargs"]["backbone_kwargs"]
-    cmd = [sys.executable, "-m", "seg.convert", "mmseg", str(DATA / "ccnet.pth"), str(dst), "--head", "ccnet",
-           "--backbone", "resnet50c", "--num-classes", "3", "--channels", "8", "--aux-channels", "4",
-           "--backbone-kwargs", '{"layers": %s, "channels": %s, "stem_width": %d}'
-           % (list(bk["layers"]), list(bk["channels"]), bk["stem_width"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "seg.convert",
+        "mmseg",
+        str(DATA / "ccnet.pth"),
+        str(dst),
+        "--head",
+        "ccnet",
+        "--backbone",
+        "resnet50c",
+        "--num-classes",
+        "3",
+        "--channels",
+        "8",
+        "--aux-channels",
+        "4",
+        "--backbone-kwargs",
+        '{"layers": %s, "channels": %s, "stem_width": %d}'
+        % (list(bk["layers"]), list(bk["channels"]), bk["stem_width"]),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     ckpt = torch.load(dst, weights_only=True)
@@ -264,11 +341,22 @@ def test_convert_command_round_trip(golden, tmp_path):
 # `python scripts/make_mmseg_golden.py --counts` (configs/_base_/models/{fcn,ccnet,danet,nonlocal}_r50-d8.py,
 # decode head on 2048 channels, FCN aux head on 1024 channels).
 MMSEG_R50_D8_DECODE_HEAD = {
-    "fcn": 23_605_779, "ccnet": 23_934_100, "danet": 23_954_619, "nonlocal": 24_131_859,
+    "fcn": 23_605_779,
+    "ccnet": 23_934_100,
+    "danet": 23_954_619,
+    "nonlocal": 24_131_859,
     # configs/_base_/models/{pspnet,deeplabv3,deeplabv3plus,gcnet,emanet,isanet,dnl,ann,ocrnet}_r50-d8.py and
     # upernet_r50.py (OCRNet: its OCRHead, decode_head.1; its decode_head.0 is the FCN = our aux head)
-    "psp": 23_083_539, "aspp": 42_221_075, "sep_aspp": 17_697_923, "gc": 23_738_260, "ema": 16_458_003,
-    "isa": 11_815_443, "dnl": 24_132_372, "ann": 20_336_659, "ocr": 10_632_211, "uper": 40_523_283,
+    "psp": 23_083_539,
+    "aspp": 42_221_075,
+    "sep_aspp": 17_697_923,
+    "gc": 23_738_260,
+    "ema": 16_458_003,
+    "isa": 11_815_443,
+    "dnl": 24_132_372,
+    "ann": 20_336_659,
+    "ocr": 10_632_211,
+    "uper": 40_523_283,
 }
 MMSEG_R50_D8_AUX_HEAD = 2_364_691
 MMSEG_R50_V1C_BACKBONE = 23_527_264

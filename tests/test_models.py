@@ -24,8 +24,11 @@ NUM_CLASSES = 3
 
 # narrow inner widths; ISA's down factor fits the 9x13 / 5x7 maps (8x8 would leave one long-range group at os16)
 TINY_HEAD_KWARGS = {
-    "ema": dict(ema_channels=16, num_bases=8), "isa": dict(isa_channels=8, down_factor=(2, 3)),
-    "ann": dict(project_channels=8), "ocr": dict(ocr_channels=8), "sep_aspp": dict(c1_channels=8),
+    "ema": dict(ema_channels=16, num_bases=8),
+    "isa": dict(isa_channels=8, down_factor=(2, 3)),
+    "ann": dict(project_channels=8),
+    "ocr": dict(ocr_channels=8),
+    "sep_aspp": dict(c1_channels=8),
 }
 
 
@@ -33,8 +36,16 @@ def tiny_model(head: str, output_stride: int = 8, aux: bool = True, **head_kwarg
     head_kwargs.setdefault("channels", 16)
     for key, value in TINY_HEAD_KWARGS.get(head, {}).items():
         head_kwargs.setdefault(key, value)
-    return build_model("resnet18", head, NUM_CLASSES, output_stride=output_stride, aux=aux,
-                       backbone_kwargs=TINY, aux_channels=8, **head_kwargs)
+    return build_model(
+        "resnet18",
+        head,
+        NUM_CLASSES,
+        output_stride=output_stride,
+        aux=aux,
+        backbone_kwargs=TINY,
+        aux_channels=8,
+        **head_kwargs,
+    )
 
 
 def extra_keys(head: str) -> set[str]:
@@ -94,8 +105,11 @@ def test_head_train_eval_grads(head, output_stride):
     # position's context equally (softmax weights sum to 1), and the 1x1 conv + train-mode BatchNorm after it
     # remove such shifts: its gradient is exactly zero in mmseg's architecture too.
     invariant = {"head.fusion.stages.0.value_project.bias"}
-    no_grad = [n for n, p in model.named_parameters()
-               if p.requires_grad and n not in invariant and (p.grad is None or not p.grad.abs().sum() > 0)]
+    no_grad = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and n not in invariant and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
     assert not no_grad, f"parameters without (non-zero) gradient: {no_grad}"
     model.eval()
     with torch.no_grad():
@@ -155,7 +169,9 @@ def test_weights_file_mismatch_is_an_error(tmp_path):
     del state["layer4.0.conv1.weight"]
     state["layer2.0.extra"] = torch.zeros(1)
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"(?s)missing keys.*\['layer4.0.conv1.weight'\].*unexpected keys.*\['layer2.0.extra'\]"):
+    with pytest.raises(
+        ValueError, match=r"(?s)missing keys.*\['layer4.0.conv1.weight'\].*unexpected keys.*\['layer2.0.extra'\]"
+    ):
         TimmBackbone("resnet18", weights=path, model_kwargs=TINY)
     with pytest.raises(ValueError, match="neither None, 'imagenet' nor an existing weight file"):
         TimmBackbone("resnet18", weights=tmp_path / "missing.pth", model_kwargs=TINY)
@@ -205,8 +221,11 @@ def test_new_residual_blocks_start_as_identity():
     from seg.models.heads.gc import ContextBlock
 
     x = torch.randn(2, 16, 9, 13)
-    for block in (ContextBlock(16, ratio=1 / 4), ContextBlock(16, pooling="avg", fusions=("channel_add",)),
-                  DisentangledNonLocal2d(16)):
+    for block in (
+        ContextBlock(16, ratio=1 / 4),
+        ContextBlock(16, pooling="avg", fusions=("channel_add",)),
+        DisentangledNonLocal2d(16),
+    ):
         torch.testing.assert_close(block.eval()(x), x)
     # ANN's plain output projections start at zero too (mmseg's SelfAttentionBlock.init_weights)
     model = tiny_model("ann")
@@ -245,7 +264,7 @@ def _ema_rank(rank: int, world_size: int, tmp_path, x: torch.Tensor, start: torc
     try:
         module = EMAModule(16, num_bases=8).train()
         module.bases.copy_(start)
-        module(x[rank:rank + 1])
+        module(x[rank : rank + 1])
         torch.save(module.bases, tmp_path / f"bases{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -294,7 +313,9 @@ def test_fcn_frame_applies_the_context_block_recurrence_times(head):
         model.head.plug_context(model.head.context_name, block, recurrence=0)
 
 
-@pytest.mark.parametrize("size_in,size_out", [((8, 16), (64, 128)), ((7, 13), (65, 97)), ((33, 17), (9, 40)), ((5, 5), (5, 5))])
+@pytest.mark.parametrize(
+    "size_in,size_out", [((8, 16), (64, 128)), ((7, 13), (65, 97)), ((33, 17), (9, 40)), ((5, 5), (5, 5))]
+)
 def test_resize_bilinear_equals_interpolate(size_in, size_out):
     from seg.models.resize import resize_bilinear
 
@@ -323,8 +344,9 @@ def test_model_fast_resize_matches_interpolate():
 def test_model_resize_false_returns_feature_resolution_logits():
     """Training asks for logits at feature resolution (the loss resizes them); resizing them gives forward(x)."""
     torch.manual_seed(0)
-    model = build_model(backbone="resnet18", head="danet", num_classes=3, weights=None, channels=16,
-                        pam_channels=8, aux_channels=8).train()
+    model = build_model(
+        backbone="resnet18", head="danet", num_classes=3, weights=None, channels=16, pam_channels=8, aux_channels=8
+    ).train()
     x = torch.randn(2, 3, 64, 96)
     torch.manual_seed(1)
     low = model(x, resize=False)
@@ -333,8 +355,9 @@ def test_model_resize_false_returns_feature_resolution_logits():
     assert set(low) == set(full) == {"out", "aux", "pam", "cam"}
     for k in low:
         assert low[k].shape[-2:] == (8, 12) and full[k].shape[-2:] == (64, 96)
-        torch.testing.assert_close(F.interpolate(low[k], (64, 96), mode="bilinear", align_corners=False), full[k],
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            F.interpolate(low[k], (64, 96), mode="bilinear", align_corners=False), full[k], rtol=1e-4, atol=1e-5
+        )
 
 
 def _fake_cuda_model(head: str):
@@ -376,8 +399,7 @@ def test_cuda_code_paths_trace_with_fake_cuda_tensors(head):
         # backward of the custom functions, called directly (the autograd engine needs a real device)
         logits = outs["out"]
         lse = torch.empty(2, 64, 96)
-        ctx = types.SimpleNamespace(saved_tensors=(logits, mask, lse.clone(), lse, torch.empty(())),
-                                    chunk_bytes=2**12)
+        ctx = types.SimpleNamespace(saved_tensors=(logits, mask, lse.clone(), lse, torch.empty(())), chunk_bytes=2**12)
         grad = _ResizedCrossEntropy.backward(ctx, torch.empty(()))[0]
         assert grad.shape == logits.shape and grad.dtype == torch.bfloat16
         xs = torch.empty(2, 16, 96, dtype=torch.bfloat16)

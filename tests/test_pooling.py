@@ -1,5 +1,6 @@
 """seg.layers.pooling: the export form of adaptive average pooling equals PyTorch's at sizes that do and do not
 divide, and stays symbolic in a dynamic torch.export graph."""
+
 import pytest
 import torch
 from torch import nn
@@ -27,8 +28,9 @@ def test_dynamic_onnx_is_right_at_another_size(module, tmp_path):
 
     auto = torch.export.Dim.AUTO
     with export_mode():
-        program = torch.export.export(module(6).eval(), (torch.randn(2, 4, 12, 18),),
-                                      dynamic_shapes=({0: auto, 2: auto, 3: auto},))
+        program = torch.export.export(
+            module(6).eval(), (torch.randn(2, 4, 12, 18),), dynamic_shapes=({0: auto, 2: auto, 3: auto},)
+        )
     session = ort.InferenceSession(str(save_onnx(program, tmp_path / "pool.onnx")), providers=["CPUExecutionProvider"])
     x = torch.randn(1, 4, 11, 23)  # neither dimension divisible by 6
     out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])

@@ -3,6 +3,7 @@
 Golden files in tests/data/recipe/ come from ``scripts/make_recipe_golden.py`` (run with mmseg 1.2.2 /
 mmengine 0.10.7 / mmcv-lite 2.1.0; see its docstring for what each file holds). mmseg is never imported here.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,9 @@ def test_loss_and_gradient_match_mmseg(loss_golden, kind, avg_non_ignore):
         min_kept = int(kind[4:])
         assert torch.equal(ohem_weights(g["logits"], target, 0.7, min_kept).byte(), g[f"{kind}_weight"])
         loss = ohem_cross_entropy(x, target, 0.7, min_kept, avg_non_ignore=avg_non_ignore)
-        total, parts = SegLoss("ohem", ohem_thresh=0.7, ohem_min_kept=min_kept,
-                               avg_non_ignore=avg_non_ignore)({"out": g["logits"]}, target)
+        total, parts = SegLoss("ohem", ohem_thresh=0.7, ohem_min_kept=min_kept, avg_non_ignore=avg_non_ignore)(
+            {"out": g["logits"]}, target
+        )
     (grad,) = torch.autograd.grad(loss, x)
     torch.testing.assert_close(loss, g[tag], rtol=2e-6, atol=0)
     torch.testing.assert_close(parts["out"], g[tag], rtol=2e-6, atol=0)
@@ -74,9 +76,16 @@ def test_default_normalisation_is_all_pixels(loss_golden):
 def _module():
     from seg.training.module import SegmentationModule
 
-    return SegmentationModule(backbone="resnet18", head="fcn", num_classes=3, weights=None, aux=False,
-                              backbone_kwargs={"layers": [1, 1, 1, 1], "channels": [8, 8, 8, 8]},
-                              head_kwargs={"channels": 8}, channels_last=False).eval()
+    return SegmentationModule(
+        backbone="resnet18",
+        head="fcn",
+        num_classes=3,
+        weights=None,
+        aux=False,
+        backbone_kwargs={"layers": [1, 1, 1, 1], "channels": [8, 8, 8, 8]},
+        head_kwargs={"channels": 8},
+        channels_last=False,
+    ).eval()
 
 
 def _eval_samples(eval_golden) -> list[dict]:
@@ -84,8 +93,13 @@ def _eval_samples(eval_golden) -> list[dict]:
     out = []
     for i, s in enumerate(eval_golden["samples"]):
         r = t(image=s["image"].numpy(), mask=s["mask"].numpy())
-        out.append({"image": torch.from_numpy(r["image"].transpose(2, 0, 1).copy()),
-                    "mask": torch.from_numpy(r["mask"]).long(), "path": f"s{i}"})
+        out.append(
+            {
+                "image": torch.from_numpy(r["image"].transpose(2, 0, 1).copy()),
+                "mask": torch.from_numpy(r["mask"]).long(),
+                "path": f"s{i}",
+            }
+        )
     return out
 
 
@@ -190,8 +204,16 @@ def test_cli_options(tmp_path):
     root = tmp_path / "data"
     write_demo(root, splits={"train": 2, "val": 1}, size=32)
     config = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
-    args = ["--config", str(config), "--wandb=off", f"--trainer.default_root_dir={tmp_path}", f"--data.root={root}",
-            "--data.generate_demo=false", "--trainer.accelerator=cpu", "--data.val_mode=resize"]
+    args = [
+        "--config",
+        str(config),
+        "--wandb=off",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--data.root={root}",
+        "--data.generate_demo=false",
+        "--trainer.accelerator=cpu",
+        "--data.val_mode=resize",
+    ]
     cli = SegCLI(args=args + ["--model.avg_non_ignore=true", "--model.eval_flip=true"])
     assert cli.model.criterion.avg_non_ignore is True and cli.datamodule.hparams.val_mode == "full"
     cli = SegCLI(args=args)

@@ -2,6 +2,7 @@
 weighted sums): every registered architecture builds and forwards at input resolution with tiny widths, the
 output stride is honoured or refused, weights load, checkpoints rebuild, one architecture trains through the CLI,
 and each loss equals an independent computation on the labelled pixels only."""
+
 from __future__ import annotations
 
 import json
@@ -50,15 +51,22 @@ def tiny_arch_kwargs(head: str) -> dict:
 
 def tiny_smp(head: str, output_stride: int | None = None, **kw) -> SmpModel:
     backbone, bkw = ("test_vit", {}) if head == "smp:DPT" else ("resnet18", TINY_BACKBONE)  # DPT needs a ViT
-    return build_model(backbone, head, NUM_CLASSES, output_stride=output_stride or recipe_output_stride(head),
-                       aux=False, backbone_kwargs=bkw, **{**tiny_arch_kwargs(head), **kw})
+    return build_model(
+        backbone,
+        head,
+        NUM_CLASSES,
+        output_stride=output_stride or recipe_output_stride(head),
+        aux=False,
+        backbone_kwargs=bkw,
+        **{**tiny_arch_kwargs(head), **kw},
+    )
 
 
 def test_registry_covers_smp():
     assert set(SMP_HEADS) == {f"smp:{c.__name__}" for c in smp.MODEL_ARCHITECTURES_MAPPING.values()}
     assert {"smp:Unet", "smp:DeepLabV3Plus", "smp:Segformer", "smp:DPT", "smp:UPerNet"} <= set(SMP_HEADS)
     names = all_head_names()
-    assert names[-len(SMP_HEADS):] == tuple(SMP_HEADS) and "fcn" in names
+    assert names[-len(SMP_HEADS) :] == tuple(SMP_HEADS) and "fcn" in names
     from seg import bench
 
     assert set(SMP_HEADS) <= set(bench.HEADS)
@@ -137,8 +145,15 @@ def test_encoder_weights_from_local_file(tmp_path, suffix):
         save_file(src.state_dict(), str(path))
     else:
         torch.save(src.state_dict(), path)
-    model = build_model("resnet18", "smp:FPN", 3, output_stride=32, weights=str(path), backbone_kwargs=TINY_BACKBONE,
-                        **tiny_arch_kwargs("smp:FPN"))
+    model = build_model(
+        "resnet18",
+        "smp:FPN",
+        3,
+        output_stride=32,
+        weights=str(path),
+        backbone_kwargs=TINY_BACKBONE,
+        **tiny_arch_kwargs("smp:FPN"),
+    )
     loaded, ref = model.backbone.model.state_dict(), src.state_dict()
     assert loaded.keys() <= ref.keys() and len(loaded) > 10
     for k, v in loaded.items():
@@ -155,8 +170,9 @@ def test_vit_weights_from_local_file_and_dpt_needs_a_vit(tmp_path):
     """DPT's encoder is the whole timm ViT: its top-level tensors (cls_token, pos_embed) load too."""
     src = timm.create_model("test_vit")
     torch.save(src.state_dict(), tmp_path / "vit.pth")
-    model = build_model("test_vit", "smp:DPT", 3, output_stride=32, weights=str(tmp_path / "vit.pth"),
-                        **tiny_arch_kwargs("smp:DPT"))
+    model = build_model(
+        "test_vit", "smp:DPT", 3, output_stride=32, weights=str(tmp_path / "vit.pth"), **tiny_arch_kwargs("smp:DPT")
+    )
     loaded, ref = model.backbone.model.state_dict(), src.state_dict()
     assert "cls_token" in loaded and "pos_embed" in loaded
     for k, v in loaded.items():
@@ -204,8 +220,16 @@ def test_smp_trains_through_cli_and_rebuilds_from_checkpoint(tiny_data, tmp_path
     cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=2, val_check_interval=2)
     head_kwargs = json.dumps({"decoder_channels": [16, 8, 8, 8, 8]})
     with pytest.warns(UserWarning, match="no auxiliary segmentation head"):  # the config says aux: true (default)
-        cli = main(["--config", str(cfg), "--model.head=smp:Unet", f"--model.head_kwargs={head_kwargs}",
-                    "--model.output_stride=32", "--model.loss=ce+0.5*dice"])
+        cli = main(
+            [
+                "--config",
+                str(cfg),
+                "--model.head=smp:Unet",
+                f"--model.head_kwargs={head_kwargs}",
+                "--model.output_stride=32",
+                "--model.loss=ce+0.5*dice",
+            ]
+        )
     assert cli.trainer.global_step == 2 and isinstance(cli.model.model, SmpModel)
     assert cli.model.criterion.terms == (("ce", 1.0), ("dice", 0.5))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -230,8 +254,15 @@ def test_parse_loss_grammar():
     assert parse_loss("ce") == (("ce", 1.0),)
     assert parse_loss(" ce + 0.5*dice ") == (("ce", 1.0), ("dice", 0.5))
     assert parse_loss("2*ohem+lovasz+1e-1*focal") == (("ohem", 2.0), ("lovasz", 1.0), ("focal", 0.1))
-    for bad, msg in [("", "expected one of"), ("cee", "'cee'"), ("ce+", "''"), ("dice*0.5", "'dice\\*0.5'"),
-                     ("ce+ce", "appears twice"), ("0*dice", "positive"), ("-1*dice", "'-1\\*dice'")]:
+    for bad, msg in [
+        ("", "expected one of"),
+        ("cee", "'cee'"),
+        ("ce+", "''"),
+        ("dice*0.5", "'dice\\*0.5'"),
+        ("ce+ce", "appears twice"),
+        ("0*dice", "positive"),
+        ("-1*dice", "'-1\\*dice'"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             SegLoss(bad)
 

@@ -1,5 +1,6 @@
 """Unit tests of seg.training: losses (CE ignore, OHEM, output weights), confusion-matrix metrics, poly LR,
 atomic checkpoint writes, sliding-window inference, W&B mode resolution."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,14 +29,18 @@ def test_ce_ignores_255_and_weights_outputs():
         assert parts[k].item() == pytest.approx(ref.item(), rel=1e-5)
     _, parts_valid = SegLoss("ce", avg_non_ignore=True)(outs, target)  # divided by the labelled pixels
     assert parts_valid["out"].item() == pytest.approx(
-        F.cross_entropy(outs["out"].permute(0, 2, 3, 1)[valid], target[valid]).item(), rel=1e-5)
-    assert total.item() == pytest.approx((parts["out"] + 0.4 * parts["aux"] + parts["pam"] + parts["cam"]).item(), rel=1e-6)
+        F.cross_entropy(outs["out"].permute(0, 2, 3, 1)[valid], target[valid]).item(), rel=1e-5
+    )
+    assert total.item() == pytest.approx(
+        (parts["out"] + 0.4 * parts["aux"] + parts["pam"] + parts["cam"]).item(), rel=1e-6
+    )
     with pytest.raises(ValueError, match="expected \\(B, C, h, w\\)"):
         SegLoss()({"out": torch.randn(3, 4, 5, 5)}, target)
 
 
-@pytest.mark.parametrize("size,out_size", [((8, 16), (64, 128)), ((5, 7), (33, 61)), ((9, 11), (9, 11)),
-                                           ((16, 16), (8, 12))])
+@pytest.mark.parametrize(
+    "size,out_size", [((8, 16), (64, 128)), ((5, 7), (33, 61)), ((9, 11), (9, 11)), ((16, 16), (8, 12))]
+)
 def test_loss_resizes_like_interpolate_then_cross_entropy(size, out_size):
     """The fused resize + CE equals F.interpolate(bilinear, align_corners=False) + F.cross_entropy, value
     and gradient, for up-, down-, odd-ratio and no resizing; small blocks force several row blocks."""
@@ -46,8 +51,12 @@ def test_loss_resizes_like_interpolate_then_cross_entropy(size, out_size):
     target = torch.randint(0, 5, (3, *out_size))
     target[:, :2] = 255
     target[1, :, -3:] = 255
-    ref = F.cross_entropy(F.interpolate(x, out_size, mode="bilinear", align_corners=False), target,
-                          ignore_index=255, reduction="sum") / target.numel()
+    ref = (
+        F.cross_entropy(
+            F.interpolate(x, out_size, mode="bilinear", align_corners=False), target, ignore_index=255, reduction="sum"
+        )
+        / target.numel()
+    )
     (g_ref,) = torch.autograd.grad(ref, x)
     for chunk in (losses.LOSS_CHUNK_BYTES, 4 * 3 * 5 * out_size[1] * 3):  # one block / blocks of 3 rows
         old, losses.LOSS_CHUNK_BYTES = losses.LOSS_CHUNK_BYTES, chunk
@@ -70,7 +79,8 @@ def test_loss_gradcheck_and_all_ignored():
     for avg_non_ignore in (False, True):
         assert torch.autograd.gradcheck(lambda v: cross_entropy(v, target, avg_non_ignore=avg_non_ignore), (x,))
         assert torch.autograd.gradcheck(
-            lambda v: ohem_cross_entropy(v, target, min_kept=3, avg_non_ignore=avg_non_ignore), (x,))
+            lambda v: ohem_cross_entropy(v, target, min_kept=3, avg_non_ignore=avg_non_ignore), (x,)
+        )
     # a label outside [0, C) that is not the ignore index is an error, never trained on silently
     with pytest.raises((RuntimeError, IndexError), match="out of bounds"):
         cross_entropy(x, torch.full((2, 9, 7), 3))
@@ -145,11 +155,13 @@ def test_ohem_keeps_hard_pixels_as_mmseg():
     assert parts["aux"].item() == pytest.approx(ce_aux.item(), rel=1e-5)
     # avg_non_ignore=True: the same kept-pixel sum over the labelled pixels, for OHEM and the plain-CE aux alike
     _, parts_valid = SegLoss("ohem", ohem_thresh=0.7, ohem_min_kept=5, avg_non_ignore=True)(
-        {"out": logits, "aux": logits}, target)
+        {"out": logits, "aux": logits}, target
+    )
     n_valid = valid.sum().item()
     assert parts_valid["out"].item() == pytest.approx((ce * (valid & (prob < 0.7))).sum().item() / n_valid, rel=1e-5)
-    assert parts_valid["aux"].item() == pytest.approx(F.cross_entropy(logits, target, ignore_index=255).item(),
-                                                      rel=1e-5)
+    assert parts_valid["aux"].item() == pytest.approx(
+        F.cross_entropy(logits, target, ignore_index=255).item(), rel=1e-5
+    )
     # at feature resolution: weights and loss follow the bilinearly resized logits, as in mmseg
     small = torch.randn(2, 3, 5, 5, requires_grad=True)
     up = F.interpolate(small, (10, 10), mode="bilinear", align_corners=False)
@@ -251,8 +263,14 @@ def test_progress_bar_epoch_label(max_epochs, max_steps, expected):
     from seg.training.callbacks import SegProgressBar
 
     bar = SegProgressBar()
-    trainer = L.Trainer(max_epochs=max_epochs, max_steps=max_steps, callbacks=[bar], logger=False,
-                        enable_checkpointing=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        callbacks=[bar],
+        logger=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+    )
     bar.setup(trainer, None, "fit")
     assert bar._get_train_description(3).strip() == expected
 
@@ -261,9 +279,15 @@ def test_predict_labels_equals_argmax_of_probabilities():
     from seg.training.module import SegmentationModule
 
     torch.manual_seed(0)
-    module = SegmentationModule(backbone="resnet18", head="fcn", num_classes=4, weights=None,
-                                backbone_kwargs={"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64]},
-                                head_kwargs={"channels": 8}, channels_last=False).eval()
+    module = SegmentationModule(
+        backbone="resnet18",
+        head="fcn",
+        num_classes=4,
+        weights=None,
+        backbone_kwargs={"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64]},
+        head_kwargs={"channels": 8},
+        channels_last=False,
+    ).eval()
     x = torch.randn(2, 3, 40, 56)
     with torch.no_grad():
         assert torch.equal(module.predict_labels(x), module.predict_probs(x).argmax(1))

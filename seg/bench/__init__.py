@@ -41,6 +41,7 @@ The package, one concern per module: ``timing`` (median wall time), ``memory`` (
 row), ``cores``, ``models`` and ``inference`` (the cases), ``flops`` (useful FLOPs, GPU peaks), ``onnx_case`` (``--onnx``),
 ``report`` (Markdown), ``cli`` (``run`` and the command line).
 """
+
 from __future__ import annotations
 
 from .cli import HEADS, main, run
@@ -59,6 +60,21 @@ _build, _loss, _peak_mb, _time = build, mmseg_loss, peak_mb, time_call
 _in_subprocess, _malloc_in_use, _cpu_alloc_peak_mb = in_subprocess, malloc_in_use, cpu_alloc_peak_mb
 
 __all__ = [
-    "GPU_BF16_PEAK", "HEADS", "Result", "core_cases", "cpu_alloc_peak_mb", "forward_flops", "main", "peak_mb", "run",
-    "run_core_case", "run_infer_case", "run_infer_opt_case", "run_onnx_case", "run_train_case", "time_call", "to_markdown", "train_shape",
+    "GPU_BF16_PEAK",
+    "HEADS",
+    "Result",
+    "core_cases",
+    "cpu_alloc_peak_mb",
+    "forward_flops",
+    "main",
+    "peak_mb",
+    "run",
+    "run_core_case",
+    "run_infer_case",
+    "run_infer_opt_case",
+    "run_onnx_case",
+    "run_train_case",
+    "time_call",
+    "to_markdown",
+    "train_shape",
 ]

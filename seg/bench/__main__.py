@@ -1,4 +1,5 @@
 """``python -m seg.bench``: see :mod:`seg.bench`."""
+
 from seg.bench.cli import main
 
 main()

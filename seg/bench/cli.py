@@ -1,4 +1,5 @@
 """``python -m seg.bench``: run the selected parts, print one line per row, write JSON + Markdown."""
+
 from __future__ import annotations
 
 import argparse
@@ -56,6 +57,7 @@ def run(
     def call(f, *a):
         compiled = f is run_train_case and a[1] == "seg+compile"
         return in_subprocess(f, *a) if device == "cpu" and (rss_only or compiled) else f(*a)
+
     core_dtype = "bfloat16" if device == "cuda" or bf16 else "float32"
     results: list[dict] = []
 
@@ -103,13 +105,21 @@ def run(
 
     meta = {
         "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(0)
+        if device == "cuda"
+        else platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "quick": quick,
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "command": command or ("python -m seg.bench --device " + device + (" --quick" if quick else "")
-                               + (" --compile" if compile else "") + (" --onnx" if "onnx" in parts else "")
-                               + (" --parts " + " ".join(parts))),
+        "command": command
+        or (
+            "python -m seg.bench --device "
+            + device
+            + (" --quick" if quick else "")
+            + (" --compile" if compile else "")
+            + (" --onnx" if "onnx" in parts else "")
+            + (" --parts " + " ".join(parts))
+        ),
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,41 +133,103 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m seg.bench", description="Speed and memory of seg's attention cores and whole models.")
+    p = argparse.ArgumentParser(
+        prog="python -m seg.bench", description="Speed and memory of seg's attention cores and whole models."
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="small shapes: a harness check that runs in about a minute on CPU")
-    p.add_argument("--parts", nargs="+", choices=["cores", "models", "infer", "onnx"], default=None,
-                   help="default: cores models on CUDA, infer on CPU (with --onnx: onnx only). infer: per head, "
-                        "whole-image inference of the plain model vs seg.models.optimize_for_inference "
-                        "(size: --infer-size, default 512 1024; levers: --no-fuse-bn, --no-channels-last, --bf16)")
-    p.add_argument("--onnx", action="store_true",
-                   help="ONNX Runtime (CPU) whole-image latency per head beside PyTorch's (size: --infer-size, "
-                        "default 512 1024; needs pip install -e '.[export]')")
-    p.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS), metavar="HEAD",
-                   help="default: every registered head: " + " ".join(HEADS))
+    p.add_argument(
+        "--quick", action="store_true", help="small shapes: a harness check that runs in about a minute on CPU"
+    )
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["cores", "models", "infer", "onnx"],
+        default=None,
+        help="default: cores models on CUDA, infer on CPU (with --onnx: onnx only). infer: per head, "
+        "whole-image inference of the plain model vs seg.models.optimize_for_inference "
+        "(size: --infer-size, default 512 1024; levers: --no-fuse-bn, --no-channels-last, --bf16)",
+    )
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="ONNX Runtime (CPU) whole-image latency per head beside PyTorch's (size: --infer-size, "
+        "default 512 1024; needs pip install -e '.[export]')",
+    )
+    p.add_argument(
+        "--heads",
+        nargs="+",
+        choices=HEADS,
+        default=list(HEADS),
+        metavar="HEAD",
+        help="default: every registered head: " + " ".join(HEADS),
+    )
     p.add_argument("--iters", type=int, default=None, help="timed iterations per case (median is reported)")
     p.add_argument("--out", default="bench_results", help="folder for the JSON and Markdown results")
-    p.add_argument("--compile", action="store_true", help="also time the training step under torch.compile; in the infer part, "
-                        "the optimised model is torch.compile'd (inductor, freezing)")
-    p.add_argument("--backbone", default=None, help="timm backbone of the model cases (default resnet50c; quick: resnet18)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the training step under torch.compile; in the infer part, "
+        "the optimised model is torch.compile'd (inductor, freezing)",
+    )
+    p.add_argument(
+        "--backbone", default=None, help="timm backbone of the model cases (default resnet50c; quick: resnet18)"
+    )
     p.add_argument("--batch", type=int, default=None, help="training batch size (default 8; quick: 2)")
-    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="training crop (default 512 1024; quick: 64 128)")
-    p.add_argument("--infer-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="whole-image inference size (default 1024 2048; quick: 128 256)")
-    p.add_argument("--bf16", action="store_true",
-                   help="seg's path under bf16 autocast on CPU too (always on CUDA): a CPU proxy of GPU memory; "
-                        "in the infer part, the optimised model runs under bf16 autocast")
-    p.add_argument("--no-fuse-bn", dest="fuse_bn", action="store_false",
-                   help="infer part: do not fold BatchNorm into the convolutions")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="infer part: keep NCHW (no channels_last / oneDNN NHWC convolutions)")
+    p.add_argument(
+        "--crop",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="training crop (default 512 1024; quick: 64 128)",
+    )
+    p.add_argument(
+        "--infer-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="whole-image inference size (default 1024 2048; quick: 128 256)",
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="seg's path under bf16 autocast on CPU too (always on CUDA): a CPU proxy of GPU memory; "
+        "in the infer part, the optimised model runs under bf16 autocast",
+    )
+    p.add_argument(
+        "--no-fuse-bn",
+        dest="fuse_bn",
+        action="store_false",
+        help="infer part: do not fold BatchNorm into the convolutions",
+    )
+    p.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="infer part: keep NCHW (no channels_last / oneDNN NHWC convolutions)",
+    )
     a = p.parse_args(argv)
     command = "python -m seg.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     parts = a.parts or (["onnx"] if a.onnx else ["infer"] if a.device == "cpu" else ["cores", "models"])
     if a.onnx and "onnx" not in parts:
         parts.append("onnx")
     infer_size = None if a.infer_size is None else tuple(a.infer_size)
-    run(a.device, a.quick, parts, a.heads, a.out, a.iters, a.compile, a.backbone, a.batch,
-        None if a.crop is None else tuple(a.crop), infer_size, command, a.bf16, onnx_size=infer_size,
-        fuse_bn=a.fuse_bn, channels_last=a.channels_last)
+    run(
+        a.device,
+        a.quick,
+        parts,
+        a.heads,
+        a.out,
+        a.iters,
+        a.compile,
+        a.backbone,
+        a.batch,
+        None if a.crop is None else tuple(a.crop),
+        infer_size,
+        command,
+        a.bf16,
+        onnx_size=infer_size,
+        fuse_bn=a.fuse_bn,
+        channels_last=a.channels_last,
+    )

@@ -1,5 +1,6 @@
 """Attention-core cases: each functional core, seg's implementation against the explicit-energy reference
 (``seg.layers.functional_reference``), forward and forward+backward time and peak memory."""
+
 from __future__ import annotations
 
 from dataclasses import asdict

@@ -1,5 +1,6 @@
 """FLOP counting (``torch.utils.flop_counter``, on the explicit formulation so that fused kernels' repeated work
 does not count as useful) and the dense bf16 peaks of known GPUs, for model FLOPs utilisation."""
+
 from __future__ import annotations
 
 import contextlib

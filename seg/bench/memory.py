@@ -1,5 +1,6 @@
 """Peak memory of one benchmark call: CUDA's allocator peak, or on CPU malloc's bytes in use sampled after every
 aten op (glibc ``mallinfo2``), with the resident-set peak (VmHWM) in a fresh process as the fallback."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -34,8 +35,18 @@ def malloc_in_use() -> Callable[[], int] | None:
 
     try:
         libc = ctypes.CDLL("libc.so.6")
-        fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                  "keepcost")
+        fields = (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
 
         class MallInfo2(ctypes.Structure):
             _fields_ = [(name, ctypes.c_size_t) for name in fields]

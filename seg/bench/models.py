@@ -1,5 +1,6 @@
 """Whole-model cases: the training step (throughput, peak memory, useful FLOPs) and whole-image inference, seg's
 fast path against the explicit fp32 formulation mmseg runs."""
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -28,8 +29,15 @@ def build(head: str, backbone: str, num_classes: int, device: torch.device, fast
     """fast: seg's path (channels_last, matmul logit resize); else mmseg's (NCHW, F.interpolate)."""
     from seg.models import build_model
 
-    model = build_model(backbone=backbone, head=head, num_classes=num_classes, output_stride=stride(head),
-                        aux=head in HEAD_CLASSES, weights=None, **kw)  # smp architectures have no aux head
+    model = build_model(
+        backbone=backbone,
+        head=head,
+        num_classes=num_classes,
+        output_stride=stride(head),
+        aux=head in HEAD_CLASSES,
+        weights=None,
+        **kw,
+    )  # smp architectures have no aux head
     model = model.to(device)
     model.fast_resize = fast
     if fast:
@@ -46,16 +54,24 @@ def mmseg_loss(outputs: dict, mask: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def train_shape(quick: bool, backbone: str | None = None, batch: int | None = None,
-                crop: tuple[int, int] | None = None) -> tuple[str, int, int, int]:
+def train_shape(
+    quick: bool, backbone: str | None = None, batch: int | None = None, crop: tuple[int, int] | None = None
+) -> tuple[str, int, int, int]:
     """(backbone, batch, height, width) of the training cases: R50-D8 B=8 512x1024 (quick: resnet18 B=2 64x128)."""
     b0, n0, (h0, w0) = ("resnet18", 2, (64, 128)) if quick else ("resnet50c", 8, (512, 1024))
     h, w = crop or (h0, w0)
     return backbone or b0, batch or n0, h, w
 
 
-def run_train_case(head: str, impl: str, device: str, quick: bool, iters: int,
-                   shape: tuple[str, int, int, int] | None = None, bf16: bool = False) -> dict:
+def run_train_case(
+    head: str,
+    impl: str,
+    device: str,
+    quick: bool,
+    iters: int,
+    shape: tuple[str, int, int, int] | None = None,
+    bf16: bool = False,
+) -> dict:
     """Training step throughput: forward, loss (all outputs), backward, SGD step.
 
     explicit: model(x) -> logits at input resolution (F.interpolate) -> F.cross_entropy per output (mmseg).
@@ -114,8 +130,15 @@ def run_train_case(head: str, impl: str, device: str, quick: bool, iters: int,
     return asdict(res)
 
 
-def run_infer_case(head: str, impl: str, device: str, quick: bool, iters: int,
-                   shape: tuple[str, int, int] | None = None, bf16: bool = False) -> dict:
+def run_infer_case(
+    head: str,
+    impl: str,
+    device: str,
+    quick: bool,
+    iters: int,
+    shape: tuple[str, int, int] | None = None,
+    bf16: bool = False,
+) -> dict:
     """Whole-image inference (one 1024x2048 image) time and peak memory."""
     dev = torch.device(device)
     fast = impl == "seg"
@@ -131,7 +154,11 @@ def run_infer_case(head: str, impl: str, device: str, quick: bool, iters: int,
     res = Result("infer", head, f"{backbone}-D{stride(head)} B=1 {hh}x{ww}", impl, "bf16" if use_bf16 else "fp32")
 
     def fwd():
-        with torch.inference_mode(), explicit(not fast), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with (
+            torch.inference_mode(),
+            explicit(not fast),
+            torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16),
+        ):
             return model(x)["out"]
 
     try:

@@ -1,4 +1,5 @@
 """``--onnx``: whole-image latency of one head in ONNX Runtime (CPU) beside PyTorch eager, same model."""
+
 from __future__ import annotations
 
 import time
@@ -41,5 +42,7 @@ def run_onnx_case(head: str, backbone: str, size: tuple[int, int], iters: int, *
     ort_ms = 1e3 * time_call(lambda: session.run(None, {name: xn}), torch.device("cpu"), 1, iters)
     max_abs = float((torch.from_numpy(out) - ref).abs().max())
     extra = {"file_mb": file_mb, "export_s": export_s, "max_abs": max_abs, "rel": max_abs / float(ref.abs().max())}
-    return [asdict(Result("onnx", head, label, "pytorch", "float32", fwd_ms=torch_ms)),
-            asdict(Result("onnx", head, label, "onnxruntime", "float32", fwd_ms=ort_ms, extra=extra))]
+    return [
+        asdict(Result("onnx", head, label, "pytorch", "float32", fwd_ms=torch_ms)),
+        asdict(Result("onnx", head, label, "onnxruntime", "float32", fwd_ms=ort_ms, extra=extra)),
+    ]

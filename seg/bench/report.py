@@ -1,4 +1,5 @@
 """Markdown tables of benchmark rows (the ``.md`` beside the JSON)."""
+
 from __future__ import annotations
 
 import math
@@ -12,17 +13,27 @@ def fmt(v, digits=1):
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"
-        if 0 < abs(v) < 10 ** -digits * 5:  # e.g. CPU img/s: 3 significant digits instead of "0.0"/"0.1"
+        if 0 < abs(v) < 10**-digits * 5:  # e.g. CPU img/s: 3 significant digits instead of "0.0"/"0.1"
             return f"{v:.3g}"
         return f"{v:.{digits}f}"
     return str(v)
 
 
 def to_markdown(results: list[dict], meta: dict) -> str:
-    lines = [f"# seg.bench on {meta['device_name']}", "", f"`{meta['command']}` - torch {meta['torch']}, {meta['date']}", ""]
+    lines = [
+        f"# seg.bench on {meta['device_name']}",
+        "",
+        f"`{meta['command']}` - torch {meta['torch']}, {meta['date']}",
+        "",
+    ]
     cores = [r for r in results if r["part"] == "core"]
     if cores:
-        lines += ["## Attention cores", "", "| core | shape | impl | dtype | fwd ms | fwd+bwd ms | peak MiB | note |", "|---|---|---|---|---:|---:|---:|---|"]
+        lines += [
+            "## Attention cores",
+            "",
+            "| core | shape | impl | dtype | fwd ms | fwd+bwd ms | peak MiB | note |",
+            "|---|---|---|---|---:|---:|---:|---|",
+        ]
         for r in cores:
             lines.append(
                 f"| {r['name']} | {r['shape']} | {r['impl']} | {r['dtype']} | {fmt(r['fwd_ms'], 2)} | "
@@ -53,7 +64,12 @@ def to_markdown(results: list[dict], meta: dict) -> str:
         lines.append("")
     infer = [r for r in results if r["part"] == "infer"]
     if infer:
-        lines += ["## Whole-image inference", "", "| head | shape | impl | dtype | ms | peak MiB | mem / explicit | note |", "|---|---|---|---|---:|---:|---:|---|"]
+        lines += [
+            "## Whole-image inference",
+            "",
+            "| head | shape | impl | dtype | ms | peak MiB | mem / explicit | note |",
+            "|---|---|---|---|---:|---:|---:|---|",
+        ]
         by = {(r["name"], r["impl"]): r for r in infer}
         for r in infer:
             expl = by.get((r["name"], "explicit"))
@@ -78,14 +94,19 @@ def onnx_markdown(results: list[dict]) -> list[str]:
     by, heads = _by_head(results, ("onnx",))
     if not heads:
         return []
-    lines = ["## Whole-image inference: ONNX Runtime vs PyTorch (CPU, fp32)", "",
-             "| head | shape | PyTorch ms | ONNX Runtime ms | ORT / PyTorch | .onnx MiB | max abs diff | max rel diff |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## Whole-image inference: ONNX Runtime vs PyTorch (CPU, fp32)",
+        "",
+        "| head | shape | PyTorch ms | ONNX Runtime ms | ORT / PyTorch | .onnx MiB | max abs diff | max rel diff |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for head in heads:
         pt, rt = by[(head, "pytorch")], by[(head, "onnxruntime")]
         e = rt["extra"]
-        lines.append(f"| {head} | {pt['shape']} | {fmt(pt['fwd_ms'])} | {fmt(rt['fwd_ms'])} | "
-                     f"{fmt(rt['fwd_ms'] / pt['fwd_ms'], 2)} | {fmt(e['file_mb'])} | {e['max_abs']:.2g} | {e['rel']:.2g} |")
+        lines.append(
+            f"| {head} | {pt['shape']} | {fmt(pt['fwd_ms'])} | {fmt(rt['fwd_ms'])} | "
+            f"{fmt(rt['fwd_ms'] / pt['fwd_ms'], 2)} | {fmt(e['file_mb'])} | {e['max_abs']:.2g} | {e['rel']:.2g} |"
+        )
     return lines + [""]
 
 
@@ -94,14 +115,19 @@ def infer_opt_markdown(results: list[dict]) -> list[str]:
     by, heads = _by_head(results, ("infer_cpu", "infer_opt"))
     if not heads:
         return []
-    lines = ["## Whole-image inference: plain model vs optimize_for_inference", "",
-             "| head | shape | levers | dtype | plain ms | opt ms | speed-up | plain peak MiB | opt peak MiB | "
-             "max rel logit diff | argmax agrees |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## Whole-image inference: plain model vs optimize_for_inference",
+        "",
+        "| head | shape | levers | dtype | plain ms | opt ms | speed-up | plain peak MiB | opt peak MiB | "
+        "max rel logit diff | argmax agrees |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for head in heads:
         p, o = by[(head, "plain")], by[(head, "opt")]
         e = o["extra"]
-        lines.append(f"| {head} | {p['shape']} | {o['note']} | {o['dtype']} | {fmt(p['fwd_ms'])} | {fmt(o['fwd_ms'])} | "
-                     f"{fmt(p['fwd_ms'] / o['fwd_ms'], 2)} | {fmt(p['peak_mb'], 0)} | {fmt(o['peak_mb'], 0)} | "
-                     f"{e['max_rel_diff']:.2g} | {100 * e['argmax_agree']:.2f} % |")
+        lines.append(
+            f"| {head} | {p['shape']} | {o['note']} | {o['dtype']} | {fmt(p['fwd_ms'])} | {fmt(o['fwd_ms'])} | "
+            f"{fmt(p['fwd_ms'] / o['fwd_ms'], 2)} | {fmt(p['peak_mb'], 0)} | {fmt(o['peak_mb'], 0)} | "
+            f"{e['max_rel_diff']:.2g} | {100 * e['argmax_agree']:.2f} % |"
+        )
     return lines + [""]

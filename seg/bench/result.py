@@ -1,4 +1,5 @@
 """One benchmark row: what was measured, on which case and implementation (JSON-serialisable via ``asdict``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """Wall-clock timing of one benchmark call: the median of several, with the device synchronised."""
+
 from __future__ import annotations
 
 import time

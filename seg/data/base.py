@@ -11,6 +11,7 @@ int64 (H, W) tensor (what `SegDataModule` batches).
 Bad input never passes silently: an unreadable file, an image/mask size mismatch or a mask value that is
 neither a class nor ignore raises `DataError` naming the file and the offending values.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,10 +31,10 @@ if TYPE_CHECKING:
     from .cache import FileCache
 
 IGNORE_INDEX = 255
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.webp')
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 Palette = list[tuple[int, int, int]]
-JPEG_SIGNATURE = b'\xff\xd8\xff'  # every JPEG/JFIF/EXIF file starts with SOI + a marker
+JPEG_SIGNATURE = b"\xff\xd8\xff"  # every JPEG/JFIF/EXIF file starts with SOI + a marker
 
 
 class DataError(ValueError):
@@ -48,25 +49,25 @@ def read_image(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f'{path}: image file does not exist')
+        raise DataError(f"{path}: image file does not exist")
     raw = path.read_bytes()
-    img = png.decode(raw, 'RGB')
+    img = png.decode(raw, "RGB")
     if img is not None:
         return img
     img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) if raw else None
     if img is None:
-        raise DataError(f'{path}: cannot decode image (corrupt or unsupported format); re-export it as PNG/JPEG')
+        raise DataError(f"{path}: cannot decode image (corrupt or unsupported format); re-export it as PNG/JPEG")
     if img.dtype == np.uint16:
         img = (img // 257).astype(np.uint8)
     elif img.dtype != np.uint8:
-        raise DataError(f'{path}: unsupported image dtype {img.dtype}; expected 8-bit (or 16-bit) RGB')
+        raise DataError(f"{path}: unsupported image dtype {img.dtype}; expected 8-bit (or 16-bit) RGB")
     if img.ndim == 2:
         return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
     if img.shape[2] == 4:
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     if img.shape[2] == 3:
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    raise DataError(f'{path}: image has {img.shape[2]} channels; expected 1, 3 or 4')
+    raise DataError(f"{path}: image has {img.shape[2]} channels; expected 1, 3 or 4")
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -77,28 +78,29 @@ def read_mask(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f'{path}: mask file does not exist')
+        raise DataError(f"{path}: mask file does not exist")
     raw = path.read_bytes()
-    fast = png.decode(raw, 'mask')
+    fast = png.decode(raw, "mask")
     if fast is not None:
         return fast
     if raw[:3] == JPEG_SIGNATURE:
         raise DataError(
-            f'{path}: this mask is a JPEG file{" (named " + path.suffix + ")" if path.suffix else ""}: JPEG '
-            'compression changes label values along edges, which silently mislabels pixels. Re-export the mask '
-            'losslessly as PNG from the original labels (converting this JPEG to PNG keeps the damage).')
+            f"{path}: this mask is a JPEG file{' (named ' + path.suffix + ')' if path.suffix else ''}: JPEG "
+            "compression changes label values along edges, which silently mislabels pixels. Re-export the mask "
+            "losslessly as PNG from the original labels (converting this JPEG to PNG keeps the damage)."
+        )
     try:
         with Image.open(io.BytesIO(raw)) as im:
             im.load()
-            if im.mode in ('RGBA', 'LA'):
-                im = im.convert('RGB' if im.mode == 'RGBA' else 'L')
-            elif im.mode not in ('1', 'L', 'P', 'I', 'I;16', 'I;16B', 'I;16L', 'RGB'):
-                raise DataError(f'{path}: unsupported mask mode {im.mode!r}; save masks as 8-bit index PNGs')
+            if im.mode in ("RGBA", "LA"):
+                im = im.convert("RGB" if im.mode == "RGBA" else "L")
+            elif im.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "RGB"):
+                raise DataError(f"{path}: unsupported mask mode {im.mode!r}; save masks as 8-bit index PNGs")
             arr = np.array(im)
     except DataError:
         raise
     except Exception as e:  # PIL raises many types for corrupt files
-        raise DataError(f'{path}: cannot decode mask ({type(e).__name__}: {e}); re-export it as a PNG') from e
+        raise DataError(f"{path}: cannot decode mask ({type(e).__name__}: {e}); re-export it as a PNG") from e
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     return arr
@@ -106,8 +108,8 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def _format_values(values: np.ndarray, limit: int = 10) -> str:
     values = np.unique(values)
-    text = ', '.join(str(int(v)) for v in values[:limit])
-    return text + (f', ... ({len(values)} distinct)' if len(values) > limit else '')
+    text = ", ".join(str(int(v)) for v in values[:limit])
+    return text + (f", ... ({len(values)} distinct)" if len(values) > limit else "")
 
 
 def map_index_mask(raw: np.ndarray, lut: np.ndarray, path: Path | str, valid: str) -> np.ndarray:
@@ -123,24 +125,24 @@ def map_index_mask(raw: np.ndarray, lut: np.ndarray, path: Path | str, valid: st
         HxW uint8 train ids (255 ignore).
     """
     if raw.ndim != 2:
-        raise DataError(f'{path}: expected a single-channel index mask, got shape {raw.shape}')
+        raise DataError(f"{path}: expected a single-channel index mask, got shape {raw.shape}")
     if raw.dtype == np.uint8 and len(lut) >= 256:  # fast path (all common masks): one histogram, one table
         raw = np.ascontiguousarray(raw)  # OpenCV's histogram and LUT: ~4x numpy's bincount and gather
         present = cv2.calcHist([raw], [0], None, [256], [0, 256]).ravel() > 0
         bad = present & (lut[:256] < 0)
         if bad.any():
             raise DataError(
-                f'{path}: mask values {_format_values(np.flatnonzero(bad))} are neither a class nor ignore ({valid})'
+                f"{path}: mask values {_format_values(np.flatnonzero(bad))} are neither a class nor ignore ({valid})"
             )
         return cv2.LUT(raw, np.maximum(lut[:256], 0).astype(np.uint8))
     raw = raw.astype(np.int64, copy=False)
     lo, hi = int(raw.min()), int(raw.max())
     if lo < 0 or hi >= len(lut):
         bad_values = raw[(raw < 0) | (raw >= len(lut))]
-        raise DataError(f'{path}: mask values {_format_values(bad_values)} are neither a class nor ignore ({valid})')
+        raise DataError(f"{path}: mask values {_format_values(bad_values)} are neither a class nor ignore ({valid})")
     out = lut[raw]
     if out.min() < 0:
-        raise DataError(f'{path}: mask values {_format_values(raw[out < 0])} are neither a class nor ignore ({valid})')
+        raise DataError(f"{path}: mask values {_format_values(raw[out < 0])} are neither a class nor ignore ({valid})")
     return out.astype(np.uint8)
 
 
@@ -156,8 +158,9 @@ def _pack(r: int, g: int, b: int) -> int:
     return (r << 16) | (g << 8) | b
 
 
-def map_color_mask(raw: np.ndarray, palette: Palette, path: Path | str = '<mask>',
-                   ignore_colors: Sequence[tuple[int, int, int]] = ()) -> np.ndarray:
+def map_color_mask(
+    raw: np.ndarray, palette: Palette, path: Path | str = "<mask>", ignore_colors: Sequence[tuple[int, int, int]] = ()
+) -> np.ndarray:
     """RGB colour mask -> uint8 train ids: palette colour k -> k, ``ignore_colors`` -> 255.
 
     Any other colour raises `DataError` naming the file, the colours and their pixel counts: silently ignoring
@@ -175,14 +178,16 @@ def map_color_mask(raw: np.ndarray, palette: Palette, path: Path | str = '<mask>
     if not known.all():
         values, counts = np.unique(code[~known], return_counts=True)
         order = np.argsort(-counts)[:8]
-        listed = ', '.join(f'({v >> 16}, {(v >> 8) & 255}, {v & 255}): {c} px' for v, c in zip(values[order],
-                                                                                               counts[order]))
-        more = f', ... ({len(values)} colours)' if len(values) > len(order) else ''
+        listed = ", ".join(
+            f"({v >> 16}, {(v >> 8) & 255}, {v & 255}): {c} px" for v, c in zip(values[order], counts[order])
+        )
+        more = f", ... ({len(values)} colours)" if len(values) > len(order) else ""
         raise DataError(
-            f'{path}: {int(counts.sum())} pixels ({counts.sum() / code.size:.2%}) have colours that are not in the '
-            f'palette: {listed}{more}. Add each colour that is a class to the palette, list colours that mean '
+            f"{path}: {int(counts.sum())} pixels ({counts.sum() / code.size:.2%}) have colours that are not in the "
+            f"palette: {listed}{more}. Add each colour that is a class to the palette, list colours that mean "
             '"ignore" under "ignore_colors" in classes.json, or repaint them (many near-palette colours mean an '
-            'anti-aliased or lossy-compressed mask: re-export it from the original labels).')
+            "anti-aliased or lossy-compressed mask: re-export it from the original labels)."
+        )
     return out
 
 
@@ -204,8 +209,8 @@ def default_palette(num_classes: int) -> Palette:
 def _check_sizes(img_path: Path, image_shape: tuple[int, ...], mask_path: Path, mask_shape: tuple[int, ...]) -> None:
     if image_shape[:2] != mask_shape[:2]:
         raise DataError(
-            f'{mask_path}: mask size {mask_shape[1]}x{mask_shape[0]} (WxH) does not match image '
-            f'{img_path} size {image_shape[1]}x{image_shape[0]}'
+            f"{mask_path}: mask size {mask_shape[1]}x{mask_shape[0]} (WxH) does not match image "
+            f"{img_path} size {image_shape[1]}x{image_shape[0]}"
         )
 
 
@@ -267,13 +272,13 @@ class SegDataset(Dataset):
             if mask.is_file():
                 self.samples.append((img, mask))
             else:
-                missing.append(f'{img} has no mask (expected {mask})')
+                missing.append(f"{img} has no mask (expected {mask})")
         if missing:
-            head = '\n  '.join(missing[:20]) + (f'\n  ... and {len(missing) - 20} more' if len(missing) > 20 else '')
+            head = "\n  ".join(missing[:20]) + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else "")
             for m in missing if not self.strict else [head]:
-                self._problem(f'{what}: image without mask: {m}')
+                self._problem(f"{what}: image without mask: {m}")
         if not images:
-            self._problem(f'{what}: empty split (no images found)')
+            self._problem(f"{what}: empty split (no images found)")
 
     # -- decoding ----------------------------------------------------------------------------------------
     def decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
@@ -301,11 +306,11 @@ class SegDataset(Dataset):
     def _row_reader(self) -> Any:
         """The pipeline's first step if it can crop from the image's top rows alone (`RandomRescaleCrop.reading`:
         the training recipe), else None. Not with a cache (its entries are whole images already)."""
-        steps = getattr(self.transform, 'transforms', None)
-        if self.cache is not None or not steps or getattr(self.transform, 'p', 0) < 1:
+        steps = getattr(self.transform, "transforms", None)
+        if self.cache is not None or not steps or getattr(self.transform, "p", 0) < 1:
             return None
         first = steps[0]
-        return first if hasattr(first, 'reading') and getattr(first, 'p', 0) >= 1 else None
+        return first if hasattr(first, "reading") and getattr(first, "p", 0) >= 1 else None
 
     def _transform_reading_rows(self, index: int) -> dict[str, Any] | None:
         """`transform(image=..., mask=...)` of sample `index`, decoding the PNGs only down to the rows the
@@ -317,8 +322,8 @@ class SegDataset(Dataset):
             return None
         img_path, mask_path = self.samples[index]
         try:
-            image = png.open_rows(img_path.read_bytes(), 'RGB')
-            rows = png.open_rows(mask_path.read_bytes(), 'mask') if image is not None else None
+            image = png.open_rows(img_path.read_bytes(), "RGB")
+            rows = png.open_rows(mask_path.read_bytes(), "mask") if image is not None else None
         except OSError:
             return None  # load() reports the file
         if image is None:
@@ -345,14 +350,14 @@ class SegDataset(Dataset):
         if out is None:
             image, mask = self.load(index)
             if self.transform is None:
-                return {'image': image, 'mask': mask.astype(np.int64), 'path': path}
+                return {"image": image, "mask": mask.astype(np.int64), "path": path}
             out = self.transform(image=image, mask=mask)  # uint8 masks: what OpenCV resizes fastest
-        img, m = out['image'], out['mask']
+        img, m = out["image"], out["mask"]
         if isinstance(img, np.ndarray):
             img = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W)
         if isinstance(m, np.ndarray):
             m = torch.from_numpy(np.ascontiguousarray(m))
-        return {'image': img.float(), 'mask': m.long(), 'path': path}
+        return {"image": img.float(), "mask": m.long(), "path": path}
 
     def reseed(self, seed: int | None) -> None:
         """Give the transform a fresh random state (called per training sample and per worker, see
@@ -360,4 +365,4 @@ class SegDataset(Dataset):
         reseed_transform(self.transform, seed)
 
     def __repr__(self) -> str:
-        return f'{type(self).__name__}(n={len(self)}, classes={self.num_classes})'
+        return f"{type(self).__name__}(n={len(self)}, classes={self.num_classes})"

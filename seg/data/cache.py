@@ -15,6 +15,7 @@ size and modification time, so an edited or replaced file is decoded afresh. Ent
 (temp file + rename), so concurrent DataLoader workers and DDP ranks can share one folder. Reading an entry
 never runs code: a short JSON header (dtype, shape, compression) and the raw bytes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,8 @@ import numpy as np
 
 from .png import inflate
 
-_MAGIC = b'SEGCACHE1\n'
-_DTYPE_KINDS = 'biuf'  # plain numbers only: an entry can never describe an object array
+_MAGIC = b"SEGCACHE1\n"
+_DTYPE_KINDS = "biuf"  # plain numbers only: an entry can never describe an object array
 _COMPRESS_MIN_RATIO = 4  # store zlib'ed only when it shrinks the entry this much (masks, flat images)
 
 
@@ -48,22 +49,24 @@ class FileCache:
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f'.write-test-{uuid.uuid4().hex}'
-            probe.write_bytes(b'')
+            probe = self.root / f".write-test-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
-            raise ValueError(f'{self.root}: cannot use it as the decode cache ({e}); '
-                             'pass a writable cache_dir, or none to decode every time') from e
+            raise ValueError(
+                f"{self.root}: cannot use it as the decode cache ({e}); "
+                "pass a writable cache_dir, or none to decode every time"
+            ) from e
         self._write_failed = False
 
     def __repr__(self) -> str:
-        return f'FileCache({str(self.root)!r})'
+        return f"FileCache({str(self.root)!r})"
 
     def entry(self, path: Path) -> Path:
         """Entry file of a source file (raises FileNotFoundError when the source is missing)."""
         st = path.stat()
-        key = hashlib.sha1(f'{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}'.encode()).hexdigest()
-        return self.root / key[:2] / f'{key}.bin'
+        key = hashlib.sha1(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+        return self.root / key[:2] / f"{key}.bin"
 
     def get(self, path: str | Path, decode: Callable[[Path], np.ndarray]) -> np.ndarray:
         """`decode(path)`, read from the cache when present, else decoded and stored."""
@@ -77,7 +80,7 @@ class FileCache:
         except FileNotFoundError:
             pass
         except (OSError, ValueError, zlib.error) as e:  # damaged entry (disk error, foreign file): decode afresh
-            warnings.warn(f'{entry}: unreadable cache entry for {path} ({e}); decoding the source again', stacklevel=2)
+            warnings.warn(f"{entry}: unreadable cache entry for {path} ({e}); decoding the source again", stacklevel=2)
         array = decode(path)
         self._store(entry, array)
         return array
@@ -87,7 +90,7 @@ class FileCache:
             write_entry(entry, array)
         except OSError as e:  # e.g. disk full: training goes on, decoding from the source
             if not self._write_failed:
-                warnings.warn(f'{self.root}: cannot write cache entries ({e}); decoding without caching', stacklevel=2)
+                warnings.warn(f"{self.root}: cannot write cache entries ({e}); decoding without caching", stacklevel=2)
             self._write_failed = True
 
 
@@ -97,12 +100,12 @@ def write_entry(entry: Path, array: np.ndarray) -> None:
     payload = array.tobytes()
     packed = zlib.compress(payload, 1)
     compressed = len(packed) * _COMPRESS_MIN_RATIO <= len(payload)
-    header = json.dumps({'dtype': array.dtype.str, 'shape': list(array.shape), 'zlib': compressed})
+    header = json.dumps({"dtype": array.dtype.str, "shape": list(array.shape), "zlib": compressed})
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = entry.parent / f'.{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp'
+    tmp = entry.parent / f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with open(tmp, 'wb') as f:
-            f.write(_MAGIC + header.encode() + b'\n')
+        with open(tmp, "wb") as f:
+            f.write(_MAGIC + header.encode() + b"\n")
             f.write(packed if compressed else payload)
         os.replace(tmp, entry)
     finally:
@@ -112,30 +115,30 @@ def write_entry(entry: Path, array: np.ndarray) -> None:
 
 def read_entry(entry: Path) -> np.ndarray:
     """Array of one entry (writable, no copy for uncompressed entries). Raises ValueError if malformed."""
-    with open(entry, 'rb') as f:
+    with open(entry, "rb") as f:
         buf = bytearray(os.fstat(f.fileno()).st_size)
         f.readinto(buf)
-    end = buf.find(b'\n', len(_MAGIC), len(_MAGIC) + 4096)
+    end = buf.find(b"\n", len(_MAGIC), len(_MAGIC) + 4096)
     if not buf.startswith(_MAGIC) or end < 0:
-        raise ValueError('not a seg cache entry')
-    header = json.loads(bytes(buf[len(_MAGIC):end]))
-    dtype, shape = np.dtype(header['dtype']), tuple(int(n) for n in header['shape'])
+        raise ValueError("not a seg cache entry")
+    header = json.loads(bytes(buf[len(_MAGIC) : end]))
+    dtype, shape = np.dtype(header["dtype"]), tuple(int(n) for n in header["shape"])
     if dtype.kind not in _DTYPE_KINDS or any(n < 0 for n in shape):
-        raise ValueError(f'unsupported entry {header}')
-    if header['zlib']:
-        data: bytes | bytearray = bytearray(inflate(memoryview(buf)[end + 1:]))
+        raise ValueError(f"unsupported entry {header}")
+    if header["zlib"]:
+        data: bytes | bytearray = bytearray(inflate(memoryview(buf)[end + 1 :]))
         offset = 0
     else:
         data, offset = buf, end + 1
     count = int(np.prod(shape, dtype=np.int64))
     if len(data) - offset != count * dtype.itemsize:
-        raise ValueError(f'truncated entry: {len(data) - offset} bytes for {header}')
+        raise ValueError(f"truncated entry: {len(data) - offset} bytes for {header}")
     return np.frombuffer(data, dtype, count, offset).reshape(shape)
 
 
 def cache_size(root: str | Path) -> int:
     """Bytes held by the entries under `root`."""
-    return sum(p.stat().st_size for p in Path(root).glob('*/*.bin'))
+    return sum(p.stat().st_size for p in Path(root).glob("*/*.bin"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,13 +146,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from .datamodule import BASE_SIZES, SegDataModule
 
-    p = argparse.ArgumentParser(prog='python -m seg.data.cache', description=__doc__.split('\n')[0])
-    p.add_argument('--dataset', choices=sorted(BASE_SIZES), default='folder')
-    p.add_argument('--root', required=True, help='dataset root (as data.root)')
-    p.add_argument('--cache-dir', required=True, help='cache folder (as data.cache_dir)')
-    p.add_argument('--split', nargs='+', default=['train', 'val'], help='splits to fill (default: train val)')
-    p.add_argument('--label-train-ids', action='store_true', help='cityscapes: *_labelTrainIds.png masks')
-    p.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1), help='decoding processes')
+    p = argparse.ArgumentParser(prog="python -m seg.data.cache", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", choices=sorted(BASE_SIZES), default="folder")
+    p.add_argument("--root", required=True, help="dataset root (as data.root)")
+    p.add_argument("--cache-dir", required=True, help="cache folder (as data.cache_dir)")
+    p.add_argument("--split", nargs="+", default=["train", "val"], help="splits to fill (default: train val)")
+    p.add_argument("--label-train-ids", action="store_true", help="cityscapes: *_labelTrainIds.png masks")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes")
     args = p.parse_args(argv)
 
     class _Fill(Dataset):
@@ -164,15 +167,21 @@ def main(argv: list[str] | None = None) -> None:
             return i
 
     for split in args.split:
-        dm = SegDataModule(args.dataset, args.root, train_split=split, label_train_ids=args.label_train_ids,
-                           num_workers=0, cache_dir=args.cache_dir)
-        ds = dm.dataset('train')
+        dm = SegDataModule(
+            args.dataset,
+            args.root,
+            train_split=split,
+            label_train_ids=args.label_train_ids,
+            num_workers=0,
+            cache_dir=args.cache_dir,
+        )
+        ds = dm.dataset("train")
         t = time.perf_counter()
         for _ in DataLoader(_Fill(ds), batch_size=None, num_workers=args.workers):
             pass
-        print(f'{split}: {len(ds)} samples cached in {time.perf_counter() - t:.1f} s', flush=True)
-    print(f'{args.cache_dir}: {cache_size(args.cache_dir) / 1e9:.2f} GB')
+        print(f"{split}: {len(ds)} samples cached in {time.perf_counter() - t:.1f} s", flush=True)
+    print(f"{args.cache_dir}: {cache_size(args.cache_dir) / 1e9:.2f} GB")
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -7,6 +7,7 @@
 
 Exit code 0 when the split is clean, 1 when any problem was found (each printed with its file).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,27 +34,29 @@ class Report:
         lines = []
         ds = self.dataset
         if ds is not None:
-            lines.append(f'{type(ds).__name__}: {len(ds)} samples, {ds.num_classes} classes, {self.checked} checked')
+            lines.append(f"{type(ds).__name__}: {len(ds)} samples, {ds.num_classes} classes, {self.checked} checked")
             total = int(self.pixels.sum())
             if total:
-                lines.append('class pixel frequencies:')
+                lines.append("class pixel frequencies:")
                 for k, name in enumerate(ds.classes):
-                    lines.append(f'  {k:3d} {name:<24s} {self.pixels[k] / total:8.4%}  ({int(self.pixels[k])} px)')
-                lines.append(f'  {IGNORE_INDEX:3d} {"<ignore>":<24s} {self.pixels[IGNORE_INDEX] / total:8.4%}  '
-                             f'({int(self.pixels[IGNORE_INDEX])} px)')
+                    lines.append(f"  {k:3d} {name:<24s} {self.pixels[k] / total:8.4%}  ({int(self.pixels[k])} px)")
+                lines.append(
+                    f"  {IGNORE_INDEX:3d} {'<ignore>':<24s} {self.pixels[IGNORE_INDEX] / total:8.4%}  "
+                    f"({int(self.pixels[IGNORE_INDEX])} px)"
+                )
                 absent = [ds.classes[k] for k in range(ds.num_classes) if self.pixels[k] == 0]
                 if absent:
-                    lines.append(f'  classes with no pixels: {", ".join(absent)}')
+                    lines.append(f"  classes with no pixels: {', '.join(absent)}")
             if self.sizes:
-                lines.append('image sizes (W x H: count):')
+                lines.append("image sizes (W x H: count):")
                 for (w, h), n in self.sizes.most_common():
-                    lines.append(f'  {w} x {h}: {n}')
+                    lines.append(f"  {w} x {h}: {n}")
         if self.problems:
-            lines.append(f'{len(self.problems)} problem(s):')
-            lines += [f'  - {p}' for p in self.problems]
+            lines.append(f"{len(self.problems)} problem(s):")
+            lines += [f"  - {p}" for p in self.problems]
         else:
-            lines.append('no problems found')
-        return '\n'.join(lines)
+            lines.append("no problems found")
+        return "\n".join(lines)
 
 
 def scan(dataset: SegDataset, limit: int | None = None) -> Report:
@@ -75,7 +78,7 @@ def scan(dataset: SegDataset, limit: int | None = None) -> Report:
 def _palette(text: str | None) -> list[tuple[int, int, int]] | None:
     if not text:
         return None
-    return [tuple(int(v) for v in c.split(',')) for c in text.split(';')]  # type: ignore[misc]
+    return [tuple(int(v) for v in c.split(",")) for c in text.split(";")]  # type: ignore[misc]
 
 
 def build(args: argparse.Namespace) -> SegDataset:
@@ -83,27 +86,36 @@ def build(args: argparse.Namespace) -> SegDataset:
     from .cityscapes import CityscapesDataset
     from .folder import FolderDataset
 
-    if args.dataset == 'folder':
-        classes = args.classes.split(',') if args.classes else None
-        return FolderDataset(args.root, args.split, classes, _palette(args.palette), args.ignore_index, strict=False,
-                             ignore_colors=_palette(args.ignore_colors))
-    if args.dataset == 'cityscapes':
+    if args.dataset == "folder":
+        classes = args.classes.split(",") if args.classes else None
+        return FolderDataset(
+            args.root,
+            args.split,
+            classes,
+            _palette(args.palette),
+            args.ignore_index,
+            strict=False,
+            ignore_colors=_palette(args.ignore_colors),
+        )
+    if args.dataset == "cityscapes":
         return CityscapesDataset(args.root, args.split, label_train_ids=args.label_train_ids, strict=False)
     return ADE20KDataset(args.root, args.split, strict=False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m seg.data.check', description=__doc__.split('\n')[0])
-    p.add_argument('--dataset', choices=['folder', 'cityscapes', 'ade20k'], default='folder')
-    p.add_argument('--root', required=True)
-    p.add_argument('--split', default='train')
-    p.add_argument('--classes', help='folder: comma-separated class names (default: {root}/classes.json)')
-    p.add_argument('--palette', help='folder: colour masks, "r,g,b;r,g,b;..." one per class')
-    p.add_argument('--ignore-colors', help='folder: colours meaning ignore in colour masks, "r,g,b;r,g,b" '
-                   '(default: "ignore_colors" of classes.json)')
-    p.add_argument('--ignore-index', type=int, default=IGNORE_INDEX, help='folder: mask value meaning ignore')
-    p.add_argument('--label-train-ids', action='store_true', help='cityscapes: read *_labelTrainIds.png')
-    p.add_argument('--limit', type=int, help='check only the first N samples')
+    p = argparse.ArgumentParser(prog="python -m seg.data.check", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", choices=["folder", "cityscapes", "ade20k"], default="folder")
+    p.add_argument("--root", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--classes", help="folder: comma-separated class names (default: {root}/classes.json)")
+    p.add_argument("--palette", help='folder: colour masks, "r,g,b;r,g,b;..." one per class')
+    p.add_argument(
+        "--ignore-colors",
+        help='folder: colours meaning ignore in colour masks, "r,g,b;r,g,b" (default: "ignore_colors" of classes.json)',
+    )
+    p.add_argument("--ignore-index", type=int, default=IGNORE_INDEX, help="folder: mask value meaning ignore")
+    p.add_argument("--label-train-ids", action="store_true", help="cityscapes: read *_labelTrainIds.png")
+    p.add_argument("--limit", type=int, help="check only the first N samples")
     args = p.parse_args(argv)
     try:
         dataset = build(args)
@@ -115,5 +127,5 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if report.problems else 0
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     sys.exit(main())

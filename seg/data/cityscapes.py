@@ -9,6 +9,7 @@ The 34 label ids are mapped to the 19 train ids on the fly (everything else -> 2
 ``createTrainIdLabelImgs.py`` step is needed. With `label_train_ids=True` the ``*_gtFine_labelTrainIds.png``
 files written by that script are read instead (values must be 0-18 or 255).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,17 +20,69 @@ import numpy as np
 from .base import IGNORE_INDEX, DataError, SegDataset, index_lut, map_index_mask
 
 CLASSES = (
-    'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation',
-    'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle',
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
 )
 PALETTE = [
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
-    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
-    (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+    (128, 64, 128),
+    (244, 35, 232),
+    (70, 70, 70),
+    (102, 102, 156),
+    (190, 153, 153),
+    (153, 153, 153),
+    (250, 170, 30),
+    (220, 220, 0),
+    (107, 142, 35),
+    (152, 251, 152),
+    (70, 130, 180),
+    (220, 20, 60),
+    (255, 0, 0),
+    (0, 0, 142),
+    (0, 0, 70),
+    (0, 60, 100),
+    (0, 80, 100),
+    (0, 0, 230),
+    (119, 11, 32),
 ]
 # label id -> train id for the 19 evaluated classes (cityscapesScripts helpers/labels.py)
-LABEL_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-                  26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+LABEL_TO_TRAIN = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 
 
 def label_id_lut() -> np.ndarray:
@@ -58,7 +111,7 @@ class CityscapesDataset(SegDataset):
     def __init__(
         self,
         root: str | Path,
-        split: str = 'train',
+        split: str = "train",
         label_train_ids: bool = False,
         transform: Callable[..., dict[str, Any]] | None = None,
         strict: bool = True,
@@ -67,20 +120,22 @@ class CityscapesDataset(SegDataset):
         self.root, self.split = Path(root), split
         self.classes, self.palette = list(CLASSES), list(PALETTE)
         self.label_train_ids = label_train_ids
-        suffix = '_gtFine_labelTrainIds.png' if label_train_ids else '_gtFine_labelIds.png'
+        suffix = "_gtFine_labelTrainIds.png" if label_train_ids else "_gtFine_labelIds.png"
         self._lut = index_lut(len(CLASSES)) if label_train_ids else label_id_lut()
-        self._valid = 'train ids 0..18 or 255' if label_train_ids else 'Cityscapes label ids 0..33'
-        image_dir, label_dir = self.root / 'leftImg8bit' / split, self.root / 'gtFine' / split
+        self._valid = "train ids 0..18 or 255" if label_train_ids else "Cityscapes label ids 0..33"
+        image_dir, label_dir = self.root / "leftImg8bit" / split, self.root / "gtFine" / split
         for d in (image_dir, label_dir):
             if not d.is_dir():
-                raise DataError(f'{d}: missing folder; expected {{root}}/leftImg8bit/{split} and {{root}}/gtFine/{split}')
-        images = sorted(image_dir.glob('*/*_leftImg8bit.png'))
+                raise DataError(
+                    f"{d}: missing folder; expected {{root}}/leftImg8bit/{split} and {{root}}/gtFine/{split}"
+                )
+        images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
 
         def mask_for(img: Path) -> Path:
-            name = img.name[: -len('_leftImg8bit.png')]
-            return label_dir / img.parent.name / f'{name}{suffix}'
+            name = img.name[: -len("_leftImg8bit.png")]
+            return label_dir / img.parent.name / f"{name}{suffix}"
 
-        self._pair(images, mask_for, f'{self.root} ({split})')
+        self._pair(images, mask_for, f"{self.root} ({split})")
 
     def decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
         return map_index_mask(raw, self._lut, path, self._valid)

@@ -16,6 +16,7 @@ Attributes for the model/visualisation side: `num_classes`, `classes`, `palette`
   mask keeps its original size, and the model resizes its logits back to it before scoring. Eval batches carry
   ``img_shape`` / ``ori_shape`` (B, 2) for that (see `collate`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -34,13 +35,13 @@ from .seeding import SeededDataset, loader_generator, resolve_data_seed, seed_wo
 from .synthetic import prepare_demo_root
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
 
-DatasetName = Literal['folder', 'cityscapes', 'ade20k']
+DatasetName = Literal["folder", "cityscapes", "ade20k"]
 
 # mmseg base sizes (W, H); folder data defaults to each image's own size
 BASE_SIZES: dict[str, tuple[int, int] | None] = {
-    'cityscapes': (2048, 1024),
-    'ade20k': (2048, 512),
-    'folder': None,
+    "cityscapes": (2048, 1024),
+    "ade20k": (2048, 512),
+    "folder": None,
 }
 
 
@@ -51,19 +52,23 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     mask keeps the original size. ``img_shape`` and ``ori_shape`` (B, 2) int64 hold each sample's unpadded
     image and mask (H, W), what the model needs to crop the padding and resize its logits to the original.
     """
-    img_shapes = [tuple(s['image'].shape[-2:]) for s in samples]
-    ori_shapes = [tuple(s['mask'].shape[-2:]) for s in samples]
+    img_shapes = [tuple(s["image"].shape[-2:]) for s in samples]
+    ori_shapes = [tuple(s["mask"].shape[-2:]) for s in samples]
     h, w = max(s[0] for s in img_shapes), max(s[1] for s in img_shapes)
     mh, mw = max(s[0] for s in ori_shapes), max(s[1] for s in ori_shapes)
-    images = samples[0]['image'].new_zeros((len(samples), 3, h, w))
+    images = samples[0]["image"].new_zeros((len(samples), 3, h, w))
     masks = torch.full((len(samples), mh, mw), IGNORE_INDEX, dtype=torch.int64)
     for i, s in enumerate(samples):
         (sh, sw), (oh, ow) = img_shapes[i], ori_shapes[i]
-        images[i, :, :sh, :sw] = s['image']
-        masks[i, :oh, :ow] = s['mask']
-    return {'image': images, 'mask': masks, 'path': [s['path'] for s in samples],
-            'img_shape': torch.tensor(img_shapes, dtype=torch.int64),
-            'ori_shape': torch.tensor(ori_shapes, dtype=torch.int64)}
+        images[i, :, :sh, :sw] = s["image"]
+        masks[i, :oh, :ow] = s["mask"]
+    return {
+        "image": images,
+        "mask": masks,
+        "path": [s["path"] for s in samples],
+        "img_shape": torch.tensor(img_shapes, dtype=torch.int64),
+        "ori_shape": torch.tensor(ori_shapes, dtype=torch.int64),
+    }
 
 
 class SegDataModule(L.LightningDataModule):
@@ -109,14 +114,14 @@ class SegDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        dataset: DatasetName = 'folder',
-        root: str = 'data/demo',
+        dataset: DatasetName = "folder",
+        root: str = "data/demo",
         classes: list[str] | None = None,
         palette: list[tuple[int, int, int]] | None = None,
         ignore_index: int = IGNORE_INDEX,
         label_train_ids: bool = False,
-        train_split: str = 'train',
-        val_split: str = 'val',
+        train_split: str = "train",
+        val_split: str = "val",
         test_split: str | None = None,
         batch_size: int = 8,
         val_batch_size: int = 1,
@@ -128,7 +133,7 @@ class SegDataModule(L.LightningDataModule):
         cat_max_ratio: float = 0.75,
         flip_prob: float = 0.5,
         photometric: bool = True,
-        val_mode: Literal['resize', 'full'] = 'resize',
+        val_mode: Literal["resize", "full"] = "resize",
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         seed: int | None = None,
@@ -138,8 +143,8 @@ class SegDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if dataset not in BASE_SIZES:
-            raise ValueError(f'unknown dataset {dataset!r}; valid: {sorted(BASE_SIZES)}')
-        if val_mode not in ('resize', 'full'):
+            raise ValueError(f"unknown dataset {dataset!r}; valid: {sorted(BASE_SIZES)}")
+        if val_mode not in ("resize", "full"):
             raise ValueError(f"val_mode must be 'resize' or 'full', got {val_mode!r}")
         self.save_hyperparameters()
         self.dataset_name = dataset
@@ -157,18 +162,24 @@ class SegDataModule(L.LightningDataModule):
         self.seed = resolve_data_seed(seed)  # resolved once: seed_everything runs before the CLI builds us
         self._resume_at: tuple[int, int] | None = None
         self.train_transform = build_train_transform(
-            crop_size=self.crop_size, base_size=self.base_size, scale_range=tuple(scale_range),
-            cat_max_ratio=cat_max_ratio, flip_prob=flip_prob, photometric=photometric,
-            mean=self.mean, std=self.std, seed=self.seed,
+            crop_size=self.crop_size,
+            base_size=self.base_size,
+            scale_range=tuple(scale_range),
+            cat_max_ratio=cat_max_ratio,
+            flip_prob=flip_prob,
+            photometric=photometric,
+            mean=self.mean,
+            std=self.std,
+            seed=self.seed,
         )
         self.eval_transform = build_eval_transform(self.base_size, val_mode, self.mean, self.std)
         self._datasets: dict[str, SegDataset] = {}
         # classes/palette are known without touching the splits (the model is built before setup())
         prepare_demo_root(root, generate_demo)
-        if dataset == 'folder':
+        if dataset == "folder":
             names, palette_, _ = resolve_classes(root, classes, palette)
         else:
-            cls = CityscapesDataset if dataset == 'cityscapes' else ADE20KDataset
+            cls = CityscapesDataset if dataset == "cityscapes" else ADE20KDataset
             names, palette_ = list(cls.CLASSES), list(cls.PALETTE)
         self.classes: list[str] = names
         self.palette: list[tuple[int, int, int]] = [tuple(c) for c in palette_]
@@ -177,40 +188,40 @@ class SegDataModule(L.LightningDataModule):
     def _make(self, split: str, transform: Any) -> SegDataset:
         hp = self.hparams
         ds: SegDataset
-        if self.dataset_name == 'folder':
+        if self.dataset_name == "folder":
             ds = FolderDataset(hp.root, split, hp.classes, hp.palette, hp.ignore_index, transform)
-        elif self.dataset_name == 'cityscapes':
+        elif self.dataset_name == "cityscapes":
             ds = CityscapesDataset(hp.root, split, label_train_ids=hp.label_train_ids, transform=transform)
         else:
             ds = ADE20KDataset(hp.root, split, transform=transform)
         ds.set_cache(self.cache_dir)
         return ds
 
-    def dataset(self, stage: Literal['train', 'val', 'test']) -> SegDataset:
+    def dataset(self, stage: Literal["train", "val", "test"]) -> SegDataset:
         """The (cached) dataset of a stage, with its transform."""
         if stage not in self._datasets:
-            split = {'train': self.train_split, 'val': self.val_split, 'test': self.test_split}[stage]
-            transform = self.train_transform if stage == 'train' else self.eval_transform
+            split = {"train": self.train_split, "val": self.val_split, "test": self.test_split}[stage]
+            transform = self.train_transform if stage == "train" else self.eval_transform
             self._datasets[stage] = self._make(split, transform)
         return self._datasets[stage]
 
     def setup(self, stage: str | None = None) -> None:
-        if stage in (None, 'fit'):
-            self.dataset('train')
-            self.dataset('val')
-        if stage == 'validate':
-            self.dataset('val')
-        if stage in (None, 'test'):
-            self.dataset('test')
+        if stage in (None, "fit"):
+            self.dataset("train")
+            self.dataset("val")
+        if stage == "validate":
+            self.dataset("val")
+        if stage in (None, "test"):
+            self.dataset("test")
 
     def resume_train_at(self, epoch: int, batches: int) -> None:
         """Make the next `train_dataloader` start at batch `batches` of epoch `epoch` (a mid-epoch resume):
         the epoch's order and augmentations are as in the uninterrupted run, minus the batches already trained."""
         self._resume_at = (int(epoch), int(batches))
 
-    def _loader(self, stage: Literal['train', 'val', 'test']) -> DataLoader:
+    def _loader(self, stage: Literal["train", "val", "test"]) -> DataLoader:
         ds: Dataset = self.dataset(stage)
-        train = stage == 'train'
+        train = stage == "train"
         sampler: Sampler | None = None
         drop_last = False
         batch_size = self.batch_size if train else self.val_batch_size
@@ -242,10 +253,10 @@ class SegDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader('train')
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader('val')
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader('test')
+        return self._loader("test")

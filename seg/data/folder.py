@@ -12,6 +12,7 @@ colour PNGs decoded with `palette` (colours listed in `ignore_colors` become ign
 neither a class (0..C-1) nor `ignore_index`, or a colour that is neither in the palette nor in `ignore_colors`,
 raises an error naming the file and the values; so does a JPEG file used as a mask.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ from .base import (
     map_index_mask,
 )
 
-META_FILE = 'classes.json'
+META_FILE = "classes.json"
 
 
 def read_meta(root: str | Path) -> dict[str, Any] | None:
@@ -43,8 +44,8 @@ def read_meta(root: str | Path) -> dict[str, Any] | None:
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise DataError(f'{path}: invalid JSON ({e})') from e
-    if not isinstance(meta, dict) or not isinstance(meta.get('classes'), list):
+        raise DataError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(meta, dict) or not isinstance(meta.get("classes"), list):
         raise DataError(f'{path}: expected {{"classes": [names...], "palette": [[r, g, b], ...]}}')
     return meta
 
@@ -52,17 +53,19 @@ def read_meta(root: str | Path) -> dict[str, Any] | None:
 def _check_palette(palette: Sequence[Sequence[int]], num_classes: int, where: str) -> Palette:
     out = [tuple(int(c) for c in rgb) for rgb in palette]
     if len(out) != num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in out):
-        raise DataError(f'{where}: palette must hold {num_classes} RGB triples (0-255), one per class; got {palette}')
+        raise DataError(f"{where}: palette must hold {num_classes} RGB triples (0-255), one per class; got {palette}")
     if len(set(out)) != len(out):
-        raise DataError(f'{where}: palette colours must be distinct; got {palette}')
+        raise DataError(f"{where}: palette colours must be distinct; got {palette}")
     return out  # type: ignore[return-value]
 
 
 def _check_colors(colors: Sequence[Sequence[int]], where: str) -> Palette:
-    ok = all(isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
-             for c in colors)
+    ok = all(
+        isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+        for c in colors
+    )
     if not ok:
-        raise DataError(f'{where}: expected a list of RGB triples (0-255), got {colors}')
+        raise DataError(f"{where}: expected a list of RGB triples (0-255), got {colors}")
     return [tuple(c) for c in colors]  # type: ignore[misc]
 
 
@@ -76,17 +79,17 @@ def resolve_classes(
         meta = read_meta(root)
         if meta is None:
             raise DataError(
-                f'{root}: no class names: pass classes=[...] or write {root / META_FILE} '
+                f"{root}: no class names: pass classes=[...] or write {root / META_FILE} "
                 '({"classes": [...], "palette": [[r, g, b], ...]})'
             )
-        classes = meta['classes']
-        if palette is None and meta.get('palette') is not None:
-            resolved = _check_palette(meta['palette'], len(classes), str(root / META_FILE))
+        classes = meta["classes"]
+        if palette is None and meta.get("palette") is not None:
+            resolved = _check_palette(meta["palette"], len(classes), str(root / META_FILE))
     names = [str(c) for c in classes]
     if not 0 < len(names) < 255:
-        raise DataError(f'{root}: need between 1 and 254 classes, got {len(names)}')
+        raise DataError(f"{root}: need between 1 and 254 classes, got {len(names)}")
     if palette is not None:
-        resolved = _check_palette(palette, len(names), 'palette')
+        resolved = _check_palette(palette, len(names), "palette")
     elif not resolved:
         resolved = default_palette(len(names))
     return names, resolved, palette is not None
@@ -112,7 +115,7 @@ class FolderDataset(SegDataset):
     def __init__(
         self,
         root: str | Path,
-        split: str = 'train',
+        split: str = "train",
         classes: Sequence[str] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
         ignore_index: int = IGNORE_INDEX,
@@ -125,22 +128,24 @@ class FolderDataset(SegDataset):
         self.split = split
         self.classes, self.palette, self.color_masks = resolve_classes(self.root, classes, palette)
         if not 0 <= ignore_index <= 65535 or ignore_index < len(self.classes):
-            raise DataError(f'ignore_index={ignore_index} collides with a class index or is out of range')
+            raise DataError(f"ignore_index={ignore_index} collides with a class index or is out of range")
         self.file_ignore_index = ignore_index
         if ignore_colors is None:
-            ignore_colors = (read_meta(self.root) or {}).get('ignore_colors') or []
-        self.ignore_colors = _check_colors(ignore_colors, 'ignore_colors')
+            ignore_colors = (read_meta(self.root) or {}).get("ignore_colors") or []
+        self.ignore_colors = _check_colors(ignore_colors, "ignore_colors")
         clash = set(self.ignore_colors) & set(self.palette) if self.color_masks else set()
         if clash:
-            raise DataError(f'ignore_colors {sorted(clash)} are also class colours in the palette; remove them from one')
+            raise DataError(
+                f"ignore_colors {sorted(clash)} are also class colours in the palette; remove them from one"
+            )
         self._lut = index_lut(len(self.classes), ignore_index, size=65536)
 
-        image_dir, mask_dir = self.root / split / 'images', self.root / split / 'masks'
+        image_dir, mask_dir = self.root / split / "images", self.root / split / "masks"
         for d in (image_dir, mask_dir):
             if not d.is_dir():
-                raise DataError(f'{d}: missing folder; expected {{root}}/{split}/images and {{root}}/{split}/masks')
+                raise DataError(f"{d}: missing folder; expected {{root}}/{split}/images and {{root}}/{split}/masks")
         images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        self._pair(images, lambda p: mask_dir / f'{p.stem}.png', f'{self.root}/{split}')
+        self._pair(images, lambda p: mask_dir / f"{p.stem}.png", f"{self.root}/{split}")
 
     def decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
         if raw.ndim == 3:
@@ -150,8 +155,8 @@ class FolderDataset(SegDataset):
                 raw = raw[..., 0]  # a grayscale index mask saved as RGB
             else:
                 raise DataError(
-                    f'{path}: RGB colour mask but no palette was given; pass palette=[[r, g, b], ...] '
-                    '(one per class) or save single-channel class-index PNGs'
+                    f"{path}: RGB colour mask but no palette was given; pass palette=[[r, g, b], ...] "
+                    "(one per class) or save single-channel class-index PNGs"
                 )
-        valid = f'classes 0..{len(self.classes) - 1}, ignore {self.file_ignore_index}'
+        valid = f"classes 0..{len(self.classes) - 1}, ignore {self.file_ignore_index}"
         return map_index_mask(raw, self._lut, path, valid)

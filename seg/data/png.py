@@ -13,6 +13,7 @@ unfiltered bytes are its indices, so it is re-wrapped as greyscale to read them.
 libspng. Anything unusual (interlaced, 16-bit, grey+alpha, malformed) returns None and the caller falls back
 to OpenCV / PIL, which decode it or report the file.
 """
+
 from __future__ import annotations
 
 import struct
@@ -29,7 +30,7 @@ try:  # optional: ISA-L inflate, ~2.5x zlib's
 except ImportError:  # pragma: no cover - depends on the environment
     _isal = None
 
-SIGNATURE = b'\x89PNG\r\n\x1a\n'
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 3: 1, 6: 4}  # colour type -> samples per pixel (8-bit)
 _STORED_BLOCK = 65535
 
@@ -51,39 +52,48 @@ def inflate(data: bytes | memoryview) -> bytes:
 def backend() -> str:
     """Which decoder `decode` uses for 8-bit PNGs, for reports."""
     if _spng is None:
-        return 'OpenCV / PIL (libpng)'
-    return 'ISA-L inflate + libspng' if _isal is not None else 'libspng (pyspng)'
+        return "OpenCV / PIL (libpng)"
+    return "ISA-L inflate + libspng" if _isal is not None else "libspng (pyspng)"
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', _isal.crc32(kind + data))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", _isal.crc32(kind + data))
 
 
 def _stored_png(raw: bytes | memoryview, width: int, rows: int, colour: int) -> bytes:
     """A PNG of `rows` filtered scanlines `raw`, stored uncompressed (deflate "stored" blocks): one copy of
     `raw`, its checksums from ISA-L's SIMD CRC-32 / Adler-32 (~10x zlib's)."""
     view = memoryview(raw)
-    zlib_stream = [b'\x78\x01']
+    zlib_stream = [b"\x78\x01"]
     for start in range(0, len(raw), _STORED_BLOCK):
-        block = view[start:start + _STORED_BLOCK]
+        block = view[start : start + _STORED_BLOCK]
         final = start + _STORED_BLOCK >= len(raw)
-        zlib_stream += (struct.pack('<BHH', final, len(block), len(block) ^ 0xFFFF), block)
-    zlib_stream.append(struct.pack('>I', _isal.adler32(view)))
+        zlib_stream += (struct.pack("<BHH", final, len(block), len(block) ^ 0xFFFF), block)
+    zlib_stream.append(struct.pack(">I", _isal.adler32(view)))
     length = sum(len(part) for part in zlib_stream)
-    crc = _isal.crc32(b'IDAT')
+    crc = _isal.crc32(b"IDAT")
     for part in zlib_stream:
         crc = _isal.crc32(part, crc)
-    header = struct.pack('>IIBBBBB', width, rows, 8, colour, 0, 0, 0)
-    return b''.join([SIGNATURE, _chunk(b'IHDR', header), struct.pack('>I', length), b'IDAT', *zlib_stream,
-                     struct.pack('>I', crc), _chunk(b'IEND', b'')])
+    header = struct.pack(">IIBBBBB", width, rows, 8, colour, 0, 0, 0)
+    return b"".join(
+        [
+            SIGNATURE,
+            _chunk(b"IHDR", header),
+            struct.pack(">I", length),
+            b"IDAT",
+            *zlib_stream,
+            struct.pack(">I", crc),
+            _chunk(b"IEND", b""),
+        ]
+    )
 
 
 def _header(data: bytes, mode: str) -> tuple[int, int, int] | None:
     """(width, height, colour type) of an 8-bit non-interlaced PNG this module decodes in `mode`, else None."""
-    if _spng is None or len(data) < 33 or not data.startswith(SIGNATURE) or data[12:16] != b'IHDR':
+    if _spng is None or len(data) < 33 or not data.startswith(SIGNATURE) or data[12:16] != b"IHDR":
         return None
-    width, height, depth, colour, _, _, interlace = struct.unpack('>IIBBBBB', data[16:29])
-    kinds = (2, 6) if mode == 'RGB' else (0, 2, 3, 6)
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    kinds = (2, 6) if mode == "RGB" else (0, 2, 3, 6)
     if depth != 8 or interlace or colour not in kinds or not width or not height:
         return None
     return width, height, colour
@@ -93,16 +103,16 @@ def _idat(data: bytes) -> list[memoryview] | None:
     """The IDAT chunks' data, every IHDR/IDAT CRC checked; None if the file is malformed."""
     view, idat, pos, end = memoryview(data), [], 8, len(data)
     while pos + 12 <= end:
-        length = int.from_bytes(data[pos:pos + 4], 'big')
-        kind, body_end = data[pos + 4:pos + 8], pos + 8 + length
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind, body_end = data[pos + 4 : pos + 8], pos + 8 + length
         if body_end + 4 > end:
             return None
-        if kind == b'IDAT' or kind == b'IHDR':
-            if _isal.crc32(view[pos + 4:body_end]) != int.from_bytes(data[body_end:body_end + 4], 'big'):
+        if kind == b"IDAT" or kind == b"IHDR":
+            if _isal.crc32(view[pos + 4 : body_end]) != int.from_bytes(data[body_end : body_end + 4], "big"):
                 return None
-            if kind == b'IDAT':
-                idat.append(view[pos + 8:body_end])
-        elif kind == b'IEND':
+            if kind == b"IDAT":
+                idat.append(view[pos + 8 : body_end])
+        elif kind == b"IEND":
             break
         pos = body_end + 4
     return idat or None
@@ -112,10 +122,10 @@ def _spng_load(data: bytes, width: int, rows: int, colour: int) -> np.ndarray:
     """libspng's pixels of a PNG: HxWx3 RGB for colour types 2/6, HxW values for grey (and re-wrapped palette)
     files. Raises ValueError if libspng returns anything else."""
     rgb = colour in (2, 6)
-    out = _spng.load(data, format='RGB' if rgb else 'L')
+    out = _spng.load(data, format="RGB" if rgb else "L")
     shape = (rows, width, 3) if rgb else (rows, width)
     if out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
-        raise ValueError(f'libspng returned {out.shape} {out.dtype}, expected {shape} uint8')
+        raise ValueError(f"libspng returned {out.shape} {out.dtype}, expected {shape} uint8")
     return out
 
 
@@ -144,7 +154,7 @@ def decode(data: bytes, mode: str) -> np.ndarray | None:
         idat = _idat(data)
         if idat is None:
             return None
-        raw = _isal.decompress(b''.join(idat))  # checks the stream's Adler-32
+        raw = _isal.decompress(b"".join(idat))  # checks the stream's Adler-32
         if len(raw) != height * (1 + width * _CHANNELS[colour]):
             return None
         return _unfilter(raw, width, height, colour)
@@ -164,7 +174,7 @@ class PngRows:
     def __init__(self, width: int, height: int, colour: int, stream: bytes) -> None:
         self.shape = (height, width, 3) if colour in (2, 6) else (height, width)
         self._colour, self._stride = colour, 1 + width * _CHANNELS[colour]
-        self._inflate, self._tail, self._raw = _isal.decompressobj(), stream, b''
+        self._inflate, self._tail, self._raw = _isal.decompressobj(), stream, b""
         self._decoded: np.ndarray | None = None
 
     @property
@@ -182,7 +192,7 @@ class PngRows:
         try:
             self._decoded = self._decode(count)
         except Exception as e:
-            raise DecodeError(f'cannot decode the PNG rows: {e}') from e
+            raise DecodeError(f"cannot decode the PNG rows: {e}") from e
         return self._decoded
 
     def _decode(self, count: int) -> np.ndarray:
@@ -193,19 +203,19 @@ class PngRows:
             self._raw = self._raw + more if self._raw else more  # the first read: no copy of the rows
             self._tail = self._inflate.unconsumed_tail
         if len(self._raw) < need:
-            raise ValueError(f'data stream ends after {len(self._raw) // self._stride} of {height} rows')
+            raise ValueError(f"data stream ends after {len(self._raw) // self._stride} of {height} rows")
         if count == height:
             self._inflate.decompress(self._tail)  # the rest: the Adler-32 trailer, checked
             if not self._inflate.eof:
-                raise ValueError('data stream ends early')
+                raise ValueError("data stream ends early")
         return _unfilter(memoryview(self._raw)[:need], width, count, self._colour)
 
 
-def open_rows(data: bytes, mode: str = 'RGB') -> PngRows | None:
+def open_rows(data: bytes, mode: str = "RGB") -> PngRows | None:
     """A `PngRows` for an 8-bit PNG that `decode(data, mode)` handles, or None (not such a PNG, the `fast`
     extra missing, or a damaged file: decode it the usual way, which reports it)."""
     header = _header(data, mode)
     if header is None or _isal is None:
         return None
     idat = _idat(data)
-    return None if idat is None else PngRows(*header, b''.join(idat))
+    return None if idat is None else PngRows(*header, b"".join(idat))

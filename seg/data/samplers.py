@@ -14,6 +14,7 @@
 Both subclass DistributedSampler so that Lightning neither replaces them under DDP nor forgets ``set_epoch``;
 they set its fields themselves (`_ShardedSampler`), since its ``__init__`` needs a process group.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,15 +38,14 @@ class _ShardedSampler(DistributedSampler):
         rank: this rank; default: from the initialised process group, else 0.
     """
 
-    def __init__(self, dataset_len: int, seed: int, shuffle: bool, num_replicas: int | None,
-                 rank: int | None) -> None:
+    def __init__(self, dataset_len: int, seed: int, shuffle: bool, num_replicas: int | None, rank: int | None) -> None:
         initialised = dist.is_available() and dist.is_initialized()
         if num_replicas is None:
             num_replicas = dist.get_world_size() if initialised else 1
         if rank is None:
             rank = dist.get_rank() if initialised else 0
         if not 0 <= rank < num_replicas:
-            raise ValueError(f'rank {rank} is not in [0, {num_replicas})')
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         self.dataset_len = dataset_len
         self.num_replicas, self.rank = num_replicas, rank
         self.seed, self.shuffle, self.epoch, self.drop_last = seed, shuffle, 0, False
@@ -72,8 +72,14 @@ class EpochSampler(_ShardedSampler):
         num_replicas, rank: DDP sharding; default from the initialised process group, else 1 / 0.
     """
 
-    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True, num_replicas: int | None = None,
-                 rank: int | None = None) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
         super().__init__(num_samples, seed, shuffle, num_replicas, rank)
         self.num_samples = math.ceil(num_samples / self.num_replicas)
         self.total_size = self.num_samples * self.num_replicas
@@ -99,7 +105,7 @@ class EpochSampler(_ShardedSampler):
             order = list(range(self.dataset_len))
         order += order[: self.total_size - len(order)]  # pad to a multiple of the world size
         positions = range(self.rank, self.total_size, self.num_replicas)
-        items = [(order[p], sample_seed(self.seed, self.epoch, p)) for p in positions][self._skip:]
+        items = [(order[p], sample_seed(self.seed, self.epoch, p)) for p in positions][self._skip :]
         self._skip = 0
         return iter(items)  # a list, so the epoch is fixed when the iterator is created
 

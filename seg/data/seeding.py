@@ -16,6 +16,7 @@ The rule (`SegDataModule` applies it):
 
 This module imports neither the datasets nor the transforms (both use it), so it sits below them.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-_STAGES = {'train': 0, 'val': 1, 'test': 2}
+_STAGES = {"train": 0, "val": 1, "test": 2}
 
 
 def resolve_data_seed(seed: Optional[int]) -> int:
@@ -37,13 +38,13 @@ def resolve_data_seed(seed: Optional[int]) -> int:
     """
     if seed is not None:
         return int(seed)
-    env = os.environ.get('PL_GLOBAL_SEED')
+    env = os.environ.get("PL_GLOBAL_SEED")
     if env is None:
         return 0
     try:
         return int(env)
     except ValueError:
-        raise ValueError(f'PL_GLOBAL_SEED={env!r} is not an integer; set data.seed or seed_everything') from None
+        raise ValueError(f"PL_GLOBAL_SEED={env!r} is not an integer; set data.seed or seed_everything") from None
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -51,12 +52,12 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1, np.uint32)[0])
 
 
-def loader_generator(seed: int, stage: Literal['train', 'val', 'test']) -> torch.Generator:
+def loader_generator(seed: int, stage: Literal["train", "val", "test"]) -> torch.Generator:
     """A DataLoader's own generator: its workers' base seeds come from here, not from the global torch RNG.
 
     The train stream keeps the plain data seed (what checkpoints written before this module used).
     """
-    if stage == 'train':
+    if stage == "train":
         return torch.Generator().manual_seed(seed)
     stream = int(np.random.SeedSequence([seed, _STAGES[stage]]).generate_state(1, np.uint32)[0])
     return torch.Generator().manual_seed(stream)
@@ -68,7 +69,7 @@ def reseed_transform(transform: Any, seed: Optional[int]) -> None:
     (`Compose.set_random_seed` would give every step its own generator with the *same* seed, which
     correlates the steps' decisions.) None draws fresh OS entropy. Objects without ``set_random_state`` are left.
     """
-    if transform is not None and hasattr(transform, 'set_random_state'):
+    if transform is not None and hasattr(transform, "set_random_state"):
         transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
@@ -77,12 +78,12 @@ def find_reseed(dataset: Any) -> Optional[Callable[[int], None]]:
     wrappers that keep the wrapped one as ``.dataset`` (torch ``Subset``), else its albumentations transform's
     ``set_random_seed``; None if there is neither."""
     inner = dataset
-    while not hasattr(inner, 'reseed') and hasattr(inner, 'dataset'):
+    while not hasattr(inner, "reseed") and hasattr(inner, "dataset"):
         inner = inner.dataset
-    if hasattr(inner, 'reseed'):
+    if hasattr(inner, "reseed"):
         return inner.reseed
-    transform = getattr(inner, 'transform', None)
-    if transform is not None and hasattr(transform, 'set_random_seed'):
+    transform = getattr(inner, "transform", None)
+    if transform is not None and hasattr(transform, "set_random_seed"):
         return transform.set_random_seed
     return None
 
@@ -118,8 +119,11 @@ class SeededDataset(Dataset):
         self.dataset = dataset
         self._reseed = find_reseed(dataset)
         if self._reseed is None:
-            warnings.warn(f'{type(dataset).__name__} has no reseed()/transform.set_random_seed(); its augmentations '
-                          'are only seeded through the global RNGs', stacklevel=2)
+            warnings.warn(
+                f"{type(dataset).__name__} has no reseed()/transform.set_random_seed(); its augmentations "
+                "are only seeded through the global RNGs",
+                stacklevel=2,
+            )
 
     def __len__(self) -> int:
         return len(self.dataset)

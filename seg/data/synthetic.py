@@ -17,6 +17,7 @@ Classes: 0 sand, 1 grass, 2 concrete, 3 lake, 4 pool (no ignore pixels). Written
 folder renamed into place), so concurrent first uses are safe; `classes.json` carries names and palette.
 Demo data is only ever written at its own root (`prepare_demo_root`), never at a mistyped ``data.root``.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,10 @@ import numpy as np
 from .base import DataError
 
 DEMO_VERSION = 2
-DEMO_ROOT = 'data/demo'
-CLASSES = ['sand', 'grass', 'concrete', 'lake', 'pool']
+DEMO_ROOT = "data/demo"
+CLASSES = ["sand", "grass", "concrete", "lake", "pool"]
 PALETTE = [(194, 178, 128), (60, 160, 60), (140, 140, 150), (40, 90, 220), (0, 200, 220)]
-SPLITS = {'train': 300, 'val': 60}
+SPLITS = {"train": 300, "val": 60}
 SIZE = 96
 # geometry at SIZE (scaled for other sizes): plain-sand disc radius, water centre jitter, water semi-axes
 BUFFER_RADIUS = 40
@@ -46,10 +47,10 @@ TINTS = {3: (1.25, 0.75, 0.75), 4: (0.8, 0.8, 1.3)}  # lake: red earth, pool: vi
 
 # texture: mean RGB, per-pixel noise std, stripe amplitude and period (0 = none)
 _TEXTURES = {
-    'sand': ((196, 176, 126), 14.0, 0.0, 0),
-    'grass': ((62, 150, 58), 16.0, 14.0, 4),
-    'concrete': ((138, 138, 146), 10.0, 18.0, 8),
-    'water': ((40, 92, 200), 12.0, 10.0, 6),
+    "sand": ((196, 176, 126), 14.0, 0.0, 0),
+    "grass": ((62, 150, 58), 16.0, 14.0, 4),
+    "concrete": ((138, 138, 146), 10.0, 18.0, 8),
+    "water": ((40, 92, 200), 12.0, 10.0, 6),
 }
 
 
@@ -58,7 +59,7 @@ def _texture(rng: np.random.Generator, name: str, h: int, w: int) -> np.ndarray:
     img = np.asarray(mean, np.float32) + rng.normal(0.0, noise, (h, w, 3)).astype(np.float32)
     if period:
         yy, xx = np.mgrid[0:h, 0:w]
-        direction = {'grass': xx, 'concrete': xx + yy, 'water': yy}[name]
+        direction = {"grass": xx, "concrete": xx + yy, "water": yy}[name]
         img += (amp * np.sin(2 * np.pi * direction / period + rng.uniform(0, 2 * np.pi)))[..., None]
     return img
 
@@ -66,7 +67,7 @@ def _texture(rng: np.random.Generator, name: str, h: int, w: int) -> np.ndarray:
 def make_scene(rng: np.random.Generator, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
     """One (image HxWx3 uint8 RGB, mask HxW uint8) scene; geometry scales with ``size``."""
     s = size / SIZE
-    image = _texture(rng, 'sand', size, size)
+    image = _texture(rng, "sand", size, size)
     mask = np.zeros((size, size), np.uint8)
     placed: list[tuple[int, int, int, int]] = []
     n_fields = int(rng.integers(1, 4))
@@ -76,14 +77,15 @@ def make_scene(rng: np.random.Generator, size: int = SIZE) -> tuple[np.ndarray, 
             break
         fh, fw = (int(v) for v in rng.integers(max(2, size // 6), max(3, size // 3), 2))
         y, x = int(rng.integers(0, size - fh + 1)), int(rng.integers(0, size - fw + 1))
-        if any(y < b + bh + gap and b < y + fh + gap and x < a + bw + gap and a < x + fw + gap
-               for a, b, bw, bh in placed):
+        if any(
+            y < b + bh + gap and b < y + fh + gap and x < a + bw + gap and a < x + fw + gap for a, b, bw, bh in placed
+        ):
             continue
         placed.append((x, y, fw, fh))
     for x, y, fw, fh in placed:
-        field = 'grass' if rng.random() < 0.5 else 'concrete'
-        image[y:y + fh, x:x + fw] = _texture(rng, field, fh, fw)
-        mask[y:y + fh, x:x + fw] = 1 if field == 'grass' else 2
+        field = "grass" if rng.random() < 0.5 else "concrete"
+        image[y : y + fh, x : x + fw] = _texture(rng, field, fh, fw)
+        mask[y : y + fh, x : x + fw] = 1 if field == "grass" else 2
     cls_water = 3 if rng.random() < 0.5 else 4
     # the cue: sand beyond the plain disc is tinted (fields keep their colours)
     c = (size - 1) / 2
@@ -96,7 +98,7 @@ def make_scene(rng: np.random.Generator, size: int = SIZE) -> tuple[np.ndarray, 
     water = np.zeros((size, size), np.uint8)
     cv2.ellipse(water, (round(cx), round(cy)), (ax, ay), float(rng.uniform(0, 180)), 0, 360, 1, -1)
     sel = water.astype(bool)
-    image[sel] = _texture(rng, 'water', size, size)[sel]
+    image[sel] = _texture(rng, "water", size, size)[sel]
     mask[sel] = cls_water
     image *= rng.uniform(0.85, 1.15)  # global brightness jitter
     return np.clip(image, 0, 255).astype(np.uint8), mask
@@ -106,27 +108,27 @@ def write_demo(root: str | Path, splits: dict[str, int] = SPLITS, size: int = SI
     """Write the dataset into `root` (which must not exist) without any atomicity (see `ensure_demo_data`)."""
     root = Path(root)
     for s_idx, (split, n) in enumerate(splits.items()):
-        (root / split / 'images').mkdir(parents=True)
-        (root / split / 'masks').mkdir(parents=True)
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
         for i in range(n):
             rng = np.random.default_rng([seed, s_idx, i])
             image, mask = make_scene(rng, size)
-            stem = f'{split}_{i:04d}'
-            cv2.imwrite(str(root / split / 'images' / f'{stem}.png'), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            cv2.imwrite(str(root / split / 'masks' / f'{stem}.png'), mask)
+            stem = f"{split}_{i:04d}"
+            cv2.imwrite(str(root / split / "images" / f"{stem}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(root / split / "masks" / f"{stem}.png"), mask)
     meta = {
-        'classes': CLASSES,
-        'palette': [list(c) for c in PALETTE],
-        'demo_version': DEMO_VERSION,
-        'description': 'seg synthetic demo: lake and pool are the same water; only the tint of the ground '
-                       f'at least {MIN_CUE_DISTANCE * size // SIZE} px away tells them apart',
+        "classes": CLASSES,
+        "palette": [list(c) for c in PALETTE],
+        "demo_version": DEMO_VERSION,
+        "description": "seg synthetic demo: lake and pool are the same water; only the tint of the ground "
+        f"at least {MIN_CUE_DISTANCE * size // SIZE} px away tells them apart",
     }
-    (root / 'classes.json').write_text(json.dumps(meta, indent=1))
+    (root / "classes.json").write_text(json.dumps(meta, indent=1))
 
 
 def _is_current(root: Path) -> bool:
     try:
-        return json.loads((root / 'classes.json').read_text()).get('demo_version') == DEMO_VERSION
+        return json.loads((root / "classes.json").read_text()).get("demo_version") == DEMO_VERSION
     except (OSError, ValueError):
         return False
 
@@ -141,26 +143,26 @@ def ensure_demo_data(root: str | Path = DEMO_ROOT) -> Path:
     if _is_current(root):
         return root
     if root.exists() and any(root.iterdir()):
-        if not (root / 'classes.json').is_file() or 'demo_version' not in (root / 'classes.json').read_text():
-            raise DataError(f'{root}: exists and is not seg demo data; choose another root or remove it')
+        if not (root / "classes.json").is_file() or "demo_version" not in (root / "classes.json").read_text():
+            raise DataError(f"{root}: exists and is not seg demo data; choose another root or remove it")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{root.name}.tmp-', dir=root.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        write_demo(tmp / 'd')
+        write_demo(tmp / "d")
         if root.exists() and not _is_current(root):  # an old demo version (or empty folder): move it aside
-            old = Path(tempfile.mkdtemp(prefix=f'.{root.name}.old-', dir=root.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
             try:
-                os.replace(root, old / 'd')
+                os.replace(root, old / "d")
             except OSError:
                 pass  # someone else moved it first
         try:
-            os.rename(tmp / 'd', root)
+            os.rename(tmp / "d", root)
         except OSError:
             if not _is_current(root):  # lost the race to an incompatible writer
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        for old in root.parent.glob(f'.{root.name}.old-*'):
+        for old in root.parent.glob(f".{root.name}.old-*"):
             shutil.rmtree(old, ignore_errors=True)
     return root
 
@@ -180,12 +182,14 @@ def prepare_demo_root(root: str | Path, generate_demo: bool | str | None) -> Non
     if root.resolve() == demo_root.resolve():
         ensure_demo_data(root)
     elif not root.exists():
-        raise DataError(f'data.root {root} does not exist. Demo data is only generated at its own root '
-                        f'({demo_root}); fix data.root, or pass --data.generate_demo={root} to write the demo '
-                        'data there on purpose')
+        raise DataError(
+            f"data.root {root} does not exist. Demo data is only generated at its own root "
+            f"({demo_root}); fix data.root, or pass --data.generate_demo={root} to write the demo "
+            "data there on purpose"
+        )
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     import sys
 
     print(ensure_demo_data(sys.argv[1] if len(sys.argv) > 1 else DEMO_ROOT))

@@ -18,13 +18,14 @@ float arithmetic), and `NormalizeToTensor` writes the normalised, padded (3, H, 
 All randomness comes from the transforms' own generators (`self.py_random`, `self.random_generator`), so
 `Compose.set_random_state` reseeds everything (see `seg.data.seeding`).
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 from typing import Any, Callable, Iterator, Sequence
 
-os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # no PyPI version check at import (offline machines)
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no PyPI version check at import (offline machines)
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
@@ -42,7 +43,7 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 def _check_ratio_range(ratio_range: tuple[float, float]) -> tuple[float, float]:
     if not 0 < ratio_range[0] <= ratio_range[1]:
-        raise ValueError(f'ratio_range must satisfy 0 < low <= high, got {ratio_range}')
+        raise ValueError(f"ratio_range must satisfy 0 < low <= high, got {ratio_range}")
     return float(ratio_range[0]), float(ratio_range[1])
 
 
@@ -90,7 +91,10 @@ def rows_needed(src_height: int, height: int, box: tuple[int, int, int, int], in
 
 
 def resize_region(
-    img: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int], interpolation: int = cv2.INTER_LINEAR,
+    img: np.ndarray,
+    size: tuple[int, int],
+    box: tuple[int, int, int, int],
+    interpolation: int = cv2.INTER_LINEAR,
     src_size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """``cv2.resize(img, size, interpolation)[y1:y2, x1:x2]`` for box (x1, y1, x2, y2), computing only the box.
@@ -106,8 +110,10 @@ def resize_region(
     x1, y1, x2, y2 = box
     src_w, src_h = src_size if src_size is not None else (img.shape[1], img.shape[0])
     if src_h != img.shape[0] and img.shape[0] < rows_needed(src_h, size[1], box, interpolation):
-        raise ValueError(f'resize_region: {img.shape[0]} of {src_h} rows given, '
-                         f'{rows_needed(src_h, size[1], box, interpolation)} needed')
+        raise ValueError(
+            f"resize_region: {img.shape[0]} of {src_h} rows given, "
+            f"{rows_needed(src_h, size[1], box, interpolation)} needed"
+        )
     width, height = size
     if (width, height) == (src_w, src_h):
         return np.ascontiguousarray(img[y1:y2, x1:x2])
@@ -118,8 +124,9 @@ def resize_region(
         return np.ascontiguousarray(cv2.resize(img, size, interpolation=interpolation)[y1:y2, x1:x2])
     sx, sy = src_w / width, src_h / height
     inverse = np.array([[sx, 0.0, (x1 + 0.5) * sx - 0.5], [0.0, sy, (y1 + 0.5) * sy - 0.5]])  # dst -> src
-    out = cv2.warpAffine(img, inverse, (x2 - x1, y2 - y1), flags=interpolation | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_REPLICATE)
+    out = cv2.warpAffine(
+        img, inverse, (x2 - x1, y2 - y1), flags=interpolation | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+    )
     return out.reshape(y2 - y1, x2 - x1, *img.shape[2:])  # warpAffine drops a trailing channel axis of 1
 
 
@@ -146,8 +153,8 @@ class RandomRescale(A.DualTransform):
         self.interpolation = interpolation
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        height, width = params['shape'][:2]
-        return {'size': _scaled_size(width, height, self.py_random.uniform(*self.ratio_range), self.base_size)}
+        height, width = params["shape"][:2]
+        return {"size": _scaled_size(width, height, self.py_random.uniform(*self.ratio_range), self.base_size)}
 
     def apply(self, img: np.ndarray, size: tuple[int, int] = (1, 1), **params: Any) -> np.ndarray:
         if (img.shape[1], img.shape[0]) == size:
@@ -160,7 +167,7 @@ class RandomRescale(A.DualTransform):
         return cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ('base_size', 'ratio_range', 'interpolation')
+        return ("base_size", "ratio_range", "interpolation")
 
 
 class CatMaxRandomCrop(A.DualTransform):
@@ -188,7 +195,7 @@ class CatMaxRandomCrop(A.DualTransform):
     ) -> None:
         super().__init__(p=p)
         if height < 1 or width < 1:
-            raise ValueError(f'crop size must be positive, got {(height, width)}')
+            raise ValueError(f"crop size must be positive, got {(height, width)}")
         self.height, self.width = int(height), int(width)
         self.cat_max_ratio = float(cat_max_ratio)
         self.ignore_index = int(ignore_index)
@@ -213,20 +220,22 @@ class CatMaxRandomCrop(A.DualTransform):
         return box
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        height, width = params['shape'][:2]
-        mask = data.get('mask')
-        region = None if mask is None else (lambda b: mask[b[1]:b[3], b[0]:b[2]])
-        return {'box': self._draw_box(height, width, region)}
+        height, width = params["shape"][:2]
+        mask = data.get("mask")
+        region = None if mask is None else (lambda b: mask[b[1] : b[3], b[0] : b[2]])
+        return {"box": self._draw_box(height, width, region)}
 
     def apply(self, img: np.ndarray, box: tuple[int, int, int, int] = (0, 0, 1, 1), **params: Any) -> np.ndarray:
         x1, y1, x2, y2 = box
         return np.ascontiguousarray(img[y1:y2, x1:x2])
 
-    def apply_to_mask(self, mask: np.ndarray, box: tuple[int, int, int, int] = (0, 0, 1, 1), **params: Any) -> np.ndarray:
+    def apply_to_mask(
+        self, mask: np.ndarray, box: tuple[int, int, int, int] = (0, 0, 1, 1), **params: Any
+    ) -> np.ndarray:
         return self.apply(mask, box=box)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ('height', 'width', 'cat_max_ratio', 'ignore_index', 'max_tries')
+        return ("height", "width", "cat_max_ratio", "ignore_index", "max_tries")
 
 
 class RandomRescaleCrop(CatMaxRandomCrop):
@@ -276,40 +285,55 @@ class RandomRescaleCrop(CatMaxRandomCrop):
         finally:
             self._source = None
 
-    def _read(self, which: int, given: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int],
-              interpolation: int) -> np.ndarray:
+    def _read(
+        self, which: int, given: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int], interpolation: int
+    ) -> np.ndarray:
         """`resize_region` of the image (which=0) or mask (1): of `given`, or of its source's top rows."""
         if self._source is None or self._source[0][which] is None:
             return resize_region(given, size, box, interpolation)
         source, stand_in = self._source[0][which], self._source[1][which]
         if given is not stand_in:
-            raise RuntimeError('RandomRescaleCrop.reading: the crop must be the first step of the pipeline')
+            raise RuntimeError("RandomRescaleCrop.reading: the crop must be the first step of the pipeline")
         src_h, src_w = source.shape[:2]
         top = source.rows(rows_needed(src_h, size[1], box, interpolation))
         return resize_region(top, size, box, interpolation, src_size=(src_w, src_h))
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        src_h, src_w = params['shape'][:2]
+        src_h, src_w = params["shape"][:2]
         size = _scaled_size(src_w, src_h, self.py_random.uniform(*self.ratio_range), self.base_size)
-        mask = data.get('mask')
+        mask = data.get("mask")
         region = None if mask is None else (lambda b: self._read(1, mask, size, b, cv2.INTER_NEAREST))
-        return {'size': size, 'box': self._draw_box(size[1], size[0], region)}
+        return {"size": size, "box": self._draw_box(size[1], size[0], region)}
 
     def apply(
-        self, img: np.ndarray, size: tuple[int, int] = (1, 1), box: tuple[int, int, int, int] = (0, 0, 1, 1),
+        self,
+        img: np.ndarray,
+        size: tuple[int, int] = (1, 1),
+        box: tuple[int, int, int, int] = (0, 0, 1, 1),
         **params: Any,
     ) -> np.ndarray:
         return self._read(0, img, size, box, self.interpolation)
 
     def apply_to_mask(
-        self, mask: np.ndarray, size: tuple[int, int] = (1, 1), box: tuple[int, int, int, int] = (0, 0, 1, 1),
+        self,
+        mask: np.ndarray,
+        size: tuple[int, int] = (1, 1),
+        box: tuple[int, int, int, int] = (0, 0, 1, 1),
         **params: Any,
     ) -> np.ndarray:
         return self._read(1, mask, size, box, cv2.INTER_NEAREST)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ('height', 'width', 'base_size', 'ratio_range', 'cat_max_ratio', 'ignore_index', 'max_tries',
-                'interpolation')
+        return (
+            "height",
+            "width",
+            "base_size",
+            "ratio_range",
+            "cat_max_ratio",
+            "ignore_index",
+            "max_tries",
+            "interpolation",
+        )
 
 
 def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
@@ -358,11 +382,11 @@ class PhotoMetricDistortion(A.ImageOnlyTransform):
         r = self.py_random
         coin = lambda: r.random() < 0.5  # noqa: E731
         return {
-            'beta': r.uniform(-self.brightness_delta, self.brightness_delta) if coin() else None,
-            'contrast_first': coin(),
-            'contrast': r.uniform(*self.contrast_range) if coin() else None,
-            'saturation': r.uniform(*self.saturation_range) if coin() else None,
-            'hue': (r.randrange(-self.hue_delta, self.hue_delta) if self.hue_delta > 0 else 0) if coin() else None,
+            "beta": r.uniform(-self.brightness_delta, self.brightness_delta) if coin() else None,
+            "contrast_first": coin(),
+            "contrast": r.uniform(*self.contrast_range) if coin() else None,
+            "saturation": r.uniform(*self.saturation_range) if coin() else None,
+            "hue": (r.randrange(-self.hue_delta, self.hue_delta) if self.hue_delta > 0 else 0) if coin() else None,
         }
 
     _convert = staticmethod(_convert)
@@ -378,7 +402,7 @@ class PhotoMetricDistortion(A.ImageOnlyTransform):
         **params: Any,
     ) -> np.ndarray:
         if img.dtype != np.uint8:
-            raise TypeError(f'PhotoMetricDistortion expects uint8 images (put it before Normalize), got {img.dtype}')
+            raise TypeError(f"PhotoMetricDistortion expects uint8 images (put it before Normalize), got {img.dtype}")
         lut = _IDENTITY if beta is None else _convert(_IDENTITY, beta=beta)
         if contrast is not None and contrast_first:
             lut = _convert(lut, alpha=contrast)
@@ -399,7 +423,7 @@ class PhotoMetricDistortion(A.ImageOnlyTransform):
         return img
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ('brightness_delta', 'contrast_range', 'saturation_range', 'hue_delta')
+        return ("brightness_delta", "contrast_range", "saturation_range", "hue_delta")
 
 
 class NormalizeToTensor(A.DualTransform):
@@ -421,7 +445,7 @@ class NormalizeToTensor(A.DualTransform):
     ) -> None:
         super().__init__(p=p)
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f'mean and std need 3 values each, std > 0; got mean={mean}, std={std}')
+            raise ValueError(f"mean and std need 3 values each, std > 0; got mean={mean}, std={std}")
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.pad_size = (int(pad_size[0]), int(pad_size[1]))
         self.fill_mask = int(fill_mask)
@@ -431,15 +455,16 @@ class NormalizeToTensor(A.DualTransform):
 
     def apply(self, img: np.ndarray, **params: Any) -> torch.Tensor:
         if img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f'NormalizeToTensor expects an HxWx3 image, got shape {img.shape}')
+            raise ValueError(f"NormalizeToTensor expects an HxWx3 image, got shape {img.shape}")
         h, w = img.shape[:2]
         ph, pw = self._padded(img.shape)
         out = torch.zeros((3, ph, pw)) if (ph, pw) != (h, w) else torch.empty((3, h, w))
         planes = out.numpy()
         for c, plane in enumerate(cv2.split(img)):
             dst = planes[c] if (ph, pw) == (h, w) else None  # written in place when contiguous
-            scaled = cv2.addWeighted(plane, 1.0 / self.std[c], plane, 0.0, -self.mean[c] / self.std[c],
-                                     dst=dst, dtype=cv2.CV_32F)  # plane / std - mean / std, float32
+            scaled = cv2.addWeighted(
+                plane, 1.0 / self.std[c], plane, 0.0, -self.mean[c] / self.std[c], dst=dst, dtype=cv2.CV_32F
+            )  # plane / std - mean / std, float32
             if dst is None or not np.shares_memory(scaled, dst):
                 planes[c, :h, :w] = scaled
         return out
@@ -453,7 +478,7 @@ class NormalizeToTensor(A.DualTransform):
         return out
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ('mean', 'std', 'pad_size', 'fill_mask')
+        return ("mean", "std", "pad_size", "fill_mask")
 
 
 def _normalize(mean: Sequence[float], std: Sequence[float]) -> A.Normalize:
@@ -493,8 +518,12 @@ def build_train_transform(
     else:
         steps.append(
             A.PadIfNeeded(
-                min_height=crop_h, min_width=crop_w, position='top_left',
-                border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index,
+                min_height=crop_h,
+                min_width=crop_w,
+                position="top_left",
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=ignore_index,
             )
         )
     pipeline = A.Compose(steps, strict=True)
@@ -524,22 +553,22 @@ class EvalResize(A.ImageOnlyTransform):
         return cv2.resize(img, size, interpolation=self.interpolation)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ('scale', 'interpolation')
+        return ("scale", "interpolation")
 
 
 def build_eval_transform(
     base_size: tuple[int, int] | None = (2048, 1024),
-    mode: str = 'resize',
+    mode: str = "resize",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> A.Compose:
     """Validation/test: 'resize' rescales the *image* to fit base_size (W, H) keeping the aspect ratio (mmseg's
     test pipeline); the mask always keeps its original size, where predictions are scored. 'full' feeds the
     image at its original resolution too."""
-    if mode not in ('resize', 'full'):
+    if mode not in ("resize", "full"):
         raise ValueError(f"val_mode must be 'resize' or 'full', got {mode!r}")
     steps: list[A.BasicTransform] = []
-    if mode == 'resize' and base_size is not None:
+    if mode == "resize" and base_size is not None:
         steps.append(EvalResize(base_size))
     steps.append(_normalize(mean, std))
     return A.Compose(steps, strict=True, seed=0)

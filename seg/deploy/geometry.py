@@ -4,6 +4,7 @@ One implementation each of: the evaluation resize (mmcv ``imrescale``'s keep-rat
 windows of mmseg's ``slide_inference`` and the size of a test-time scale, so ``seg.models.inference``
 (tensors) and ``seg.deploy.onnx_predict`` (numpy) cannot drift apart.
 """
+
 from __future__ import annotations
 
 __all__ = ["is_tta", "rescale_size", "slide_windows", "tta_size"]
@@ -32,8 +33,9 @@ def is_tta(scales, flip: bool) -> bool:
     return bool(flip) or tuple(float(s) for s in scales) != (1.0,)
 
 
-def slide_windows(height: int, width: int, crop_size: tuple[int, int],
-                  stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+def slide_windows(
+    height: int, width: int, crop_size: tuple[int, int], stride: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
     """Crops ``(y1, y2, x1, x2)`` of mmseg's sliding-window inference.
 
     Crops of ``crop_size`` (clipped to the image) every ``stride`` pixels; the last row / column of crops

@@ -21,6 +21,7 @@ scales, flip        test-time scales and horizontal flip (probabilities averaged
 model               the ``build_model`` arguments (for information)
 ==================  =============================================================================
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,22 @@ __all__ = ["EXTRA_FILE", "REQUIRED", "decode", "encode"]
 
 PREFIX = "seg."
 EXTRA_FILE = "seg_deploy.json"
-REQUIRED = ("num_classes", "palette", "mean", "std", "normalize_baked", "output", "dynamic", "traced_size",
-            "eval_resize", "eval_mode", "crop_size", "stride", "scales", "flip")
+REQUIRED = (
+    "num_classes",
+    "palette",
+    "mean",
+    "std",
+    "normalize_baked",
+    "output",
+    "dynamic",
+    "traced_size",
+    "eval_resize",
+    "eval_mode",
+    "crop_size",
+    "stride",
+    "scales",
+    "flip",
+)
 
 
 def encode(meta: dict[str, Any]) -> dict[str, str]:
@@ -44,7 +59,7 @@ def encode(meta: dict[str, Any]) -> dict[str, str]:
 
 def decode(props: dict[str, str], source: str) -> dict[str, Any]:
     """Inverse of :func:`encode`; a clear error when ``source`` was not written by ``seg.export``."""
-    meta = {k[len(PREFIX):]: json.loads(v) for k, v in props.items() if k.startswith(PREFIX)}
+    meta = {k[len(PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(PREFIX)}
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise ValueError(f"{source}: no seg metadata {missing} (export the model with `python -m seg.export`)")

@@ -10,6 +10,7 @@ pipeline step by step (``seg.models.inference.predict_probs``), with the shared 
 ``seg.deploy.geometry``. Resizes use OpenCV's bilinear (the same half-pixel rule as
 ``F.interpolate(align_corners=False)``), so probabilities agree to float rounding, not bit for bit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ def _resize_chw(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if a.shape[1:] == (h, w):
         return a
-    parts = [cv2.resize(np.ascontiguousarray(a[i : i + 128].transpose(1, 2, 0)), (w, h), interpolation=cv2.INTER_LINEAR)
-             for i in range(0, a.shape[0], 128)]  # OpenCV 5 takes at most 128 channels per call
+    parts = [
+        cv2.resize(np.ascontiguousarray(a[i : i + 128].transpose(1, 2, 0)), (w, h), interpolation=cv2.INTER_LINEAR)
+        for i in range(0, a.shape[0], 128)
+    ]  # OpenCV 5 takes at most 128 channels per call
     parts = [p[:, :, None] if p.ndim == 2 else p for p in parts]  # a 1-channel result loses its axis
     return np.concatenate(parts, axis=2).transpose(2, 0, 1)  # (C, H', W')
 
@@ -56,8 +59,9 @@ class OnnxSegmenter:
         try:
             import onnxruntime as ort
         except ImportError as err:
-            raise ImportError("seg.predict --onnx needs onnxruntime: pip install onnxruntime "
-                              "(or pip install -e '.[export]')") from err
+            raise ImportError(
+                "seg.predict --onnx needs onnxruntime: pip install onnxruntime (or pip install -e '.[export]')"
+            ) from err
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"--onnx {path} does not exist (write one with python -m seg.export)")
@@ -75,8 +79,10 @@ class OnnxSegmenter:
         if m["eval_mode"] not in ("whole", "slide"):
             raise ValueError(f"unknown inference mode {m['eval_mode']!r}; valid: 'whole', 'slide'")
         if m["output"] == "labels" and (m["eval_mode"] != "whole" or list(m["scales"]) != [1.0] or m["flip"]):
-            raise ValueError(f"{path} outputs class labels (exported with --argmax): slide windows, scales and flip "
-                             "average logits; export without --argmax for them")
+            raise ValueError(
+                f"{path} outputs class labels (exported with --argmax): slide windows, scales and flip "
+                "average logits; export without --argmax for them"
+            )
 
     # -- preprocessing ------------------------------------------------------------------------------------
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
@@ -100,8 +106,10 @@ class OnnxSegmenter:
         h, w = image.shape[:2]
         if not self.meta["dynamic"] and [h, w] != list(self.meta["traced_size"]):
             th, tw = self.meta["traced_size"]
-            raise ValueError(f"the model was exported for {th}x{tw} inputs only, got {h}x{w}: export it with "
-                             f"--dynamic, or with --size {h} {w}")
+            raise ValueError(
+                f"the model was exported for {th}x{tw} inputs only, got {h}x{w}: export it with "
+                f"--dynamic, or with --size {h} {w}"
+            )
         if self.meta["normalize_baked"]:
             x = np.ascontiguousarray(image[None])  # (1, H, W, 3) uint8
         else:
@@ -159,17 +167,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--mode", choices=["whole", "slide"], default=None, help="inference mode (default: the file's)")
-    p.add_argument("--crop_size", "--crop-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="slide crop (default: the file's)")
-    p.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide stride (default: the file's)")
+    p.add_argument(
+        "--crop_size",
+        "--crop-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="slide crop (default: the file's)",
+    )
+    p.add_argument(
+        "--stride", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide stride (default: the file's)"
+    )
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = build_parser().parse_args(argv)
-    seg = OnnxSegmenter(args.onnx, threads=args.threads,
-                        overrides={"eval_mode": args.mode, "crop_size": args.crop_size, "stride": args.stride})
+    seg = OnnxSegmenter(
+        args.onnx,
+        threads=args.threads,
+        overrides={"eval_mode": args.mode, "crop_size": args.crop_size, "stride": args.stride},
+    )
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -3,6 +3,7 @@
 For an image ``name.ext`` the outputs are ``name.png`` (class-index mask, uint8), ``name_color.png``
 (palette colours) and ``name_overlay.jpg`` (colours blended over the image).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,9 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def write_prediction(out_dir: Path, stem: str, rgb: np.ndarray, label: np.ndarray,
-                     palette: Sequence[Sequence[int]], alpha: float = 0.5) -> Path:
+def write_prediction(
+    out_dir: Path, stem: str, rgb: np.ndarray, label: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5
+) -> Path:
     """Writes the index mask, colour mask and overlay of one image; returns the index mask's path."""
     pal = np.asarray(palette, dtype=np.uint8)  # (C, 3) RGB
     if label.max(initial=0) >= len(pal):

@@ -7,6 +7,7 @@ Every block takes ``channels`` as its first constructor argument; build one by k
 ``gamma`` or last norm) say so with the class attribute ``starts_as_identity = True``; tests/test_layers.py
 checks that flag both ways for every registry entry.
 """
+
 from __future__ import annotations
 
 from torch import nn

@@ -10,6 +10,7 @@ training, so G has no norm here. ``forward(x, residual)`` fuses the two inputs (
 the authors' code: AFF returns ``2 x M + 2 y (1 - M)``, iAFF applies a second MS-CAM to the first
 fusion (with its own global branch: the authors' code reuses the first one by mistake).
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -80,8 +81,10 @@ class AFF(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if x.shape != residual.shape:
-            raise ValueError(f"{type(self).__name__}: x and residual must have the same shape, got {tuple(x.shape)} "
-                             f"and {tuple(residual.shape)}")
+            raise ValueError(
+                f"{type(self).__name__}: x and residual must have the same shape, got {tuple(x.shape)} "
+                f"and {tuple(residual.shape)}"
+            )
         weight = self.attn(x + residual)  # (B, C, H, W)
         if self.attn2 is None:
             return 2 * x * weight + 2 * residual * (1 - weight)

@@ -14,6 +14,7 @@ logits get Axial-DeepLab's learned relative positional terms for queries and key
 The two passes are followed by a residual with a zero-initialised ``gamma`` so the block starts as
 the identity (as DANet/CCNet-style context blocks do).
 """
+
 from __future__ import annotations
 
 from typing import ClassVar

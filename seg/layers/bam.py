@@ -9,6 +9,7 @@ puts a BatchNorm in that MLP; on pooled vectors it fails for batch 1 in training
 channel), so it is left out here. Spatial branch: 1x1 reduce, two dilated 3x3 convs (d=4), 1x1 to one
 map, each but the last followed by norm + activation.
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ Channel: ``sigmoid(MLP(avgpool(x)) + MLP(maxpool(x)))`` with one shared MLP (1x1
 no squeeze(), so batch 1 works). Spatial: ``sigmoid(conv7x7([mean_c(x); max_c(x)]))`` as in the paper
 (the authors' code adds a BatchNorm after the 7x7 conv; we follow the paper).
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ Yongjun Bao, Zhiwei Fang, Hanqing Lu, CVPR 2019, https://arxiv.org/abs/1809.0298
 No convolutions: the channel affinities are computed from the input itself; the only parameter is
 ``gamma`` (mmsegmentation's ``CAM.gamma`` Scale).
 """
+
 from __future__ import annotations
 
 from typing import ClassVar

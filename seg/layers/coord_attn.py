@@ -7,6 +7,7 @@ Pool along W and along H, concatenate the two direction-aware descriptors along 
 shared 1x1 conv + norm + h-swish, split, one 1x1 conv + sigmoid per direction, multiply. The norm sees
 H + W >= 2 values per channel, so batch 1 works in training even for a 1x1 input.
 """
+
 from __future__ import annotations
 
 import torch

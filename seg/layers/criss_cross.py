@@ -7,6 +7,7 @@ Same parameters and computation as mmcv's ``CrissCrossAttention`` (query/key con
 conv C -> C, zero-initialised ``gamma``, no scaling of the energies). CCNet's recurrence (R = 2 passes,
 sharing weights) is the caller's loop, see the CCNet head in ``seg.models``.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar

@@ -37,6 +37,7 @@ Memory of ``position_attention`` (the only core whose explicit energy is HW x HW
   is O(chunk * HW). When gradients are needed and there is more than one chunk, each chunk is
   recomputed in backward (activation checkpointing), so training does not store HW x HW either.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -414,5 +415,3 @@ def axial_attention(
         energy = energy + bias
     attn = torch.softmax(energy, dim=-1).to(out_dtype)
     return torch.einsum("bwij,bcjw->bciw", attn, v)  # (B, C, H, W)
-
-

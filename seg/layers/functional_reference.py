@@ -10,6 +10,7 @@ obviously right, and a change to a fast path cannot silently change its own yard
 The input checks (``check_qkv``, ``attended_axis``) live here too: they are part of the cores' contract,
 which the fast cores import.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,12 +47,12 @@ def attended_axis(axis: int) -> int:
         return -1
     if axis in (-2, 2):
         return -2
-    raise ValueError(f"axial_attention: axis must be -1 (along W, within rows) or -2 (along H, within columns), got {axis}")
+    raise ValueError(
+        f"axial_attention: axis must be -1 (along W, within rows) or -2 (along H, within columns), got {axis}"
+    )
 
 
-def position_attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0
-) -> torch.Tensor:
+def position_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Explicit ``position_attention`` as mmseg's PAM / mmcv's NonLocal2d compute it (HW x HW energy)."""
     check_qkv("position_attention_reference", q, k, v)
     b, _, h, w = q.shape

@@ -1,4 +1,5 @@
 """Small helpers shared by the attention blocks."""
+
 from __future__ import annotations
 
 from torch import nn

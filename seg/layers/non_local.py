@@ -10,6 +10,7 @@ number of positions N (no softmax). Parameter names map onto mmcv's (``g``/``the
 normal(std=0.01) for g/theta/phi with zero bias, and the last norm's weight (or ``conv_out`` when there is
 no norm) zeroed so the block starts as the identity.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar, Literal

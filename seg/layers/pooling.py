@@ -8,6 +8,7 @@ same average as two matrix products, ``P_h @ x @ P_w^T``, with the (s, n) poolin
 symbolic input size (the same trick as the logit resize in ``seg.models.resize``). Outside export it is the
 PyTorch module itself.
 """
+
 from __future__ import annotations
 
 import torch

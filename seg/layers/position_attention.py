@@ -9,6 +9,7 @@ Parameter names follow the authors' code and map 1:1 onto mmsegmentation's ``PAM
 ``seg.layers.functional.position_attention`` (memory-safe: never builds the HW x HW matrix for large
 inputs).
 """
+
 from __future__ import annotations
 
 from typing import ClassVar

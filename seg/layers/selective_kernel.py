@@ -9,6 +9,7 @@ each conv + norm + activation. Fuse: ``s = avgpool(sum of branches)``, ``z = act
 weighted sum. The paper normalises ``z`` with BatchNorm; on pooled vectors that fails for batch 1 in
 training, so ``z`` is not normalised here.
 """
+
 from __future__ import annotations
 
 import torch

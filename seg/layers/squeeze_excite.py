@@ -6,6 +6,7 @@ https://arxiv.org/abs/1709.01507
 The two FC layers are 1x1 convolutions on the pooled (B, C, 1, 1) tensor (no squeeze(), so batch 1
 and any spatial size work), as in timm's ``SEModule``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -32,14 +32,26 @@ from torch import nn
 
 from .checkpoint import load_strict, read_state_dict
 
-__all__ = ["TESTED_BACKBONES", "TimmBackbone", "check_name", "create_backbone", "imagenet_weights_error",
-           "load_weights_file", "resolve_weights"]
+__all__ = [
+    "TESTED_BACKBONES",
+    "TimmBackbone",
+    "check_name",
+    "create_backbone",
+    "imagenet_weights_error",
+    "load_weights_file",
+    "resolve_weights",
+]
 
 # Names covered by tests / mmseg conversion. Any other timm model with features_only + output_stride works too.
 TESTED_BACKBONES: tuple[str, ...] = (
-    "resnet50c", "resnet101c",
-    "resnet18", "resnet34", "resnet50", "resnet101",
-    "resnet50d", "resnet101d",
+    "resnet50c",
+    "resnet101c",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet50d",
+    "resnet101d",
     "resnet10t",
 )
 
@@ -166,5 +178,9 @@ def load_weights_file(body: nn.Module, path: str | Path) -> None:
     state = read_state_dict(path, what="backbone weights")  # safe read: never runs code from the file
     kept_roots = {k.split(".")[0] for k in body.state_dict()}  # submodules and top-level tensors (ViT's cls_token)
     state = {k: v for k, v in state.items() if k.split(".")[0] in kept_roots}
-    load_strict(body, state, f"backbone weights {path}",
-                hint="Pass a state dict of the same timm model (same name and constructor arguments).")
+    load_strict(
+        body,
+        state,
+        f"backbone weights {path}",
+        hint="Pass a state dict of the same timm model (same name and constructor arguments).",
+    )

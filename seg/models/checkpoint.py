@@ -37,9 +37,21 @@ if TYPE_CHECKING:
     from .segmentation_model import SegmentationModel
 
 __all__ = [
-    "CheckpointError", "NonFiniteError", "atomic_save", "atomic_write", "atomic_write_text", "load_matching",
-    "load_seg_checkpoint", "load_seg_weights", "load_strict", "non_finite_keys", "read_checkpoint",
-    "read_state_dict", "remove_stale_temp_files", "save_seg_checkpoint", "seg_state_dict",
+    "CheckpointError",
+    "NonFiniteError",
+    "atomic_save",
+    "atomic_write",
+    "atomic_write_text",
+    "load_matching",
+    "load_seg_checkpoint",
+    "load_seg_weights",
+    "load_strict",
+    "non_finite_keys",
+    "read_checkpoint",
+    "read_state_dict",
+    "remove_stale_temp_files",
+    "save_seg_checkpoint",
+    "seg_state_dict",
 ]
 
 PREFIX = "model."
@@ -99,8 +111,11 @@ def _numpy_globals() -> dict[str, Any]:
 def _metadata_allow_list(names: list[str]) -> tuple[list[tuple[Any, str]], list[str]]:
     """(entries for ``torch.serialization.safe_globals``, refused names) for the globals a file references."""
     numpy_safe = _numpy_globals()
-    entries: list[tuple[Any, str]] = [(v, k) for k, v in numpy_safe.items()  # dtype classes: never named in a file
-                                      if isinstance(v, type) and issubclass(v, np.dtype) and v is not np.dtype]
+    entries: list[tuple[Any, str]] = [
+        (v, k)
+        for k, v in numpy_safe.items()  # dtype classes: never named in a file
+        if isinstance(v, type) and issubclass(v, np.dtype) and v is not np.dtype
+    ]
     refused = []
     for name in names:
         if name in numpy_safe:
@@ -118,8 +133,10 @@ def _metadata_allow_list(names: list[str]) -> tuple[list[tuple[Any, str]], list[
 def _best_hint(path: Path) -> str:
     best = path.with_name("best.ckpt")
     if path.name == "last.ckpt" and best.is_file():
-        return (f" {best} exists: resume from it with --ckpt_path {best} (the best validation, not the latest "
-                "step), or start again without --ckpt_path.")
+        return (
+            f" {best} exists: resume from it with --ckpt_path {best} (the best validation, not the latest "
+            "step), or start again without --ckpt_path."
+        )
     return ""
 
 
@@ -137,11 +154,14 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: {path} " + ("is a directory, not a checkpoint file" if path.is_dir()
-                                                       else "does not exist"))
+        raise FileNotFoundError(
+            f"{what}: {path} " + ("is a directory, not a checkpoint file" if path.is_dir() else "does not exist")
+        )
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{what}: {path} is empty (0 bytes), probably from an interrupted copy or save; "
-                              f"copy it again.{_best_hint(path)}")
+        raise CheckpointError(
+            f"{what}: {path} is empty (0 bytes), probably from an interrupted copy or save; "
+            f"copy it again.{_best_hint(path)}"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  UnpicklingError, EOFError, KeyError, RuntimeError (zip) ...
@@ -169,7 +189,8 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
                 f"{what}: {path} references Python objects that seg does not unpickle: {', '.join(refused)}. "
                 "Loading it fully could run code from the file. If you trust it, extract its weights in a Python "
                 "session that has the packages it needs: `c = torch.load(path, weights_only=False); "
-                "torch.save({'state_dict': c['state_dict']}, 'weights.pth')`, and pass weights.pth.")
+                "torch.save({'state_dict': c['state_dict']}, 'weights.pth')`, and pass weights.pth."
+            )
         with torch.serialization.safe_globals(entries):
             try:
                 return torch.load(path, map_location="cpu", weights_only=True)
@@ -187,9 +208,11 @@ def _unreadable(path: Path, what: str, err: BaseException) -> CheckpointError:
         detail = f"not a PyTorch file: it starts with {head!r}"
     else:
         detail = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}".rstrip(": ")
-    return CheckpointError(f"{what}: {path} is not a readable PyTorch checkpoint ({detail}); it is truncated, "
-                           f"corrupt or another kind of file. Check the path, or copy the file again."
-                           f"{_best_hint(path)}")
+    return CheckpointError(
+        f"{what}: {path} is not a readable PyTorch checkpoint ({detail}); it is truncated, "
+        f"corrupt or another kind of file. Check the path, or copy the file again."
+        f"{_best_hint(path)}"
+    )
 
 
 def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, Tensor]:
@@ -223,7 +246,7 @@ def seg_state_dict(path: str | Path, what: str = "checkpoint") -> dict[str, Tens
     """The network weights of a seg checkpoint (``model.`` prefix removed); a bare state dict is taken as is."""
     state = read_state_dict(path, what)
     if any(k.startswith(PREFIX) for k in state):
-        state = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+        state = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
     return state
 
 
@@ -234,8 +257,11 @@ def load_strict(model: nn.Module, state: dict[str, Tensor], source: str, hint: s
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in state and state[k].shape != own[k].shape]
+    wrong = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
         args = getattr(model, "build_args", None)
         target = f"build_model({', '.join(f'{k}={v!r}' for k, v in args.items())})" if args else "the model"
@@ -279,13 +305,17 @@ def load_seg_weights(model: nn.Module, path: str | Path, what: str = "--ckpt", h
     """Strictly load a seg checkpoint (``last.ckpt``, ``best.ckpt``, ``seg.convert`` output) into ``model``."""
     state = read_state_dict(path, what)
     if not any(k.startswith(PREFIX) for k in state):
-        raise CheckpointError(f"{what}: {path} has no 'model.*' weights: not a seg checkpoint (convert mmseg "
-                              "checkpoints with `python -m seg.convert mmseg`)")
-    state = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+        raise CheckpointError(
+            f"{what}: {path} has no 'model.*' weights: not a seg checkpoint (convert mmseg "
+            "checkpoints with `python -m seg.convert mmseg`)"
+        )
+    state = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
     bad = non_finite_keys(state)
     if bad:
-        raise NonFiniteError(f"{what}: {path} has NaN/Inf weights in {len(bad)} tensors ({bad[:5]}): it comes from "
-                             "a diverged run; use an earlier checkpoint")
+        raise NonFiniteError(
+            f"{what}: {path} has NaN/Inf weights in {len(bad)} tensors ({bad[:5]}): it comes from "
+            "a diverged run; use an earlier checkpoint"
+        )
     load_strict(model, state, f"{what} {path}", hint)
 
 
@@ -296,8 +326,10 @@ def load_seg_checkpoint(path: str | Path) -> "SegmentationModel":
     path = Path(path)
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "seg_model" not in ckpt or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a standalone seg checkpoint (needs 'state_dict' and 'seg_model' "
-                              "entries, as written by `python -m seg.convert`)")
+        raise CheckpointError(
+            f"{path} is not a standalone seg checkpoint (needs 'state_dict' and 'seg_model' "
+            "entries, as written by `python -m seg.convert`)"
+        )
     model = build_model(**ckpt["seg_model"])
     load_seg_weights(model, path, what="checkpoint")
     return model.eval()
@@ -306,8 +338,11 @@ def load_seg_checkpoint(path: str | Path) -> "SegmentationModel":
 # -- writing ------------------------------------------------------------------------------------------------
 def non_finite_keys(state: dict[str, Any]) -> list[str]:
     """Names of floating-point tensors holding NaN or Inf."""
-    return [k for k, v in state.items()
-            if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [
+        k
+        for k, v in state.items()
+        if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
 
 
 def _no_space(err: BaseException) -> bool:
@@ -351,9 +386,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         tmp.unlink(missing_ok=True)
         if isinstance(err, Exception) and _no_space(err):
             free = shutil.disk_usage(path.parent).free
-            raise OSError(errno.ENOSPC, f"cannot write {path}: no space left on device ({free / 2**20:.0f} MiB free "
-                          f"in {path.parent}). Free some space or write to another disk (for training: "
-                          "--checkpoint.dirpath); the previous file, if any, is intact") from None
+            raise OSError(
+                errno.ENOSPC,
+                f"cannot write {path}: no space left on device ({free / 2**20:.0f} MiB free "
+                f"in {path.parent}). Free some space or write to another disk (for training: "
+                "--checkpoint.dirpath); the previous file, if any, is intact",
+            ) from None
         raise
     _fsync_dir(path.parent)
     return path
@@ -366,8 +404,10 @@ def atomic_save(obj: Any, path: str | Path, require_finite: bool = True) -> Path
         state = obj.get("state_dict", obj)
         bad = non_finite_keys(state) if isinstance(state, dict) else []
         if bad:
-            raise NonFiniteError(f"refusing to write {path}: {len(bad)} tensors hold NaN/Inf ({bad[:5]}); the run "
-                                 "diverged (lower the learning rate, check the data)")
+            raise NonFiniteError(
+                f"refusing to write {path}: {len(bad)} tensors hold NaN/Inf ({bad[:5]}); the run "
+                "diverged (lower the learning rate, check the data)"
+            )
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 

@@ -13,6 +13,7 @@ order would be fragile across timm's blocks and seg's heads. A conv output that 
 model against the original on the example input (``verify``) so that such a model fails loudly instead of
 predicting silently different masks.
 """
+
 from __future__ import annotations
 
 import copy
@@ -96,8 +97,9 @@ def _first_out(out: object) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fuse_conv_bn(model: nn.Module, example: torch.Tensor, verify: bool = True, inplace: bool = False,
-                 rtol: float = 1e-3) -> nn.Module:
+def fuse_conv_bn(
+    model: nn.Module, example: torch.Tensor, verify: bool = True, inplace: bool = False, rtol: float = 1e-3
+) -> nn.Module:
     """Fold every eval-mode BatchNorm2d that directly follows a Conv2d into it; the BN becomes ``nn.Identity``.
 
     Args:
@@ -126,6 +128,8 @@ def fuse_conv_bn(model: nn.Module, example: torch.Tensor, verify: bool = True, i
         err = (out - reference).abs().max().item()
         bound = rtol * max(reference.abs().max().item(), 1e-6)
         if not err <= bound:
-            raise RuntimeError(f"fuse_conv_bn: the folded model differs from the original by {err:.3g} (allowed "
-                               f"{bound:.3g}); some conv output is used besides its BatchNorm. Run without fusing.")
+            raise RuntimeError(
+                f"fuse_conv_bn: the folded model differs from the original by {err:.3g} (allowed "
+                f"{bound:.3g}); some conv output is used besides its BatchNorm. Run without fusing."
+            )
     return target

@@ -15,6 +15,7 @@ flip/scale's logits resized to the original size is averaged. The per-scale imag
 (bilinear) of the normalised original, where mmcv resizes the uint8 image with OpenCV: the sizes are identical,
 pixel values differ by OpenCV's uint8 rounding only.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Literal, Sequence
@@ -30,8 +31,9 @@ __all__ = ["LogitsFn", "is_tta", "predict_probs", "resize_logits", "slide_logits
 LogitsFn = Callable[[Tensor], Tensor]  # (B, 3, H, W) -> (B, C, H, W) logits at input resolution
 
 
-def slide_logits(fn: LogitsFn, images: Tensor, num_classes: int, crop_size: tuple[int, int],
-                 stride: tuple[int, int]) -> Tensor:
+def slide_logits(
+    fn: LogitsFn, images: Tensor, num_classes: int, crop_size: tuple[int, int], stride: tuple[int, int]
+) -> Tensor:
     """Sliding-window logits (B, C, H, W); images smaller than the crop are run whole."""
     b, _, h, w = images.shape
     logits = images.new_zeros((b, num_classes, h, w), dtype=torch.float32)
@@ -50,10 +52,17 @@ def resize_logits(logits: Tensor, out_size: Sequence[int]) -> Tensor:
     return F.interpolate(logits, size=tuple(int(v) for v in out_size), mode="bilinear", align_corners=False)
 
 
-def predict_probs(fn: LogitsFn, images: Tensor, num_classes: int, mode: Literal["whole", "slide"] = "whole",
-                  crop_size: tuple[int, int] = (512, 1024), stride: tuple[int, int] = (341, 341),
-                  scales: Sequence[float] = (1.0,), flip: bool = False,
-                  out_size: Sequence[int] | None = None) -> Tensor:
+def predict_probs(
+    fn: LogitsFn,
+    images: Tensor,
+    num_classes: int,
+    mode: Literal["whole", "slide"] = "whole",
+    crop_size: tuple[int, int] = (512, 1024),
+    stride: tuple[int, int] = (341, 341),
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    out_size: Sequence[int] | None = None,
+) -> Tensor:
     """Class probabilities (B, C, *out_size), averaged over ``scales`` x (no flip, flip).
 
     Args:
@@ -74,7 +83,7 @@ def predict_probs(fn: LogitsFn, images: Tensor, num_classes: int, mode: Literal[
         size = tta_size((h, w), scale) if tta else tuple(images.shape[-2:])
         if size != tuple(images.shape[-2:]):
             x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        for flipped in ((False, True) if flip else (False,)):
+        for flipped in (False, True) if flip else (False,):
             xi = x.flip(-1) if flipped else x
             if mode == "slide":
                 logits = slide_logits(fn, xi, num_classes, crop_size, stride)

@@ -37,12 +37,18 @@ from .checkpoint import load_strict, read_state_dict, save_seg_checkpoint
 from .segmentation_model import SegmentationModel, build_model
 
 __all__ = [
-    "MMSEG_RENAMES", "convert_mmseg_checkpoint", "convert_mmseg_state_dict", "load_converted_state_dict",
-    "load_mmseg_checkpoint", "read_mmseg_state_dict",
+    "MMSEG_RENAMES",
+    "convert_mmseg_checkpoint",
+    "convert_mmseg_state_dict",
+    "load_converted_state_dict",
+    "load_mmseg_checkpoint",
+    "read_mmseg_state_dict",
 ]
 
-MMSEG_HINT = ("Check --head, --backbone (resnet50c/resnet101c for mmseg ResNetV1c), --num-classes, the head width "
-              "(channels) and whether the checkpoint has an auxiliary head.")
+MMSEG_HINT = (
+    "Check --head, --backbone (resnet50c/resnet101c for mmseg ResNetV1c), --num-classes, the head width "
+    "(channels) and whether the checkpoint has an auxiliary head."
+)
 
 # (regex, replacement) applied in order to every mmseg key.
 MMSEG_RENAMES: tuple[tuple[str, str], ...] = (

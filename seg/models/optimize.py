@@ -21,6 +21,7 @@ What each lever does on a CPU (measured in docs/benchmarks.md, R50-D8, one 512x1
 The returned module keeps the model's call signature (``model(x)`` -> dict of logits) so it can replace
 ``module.model`` in place; it is for inference only (no training: BN is folded).
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,9 +53,15 @@ def pad_dilated_depthwise(model: nn.Module) -> int:
     `ExplicitPadConv2d`, in place; returns how many. Dense convs stay: oneDNN skips their padding taps itself."""
     count = 0
     for mod in model.modules():
-        if (type(mod) is nn.Conv2d and mod.groups > 1 and mod.groups == mod.in_channels
-                and max(mod.dilation) > 1 and isinstance(mod.padding, tuple) and any(mod.padding)
-                and mod.padding_mode == "zeros"):
+        if (
+            type(mod) is nn.Conv2d
+            and mod.groups > 1
+            and mod.groups == mod.in_channels
+            and max(mod.dilation) > 1
+            and isinstance(mod.padding, tuple)
+            and any(mod.padding)
+            and mod.padding_mode == "zeros"
+        ):
             ph, pw = mod.padding
             mod.__class__ = ExplicitPadConv2d  # same parameters and keys; only the forward changes
             mod.explicit_pad = (pw, pw, ph, ph)
@@ -91,10 +98,17 @@ class InferenceModel(nn.Module):
             return getattr(self._modules["model"], name)
 
 
-def optimize_for_inference(model: nn.Module, device: torch.device | str = "cpu", fuse_bn: bool = True,
-                           channels_last: bool = True, bf16: bool = False,
-                           example_size: tuple[int, int] = (128, 128), in_channels: int = 3,
-                           inplace: bool = False, compile: bool = False) -> nn.Module:
+def optimize_for_inference(
+    model: nn.Module,
+    device: torch.device | str = "cpu",
+    fuse_bn: bool = True,
+    channels_last: bool = True,
+    bf16: bool = False,
+    example_size: tuple[int, int] = (128, 128),
+    in_channels: int = 3,
+    inplace: bool = False,
+    compile: bool = False,
+) -> nn.Module:
     """An eval-mode copy of ``model`` (``inplace``: the model itself) prepared for fast inference on ``device``
     (see the module docstring); the copy leaves the original trainable and comparable.
 
@@ -105,8 +119,9 @@ def optimize_for_inference(model: nn.Module, device: torch.device | str = "cpu",
     device = torch.device(device)
     model = (model if inplace else copy.deepcopy(model)).to(device).eval()
     if fuse_bn:
-        example = torch.randn(1, in_channels, *example_size, device=device,
-                              generator=torch.Generator(device=device).manual_seed(0))
+        example = torch.randn(
+            1, in_channels, *example_size, device=device, generator=torch.Generator(device=device).manual_seed(0)
+        )
         model = fuse_conv_bn(model, example, inplace=True)
     if device.type == "cpu" and hasattr(model, "fast_resize"):
         model.fast_resize = False

@@ -14,6 +14,7 @@ exporters lower ``F.interpolate`` to one resize op with a symbolic output size.
 The products run in fp32 (also under autocast), so the result equals ``F.interpolate`` to fp32 rounding
 for any size ratio, and the loss gets fp32 logits without a separate cast.
 """
+
 from __future__ import annotations
 
 import torch

@@ -49,8 +49,10 @@ class SegmentationModel(nn.Module):
     def __init__(self, backbone: TimmBackbone, head: nn.Module, aux_head: nn.Module | None = None) -> None:
         super().__init__()
         if getattr(head, "cascade", False) and aux_head is None:
-            raise ValueError(f"{type(head).__name__} is a cascade head: it needs the auxiliary FCN head "
-                             "(its first stage), so build it with aux=True")
+            raise ValueError(
+                f"{type(head).__name__} is a cascade head: it needs the auxiliary FCN head "
+                "(its first stage), so build it with aux=True"
+            )
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
@@ -114,8 +116,16 @@ def build_model(
             ``recurrence=2``, ``pam_channels=64``).
     """
     if is_smp_head(head):
-        return build_smp_model(backbone, head, num_classes, output_stride=output_stride, aux=aux, weights=weights,
-                               backbone_kwargs=backbone_kwargs, **head_kwargs)
+        return build_smp_model(
+            backbone,
+            head,
+            num_classes,
+            output_stride=output_stride,
+            aux=aux,
+            weights=weights,
+            backbone_kwargs=backbone_kwargs,
+            **head_kwargs,
+        )
     body = TimmBackbone(backbone, output_stride=output_stride, weights=weights, model_kwargs=backbone_kwargs)
     if head in HEADS:
         stages = getattr(HEADS[head], "in_stages", (3,))
@@ -124,14 +134,18 @@ def build_model(
         in_channels = body.channels[-1]  # create_head raises, listing the valid names
     decode_head = create_head(head, in_channels, num_classes, **head_kwargs)
     aux_head = (
-        FCNHead(body.channels[-2], num_classes, channels=aux_channels, num_convs=1, concat_input=False)
-        if aux
-        else None
+        FCNHead(body.channels[-2], num_classes, channels=aux_channels, num_convs=1, concat_input=False) if aux else None
     )
     model = SegmentationModel(body, decode_head, aux_head)
     model.build_args = dict(
-        backbone=backbone, head=head, num_classes=num_classes, output_stride=output_stride, aux=aux,
-        backbone_kwargs=dict(backbone_kwargs or {}), aux_channels=aux_channels, **head_kwargs,
+        backbone=backbone,
+        head=head,
+        num_classes=num_classes,
+        output_stride=output_stride,
+        aux=aux,
+        backbone_kwargs=dict(backbone_kwargs or {}),
+        aux_channels=aux_channels,
+        **head_kwargs,
     )
     return model
 

@@ -49,8 +49,15 @@ from torch import nn
 from .backbone import check_name, imagenet_weights_error, load_weights_file, resolve_weights
 
 __all__ = [
-    "SMP_HEADS", "SmpModel", "backbone_error", "build_smp_model", "check_output_stride", "default_output_stride", "is_smp_head",
-    "smp_signature", "supported_output_strides",
+    "SMP_HEADS",
+    "SmpModel",
+    "backbone_error",
+    "build_smp_model",
+    "check_output_stride",
+    "default_output_stride",
+    "is_smp_head",
+    "smp_signature",
+    "supported_output_strides",
 ]
 
 PREFIX = "smp:"
@@ -61,8 +68,9 @@ SMP_HEADS: dict[str, type[nn.Module]] = {
 }
 
 #: Arguments of every smp architecture that seg fills itself (``encoder_output_stride`` too, where it exists).
-SUPPLIED: frozenset[str] = frozenset({"encoder_name", "encoder_weights", "in_channels", "classes", "activation",
-                                      "aux_params"})
+SUPPLIED: frozenset[str] = frozenset(
+    {"encoder_name", "encoder_weights", "in_channels", "classes", "activation", "aux_params"}
+)
 
 #: Input sizes are padded to a multiple of this (the deepest encoder stride smp decoders upsample from).
 SIZE_DIVISOR = 32
@@ -78,14 +86,19 @@ def smp_class(head: str) -> type[nn.Module]:
     if head in SMP_HEADS:
         return SMP_HEADS[head]
     close = difflib.get_close_matches(head, list(SMP_HEADS), n=3, cutoff=0.5)
-    raise ValueError(f"Unknown smp architecture {head!r}. Valid: {', '.join(SMP_HEADS)}"
-                     + (f". Did you mean {', '.join(close)}?" if close else ""))
+    raise ValueError(
+        f"Unknown smp architecture {head!r}. Valid: {', '.join(SMP_HEADS)}"
+        + (f". Did you mean {', '.join(close)}?" if close else "")
+    )
 
 
 def _parameters(cls: type[nn.Module]) -> dict[str, inspect.Parameter]:
     """The named constructor parameters (smp's ``**kwargs``, which go to timm, left out)."""
-    return {name: p for name, p in inspect.signature(cls).parameters.items()
-            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return {
+        name: p
+        for name, p in inspect.signature(cls).parameters.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
 
 
 def smp_signature(head: str) -> tuple[Callable[..., Any], frozenset[str]]:
@@ -124,12 +137,16 @@ def check_output_stride(head: str, output_stride: int) -> None:
     if output_stride in supported:
         return
     if supported == (32,):
-        why = (f"{head} decodes from the undilated encoder (its decoder reads the stride 2 to 32 features), so it "
-               "supports only output_stride=32")
+        why = (
+            f"{head} decodes from the undilated encoder (its decoder reads the stride 2 to 32 features), so it "
+            "supports only output_stride=32"
+        )
     else:
         why = f"{head} supports output_stride {' or '.join(map(str, supported))} (its encoder_output_stride)"
-    raise ValueError(f"model.output_stride={output_stride}: {why}. Set --model.output_stride="
-                     f"{default_output_stride(head)} (its default).")
+    raise ValueError(
+        f"model.output_stride={output_stride}: {why}. Set --model.output_stride="
+        f"{default_output_stride(head)} (its default)."
+    )
 
 
 def backbone_error(head: str, backbone: str) -> str | None:
@@ -146,8 +163,10 @@ def backbone_error(head: str, backbone: str) -> str | None:
         return None
     if hasattr(model, "patch_embed") and hasattr(model, "forward_intermediates"):
         return None
-    return (f"{head} needs a Vision Transformer backbone (a timm ViT such as vit_base_patch16_224.augreg_in21k, "
-            f"test_vit for tests), not {backbone!r}: set --model.backbone")
+    return (
+        f"{head} needs a Vision Transformer backbone (a timm ViT such as vit_base_patch16_224.augreg_in21k, "
+        f"test_vit for tests), not {backbone!r}: set --model.backbone"
+    )
 
 
 def _min_size(net: nn.Module) -> int:
@@ -219,16 +238,24 @@ def build_smp_model(
     _, supplied = smp_signature(head)
     fixed = sorted(set(arch_kwargs) & supplied)
     if fixed:
-        raise ValueError(f"head_kwargs {fixed} of {head} are set by seg (from model.backbone, model.weights, "
-                         "model.num_classes, model.output_stride); remove them")
+        raise ValueError(
+            f"head_kwargs {fixed} of {head} are set by seg (from model.backbone, model.weights, "
+            "model.num_classes, model.output_stride); remove them"
+        )
     unknown = sorted(set(arch_kwargs) - set(params))
     if unknown:
         valid = sorted(set(params) - supplied)
-        raise ValueError(f"Unknown head_kwargs {unknown} for {head}. Its arguments: {', '.join(valid)} "
-                         "(timm arguments of the encoder go in model.backbone_kwargs)")
+        raise ValueError(
+            f"Unknown head_kwargs {unknown} for {head}. Its arguments: {', '.join(valid)} "
+            "(timm arguments of the encoder go in model.backbone_kwargs)"
+        )
     if aux:
-        warnings.warn(f"{head}: smp architectures have no auxiliary segmentation head; model.aux=true is ignored "
-                      "(set model.aux=false to silence this)", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{head}: smp architectures have no auxiliary segmentation head; model.aux=true is ignored "
+            "(set model.aux=false to silence this)",
+            UserWarning,
+            stacklevel=3,
+        )
     encoder = backbone.removeprefix("tu-")
     check_name(encoder)
     reason = backbone_error(head, backbone)
@@ -244,8 +271,16 @@ def build_smp_model(
     if "encoder_output_stride" in params:
         arch_kwargs["encoder_output_stride"] = output_stride
     try:
-        net = cls(encoder_name=f"tu-{encoder}", encoder_weights=True if pretrained else None, in_channels=3,
-                  classes=num_classes, activation=None, aux_params=None, **arch_kwargs, **encoder_kwargs)
+        net = cls(
+            encoder_name=f"tu-{encoder}",
+            encoder_weights=True if pretrained else None,
+            in_channels=3,
+            classes=num_classes,
+            activation=None,
+            aux_params=None,
+            **arch_kwargs,
+            **encoder_kwargs,
+        )
     except (OSError, RuntimeError) as err:  # huggingface_hub's offline errors are OSErrors
         if not pretrained:
             raise
@@ -254,8 +289,12 @@ def build_smp_model(
         load_weights_file(net.encoder.model, weights_path)
     model = SmpModel(net)
     model.build_args = dict(
-        backbone=backbone, head=head, num_classes=num_classes, output_stride=output_stride, aux=False,
-        backbone_kwargs=dict(backbone_kwargs or {}), **{k: v for k, v in arch_kwargs.items()
-                                                          if k != "encoder_output_stride"},
+        backbone=backbone,
+        head=head,
+        num_classes=num_classes,
+        output_stride=output_stride,
+        aux=False,
+        backbone_kwargs=dict(backbone_kwargs or {}),
+        **{k: v for k, v in arch_kwargs.items() if k != "encoder_output_stride"},
     )
     return model

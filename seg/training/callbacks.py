@@ -6,6 +6,7 @@
 * :mod:`seg.training.console`: the progress bar and the model summary;
 * :mod:`seg.training.resume`: ``ExactResume`` (RNG state and data position of a resume).
 """
+
 from seg.models.checkpoint import atomic_write_text
 
 from .checkpointing import AtomicCheckpointIO, SegCheckpoint, atomic_torch_save, check_checkpoint_dir
@@ -14,6 +15,15 @@ from .loggers import ValImageLogger
 from .summary import RunSummary, count_parameters
 
 __all__ = [
-    "AtomicCheckpointIO", "RunSummary", "SegCheckpoint", "SegModelSummary", "SegProgressBar", "TextProgressBar",
-    "ValImageLogger", "atomic_torch_save", "atomic_write_text", "check_checkpoint_dir", "count_parameters",
+    "AtomicCheckpointIO",
+    "RunSummary",
+    "SegCheckpoint",
+    "SegModelSummary",
+    "SegProgressBar",
+    "TextProgressBar",
+    "ValImageLogger",
+    "atomic_torch_save",
+    "atomic_write_text",
+    "check_checkpoint_dir",
+    "count_parameters",
 ]

@@ -8,6 +8,7 @@ non-atomic copy, and nothing is fsynced. :class:`AtomicCheckpointIO` writes thro
 folder), so ``last.ckpt``/``best.ckpt`` is always either the previous or the new complete file, and it refuses
 to write NaN/Inf weights. It also reads ``--ckpt_path`` without running code from the file.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,8 +39,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_save(checkpoint, path)
 
-    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None,
-                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None
+    ) -> dict[str, Any]:
         if "://" in str(path):
             return super().load_checkpoint(path, map_location, weights_only=True)
         return read_checkpoint(path, what="--ckpt_path")
@@ -52,11 +54,24 @@ class SegCheckpoint(ModelCheckpoint):
     ``every_n_train_steps`` to also save ``last.ckpt`` between validations).
     """
 
-    def __init__(self, dirpath: Optional[str] = None, monitor: str = "val/mIoU", mode: str = "max",
-                 every_n_train_steps: Optional[int] = None) -> None:
-        super().__init__(dirpath=dirpath, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                         save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
-                         every_n_train_steps=every_n_train_steps)
+    def __init__(
+        self,
+        dirpath: Optional[str] = None,
+        monitor: str = "val/mIoU",
+        mode: str = "max",
+        every_n_train_steps: Optional[int] = None,
+    ) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename="best",
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1,
+            save_last=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+            every_n_train_steps=every_n_train_steps,
+        )
 
         self._last_written_step = -1
         self.resuming = False  # set by train.py when --ckpt_path is given
@@ -68,8 +83,13 @@ class SegCheckpoint(ModelCheckpoint):
     def _ensure_last(self, trainer: L.Trainer) -> None:
         # Lightning >= 2.5 writes last.ckpt only when a top-k checkpoint was written at the same step; a resume
         # point must follow every validation (and the end of training) whether or not the metric improved.
-        if (self.save_last and not trainer.fast_dev_run and trainer.state.fn == "fit" and not trainer.sanity_checking
-                and self._last_written_step != trainer.global_step):
+        if (
+            self.save_last
+            and not trainer.fast_dev_run
+            and trainer.state.fn == "fit"
+            and not trainer.sanity_checking
+            and self._last_written_step != trainer.global_step
+        ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -87,9 +107,11 @@ class SegCheckpoint(ModelCheckpoint):
             return
         found = sorted(p.name for p in Path(dirpath).glob("*.ckpt"))
         if found:
-            rank_zero_warn(f"{dirpath} holds {', '.join(found)} of an earlier run: this run replaces them. To continue "
-                           "that run instead, pass --ckpt_path last; to keep both, set another "
-                           "--trainer.default_root_dir.")
+            rank_zero_warn(
+                f"{dirpath} holds {', '.join(found)} of an earlier run: this run replaces them. To continue "
+                "that run instead, pass --ckpt_path last; to keep both, set another "
+                "--trainer.default_root_dir."
+            )
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -108,8 +130,10 @@ def check_checkpoint_dir(directory: Path) -> None:
         probe = atomic_write_text("", directory / ".write_test")
         probe.unlink()
     except OSError as err:
-        raise PermissionError(f"checkpoint folder {directory} is not writable ({err.strerror or err}): fix its "
-                              "permissions or free space, or set --checkpoint.dirpath (or "
-                              "--trainer.default_root_dir) to a writable folder") from None
+        raise PermissionError(
+            f"checkpoint folder {directory} is not writable ({err.strerror or err}): fix its "
+            "permissions or free space, or set --checkpoint.dirpath (or "
+            "--trainer.default_root_dir) to a writable folder"
+        ) from None
     for p in remove_stale_temp_files(directory):
         rank_zero_info(f"removed {p}, a partial checkpoint of an interrupted save")

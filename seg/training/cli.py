@@ -24,6 +24,7 @@ LightningCLI with ``run=False`` then ``trainer.fit``. What the CLI adds to a pla
 
 The evaluation/prediction commands' parser is :class:`seg.training.tool_cli.SegToolCLI`.
 """
+
 from __future__ import annotations
 
 import errno
@@ -81,13 +82,18 @@ class SegCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", SegSaveConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True, "save_to_log_dir": False})
         kwargs.setdefault("seed_everything_default", 0)
-        kwargs.setdefault("parser_kwargs", {
-            "description": "Train a segmentation model (seg). Every option can be set in the --config YAML or as "
-                           "--section.key=value; --print_config shows the merged config, head arguments included.",
-            "usage": "python train.py --config CONFIG [--section.key=value ...] [--ckpt_path last|PATH] "
-                     "[--print_config]"})
-        super().__init__(SegmentationModule, SegDataModule, run=False, args=args, auto_configure_optimizers=False,
-                         **kwargs)
+        kwargs.setdefault(
+            "parser_kwargs",
+            {
+                "description": "Train a segmentation model (seg). Every option can be set in the --config YAML or as "
+                "--section.key=value; --print_config shows the merged config, head arguments included.",
+                "usage": "python train.py --config CONFIG [--section.key=value ...] [--ckpt_path last|PATH] "
+                "[--print_config]",
+            },
+        )
+        super().__init__(
+            SegmentationModule, SegDataModule, run=False, args=args, auto_configure_optimizers=False, **kwargs
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parses ``args`` (a list of command-line strings, ``None`` = ``sys.argv[1:]``, or a dict/Namespace), types
@@ -111,17 +117,27 @@ class SegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.add_lightning_class_args(SegCheckpoint, "checkpoint")
-        parser.add_argument("--ckpt_path", type=Optional[str], default=None,
-                            help="resume: 'last' (the run's last.ckpt) or a checkpoint path")
-        parser.add_argument("--wandb", type=Literal["auto", "online", "offline", "off"], default="auto",
-                            help="W&B logging: auto = online if logged in, else offline; off = CSV only")
+        parser.add_argument(
+            "--ckpt_path",
+            type=Optional[str],
+            default=None,
+            help="resume: 'last' (the run's last.ckpt) or a checkpoint path",
+        )
+        parser.add_argument(
+            "--wandb",
+            type=Literal["auto", "online", "offline", "off"],
+            default="auto",
+            help="W&B logging: auto = online if logged in, else offline; off = CSV only",
+        )
         parser.add_argument("--wandb_project", type=str, default="seg", help="W&B project name")
-        parser.set_defaults({
-            "trainer.default_root_dir": "runs/seg",
-            "trainer.precision": "bf16-mixed" if _cuda_bf16() else "32-true",
-            "trainer.benchmark": True,
-            "trainer.sync_batchnorm": True,  # only takes effect under multi-process strategies; off on CPU
-        })
+        parser.set_defaults(
+            {
+                "trainer.default_root_dir": "runs/seg",
+                "trainer.precision": "bf16-mixed" if _cuda_bf16() else "32-true",
+                "trainer.benchmark": True,
+                "trainer.sync_batchnorm": True,  # only takes effect under multi-process strategies; off on CPU
+            }
+        )
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config
@@ -131,12 +147,15 @@ class SegCLI(LightningCLI):
             cfg.checkpoint.dirpath = os.path.join(run_dir, "checkpoints")
         vci = trainer.val_check_interval
         if vci is not None and not vci > 0:  # Lightning would divide by it (ZeroDivisionError) mid-training
-            self.parser.error(f"trainer.val_check_interval={vci!r}: must be > 0: an int validates every N training "
-                              "steps, a float in (0, 1] after that fraction of an epoch")
+            self.parser.error(
+                f"trainer.val_check_interval={vci!r}: must be > 0: an int validates every N training "
+                "steps, a float in (0, 1] after that fraction of an epoch"
+            )
         if trainer.sync_batchnorm and (str(trainer.accelerator) == "cpu" or not torch.cuda.is_available()):
             trainer.sync_batchnorm = False  # torch SyncBatchNorm has no CPU implementation
-        if str(trainer.precision).startswith("bf16") and (str(trainer.accelerator) == "cpu"
-                                                          or not torch.cuda.is_available()):
+        if str(trainer.precision).startswith("bf16") and (
+            str(trainer.accelerator) == "cpu" or not torch.cuda.is_available()
+        ):
             rank_zero_warn("bf16 precision on CPU is slow; the default without CUDA is 32-true")
         tta_reads_original_images(cfg)
 
@@ -144,13 +163,13 @@ class SegCLI(LightningCLI):
         cfg = self.config
         tcfg = self.config_init.trainer
         callbacks = list(tcfg.callbacks or [])
-        callbacks += [ExactResume(), RunSummary(tcfg.default_root_dir),
-                      ValImageLogger()]
+        callbacks += [ExactResume(), RunSummary(tcfg.default_root_dir), ValImageLogger()]
         callbacks += console_callbacks(tcfg, callbacks)
         kwargs["callbacks"] = callbacks
         if tcfg.logger is None or tcfg.logger is True:
-            kwargs["logger"] = build_loggers(tcfg.default_root_dir, cfg.wandb, cfg.wandb_project,
-                                             resume=cfg.ckpt_path is not None)
+            kwargs["logger"] = build_loggers(
+                tcfg.default_root_dir, cfg.wandb, cfg.wandb_project, resume=cfg.ckpt_path is not None
+            )
         return super().instantiate_trainer(**kwargs)
 
 
@@ -231,15 +250,16 @@ def _one_line(err: BaseException) -> str:
     return text
 
 
-
 def tta_reads_original_images(cfg: Any) -> None:
     """mmseg 1.x ``TestTimeAug`` scales the *original* image, not the test-scale one: with several scales or
     flip, the eval data pipeline hands over the original image (``data.val_mode='full'``) and the model resizes
     it to each scale's size (:func:`seg.models.inference.tta_size`)."""
     model, data = cfg.model, cfg.data
     if is_tta(model.eval_scales, model.eval_flip) and data.val_mode != "full":
-        rank_zero_info(f"test-time augmentation (scales {list(model.eval_scales)}, flip {model.eval_flip}) scales the "
-                       f"original images (mmseg TestTimeAug): data.val_mode {data.val_mode!r} -> 'full'")
+        rank_zero_info(
+            f"test-time augmentation (scales {list(model.eval_scales)}, flip {model.eval_flip}) scales the "
+            f"original images (mmseg TestTimeAug): data.val_mode {data.val_mode!r} -> 'full'"
+        )
         data.val_mode = "full"
 
 

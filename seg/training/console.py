@@ -2,6 +2,7 @@
 ``log_every_n_steps`` steps elsewhere (CI logs, ``nohup``, SLURM files, where a live bar redraws as blocks of
 lines), and none of Lightning's notices that do not concern the run (:func:`quiet_lightning`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,8 +53,9 @@ class SegModelSummary(ModelSummary):
         net = getattr(pl_module, "model", pl_module)
         total = count_parameters(net)
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-        parts = ", ".join(f"{name} {_count(count_parameters(child))} ({type(child).__name__})"
-                          for name, child in net.named_children())
+        parts = ", ".join(
+            f"{name} {_count(count_parameters(child))} ({type(child).__name__})" for name, child in net.named_children()
+        )
         frozen = f", {_count(total - trainable)} frozen" if trainable < total else ""
         rank_zero_info(f"model: {_count(total)} parameters{frozen}, {total * 4 / 2**20:.1f} MB in fp32: {parts}")
 
@@ -109,8 +111,9 @@ class TextProgressBar(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = (time.perf_counter(), trainer.global_step)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step, max_steps = trainer.global_step, trainer.max_steps
         if step % max(1, trainer.log_every_n_steps) and step != max_steps:
             return

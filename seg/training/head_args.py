@@ -11,6 +11,7 @@ format users and saved runs have, and could not keep the short names.)
 Arguments whose type is a class (``norm_layer``, ``act_layer``) are not config values: they are set from Python
 (``build_model(..., norm_layer=...)``); SyncBatchNorm under DDP is the trainer's ``sync_batchnorm``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -79,10 +80,14 @@ def typed_head_kwargs(head: str, head_kwargs: Mapping[str, Any] | None) -> dict[
         if key in arguments:
             continue
         if key in skipped:
-            raise HeadArgumentError(f"model.head_kwargs.{key}: set by seg itself or a class, not a config value, for "
-                                    f"{label}; the config can set: {valid}")
-        raise HeadArgumentError(f"model.head_kwargs.{key}: {label} has no argument {key!r}; its arguments are: {valid} "
-                                "(head_kwargs written for another head? --model.head_kwargs='{}' resets them)")
+            raise HeadArgumentError(
+                f"model.head_kwargs.{key}: set by seg itself or a class, not a config value, for "
+                f"{label}; the config can set: {valid}"
+            )
+        raise HeadArgumentError(
+            f"model.head_kwargs.{key}: {label} has no argument {key!r}; its arguments are: {valid} "
+            "(head_kwargs written for another head? --model.head_kwargs='{}' resets them)"
+        )
     parser = ArgumentParser(exit_on_error=False)
     for name, (p, hint) in arguments.items():
         if p.default is inspect.Parameter.empty and name not in given:
@@ -93,8 +98,9 @@ def typed_head_kwargs(head: str, head_kwargs: Mapping[str, Any] | None) -> dict[
     try:
         namespace = parser.parse_object(given)
     except Exception as err:  # jsonargparse names the key and the expected type
-        raise HeadArgumentError(f"model.head_kwargs for {label}: {_one_line(err)}; its arguments are: "
-                                f"{valid}") from None
+        raise HeadArgumentError(
+            f"model.head_kwargs for {label}: {_one_line(err)}; its arguments are: {valid}"
+        ) from None
     return dict(yaml.safe_load(parser.dump(namespace, skip_unset=False)) or {})
 
 

@@ -7,6 +7,7 @@ so that a resumed run (``--ckpt_path last``) continues the same W&B run. ``WANDB
 ``seg.compare --train`` for all runs of one comparison) puts the run in that W&B group.
 :class:`ValImageLogger` adds validation images with predicted and true masks to the W&B run.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -57,8 +58,14 @@ def resolve_wandb_mode(mode: WandbMode) -> Literal["online", "offline", "off"]:
     return "online" if wandb_logged_in() else "offline"
 
 
-def build_loggers(run_dir: str | Path, wandb: WandbMode = "auto", project: str = "seg",
-                  name: Optional[str] = None, resume: bool = False, group: Optional[str] = None) -> list[Logger]:
+def build_loggers(
+    run_dir: str | Path,
+    wandb: WandbMode = "auto",
+    project: str = "seg",
+    name: Optional[str] = None,
+    resume: bool = False,
+    group: Optional[str] = None,
+) -> list[Logger]:
     """CSV (``<run_dir>/csv/version_N/metrics.csv``, one version per launch) + W&B (``<run_dir>/wandb``).
 
     group: W&B group (runs of one comparison); None = ``WANDB_RUN_GROUP`` if set."""
@@ -77,12 +84,22 @@ def build_loggers(run_dir: str | Path, wandb: WandbMode = "auto", project: str =
         if rank_zero_only.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             id_file.write_text(run_id)
-    loggers.append(WandbLogger(project=project, name=name or run_dir.name, save_dir=str(run_dir), id=run_id,
-                               resume="allow", offline=(mode == "offline"),
-                               group=group or os.environ.get("WANDB_RUN_GROUP") or None))
+    loggers.append(
+        WandbLogger(
+            project=project,
+            name=name or run_dir.name,
+            save_dir=str(run_dir),
+            id=run_id,
+            resume="allow",
+            offline=(mode == "offline"),
+            group=group or os.environ.get("WANDB_RUN_GROUP") or None,
+        )
+    )
     if mode == "offline":
-        rank_zero_info(f"wandb: not logged in, logging offline to {run_dir / 'wandb'}; upload later with: "
-                       f"wandb sync {run_dir / 'wandb'}/offline-run-*")
+        rank_zero_info(
+            f"wandb: not logged in, logging offline to {run_dir / 'wandb'}; upload later with: "
+            f"wandb sync {run_dir / 'wandb'}/offline-run-*"
+        )
     return loggers
 
 
@@ -104,8 +121,13 @@ class ValImageLogger(L.Callback):
         self._images = []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if (trainer.sanity_checking or trainer.global_rank != 0 or not isinstance(outputs, dict)
-                or len(self._images) >= self.num_images or not self._wandb_loggers(trainer)):
+        if (
+            trainer.sanity_checking
+            or trainer.global_rank != 0
+            or not isinstance(outputs, dict)
+            or len(self._images) >= self.num_images
+            or not self._wandb_loggers(trainer)
+        ):
             return
         import cv2
         import numpy as np
@@ -123,9 +145,16 @@ class ValImageLogger(L.Callback):
             if "img_shape" in batch:  # eval images are at the test scale, masks at the original size: crop, resize
                 (h, w), (oh, ow) = batch["img_shape"][i].tolist(), batch["ori_shape"][i].tolist()
                 img, pred, gt = cv2.resize(np.ascontiguousarray(img[:h, :w]), (ow, oh)), pred[:oh, :ow], gt[:oh, :ow]
-            self._images.append(wandb.Image(img, caption=Path(batch["path"][i]).name, masks={
-                "prediction": {"mask_data": pred, "class_labels": labels},
-                "ground_truth": {"mask_data": gt, "class_labels": labels}}))
+            self._images.append(
+                wandb.Image(
+                    img,
+                    caption=Path(batch["path"][i]).name,
+                    masks={
+                        "prediction": {"mask_data": pred, "class_labels": labels},
+                        "ground_truth": {"mask_data": gt, "class_labels": labels},
+                    },
+                )
+            )
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if self._images:

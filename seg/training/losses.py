@@ -37,6 +37,7 @@ Cityscapes crops (B=8, 19 classes, 512x1024), 4 outputs for DANet. Here the resi
 ``LOSS_CHUNK_BYTES`` and keeps only the low-resolution logits plus one fp32 value per pixel (the log-sum-exp);
 backward recomputes each block. The result equals ``F.interpolate`` + ``F.cross_entropy`` to fp32 rounding.
 """
+
 from __future__ import annotations
 
 import math
@@ -95,8 +96,7 @@ class _Resizer:
 
 
 @torch.no_grad()
-def resized_logit_stats(logits: Tensor, safe_target: Tensor,
-                        chunk_bytes: int | None = None) -> tuple[Tensor, Tensor]:
+def resized_logit_stats(logits: Tensor, safe_target: Tensor, chunk_bytes: int | None = None) -> tuple[Tensor, Tensor]:
     """Per-pixel ``logsumexp`` and true-class logit of the logits resized to the mask size, both (B, H, W) fp32.
 
     ``safe_target`` (B, H, W) int64 must hold valid class indices everywhere (ignored pixels mapped to 0).
@@ -120,8 +120,16 @@ class _ResizedCrossEntropy(torch.autograd.Function):
     by every output of a :class:`SegLoss` call)."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, safe_target: Tensor, weight: Tensor, lse: Tensor, true_logit: Tensor,
-                denom: Tensor, chunk_bytes: int) -> Tensor:
+    def forward(
+        ctx,
+        logits: Tensor,
+        safe_target: Tensor,
+        weight: Tensor,
+        lse: Tensor,
+        true_logit: Tensor,
+        denom: Tensor,
+        chunk_bytes: int,
+    ) -> Tensor:
         ctx.save_for_backward(logits, safe_target, weight, lse, denom)
         ctx.chunk_bytes = chunk_bytes
         return ((lse - true_logit) * weight).sum() / denom
@@ -153,11 +161,18 @@ def _prepare_target(target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
     return target.masked_fill(~valid, 0), valid.float()
 
 
-def _fused_ce(logits: Tensor, safe_target: Tensor, valid: Tensor, denom: Tensor,
-              stats: tuple[Tensor, Tensor] | None = None, weight: Tensor | None = None) -> Tensor:
+def _fused_ce(
+    logits: Tensor,
+    safe_target: Tensor,
+    valid: Tensor,
+    denom: Tensor,
+    stats: tuple[Tensor, Tensor] | None = None,
+    weight: Tensor | None = None,
+) -> Tensor:
     lse, true_logit = stats if stats is not None else resized_logit_stats(logits, safe_target)
-    return _ResizedCrossEntropy.apply(logits, safe_target, valid if weight is None else weight, lse, true_logit,
-                                      denom, LOSS_CHUNK_BYTES)
+    return _ResizedCrossEntropy.apply(
+        logits, safe_target, valid if weight is None else weight, lse, true_logit, denom, LOSS_CHUNK_BYTES
+    )
 
 
 def loss_denominator(target: Tensor, valid: Tensor, avg_non_ignore: bool) -> Tensor:
@@ -179,8 +194,9 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255, avg_n
 
 
 @torch.no_grad()
-def ohem_weights_from_prob(true_prob: Tensor, target: Tensor, thresh: float = 0.7, min_kept: int = 100_000,
-                           ignore_index: int = 255) -> Tensor:
+def ohem_weights_from_prob(
+    true_prob: Tensor, target: Tensor, thresh: float = 0.7, min_kept: int = 100_000, ignore_index: int = 255
+) -> Tensor:
     """The (B, H, W) 0/1 weight of the hard pixels that OHEM keeps, given the true-class probability per pixel."""
     weight = torch.zeros_like(target, dtype=torch.float32)
     valid = target != ignore_index  # (B, H, W)
@@ -196,8 +212,9 @@ def ohem_weights_from_prob(true_prob: Tensor, target: Tensor, thresh: float = 0.
 
 
 @torch.no_grad()
-def ohem_weights(logits: Tensor, target: Tensor, thresh: float = 0.7, min_kept: int = 100_000,
-                 ignore_index: int = 255) -> Tensor:
+def ohem_weights(
+    logits: Tensor, target: Tensor, thresh: float = 0.7, min_kept: int = 100_000, ignore_index: int = 255
+) -> Tensor:
     """The (B, H, W) 0/1 weight of the hard pixels that OHEM keeps (mmseg ``OHEMPixelSampler``, thresh mode),
     for logits at any resolution (resized to the mask size)."""
     safe, _ = _prepare_target(target, ignore_index)
@@ -205,20 +222,35 @@ def ohem_weights(logits: Tensor, target: Tensor, thresh: float = 0.7, min_kept: 
     return ohem_weights_from_prob((true_logit - lse).exp(), target, thresh, min_kept, ignore_index)
 
 
-def _fused_ohem(logits: Tensor, target: Tensor, safe: Tensor, valid: Tensor, denom: Tensor, thresh: float,
-                min_kept: int, ignore_index: int) -> Tensor:
+def _fused_ohem(
+    logits: Tensor,
+    target: Tensor,
+    safe: Tensor,
+    valid: Tensor,
+    denom: Tensor,
+    thresh: float,
+    min_kept: int,
+    ignore_index: int,
+) -> Tensor:
     lse, true_logit = resized_logit_stats(logits, safe)
     weight = ohem_weights_from_prob((true_logit - lse).exp(), target, thresh, min_kept, ignore_index)
     return _fused_ce(logits, safe, valid, denom, stats=(lse, true_logit), weight=weight)
 
 
-def ohem_cross_entropy(logits: Tensor, target: Tensor, thresh: float = 0.7, min_kept: int = 100_000,
-                       ignore_index: int = 255, avg_non_ignore: bool = False) -> Tensor:
+def ohem_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    thresh: float = 0.7,
+    min_kept: int = 100_000,
+    ignore_index: int = 255,
+    avg_non_ignore: bool = False,
+) -> Tensor:
     """Cross-entropy summed over the OHEM-kept pixels, divided like :func:`cross_entropy` (all pixels of the
     batch by default; the labelled pixels with ``avg_non_ignore=True``, as mmseg's sampler + loss do)."""
     safe, valid = _prepare_target(target, ignore_index)
-    return _fused_ohem(logits, target, safe, valid, loss_denominator(target, valid, avg_non_ignore), thresh,
-                       min_kept, ignore_index)
+    return _fused_ohem(
+        logits, target, safe, valid, loss_denominator(target, valid, avg_non_ignore), thresh, min_kept, ignore_index
+    )
 
 
 def parse_loss(spec: str) -> tuple[tuple[str, float], ...]:
@@ -235,8 +267,10 @@ def parse_loss(spec: str) -> tuple[tuple[str, float], ...]:
     for part in spec.split("+"):
         m = _TERM_RE.match(part.strip().lower())
         if m is None or m.group("name") not in LOSS_TERMS:
-            raise ValueError(f"loss {spec!r}: cannot read the term {part.strip()!r}. Terms are {valid}, optionally "
-                             "weighted as '<weight>*<name>' and joined with '+', e.g. 'ce+0.5*dice'")
+            raise ValueError(
+                f"loss {spec!r}: cannot read the term {part.strip()!r}. Terms are {valid}, optionally "
+                "weighted as '<weight>*<name>' and joined with '+', e.g. 'ce+0.5*dice'"
+            )
         name, weight = m.group("name"), float(m.group("weight") or 1.0)
         if not (math.isfinite(weight) and weight > 0):
             raise ValueError(f"loss {spec!r}: the weight of {name!r} must be a positive number, got {weight}")
@@ -291,8 +325,15 @@ class SegLoss(nn.Module):
             (mmseg's ``CrossEntropyLoss(avg_non_ignore=...)``; False, mmseg's default, is the published recipe).
     """
 
-    def __init__(self, loss: str = "ce", aux_weight: float = 0.4, ignore_index: int = 255,
-                 ohem_thresh: float = 0.7, ohem_min_kept: int = 100_000, avg_non_ignore: bool = False) -> None:
+    def __init__(
+        self,
+        loss: str = "ce",
+        aux_weight: float = 0.4,
+        ignore_index: int = 255,
+        ohem_thresh: float = 0.7,
+        ohem_min_kept: int = 100_000,
+        avg_non_ignore: bool = False,
+    ) -> None:
         super().__init__()
         self.terms = parse_loss(loss)
         self.loss = str(loss)
@@ -316,14 +357,17 @@ class SegLoss(nn.Module):
         parts: dict[str, Tensor] = {}
         for name, logits in outputs.items():
             if logits.ndim != 4 or logits.shape[0] != target.shape[0]:
-                raise ValueError(f"output {name!r} has shape {tuple(logits.shape)}; expected (B, C, h, w) logits "
-                                 f"for the mask batch of shape {tuple(target.shape)}")
+                raise ValueError(
+                    f"output {name!r} has shape {tuple(logits.shape)}; expected (B, C, h, w) logits "
+                    f"for the mask batch of shape {tuple(target.shape)}"
+                )
             part: Tensor | None = None
             full: Tensor | None = None  # fp32 logits at the mask size, for the smp terms
             for term, weight in self.terms:
                 if term == "ohem" and name != "aux":
-                    value = _fused_ohem(logits, target, safe, valid, denom, self.ohem_thresh,
-                                        self.ohem_min_kept, self.ignore_index)
+                    value = _fused_ohem(
+                        logits, target, safe, valid, denom, self.ohem_thresh, self.ohem_min_kept, self.ignore_index
+                    )
                 elif term in ("ce", "ohem"):
                     value = _fused_ce(logits, safe, valid, denom)
                 elif not any_labelled:

@@ -5,6 +5,7 @@ by torchmetrics, so the numbers equal mmseg's ``IoUMetric`` and the single-proce
 seen twice (the data module's validation sampler does not pad). Classes that appear neither in the ground truth
 nor in the predictions have IoU NaN and are left out of the mean, as in mmseg.
 """
+
 from __future__ import annotations
 
 from torch import Tensor
@@ -51,8 +52,10 @@ class SegMetrics(MulticlassConfusionMatrix):
         # A label >= num_classes (other than ignore_index) would land in a wrong bin of the bincount.
         bad = (target >= self.num_classes) & (target != self.ignore_index)
         if bool(bad.any()):
-            raise ValueError(f"mask holds label(s) {sorted(target[bad].unique().tolist())[:10]} outside "
-                             f"[0, {self.num_classes}) and != ignore {self.ignore_index}; fix the data or num_classes")
+            raise ValueError(
+                f"mask holds label(s) {sorted(target[bad].unique().tolist())[:10]} outside "
+                f"[0, {self.num_classes}) and != ignore {self.ignore_index}; fix the data or num_classes"
+            )
         super().update(preds, target)
 
     def compute(self) -> dict[str, Tensor]:  # type: ignore[override]

@@ -5,6 +5,7 @@ One shared step computes the loss of every output (``out`` + ``aux`` 0.4 + DANet
 matrix for val/test (:mod:`seg.training.metrics`). Checkpoints store the network under ``model.`` keys, which
 is the *seg checkpoint* layout of docs/design.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -133,16 +134,24 @@ class SegmentationModule(L.LightningModule):
         self.criterion = SegLoss(loss, aux_weight, ignore_index, ohem_thresh, ohem_min_kept, avg_non_ignore)
         from seg.models import build_model  # the only dependency on the models part
 
-        self.model = build_model(backbone, head, num_classes, output_stride=output_stride, aux=aux,
-                                 weights=weights, backbone_kwargs=backbone_kwargs,
-                                 **(head_kwargs or {}))
+        self.model = build_model(
+            backbone,
+            head,
+            num_classes,
+            output_stride=output_stride,
+            aux=aux,
+            weights=weights,
+            backbone_kwargs=backbone_kwargs,
+            **(head_kwargs or {}),
+        )
         if init_from:
             report = load_matching_weights(self.model, init_from)
             rank_zero_info(
                 f"init_from {init_from}: loaded {len(report['loaded'])} tensors; re-initialised "
                 f"{len(report['shape_mismatch'])} (shape differs): {report['shape_mismatch']}; "
                 f"not in checkpoint {len(report['missing'])}: {report['missing'][:10]}; "
-                f"unused from checkpoint {len(report['unexpected'])}: {report['unexpected'][:10]}")
+                f"unused from checkpoint {len(report['unexpected'])}: {report['unexpected'][:10]}"
+            )
             self.init_report = report
         if freeze_backbone:
             self.model.backbone.requires_grad_(False)
@@ -181,8 +190,17 @@ class SegmentationModule(L.LightningModule):
         out_size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
         if self._single_pass_eval:
             return resize_logits(self.logits(images), out_size).softmax(1)
-        return predict_probs(self.logits, images, hp.num_classes, hp.eval_mode, tuple(hp.eval_crop_size),
-                             tuple(hp.eval_stride), tuple(hp.eval_scales), hp.eval_flip, out_size=out_size)
+        return predict_probs(
+            self.logits,
+            images,
+            hp.num_classes,
+            hp.eval_mode,
+            tuple(hp.eval_crop_size),
+            tuple(hp.eval_stride),
+            tuple(hp.eval_scales),
+            hp.eval_flip,
+            out_size=out_size,
+        )
 
     def train(self, mode: bool = True) -> "SegmentationModule":
         super().train(mode)
@@ -219,7 +237,8 @@ class SegmentationModule(L.LightningModule):
         raise DivergenceError(
             f"{what} at step {self.global_step} (learning rate {lr:.4g}, base --model.lr={self.hparams.lr:g}): the "
             "run diverged, training stopped and no checkpoint was written after this point. Start again with a "
-            "lower --model.lr, or check the data (python -m seg.data.check) and the loss settings.")
+            "lower --model.lr, or check the data (python -m seg.data.check) and the loss settings."
+        )
 
     def on_validation_start(self) -> None:
         # weights and BatchNorm statistics can overflow while the loss is still finite: neither validate (and
@@ -263,7 +282,7 @@ class SegmentationModule(L.LightningModule):
             return out
         out = masks.new_full(masks.shape, self.hparams.ignore_index)
         for i, ((h, w), (oh, ow)) in enumerate(zip(img_shapes, ori_shapes)):
-            out[i, :oh, :ow] = self.predict_labels(images[i:i + 1, :, :h, :w], (oh, ow))[0]
+            out[i, :oh, :ow] = self.predict_labels(images[i : i + 1, :, :h, :w], (oh, ow))[0]
         return out
 
     def _eval_step(self, batch: dict[str, Any], metrics: SegMetrics) -> Tensor:
@@ -286,9 +305,13 @@ class SegmentationModule(L.LightningModule):
         images = int(self.trainer.strategy.reduce(images, reduce_op="sum").item())
         iou, acc = res["IoU"].tolist(), res["Acc"].tolist()
         summary = {
-            "mIoU": float(res["mIoU"]), "aAcc": float(res["aAcc"]), "mAcc": float(res["mAcc"]),
-            "per_class_IoU": dict(zip(self.class_names, iou)), "per_class_Acc": dict(zip(self.class_names, acc)),
-            "step": int(self.global_step), "num_images": images,
+            "mIoU": float(res["mIoU"]),
+            "aAcc": float(res["aAcc"]),
+            "mAcc": float(res["mAcc"]),
+            "per_class_IoU": dict(zip(self.class_names, iou)),
+            "per_class_Acc": dict(zip(self.class_names, acc)),
+            "step": int(self.global_step),
+            "num_images": images,
         }
         if self.trainer.sanity_checking:
             return
@@ -302,8 +325,9 @@ class SegmentationModule(L.LightningModule):
         for logger in self.loggers:  # a per-class table where the logger has tables (W&B)
             if hasattr(logger, "log_table"):
                 rows = [[n, i, a] for n, i, a in zip(self.class_names, iou, acc)]
-                logger.log_table(key=f"{stage}/per_class", columns=["class", "IoU", "Acc"], data=rows,
-                                 step=self.global_step)
+                logger.log_table(
+                    key=f"{stage}/per_class", columns=["class", "IoU", "Acc"], data=rows, step=self.global_step
+                )
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)

@@ -8,6 +8,7 @@ that ``seg.training.cli`` always adds) saves the training position (epoch, batch
 torch/numpy/python (and CUDA) RNG states in the checkpoint; on resume it hands the position to the DataModule
 and restores the RNG states right before the first training step.
 """
+
 from __future__ import annotations
 
 import random
@@ -32,9 +33,11 @@ _KEY = "seg_exact_resume"
 def _rng_state() -> dict[str, Any]:
     # tensors / ints / tuples only, so checkpoints stay loadable with torch.load(weights_only=True)
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
-             "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -79,37 +82,48 @@ class ExactResume(L.Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         saved = checkpoint.get(_KEY)
         if saved is None:
-            rank_zero_warn("checkpoint has no exact-resume state (written without seg's ExactResume); the data order "
-                           "restarts at the beginning of an epoch and RNG states are not restored")
+            rank_zero_warn(
+                "checkpoint has no exact-resume state (written without seg's ExactResume); the data order "
+                "restarts at the beginning of an epoch and RNG states are not restored"
+            )
             return
         dm = trainer.datamodule
         seed = getattr(dm, "seed", None)
         if saved["seed"] != seed:
-            rank_zero_warn(f"resuming with data seed {seed} but the checkpoint used {saved['seed']}: the rest of the "
-                           "epoch follows the new seed's order (set --data.seed to the checkpoint's to continue it)")
+            rank_zero_warn(
+                f"resuming with data seed {seed} but the checkpoint used {saved['seed']}: the rest of the "
+                "epoch follows the new seed's order (set --data.seed to the checkpoint's to continue it)"
+            )
         epoch, batches = saved["epoch"], saved["batches"]
         if batches >= saved["num_training_batches"]:  # saved at the end of an epoch
             epoch, batches = epoch + 1, 0
         if hasattr(dm, "resume_train_at"):
             dm.resume_train_at(epoch, batches)  # Lightning builds the train loader after this hook
             # Lightning cannot see that the loader continues mid-epoch, and would say the resume is unreliable
-            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch",
-                                    category=PossibleUserWarning)
+            warnings.filterwarnings(
+                "ignore",
+                message="You're resuming from a checkpoint that ended before the epoch",
+                category=PossibleUserWarning,
+            )
         else:
             what = type(dm).__name__ if dm is not None else "a run without a DataModule"
-            rank_zero_warn(f"{what} has no resume_train_at(epoch, batches); the data order restarts at the "
-                           "beginning of an epoch")
+            rank_zero_warn(
+                f"{what} has no resume_train_at(epoch, batches); the data order restarts at the beginning of an epoch"
+            )
         states = saved["rng"]
         rank = trainer.global_rank
         if len(states) == trainer.world_size:
             self._rng_to_restore = states[rank]
         else:
-            rank_zero_warn(f"checkpoint RNG states are from {len(states)} process(es), now {trainer.world_size}; "
-                           "data order is exact, dropout randomness is not")
+            rank_zero_warn(
+                f"checkpoint RNG states are from {len(states)} process(es), now {trainer.world_size}; "
+                "data order is exact, dropout randomness is not"
+            )
             self._rng_to_restore = states[0]
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         # Restore here, not at load time: what runs in between (sanity check, loader start-up) must not shift it.
         if self._rng_to_restore is not None:
             _set_rng_state(self._rng_to_restore)

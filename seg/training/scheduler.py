@@ -11,6 +11,7 @@ mmengine's own sequence). The closed form keeps a resumed run on the same curve 
 It is stepped once per optimizer step (Lightning ``interval='step'``), and its state (``last_epoch`` = the
 iteration) is saved in checkpoints.
 """
+
 from __future__ import annotations
 
 from torch.optim import Optimizer
@@ -19,15 +20,16 @@ from torch.optim.lr_scheduler import LRScheduler
 
 class PolyLR(LRScheduler):
     """Args:
-        optimizer: the wrapped optimizer.
-        max_iters: number of iterations of the run (its ``max_steps``); iteration ``max_iters - 1``, the last,
-            trains with ``min_lr``.
-        power: decay exponent (0.9).
-        min_lr: floor (1e-4 in the mmseg recipes).
+    optimizer: the wrapped optimizer.
+    max_iters: number of iterations of the run (its ``max_steps``); iteration ``max_iters - 1``, the last,
+        trains with ``min_lr``.
+    power: decay exponent (0.9).
+    min_lr: floor (1e-4 in the mmseg recipes).
     """
 
-    def __init__(self, optimizer: Optimizer, max_iters: int, power: float = 0.9, min_lr: float = 1e-4,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: Optimizer, max_iters: int, power: float = 0.9, min_lr: float = 1e-4, last_epoch: int = -1
+    ) -> None:
         if max_iters <= 0:
             raise ValueError(f"PolyLR needs max_iters > 0, got {max_iters}; set trainer.max_steps")
         self.max_iters = max_iters

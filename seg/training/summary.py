@@ -1,5 +1,6 @@
 """``<run_dir>/summary.json``: the last and best validation metrics of a run and its cost, what ``seg.compare``
 reads."""
+
 from __future__ import annotations
 
 import json
@@ -65,12 +66,17 @@ class RunSummary(L.Callback):
         hp = dict(getattr(pl_module, "hparams", {}))
         run_dir = Path(self.run_dir or trainer.default_root_dir)
         summary = {
-            "backbone": hp.get("backbone"), "head": hp.get("head"), "num_classes": hp.get("num_classes"),
+            "backbone": hp.get("backbone"),
+            "head": hp.get("head"),
+            "num_classes": hp.get("num_classes"),
             "params": count_parameters(pl_module.model) if hasattr(pl_module, "model") else None,
-            "global_step": trainer.global_step, "max_steps": trainer.max_steps,
+            "global_step": trainer.global_step,
+            "max_steps": trainer.max_steps,
             "train_images_per_s": self._images / self._seconds if self._seconds > 0 else None,
-            "peak_cuda_memory_mb": (torch.cuda.max_memory_allocated(pl_module.device) / 2**20
-                                    if pl_module.device.type == "cuda" else None),
-            "last": last, "best": self.best,
+            "peak_cuda_memory_mb": (
+                torch.cuda.max_memory_allocated(pl_module.device) / 2**20 if pl_module.device.type == "cuda" else None
+            ),
+            "last": last,
+            "best": self.best,
         }
         atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")

@@ -2,6 +2,7 @@
 the inference options and each tool's own arguments, which ``--help`` lists first (before the model, data and
 trainer sections). Builds a Trainer without loggers or training callbacks; without ``--config`` it reads the
 ``config.yaml`` of the checkpoint's run directory."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,12 @@ def find_run_config(ckpt: str | os.PathLike) -> Optional[Path]:
 
 def load_seg_weights(module: SegmentationModule, ckpt: str | os.PathLike) -> None:
     """Strictly loads a seg checkpoint (or ``seg.convert`` output) into ``module.model``, read safely."""
-    checkpoint.load_seg_weights(module.model, ckpt, what="--ckpt", hint=(
-        "Check --config / --model.* against the checkpoint's run config (<run_dir>/config.yaml)."))
+    checkpoint.load_seg_weights(
+        module.model,
+        ckpt,
+        what="--ckpt",
+        hint=("Check --config / --model.* against the checkpoint's run config (<run_dir>/config.yaml)."),
+    )
 
 
 class SegToolCLI(SegCLI):
@@ -64,21 +69,37 @@ class SegToolCLI(SegCLI):
         # the tool's own options right after --config, so `--help` shows them before the model/data/trainer sections
         parser = super().init_parser(**kwargs)
         parser.add_argument("--ckpt", type=str, required=True, help="seg checkpoint (or seg.convert output)")
-        parser.add_argument("--mode", type=Optional[Literal["whole", "slide"]], default=None,
-                            help="inference mode (default: model.eval_mode)")
-        parser.add_argument("--scales", type=Optional[list[float]], default=None,
-                            help="test-time scale factors of the original image size (mmseg TestTimeAug), "
-                                 "e.g. [0.5,0.75,1.0,1.25,1.5,1.75]")
+        parser.add_argument(
+            "--mode",
+            type=Optional[Literal["whole", "slide"]],
+            default=None,
+            help="inference mode (default: model.eval_mode)",
+        )
+        parser.add_argument(
+            "--scales",
+            type=Optional[list[float]],
+            default=None,
+            help="test-time scale factors of the original image size (mmseg TestTimeAug), "
+            "e.g. [0.5,0.75,1.0,1.25,1.5,1.75]",
+        )
         parser.add_argument("--flip", type=bool, default=False, help="add horizontal flips")
         parser.add_argument("--crop_size", type=Optional[tuple[int, int]], default=None, help="slide crop (H, W)")
         parser.add_argument("--stride", type=Optional[tuple[int, int]], default=None, help="slide stride (H, W)")
-        parser.add_argument("--optimize", type=bool, default=True,
-                            help="on CPU: BatchNorm folded into the convs, channels_last, F.interpolate logit resize, "
-                                 "dilated depthwise convs padded explicitly (seg.models.optimize_for_inference; "
-                                 "same predictions to fp32 rounding)")
-        parser.add_argument("--bf16", type=bool, default=False,
-                            help="on CPU: bf16 weights and autocast, about 2x faster on CPUs with AVX512-BF16 or AMX; "
-                                 "logits change by bf16 rounding (on GPU use --trainer.precision=bf16-mixed)")
+        parser.add_argument(
+            "--optimize",
+            type=bool,
+            default=True,
+            help="on CPU: BatchNorm folded into the convs, channels_last, F.interpolate logit resize, "
+            "dilated depthwise convs padded explicitly (seg.models.optimize_for_inference; "
+            "same predictions to fp32 rounding)",
+        )
+        parser.add_argument(
+            "--bf16",
+            type=bool,
+            default=False,
+            help="on CPU: bf16 weights and autocast, about 2x faster on CPUs with AVX512-BF16 or AMX; "
+            "logits change by bf16 rounding (on GPU use --trainer.precision=bf16-mixed)",
+        )
         self.add_tool_arguments(parser)
         return parser
 
@@ -93,8 +114,9 @@ class SegToolCLI(SegCLI):
         cfg = self.config
         if device.type != "cpu" or not (cfg.optimize or cfg.bf16):
             return
-        module.model = optimize_for_inference(module.model, device, fuse_bn=cfg.optimize, channels_last=cfg.optimize,
-                                              bf16=cfg.bf16, inplace=True)
+        module.model = optimize_for_inference(
+            module.model, device, fuse_bn=cfg.optimize, channels_last=cfg.optimize, bf16=cfg.bf16, inplace=True
+        )
 
     def before_instantiate_classes(self) -> None:
         super().before_instantiate_classes()

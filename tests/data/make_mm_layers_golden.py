@@ -8,6 +8,7 @@ Run once in a separate venv (not a dependency of seg):
     /tmp/mmvenv/bin/pip install --no-deps mmsegmentation==1.2.2
     /tmp/mmvenv/bin/python tests/data/make_mm_layers_golden.py
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -62,8 +63,14 @@ def main() -> None:
         "cam": (CAM(), {}),
         "criss_cross": (_cc.CrissCrossAttention(C), {}),
         "nonlocal": (NonLocal2d(C, reduction=2, use_scale=True, norm_cfg=dict(type="BN")), {}),
-        "nonlocal_noscale": (NonLocal2d(C, reduction=2, use_scale=False, norm_cfg=dict(type="BN")), dict(use_scale=False)),
-        "nonlocal_dot_nonorm": (NonLocal2d(C, reduction=4, mode="dot_product"), dict(reduction=4, mode="dot_product", norm_layer=None)),
+        "nonlocal_noscale": (
+            NonLocal2d(C, reduction=2, use_scale=False, norm_cfg=dict(type="BN")),
+            dict(use_scale=False),
+        ),
+        "nonlocal_dot_nonorm": (
+            NonLocal2d(C, reduction=4, mode="dot_product"),
+            dict(reduction=4, mode="dot_product", norm_layer=None),
+        ),
     }
     golden = {}
     for name, (module, kwargs) in cases.items():

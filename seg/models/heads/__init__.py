@@ -42,10 +42,27 @@ from .sep_aspp import DepthwiseSeparableASPPHead
 from .uper import UPerHead
 
 __all__ = [
-    "ANNHead", "ASPPHead", "AxialHead", "CCHead", "ConvBnAct", "DAHead", "DNLHead", "DecodeHead",
+    "ANNHead",
+    "ASPPHead",
+    "AxialHead",
+    "CCHead",
+    "ConvBnAct",
+    "DAHead",
+    "DNLHead",
+    "DecodeHead",
     "DepthwiseSeparableASPPHead",
-    "DepthwiseSeparableConvBnAct", "EMAHead", "FCNHead", "GCHead", "HEADS", "ISAHead", "NLHead", "OCRHead",
-    "PSPHead", "UPerHead", "create_head", "head_signature",
+    "DepthwiseSeparableConvBnAct",
+    "EMAHead",
+    "FCNHead",
+    "GCHead",
+    "HEADS",
+    "ISAHead",
+    "NLHead",
+    "OCRHead",
+    "PSPHead",
+    "UPerHead",
+    "create_head",
+    "head_signature",
 ]
 
 HEADS: dict[str, type[nn.Module]] = {

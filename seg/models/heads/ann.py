@@ -36,13 +36,31 @@ class PPMConcat(nn.ModuleList):
         return torch.cat([pool(x).flatten(2) for pool in self], dim=2)  # (B, C, sum s^2)
 
 
-def _pooled_attention(key_in: int, query_in: int, channels: int, out_channels: int, share_key_query: bool,
-                      key_pool_scales: Sequence[int], norm_layer: type[nn.Module],
-                      act_layer: type[nn.Module]) -> SelfAttentionBlock:
-    return SelfAttentionBlock(key_in, query_in, channels, out_channels, share_key_query=share_key_query,
-                              key_query_num_convs=1, key_query_norm=True, value_out_num_convs=1,
-                              value_out_norm=False, with_out=True, key_downsample=PPMConcat(key_pool_scales),
-                              norm_layer=norm_layer, act_layer=act_layer)
+def _pooled_attention(
+    key_in: int,
+    query_in: int,
+    channels: int,
+    out_channels: int,
+    share_key_query: bool,
+    key_pool_scales: Sequence[int],
+    norm_layer: type[nn.Module],
+    act_layer: type[nn.Module],
+) -> SelfAttentionBlock:
+    return SelfAttentionBlock(
+        key_in,
+        query_in,
+        channels,
+        out_channels,
+        share_key_query=share_key_query,
+        key_query_num_convs=1,
+        key_query_norm=True,
+        value_out_num_convs=1,
+        value_out_norm=False,
+        with_out=True,
+        key_downsample=PPMConcat(key_pool_scales),
+        norm_layer=norm_layer,
+        act_layer=act_layer,
+    )
 
 
 class AFNB(nn.Module):
@@ -57,15 +75,31 @@ class AFNB(nn.Module):
         act_layer: activation class.
     """
 
-    def __init__(self, low_in_channels: int, high_in_channels: int, channels: int,
-                 key_pool_scales: Sequence[int] = (1, 3, 6, 8), norm_layer: type[nn.Module] = nn.BatchNorm2d,
-                 act_layer: type[nn.Module] = nn.ReLU) -> None:
+    def __init__(
+        self,
+        low_in_channels: int,
+        high_in_channels: int,
+        channels: int,
+        key_pool_scales: Sequence[int] = (1, 3, 6, 8),
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        act_layer: type[nn.Module] = nn.ReLU,
+    ) -> None:
         super().__init__()
-        self.stages = nn.ModuleList([_pooled_attention(low_in_channels, high_in_channels, channels,
-                                                       high_in_channels, False, key_pool_scales, norm_layer,
-                                                       act_layer)])
-        self.bottleneck = ConvBnAct(2 * high_in_channels, high_in_channels, 1, norm_layer=norm_layer,
-                                    act_layer=None)
+        self.stages = nn.ModuleList(
+            [
+                _pooled_attention(
+                    low_in_channels,
+                    high_in_channels,
+                    channels,
+                    high_in_channels,
+                    False,
+                    key_pool_scales,
+                    norm_layer,
+                    act_layer,
+                )
+            ]
+        )
+        self.bottleneck = ConvBnAct(2 * high_in_channels, high_in_channels, 1, norm_layer=norm_layer, act_layer=None)
 
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         context = sum(stage(high, low) for stage in self.stages)  # (B, C_high, h, w)
@@ -83,11 +117,22 @@ class APNB(nn.Module):
         act_layer: activation class.
     """
 
-    def __init__(self, channels: int, project_channels: int, key_pool_scales: Sequence[int] = (1, 3, 6, 8),
-                 norm_layer: type[nn.Module] = nn.BatchNorm2d, act_layer: type[nn.Module] = nn.ReLU) -> None:
+    def __init__(
+        self,
+        channels: int,
+        project_channels: int,
+        key_pool_scales: Sequence[int] = (1, 3, 6, 8),
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        act_layer: type[nn.Module] = nn.ReLU,
+    ) -> None:
         super().__init__()
-        self.stages = nn.ModuleList([_pooled_attention(channels, channels, project_channels, channels, True,
-                                                       key_pool_scales, norm_layer, act_layer)])
+        self.stages = nn.ModuleList(
+            [
+                _pooled_attention(
+                    channels, channels, project_channels, channels, True, key_pool_scales, norm_layer, act_layer
+                )
+            ]
+        )
         self.bottleneck = ConvBnAct(2 * channels, channels, 1, norm_layer=norm_layer, act_layer=act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

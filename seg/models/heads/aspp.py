@@ -47,11 +47,15 @@ class ASPPModule(nn.ModuleList):
             if d == 1:
                 branches.append(ConvBnAct(in_channels, channels, 1, norm_layer=norm_layer, act_layer=act_layer))
             elif separable:
-                branches.append(DepthwiseSeparableConvBnAct(in_channels, channels, 3, dilation=d,
-                                                            norm_layer=norm_layer, act_layer=act_layer))
+                branches.append(
+                    DepthwiseSeparableConvBnAct(
+                        in_channels, channels, 3, dilation=d, norm_layer=norm_layer, act_layer=act_layer
+                    )
+                )
             else:
-                branches.append(ConvBnAct(in_channels, channels, 3, dilation=d, norm_layer=norm_layer,
-                                          act_layer=act_layer))
+                branches.append(
+                    ConvBnAct(in_channels, channels, 3, dilation=d, norm_layer=norm_layer, act_layer=act_layer)
+                )
         super().__init__(branches)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
@@ -88,10 +92,12 @@ class ASPPHead(DecodeHead):
         self.image_pool = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), ConvBnAct(in_channels, channels, 1, norm_layer=norm_layer, act_layer=act_layer)
         )
-        self.aspp_modules = ASPPModule(in_channels, channels, dilations, separable=self.separable,
-                                       norm_layer=norm_layer, act_layer=act_layer)
-        self.bottleneck = ConvBnAct((len(dilations) + 1) * channels, channels, 3, norm_layer=norm_layer,
-                                    act_layer=act_layer)
+        self.aspp_modules = ASPPModule(
+            in_channels, channels, dilations, separable=self.separable, norm_layer=norm_layer, act_layer=act_layer
+        )
+        self.bottleneck = ConvBnAct(
+            (len(dilations) + 1) * channels, channels, 3, norm_layer=norm_layer, act_layer=act_layer
+        )
         self.add_classifier(dropout)
 
     def aspp(self, x: torch.Tensor) -> torch.Tensor:

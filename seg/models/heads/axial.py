@@ -53,7 +53,15 @@ class AxialHead(FCNHead):
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
-        super().__init__(in_channels, num_classes, channels=channels, num_convs=2, concat_input=concat_input,
-                         dropout=dropout, norm_layer=norm_layer, act_layer=act_layer)
+        super().__init__(
+            in_channels,
+            num_classes,
+            channels=channels,
+            num_convs=2,
+            concat_input=concat_input,
+            dropout=dropout,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+        )
         block = AxialAttention(channels, reduction=reduction, heads=heads, positional=positional, max_size=max_size)
         self.plug_context("axial", block, recurrence)

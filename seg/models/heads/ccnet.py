@@ -45,6 +45,14 @@ class CCHead(FCNHead):
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
-        super().__init__(in_channels, num_classes, channels=channels, num_convs=2, concat_input=concat_input,
-                         dropout=dropout, norm_layer=norm_layer, act_layer=act_layer)
+        super().__init__(
+            in_channels,
+            num_classes,
+            channels=channels,
+            num_convs=2,
+            concat_input=concat_input,
+            dropout=dropout,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+        )
         self.plug_context("cca", CrissCrossAttention(channels, reduction=reduction), recurrence)

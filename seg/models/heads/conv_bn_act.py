@@ -27,6 +27,7 @@ def upsample_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Bilinear resize of ``x`` to ``ref``'s spatial size, ``align_corners=False`` (mmseg's ``resize`` in heads)."""
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
+
 __all__ = ["ConvBnAct", "DepthwiseSeparableConvBnAct", "classifier", "init_classifier", "upsample_like"]
 
 
@@ -56,8 +57,15 @@ class ConvBnAct(nn.Sequential):
     ) -> None:
         super().__init__()
         padding = (kernel_size // 2) * dilation
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation,
-                              groups=groups, bias=norm_layer is None)
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=norm_layer is None,
+        )
         if norm_layer is not None:
             self.bn = norm_layer(out_channels)
         if act_layer is None:
@@ -92,6 +100,13 @@ class DepthwiseSeparableConvBnAct(nn.Sequential):
         act_layer: type[nn.Module] | None = nn.ReLU,
     ) -> None:
         super().__init__()
-        self.depthwise_conv = ConvBnAct(in_channels, in_channels, kernel_size, dilation=dilation, groups=in_channels,
-                                        norm_layer=norm_layer, act_layer=act_layer)
+        self.depthwise_conv = ConvBnAct(
+            in_channels,
+            in_channels,
+            kernel_size,
+            dilation=dilation,
+            groups=in_channels,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+        )
         self.pointwise_conv = ConvBnAct(in_channels, out_channels, 1, norm_layer=norm_layer, act_layer=act_layer)

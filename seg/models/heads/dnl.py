@@ -41,8 +41,9 @@ class DisentangledNonLocal2d(NonLocal2d):
         temperature: float = 0.05,
         norm_layer: type[nn.Module] | None = nn.BatchNorm2d,
     ) -> None:
-        super().__init__(channels, reduction=reduction, use_scale=use_scale, mode="embedded_gaussian",
-                         norm_layer=norm_layer)
+        super().__init__(
+            channels, reduction=reduction, use_scale=use_scale, mode="embedded_gaussian", norm_layer=norm_layer
+        )
         self.temperature = temperature
         self.conv_mask = nn.Conv2d(channels, 1, kernel_size=1)
 
@@ -90,7 +91,19 @@ class DNLHead(FCNHead):
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
-        super().__init__(in_channels, num_classes, channels=channels, num_convs=2, concat_input=concat_input,
-                         dropout=dropout, norm_layer=norm_layer, act_layer=act_layer)
-        self.plug_context("dnl_block", DisentangledNonLocal2d(channels, reduction=reduction, use_scale=use_scale,
-                                                              temperature=temperature, norm_layer=norm_layer))
+        super().__init__(
+            in_channels,
+            num_classes,
+            channels=channels,
+            num_convs=2,
+            concat_input=concat_input,
+            dropout=dropout,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+        )
+        self.plug_context(
+            "dnl_block",
+            DisentangledNonLocal2d(
+                channels, reduction=reduction, use_scale=use_scale, temperature=temperature, norm_layer=norm_layer
+            ),
+        )

@@ -60,8 +60,13 @@ class FCNHead(DecodeHead):
             raise ValueError(f"num_convs must be >= 1, got {num_convs}")
         self.convs = nn.Sequential(
             *[
-                ConvBnAct(in_channels if i == 0 else channels, channels, kernel_size,
-                          norm_layer=norm_layer, act_layer=act_layer)
+                ConvBnAct(
+                    in_channels if i == 0 else channels,
+                    channels,
+                    kernel_size,
+                    norm_layer=norm_layer,
+                    act_layer=act_layer,
+                )
                 for i in range(num_convs)
             ]
         )

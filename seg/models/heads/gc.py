@@ -44,8 +44,9 @@ class ContextBlock(nn.Module):
         if pooling not in ("att", "avg"):
             raise ValueError(f"ContextBlock: pooling must be 'att' or 'avg', got {pooling!r}")
         if not fusions or any(f not in ("channel_add", "channel_mul") for f in fusions):
-            raise ValueError("ContextBlock: fusions must be a non-empty subset of ('channel_add', 'channel_mul'), "
-                             f"got {fusions!r}")
+            raise ValueError(
+                f"ContextBlock: fusions must be a non-empty subset of ('channel_add', 'channel_mul'), got {fusions!r}"
+            )
         self.channels = channels
         self.planes = int(channels * ratio)
         self.pooling = pooling
@@ -60,8 +61,12 @@ class ContextBlock(nn.Module):
         last = nn.Conv2d(self.planes, self.channels, kernel_size=1)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
-        return nn.Sequential(nn.Conv2d(self.channels, self.planes, kernel_size=1),
-                             nn.LayerNorm([self.planes, 1, 1]), nn.ReLU(inplace=True), last)
+        return nn.Sequential(
+            nn.Conv2d(self.channels, self.planes, kernel_size=1),
+            nn.LayerNorm([self.planes, 1, 1]),
+            nn.ReLU(inplace=True),
+            last,
+        )
 
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, 1, 1)."""
@@ -111,6 +116,14 @@ class GCHead(FCNHead):
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
-        super().__init__(in_channels, num_classes, channels=channels, num_convs=2, concat_input=concat_input,
-                         dropout=dropout, norm_layer=norm_layer, act_layer=act_layer)
+        super().__init__(
+            in_channels,
+            num_classes,
+            channels=channels,
+            num_convs=2,
+            concat_input=concat_input,
+            dropout=dropout,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+        )
         self.plug_context("gc_block", ContextBlock(channels, ratio=ratio, pooling=pooling, fusions=tuple(fusions)))

@@ -29,11 +29,22 @@ __all__ = ["ISAHead"]
 class _Relation(SelfAttentionBlock):
     """Self-attention over one set of positions followed by a 1x1 ``output_project`` (mmseg's ISA block)."""
 
-    def __init__(self, channels: int, isa_channels: int, norm_layer: type[nn.Module],
-                 act_layer: type[nn.Module]) -> None:
-        super().__init__(channels, channels, isa_channels, channels, key_query_num_convs=2, key_query_norm=True,
-                         value_out_num_convs=1, value_out_norm=False, with_out=False,
-                         norm_layer=norm_layer, act_layer=act_layer)
+    def __init__(
+        self, channels: int, isa_channels: int, norm_layer: type[nn.Module], act_layer: type[nn.Module]
+    ) -> None:
+        super().__init__(
+            channels,
+            channels,
+            isa_channels,
+            channels,
+            key_query_num_convs=2,
+            key_query_norm=True,
+            value_out_num_convs=1,
+            value_out_norm=False,
+            with_out=False,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+        )
         self.output_project = ConvBnAct(channels, channels, 1, norm_layer=norm_layer, act_layer=act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -94,6 +105,6 @@ class ISAHead(DecodeHead):
         feats = self.local_relation(feats)
         feats = feats.reshape(b, glb_h, glb_w, c, loc_h, loc_w)
         feats = feats.permute(0, 3, 1, 4, 2, 5).reshape(b, c, glb_h * loc_h, glb_w * loc_w)  # (B, C, H', W')
-        feats = feats[:, :, pad_h // 2:pad_h // 2 + h, pad_w // 2:pad_w // 2 + w]  # remove the padding
+        feats = feats[:, :, pad_h // 2 : pad_h // 2 + h, pad_w // 2 : pad_w // 2 + w]  # remove the padding
         out = self.out_conv(torch.cat([feats, residual], dim=1))  # (B, 2C, h, w) -> (B, C, h, w)
         return {"out": self.classify(out)}

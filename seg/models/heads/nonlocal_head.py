@@ -49,7 +49,16 @@ class NLHead(FCNHead):
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
-        super().__init__(in_channels, num_classes, channels=channels, num_convs=2, concat_input=concat_input,
-                         dropout=dropout, norm_layer=norm_layer, act_layer=act_layer)
-        self.plug_context("nl_block", NonLocal2d(channels, reduction=reduction, use_scale=use_scale, mode=mode,
-                                                 norm_layer=norm_layer))
+        super().__init__(
+            in_channels,
+            num_classes,
+            channels=channels,
+            num_convs=2,
+            concat_input=concat_input,
+            dropout=dropout,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+        )
+        self.plug_context(
+            "nl_block", NonLocal2d(channels, reduction=reduction, use_scale=use_scale, mode=mode, norm_layer=norm_layer)
+        )

@@ -48,11 +48,26 @@ class ObjectAttentionBlock(SelfAttentionBlock):
         act_layer: activation class.
     """
 
-    def __init__(self, channels: int, ocr_channels: int, norm_layer: type[nn.Module] = nn.BatchNorm2d,
-                 act_layer: type[nn.Module] = nn.ReLU) -> None:
-        super().__init__(channels, channels, ocr_channels, channels, key_query_num_convs=2, key_query_norm=True,
-                         value_out_num_convs=1, value_out_norm=True, with_out=True,
-                         norm_layer=norm_layer, act_layer=act_layer)
+    def __init__(
+        self,
+        channels: int,
+        ocr_channels: int,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        act_layer: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__(
+            channels,
+            channels,
+            ocr_channels,
+            channels,
+            key_query_num_convs=2,
+            key_query_norm=True,
+            value_out_num_convs=1,
+            value_out_norm=True,
+            with_out=True,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+        )
         self.bottleneck = ConvBnAct(channels * 2, channels, 1, norm_layer=norm_layer, act_layer=act_layer)
 
     def forward(self, query_feats: torch.Tensor, key_feats: torch.Tensor) -> torch.Tensor:

@@ -40,8 +40,10 @@ class PPM(nn.ModuleList):
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__(
-            nn.Sequential(AdaptiveAvgPool2d(scale),
-                          ConvBnAct(in_channels, channels, 1, norm_layer=norm_layer, act_layer=act_layer))
+            nn.Sequential(
+                AdaptiveAvgPool2d(scale),
+                ConvBnAct(in_channels, channels, 1, norm_layer=norm_layer, act_layer=act_layer),
+            )
             for scale in pool_scales
         )
         self.pool_scales = tuple(pool_scales)

@@ -45,8 +45,9 @@ class PSPHead(DecodeHead):
     ) -> None:
         super().__init__(in_channels, channels, num_classes)
         self.psp_modules = PPM(in_channels, channels, pool_scales, norm_layer=norm_layer, act_layer=act_layer)
-        self.bottleneck = ConvBnAct(in_channels + len(pool_scales) * channels, channels, 3,
-                                    norm_layer=norm_layer, act_layer=act_layer)
+        self.bottleneck = ConvBnAct(
+            in_channels + len(pool_scales) * channels, channels, 3, norm_layer=norm_layer, act_layer=act_layer
+        )
         self.add_classifier(dropout)
 
     def psp(self, x: torch.Tensor) -> torch.Tensor:

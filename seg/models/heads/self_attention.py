@@ -35,8 +35,11 @@ def projection(
     convs: list[nn.Module] = []
     for i in range(num_convs):
         cin = in_channels if i == 0 else channels
-        convs.append(ConvBnAct(cin, channels, 1, norm_layer=norm_layer, act_layer=act_layer) if with_norm
-                     else nn.Conv2d(cin, channels, kernel_size=1))
+        convs.append(
+            ConvBnAct(cin, channels, 1, norm_layer=norm_layer, act_layer=act_layer)
+            if with_norm
+            else nn.Conv2d(cin, channels, kernel_size=1)
+        )
     return convs[0] if num_convs == 1 else nn.Sequential(*convs)
 
 
@@ -81,19 +84,33 @@ class SelfAttentionBlock(nn.Module):
     ) -> None:
         super().__init__()
         if share_key_query and key_in_channels != query_in_channels:
-            raise ValueError("share_key_query needs key_in_channels == query_in_channels, got "
-                             f"{key_in_channels} and {query_in_channels}")
+            raise ValueError(
+                "share_key_query needs key_in_channels == query_in_channels, got "
+                f"{key_in_channels} and {query_in_channels}"
+            )
         self.channels = channels
         self.out_channels = out_channels
-        self.key_project = projection(key_in_channels, channels, key_query_num_convs, key_query_norm,
-                                      norm_layer, act_layer)
-        self.query_project = (self.key_project if share_key_query else
-                              projection(query_in_channels, channels, key_query_num_convs, key_query_norm,
-                                         norm_layer, act_layer))
-        self.value_project = projection(key_in_channels, channels if with_out else out_channels,
-                                        value_out_num_convs, value_out_norm, norm_layer, act_layer)
-        self.out_project = (projection(channels, out_channels, value_out_num_convs, value_out_norm,
-                                       norm_layer, act_layer) if with_out else None)
+        self.key_project = projection(
+            key_in_channels, channels, key_query_num_convs, key_query_norm, norm_layer, act_layer
+        )
+        self.query_project = (
+            self.key_project
+            if share_key_query
+            else projection(query_in_channels, channels, key_query_num_convs, key_query_norm, norm_layer, act_layer)
+        )
+        self.value_project = projection(
+            key_in_channels,
+            channels if with_out else out_channels,
+            value_out_num_convs,
+            value_out_norm,
+            norm_layer,
+            act_layer,
+        )
+        self.out_project = (
+            projection(channels, out_channels, value_out_num_convs, value_out_norm, norm_layer, act_layer)
+            if with_out
+            else None
+        )
         if self.out_project is not None and not value_out_norm:
             for p in self.out_project.parameters():  # a plain output conv starts at zero (mmseg's init)
                 nn.init.zeros_(p)
@@ -108,8 +125,9 @@ class SelfAttentionBlock(nn.Module):
             key, value = self.key_downsample(key), self.key_downsample(value)
         key = key.flatten(2).transpose(1, 2)  # (B, Nk, C)
         value = value.flatten(2).transpose(1, 2)  # (B, Nk, Cv)
-        context = F.scaled_dot_product_attention(query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1),
-                                                 scale=self.channels**-0.5).squeeze(1)  # (B, Nq, Cv)
+        context = F.scaled_dot_product_attention(
+            query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1), scale=self.channels**-0.5
+        ).squeeze(1)  # (B, Nq, Cv)
         context = context.transpose(1, 2).reshape(b, -1, h, w)  # (B, Cv, h, w)
         if self.out_project is not None:
             context = self.out_project(context)

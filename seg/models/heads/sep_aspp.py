@@ -50,13 +50,21 @@ class DepthwiseSeparableASPPHead(ASPPHead):
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
         c1_in, c4_in = in_channels
-        super().__init__(c4_in, num_classes, channels=channels, dilations=dilations, dropout=dropout,
-                         norm_layer=norm_layer, act_layer=act_layer)
+        super().__init__(
+            c4_in,
+            num_classes,
+            channels=channels,
+            dilations=dilations,
+            dropout=dropout,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+        )
         self.in_channels = tuple(in_channels)  # the stages it reads, not only ASPP's stage 4
         self.c1_bottleneck = ConvBnAct(c1_in, c1_channels, 1, norm_layer=norm_layer, act_layer=act_layer)
         self.sep_bottleneck = nn.Sequential(
-            DepthwiseSeparableConvBnAct(channels + c1_channels, channels, 3, norm_layer=norm_layer,
-                                        act_layer=act_layer),
+            DepthwiseSeparableConvBnAct(
+                channels + c1_channels, channels, 3, norm_layer=norm_layer, act_layer=act_layer
+            ),
             DepthwiseSeparableConvBnAct(channels, channels, 3, norm_layer=norm_layer, act_layer=act_layer),
         )
 

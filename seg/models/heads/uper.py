@@ -48,18 +48,25 @@ class UPerHead(PSPHead):
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
-        super().__init__(in_channels[-1], num_classes, channels=channels, pool_scales=pool_scales, dropout=dropout,
-                         norm_layer=norm_layer, act_layer=act_layer)
+        super().__init__(
+            in_channels[-1],
+            num_classes,
+            channels=channels,
+            pool_scales=pool_scales,
+            dropout=dropout,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+        )
         self.in_channels = tuple(in_channels)  # all four stages, not only PSP's stage 4
         self.lateral_convs = nn.ModuleList(
             ConvBnAct(c, channels, 1, norm_layer=norm_layer, act_layer=act_layer) for c in self.in_channels[:-1]
         )
         self.fpn_convs = nn.ModuleList(
-            ConvBnAct(channels, channels, 3, norm_layer=norm_layer, act_layer=act_layer)
-            for _ in self.in_channels[:-1]
+            ConvBnAct(channels, channels, 3, norm_layer=norm_layer, act_layer=act_layer) for _ in self.in_channels[:-1]
         )
-        self.fpn_bottleneck = ConvBnAct(len(self.in_channels) * channels, channels, 3, norm_layer=norm_layer,
-                                        act_layer=act_layer)
+        self.fpn_bottleneck = ConvBnAct(
+            len(self.in_channels) * channels, channels, 3, norm_layer=norm_layer, act_layer=act_layer
+        )
 
     def forward(self, feats: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:  # type: ignore[override]
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
