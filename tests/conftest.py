@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_cli import tiny_config
+from helpers import tiny_config
 
 from seg.data.synthetic import write_demo
 from seg.training.cli import main

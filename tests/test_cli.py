@@ -10,74 +10,16 @@ import glob
 import json
 import os
 import re
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-import yaml
+from helpers import ROOT, model_state, run_cmd, tiny_config
 
 from seg.data.synthetic import write_demo
 from seg.training.cli import SegCLI, main
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY_BACKBONE = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "zero_init_last": False}
-
-
-def tiny_config(path: Path, data_root: Path, run_dir: Path, **trainer) -> Path:
-    """A train.py config: tiny backbone, 48x48 scenes, CPU, a few steps."""
-    cfg = {
-        "seed_everything": 0,
-        "model": {
-            "backbone": "resnet18",
-            "backbone_kwargs": TINY_BACKBONE,
-            "head": "fcn",
-            "head_kwargs": {"channels": 16},
-            "weights": None,
-            "channels_last": False,
-            "lr": 0.02,
-        },
-        "data": {
-            "dataset": "folder",
-            "root": str(data_root),
-            "batch_size": 4,
-            "val_batch_size": 2,
-            "num_workers": 0,
-            "crop_size": [32, 32],
-        },
-        "trainer": {
-            "default_root_dir": str(run_dir),
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_steps": 6,
-            "max_epochs": -1,
-            "val_check_interval": 3,
-            "check_val_every_n_epoch": None,
-            "log_every_n_steps": 1,
-            "num_sanity_val_steps": 0,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            **trainer,
-        },
-        "wandb": "off",
-    }
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def run_cmd(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keep the caller's too
-    env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc
-
-
-def model_state(ckpt: Path) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_quickstart_fast_dev_run(tmp_path):

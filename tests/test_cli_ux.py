@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import yaml
-from test_cli import ROOT, run_cmd, tiny_config
+from helpers import ROOT, run_cmd, tiny_config
 
 from seg.models import HEADS, head_signature
 from seg.training.cli import main, take_print_config

@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from test_cli import tiny_config
+from helpers import tiny_config
 
 from seg import compare as C
 from seg.training.loggers import build_loggers

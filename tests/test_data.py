@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fixtures import blocks_mask, folder_tree, write_mask, write_rgb
+from helpers import blocks_mask, folder_tree, write_mask, write_rgb
 from PIL import Image
 
 from seg.data import ADE20KDataset, CityscapesDataset, DataError, FolderDataset

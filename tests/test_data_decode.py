@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_fixtures import folder_tree
+from helpers import folder_tree
 from PIL import Image
 
 from seg.data import FolderDataset

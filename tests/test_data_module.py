@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_fixtures import folder_tree, write_mask, write_rgb
+from helpers import folder_tree, write_mask, write_rgb
 
 from seg.data import FolderDataset, SegDataModule, UnpaddedDistributedSampler, ensure_demo_data
 from seg.data import datamodule as dm_module

@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from data_fixtures import folder_tree
+from helpers import folder_tree
 
 from seg.data import EpochSampler, SeededDataset, SegDataModule
 from seg.data.seeding import resolve_data_seed, sample_seed

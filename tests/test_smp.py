@@ -12,7 +12,7 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 import torch.nn.functional as F
-from test_cli import TINY_BACKBONE, tiny_config
+from helpers import TINY_BACKBONE, tiny_config
 
 from seg.models import (
     SMP_HEADS,

@@ -1,0 +1,111 @@
+"""What several test modules share: the tiny train.py config and backbone, running a command as a subprocess,
+and writers of tiny dataset trees (Folder, Cityscapes, ADE20K layouts). Fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_BACKBONE = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "zero_init_last": False}
+
+
+def tiny_config(path: Path, data_root: Path, run_dir: Path, **trainer) -> Path:
+    """A train.py config: tiny backbone, 48x48 scenes, CPU, a few steps."""
+    cfg = {
+        "seed_everything": 0,
+        "model": {
+            "backbone": "resnet18",
+            "backbone_kwargs": TINY_BACKBONE,
+            "head": "fcn",
+            "head_kwargs": {"channels": 16},
+            "weights": None,
+            "channels_last": False,
+            "lr": 0.02,
+        },
+        "data": {
+            "dataset": "folder",
+            "root": str(data_root),
+            "batch_size": 4,
+            "val_batch_size": 2,
+            "num_workers": 0,
+            "crop_size": [32, 32],
+        },
+        "trainer": {
+            "default_root_dir": str(run_dir),
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 6,
+            "max_epochs": -1,
+            "val_check_interval": 3,
+            "check_val_every_n_epoch": None,
+            "log_every_n_steps": 1,
+            "num_sanity_val_steps": 0,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            **trainer,
+        },
+        "wandb": "off",
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_cmd(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keep the caller's too
+    env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def model_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def write_rgb(path: Path, img: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def write_mask(path: Path, mask: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(path)  # 2-D uint8 -> 'L', HxWx3 -> 'RGB'
+    return path
+
+
+def blocks_mask(h: int, w: int, values: list[int]) -> np.ndarray:
+    """Vertical bands of the given values (left to right)."""
+    mask = np.zeros((h, w), np.uint8)
+    for k, v in enumerate(values):
+        mask[:, k * w // len(values) : (k + 1) * w // len(values)] = v
+    return mask
+
+
+def folder_tree(
+    root: Path,
+    split: str = "train",
+    n: int = 3,
+    size: tuple[int, int] = (24, 32),
+    values: list[int] = (0, 1, 2, 255),
+    classes: list[str] | None = None,
+) -> Path:
+    """{root}/{split}/images/*.png + masks/*.png with band masks; optional classes.json."""
+    h, w = size
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        write_rgb(root / split / "images" / f"im{i}.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        write_mask(root / split / "masks" / f"im{i}.png", blocks_mask(h, w, list(values)))
+    if classes is not None:
+        (root / "classes.json").write_text(json.dumps({"classes": classes}))
+    return root
