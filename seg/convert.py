@@ -3,10 +3,10 @@
     python -m seg.convert mmseg ccnet_r101-d8_cityscapes.pth ccnet_r101.ckpt \\
         --head ccnet --backbone resnet101c --num-classes 19
 
-reads an mmsegmentation checkpoint of any ``seg.models.HEADS`` head (ResNetV1c = timm ``resnet50c`` /
-``resnet101c``), checks that every key fits (a mismatch lists the keys), and writes
-``{'state_dict': {'model.<key>': ...}, 'seg_model': build_model arguments}`` (see docs/design.md),
-which the training / evaluation commands accept.
+reads an mmsegmentation checkpoint of any head with an mmseg counterpart (ResNetV1c = timm ``resnet50c`` /
+``resnet101c``), checks that every key fits (a mismatch lists the keys), and writes a self-describing seg
+checkpoint (:mod:`seg.models.checkpoint`: the weights, the ``build_model`` arguments, and the class names, palette,
+normalisation and test scale of the benchmark it was trained on, ``--dataset``), which every command accepts.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from seg.models import HEADS
+from seg.models import all_head_names, get_head
 from seg.models.mmseg import convert_mmseg_checkpoint
 
 
@@ -32,10 +32,10 @@ def _json_dict(text: str) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m seg.convert", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="source", required=True)
-    mm = sub.add_parser("mmseg", help="mmsegmentation checkpoint of any seg.models.HEADS head (--head)")
+    mm = sub.add_parser("mmseg", help="mmsegmentation checkpoint of any head with an mmseg counterpart (--head)")
     mm.add_argument("src", help="mmseg checkpoint (.pth)")
     mm.add_argument("dst", help="seg checkpoint to write (.ckpt)")
-    mm.add_argument("--head", required=True, choices=sorted(HEADS))
+    mm.add_argument("--head", required=True, choices=[h for h in all_head_names() if get_head(h).mmseg])
     mm.add_argument("--backbone", required=True, help="timm name: resnet50c / resnet101c for mmseg ResNetV1c")
     mm.add_argument("--num-classes", type=int, required=True, help="19 Cityscapes, 150 ADE20K")
     mm.add_argument(
@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="keep the auxiliary head (default: when the checkpoint has one)",
     )
+    mm.add_argument(
+        "--dataset",
+        choices=["cityscapes", "ade20k"],
+        default=None,
+        help="the benchmark it was trained on: its class names, palette and test scale go into the file "
+        "(default: the one with --num-classes classes, 19 cityscapes, 150 ade20k; otherwise generic names)",
+    )
     mm.add_argument("--backbone-kwargs", type=_json_dict, default=None, help="extra timm kwargs, JSON")
     mm.add_argument("--head-kwargs", type=_json_dict, default={}, help="extra head kwargs, JSON")
     return parser
@@ -65,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     head_kwargs = dict(args.head_kwargs)
     if args.channels is not None:
         head_kwargs["channels"] = args.channels
+    from seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from seg.loading import dataset_meta
+
+    serving = {**dataset_meta(args.dataset, args.num_classes), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     try:
         out = convert_mmseg_checkpoint(
             args.src,
@@ -73,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             backbone=args.backbone,
             num_classes=args.num_classes,
             aux=args.aux,
+            serving=serving,
             output_stride=args.output_stride,
             backbone_kwargs=args.backbone_kwargs,
             aux_channels=args.aux_channels,

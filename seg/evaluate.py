@@ -1,73 +1,126 @@
-"""Evaluate a checkpoint: ``python -m seg.evaluate --config C --ckpt K [--mode whole|slide] [--scales ...]
-[--flip] [--output metrics.json]`` plus any train.py override (``--trainer.devices=2 --trainer.strategy=ddp``).
+"""Evaluate a checkpoint: ``python -m seg.evaluate --ckpt K [--mode whole|slide] [--scales ...] [--flip true]
+[--output metrics.json] [--config C] [--data.KEY=V ...] [--trainer.devices=2 --trainer.strategy=ddp]``.
 
 Writes ``metrics.json`` (mIoU, aAcc, mAcc, per-class IoU/Acc, images, images/s, inference settings); by default
-next to the run (``<run_dir>/metrics.json`` for ``<run_dir>/checkpoints/X.ckpt``). The confusion matrix is
-summed over ranks and the test sampler never pads, so the numbers are the same with any number of processes.
+next to the run (``<run_dir>/metrics.json`` for ``<run_dir>/checkpoints/X.ckpt``, else beside the file). The model
+and its settings come from the checkpoint alone; the data settings default to those it was trained with. The
+confusion matrix is summed over ranks and the test sampler never pads, so the numbers are the same with any number
+of processes.
 
 Protocol (mmseg 1.x): the image is resized to the data's test scale (``data.val_mode: resize``), the ground truth
 keeps its original size, and the logits are resized bilinearly to it before scoring (per image, on every rank).
-``--scales``/``--flip`` follow mmseg's ``TestTimeAug``: each factor scales the original image size.
+``--scales``/``--flip`` follow mmseg's ``TestTimeAug``: each factor scales the original image size. Validation
+during training, this command and ``seg.compare`` score through the same step (:mod:`seg.evaluation`).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_only
 
-from seg.models.checkpoint import atomic_write_text
+from seg.data import SegDataModule
+from seg.evaluation import Scores
+from seg.io import write_json
+from seg.training.console import progress_bar, quiet_lightning
 from seg.training.summary import count_parameters
-from seg.training.tool_cli import SegToolCLI
+from seg.training.tool_cli import (
+    ToolError,
+    build_module,
+    module_hparams,
+    optimize_for,
+    parse_tool_args,
+    tool_parser,
+    tta_val_mode,
+)
+
+__all__ = ["default_output", "evaluate_checkpoint", "main"]
+
+DESCRIPTION = (
+    "Evaluate a checkpoint: mIoU, aAcc, mAcc and per-class IoU/Acc on the val (or --split) set, written to "
+    "metrics.json. The model and its settings come from the checkpoint; --data.* change the data settings."
+)
+USAGE = (
+    "python -m seg.evaluate --ckpt CKPT [--mode whole|slide] [--scales ...] [--flip true] [--output FILE] "
+    "[--config C] [--data.KEY=V ...] [--trainer.KEY=V ...]"
+)
 
 
-class EvaluateCLI(SegToolCLI):
-    description = (
-        "Evaluate a checkpoint: mIoU, aAcc, mAcc and per-class IoU/Acc on the val (or --split) set, "
-        "written to metrics.json. Model/data/trainer options as in train.py."
+def _own_arguments(parser) -> None:
+    parser.add_argument(
+        "--output", type=Optional[str], default=None, help="metrics.json path (default: <run_dir>/metrics.json)"
     )
-    usage = (
-        "python -m seg.evaluate --ckpt CKPT [-c CONFIG] [--mode whole|slide] [--scales ...] [--flip true] "
-        "[--output FILE] ..."
-    )
-
-    def add_tool_arguments(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument(
-            "--output", type=Optional[str], default=None, help="metrics.json path (default: <run_dir>/metrics.json)"
-        )
-        parser.add_argument("--split", type=Optional[str], default=None, help="split to evaluate (default: val)")
-
-    def before_instantiate_classes(self) -> None:
-        super().before_instantiate_classes()
-        if self.config.split is not None:
-            self.config.data.test_split = self.config.split
+    parser.add_argument("--split", type=Optional[str], default=None, help="split to evaluate (default: val)")
 
 
-def default_output(ckpt: str) -> Path:
+def default_output(ckpt: str | Path) -> Path:
+    """``<run_dir>/metrics.json`` for ``<run_dir>/checkpoints/X.ckpt``, else ``metrics.json`` beside the file."""
     p = Path(ckpt).resolve()
     return (p.parent.parent if p.parent.name == "checkpoints" else p.parent) / "metrics.json"
 
 
-def main(args: Optional[list[str]] = None) -> dict[str, Any]:
-    cli = EvaluateCLI(args=args)
-    module, dm, trainer = cli.model, cli.datamodule, cli.trainer
-    params = count_parameters(module.model)  # before BatchNorm folding (--optimize) removes the BN parameters
-    cli.optimize_for(module, trainer.strategy.root_device)
-    t0 = time.perf_counter()
-    trainer.test(module, datamodule=dm, verbose=False)
-    seconds = time.perf_counter() - t0
-    res = dict(module.last_metrics["test"])
+def evaluate_checkpoint(
+    ckpt: str | Path,
+    data: dict[str, Any] | None = None,
+    hparams: dict[str, Any] | None = None,
+    trainer: dict[str, Any] | None = None,
+    optimize: bool = True,
+    bf16: bool = False,
+) -> tuple[dict[str, Any], Scores]:
+    """Evaluate checkpoint ``ckpt`` on its test split: ``(result, scores)``.
+
+    Args:
+        ckpt: a seg checkpoint.
+        data: the SegDataModule arguments (default: those the checkpoint was trained with).
+        hparams: evaluation settings that replace the checkpoint's (``eval_mode``, ``eval_scales`` ...).
+        trainer: Trainer arguments (devices, strategy, accelerator, precision, enable_progress_bar).
+        optimize, bf16: the CPU inference levers (:func:`seg.training.tool_cli.optimize_for`).
+
+    Returns:
+        ``result``: what ``metrics.json`` holds; ``scores``: the synced :class:`seg.evaluation.Scores` (confusion
+        matrix, per-image counts and paths), identical on every rank.
+    """
+    quiet_lightning()
+    module, info = build_module(ckpt, hparams)
     hp = module.hparams
-    n = res.pop("num_images", None)
+    data = tta_val_mode(dict(hp), dict(info.data if data is None else data))
+    if not data:
+        raise ToolError(
+            f"{ckpt} records no data settings (a seg.convert output): pass --config <train.py YAML> or "
+            "--data.dataset / --data.root"
+        )
+    dm = SegDataModule(**data)
+    if dm.num_classes != info.num_classes:
+        raise ToolError(
+            f"the data ({dm.dataset_name} at {dm.root}) has {dm.num_classes} classes, the model {info.num_classes} "
+            f"({info.path}): evaluate on the data it was trained for (--config / --data.*)"
+        )
+    module.class_names = list(dm.classes)
+    tcfg = {"accelerator": "auto", "devices": 1, "precision": "32-true", "enable_progress_bar": True, **(trainer or {})}
+    show_bar = tcfg.pop("enable_progress_bar")
+    pl_trainer = Trainer(
+        **tcfg,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=show_bar,
+        callbacks=[progress_bar()] if show_bar else [],
+        benchmark=True,
+    )
+    params = count_parameters(module.model)  # before BatchNorm folding (--optimize) removes the BN parameters
+    optimize_for(module, pl_trainer.strategy.root_device, optimize, bf16)
+    t0 = time.perf_counter()
+    pl_trainer.test(module, datamodule=dm, verbose=False)
+    seconds = time.perf_counter() - t0
+    metrics = dict(module.last_metrics["test"])
+    n = metrics.pop("num_images", None)
+    metrics.pop("step", None)
+    slide = hp.eval_mode == "slide"
     result = {
-        "mIoU": res["mIoU"],
-        "aAcc": res["aAcc"],
-        "mAcc": res["mAcc"],
-        "per_class_IoU": res["per_class_IoU"],
-        "per_class_Acc": res["per_class_Acc"],
+        **metrics,
         "num_images": n,
         "images_per_s": (n / seconds) if n else None,
         "seconds": seconds,
@@ -75,24 +128,53 @@ def main(args: Optional[list[str]] = None) -> dict[str, Any]:
         "scales": list(hp.eval_scales),
         "flip": hp.eval_flip,
         "val_mode": dm.hparams.val_mode,
-        "test_scale": list(dm.base_size) if dm.base_size and dm.hparams.val_mode == "resize" else None,
-        "crop_size": list(hp.eval_crop_size) if hp.eval_mode == "slide" else None,
-        "stride": list(hp.eval_stride) if hp.eval_mode == "slide" else None,
-        "ckpt": str(cli.config.ckpt),
+        "test_scale": _test_scale(dm),
+        "crop_size": list(hp.eval_crop_size) if slide else None,
+        "stride": list(hp.eval_stride) if slide else None,
+        "ckpt": str(ckpt),
         "split": dm.test_split,
-        "world_size": trainer.world_size,
-        "backbone": hp.backbone,
-        "head": hp.head,
+        "world_size": pl_trainer.world_size,
+        "backbone": info.backbone,
+        "head": info.head,
         "params": params,
-        "optimize": bool(cli.config.optimize),
-        "bf16": bool(cli.config.bf16),
+        "optimize": bool(optimize),
+        "bf16": bool(bf16),
     }
-    if trainer.is_global_zero:
-        out = Path(cli.config.output) if cli.config.output else default_output(cli.config.ckpt)
-        atomic_write_text(json.dumps(result, indent=2), out)
+    return result, module.scores["test"]
+
+
+def _test_scale(dm) -> list[int] | None:
+    from seg.data.datamodule import test_scale_of
+
+    scale = test_scale_of(dict(dm.hparams))
+    return list(scale) if scale is not None else None
+
+
+def main(args: Optional[list[str]] = None) -> dict[str, Any]:
+    parser = tool_parser(DESCRIPTION, USAGE, _own_arguments)
+    ns, info = parse_tool_args(parser, args)
+    data = ns.data.as_dict()
+    if ns.split is not None:
+        data["test_split"] = ns.split
+    try:
+        result, _ = evaluate_checkpoint(
+            ns.ckpt,
+            data=data,
+            hparams=module_hparams(ns, info),
+            trainer=ns.trainer.as_dict(),
+            optimize=ns.optimize,
+            bf16=ns.bf16,
+        )
+    except ToolError as err:
+        if args is not None:
+            raise
+        parser.error(str(err))
+    if rank_zero_only.rank == 0:  # under DDP every process evaluated its share; one writes
+        out = Path(ns.output) if ns.output else default_output(ns.ckpt)
+        write_json(result, out)
         print(
             f"mIoU {result['mIoU']:.4f}  aAcc {result['aAcc']:.4f}  mAcc {result['mAcc']:.4f}  "
-            f"({n} images, {trainer.world_size} process(es)) -> {out}"
+            f"({result['num_images']} images, {result['world_size']} process(es)) -> {out}"
         )
     return result
 

@@ -3,9 +3,9 @@
     python -m seg.export --ckpt K --format onnx|torchscript|exported --out FILE [--size H W] [--dynamic]
         [--opset N] [--argmax] [--with-normalize] [--config C] [--mode whole|slide] [--crop-size H W] [--stride H W]
 
-``K`` is a training checkpoint (``<run>/checkpoints/best.ckpt``: the model and data settings come from
-it) or a seg checkpoint (``python -m seg.convert`` output of an mmseg one). The graph is the eval-mode
-network, one tensor in and one out:
+``K`` is any seg checkpoint (train.py's ``best.ckpt`` / ``last.ckpt``, ``python -m seg.convert`` output), read by
+:func:`seg.load_model`: the model and its serving settings come from it (``--config`` replaces the data ones).
+The graph is the eval-mode network, one tensor in and one out:
 
 * input: float32 (B, 3, H, W) normalised with the file's ``mean``/``std`` (0-255 RGB:
   ``(rgb - mean) / std``); with ``--with-normalize`` uint8 RGB (B, H, W, 3), normalised inside.
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -42,14 +41,16 @@ from torch import nn
 from seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from seg.deploy import metadata as deploy_meta
 from seg.layers.functional import export_mode
-from seg.models import SegmentationModel, build_model, load_seg_checkpoint
+from seg.loading import ModelInfo, load_model
+from seg.models import SegmentationModel
+from seg.models.inference import EvalSettings
+from seg.training.tool_cli import config_data_section
 
 __all__ = [
     "DeployModel",
     "FORMATS",
     "deploy_settings",
     "export_model",
-    "load_for_export",
     "main",
     "run_exported",
     "save_onnx",
@@ -107,92 +108,35 @@ class DeployModel(nn.Module):
 # checkpoint and settings
 
 
-def load_for_export(path: str | Path) -> tuple[SegmentationModel, dict[str, Any], dict[str, Any]]:
-    """(eval-mode model, model hyper-parameters, data hyper-parameters) of a checkpoint.
-
-    A seg checkpoint (``seg_model`` entry, e.g. ``seg.convert`` output) goes through
-    ``load_seg_checkpoint``; a training checkpoint is rebuilt from the ``hyper_parameters`` Lightning saved
-    (its ``datamodule_hyper_parameters`` give the data settings). Loading never runs code from the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--ckpt {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path} is not a checkpoint (a dict with 'state_dict')")
-    if "seg_model" in ckpt:
-        return load_seg_checkpoint(path), {}, {}
-    hp = ckpt.get("hyper_parameters")
-    if not isinstance(hp, dict) or "state_dict" not in ckpt or "backbone" not in hp:
-        raise ValueError(
-            f"{path}: neither a seg checkpoint ('seg_model') nor a train.py checkpoint "
-            "('hyper_parameters'); convert mmseg checkpoints with python -m seg.convert first"
-        )
-    model = build_model(
-        hp["backbone"],
-        hp["head"],
-        hp["num_classes"],
-        output_stride=hp.get("output_stride", 8),
-        aux=hp.get("aux", True),
-        backbone_kwargs=hp.get("backbone_kwargs"),
-        **(hp.get("head_kwargs") or {}),
-    )
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise RuntimeError(f"{path}: weights do not fit the model its hyper_parameters describe:\n{err}") from None
-    return model.eval(), dict(hp), dict(ckpt.get("datamodule_hyper_parameters") or {})
-
-
-def _classes_and_palette(num_classes: int, data: dict[str, Any]) -> tuple[list[str], list[list[int]]]:
-    """Class names and palette as the data module resolves them; generic ones where the data is unknown."""
-    from seg.data import ADE20KDataset, CityscapesDataset
-    from seg.data.folder import default_palette, resolve_classes
-
-    known = {"cityscapes": CityscapesDataset, "ade20k": ADE20KDataset}
-    dataset = data.get("dataset")
-    if dataset is None:  # a converted checkpoint: guess the benchmark from the class count
-        dataset = next((name for name, cls in known.items() if len(cls.CLASSES) == num_classes), None)
-    names, palette = None, None
-    if dataset in known:
-        names, palette = list(known[dataset].CLASSES), list(known[dataset].PALETTE)
-    elif dataset == "folder":
-        try:
-            names, palette, _ = resolve_classes(data.get("root", "data/demo"), data.get("classes"), data.get("palette"))
-        except (OSError, ValueError) as err:  # e.g. the data folder is not on this machine (DataError)
-            print(f"seg.export: no class names/palette ({err}); using generic ones", file=sys.stderr)
-    if names is None or len(names) != num_classes:
-        names, palette = [f"class_{i}" for i in range(num_classes)], default_palette(num_classes)
-    return names, [[int(c) for c in rgb] for rgb in palette]
-
-
 def deploy_settings(
-    model: SegmentationModel, hp: dict[str, Any], data: dict[str, Any], overrides: dict[str, Any] | None = None
+    info: ModelInfo, data: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The inference settings of ``seg.deploy.metadata`` (without the graph's own keys), as ``seg.predict``
-    would use them: model eval settings from ``hp``, data settings from ``data``, then ``overrides``."""
-    from seg.data.datamodule import BASE_SIZES
+    """The inference settings of ``seg.deploy.metadata`` (without the graph's own keys), as ``seg.predict`` uses
+    them: the checkpoint's (:class:`seg.loading.ModelInfo`), or, with ``data`` (the data section of a train.py
+    config), that data's classes, palette, normalisation and test scale; then ``overrides``."""
+    classes, palette, mean, std, test_scale = info.classes, info.palette, info.mean, info.std, info.test_scale
+    if data:
+        from seg.data import SegDataModule
+        from seg.data.datamodule import test_scale_of
 
-    num_classes = int(model.build_args["num_classes"])
-    names, palette = _classes_and_palette(num_classes, data)
-    eval_resize = None
-    if data and data.get("val_mode", "resize") == "resize":
-        base = data.get("base_size") or BASE_SIZES.get(data.get("dataset", "folder"))
-        eval_resize = list(base) if base is not None else None
+        dm = SegDataModule(**data)
+        if dm.num_classes != info.num_classes:
+            raise ValueError(f"the data has {dm.num_classes} classes, the model {info.num_classes}")
+        classes, palette, mean, std = dm.classes, dm.palette, dm.mean, dm.std
+        test_scale = test_scale_of(dict(dm.hparams))
     meta = {
-        "num_classes": num_classes,
-        "classes": names,
-        "palette": palette,
-        "mean": [float(m) for m in data.get("mean", IMAGENET_MEAN)],
-        "std": [float(s) for s in data.get("std", IMAGENET_STD)],
-        "eval_resize": eval_resize,
-        "eval_mode": hp.get("eval_mode", "whole"),
-        "crop_size": list(hp.get("eval_crop_size", (512, 1024))),
-        "stride": list(hp.get("eval_stride", (341, 341))),
-        "scales": [float(s) for s in hp.get("eval_scales", (1.0,))],
-        "flip": bool(hp.get("eval_flip", False)),
-        "model": model.build_args,
+        "num_classes": info.num_classes,
+        "classes": list(classes),
+        "palette": [[int(c) for c in rgb] for rgb in palette],
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "test_scale": list(test_scale) if test_scale is not None else None,
+        "eval_mode": info.eval["mode"],
+        "crop_size": list(info.eval["crop_size"]),
+        "stride": list(info.eval["stride"]),
+        "scales": [float(s) for s in info.eval["scales"]],
+        "flip": bool(info.eval["flip"]),
+        "model": info.build,
     }
     meta.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return meta
@@ -371,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         default=None,
-        help="train.py YAML whose model/data sections override the "
-        "checkpoint's settings (class names, palette, mean/std, eval mode)",
+        help="train.py YAML whose data section replaces the checkpoint's class names, palette, mean/std and test "
+        "scale (only that section is read)",
     )
     p.add_argument("--mode", choices=["whole", "slide"], default=None, help="inference mode recorded in the file")
     p.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide crop (H, W)")
@@ -387,27 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config_sections(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    if path is None:
-        return {}, {}
-    import yaml
-
-    cfg = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"--config {path}: expected a train.py YAML mapping")
-    return dict(cfg.get("model") or {}), dict(cfg.get("data") or {})
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    model, hp, data = load_for_export(args.ckpt)
-    cfg_model, cfg_data = _config_sections(args.config)
-    hp.update(cfg_model)
-    data.update(cfg_data)
-    meta = deploy_settings(
-        model, hp, data, {"eval_mode": args.mode, "crop_size": args.crop_size, "stride": args.stride}
-    )
-    size = tuple(args.size or (meta["crop_size"] if meta["eval_mode"] == "slide" else (512, 1024)))
+    model, info = load_model(args.ckpt)
+    data = config_data_section(args.config) if args.config else None
+    meta = deploy_settings(info, data, {"eval_mode": args.mode, "crop_size": args.crop_size, "stride": args.stride})
+    size = tuple(args.size or (meta["crop_size"] if meta["eval_mode"] == "slide" else EvalSettings.crop_size))
     deploy = DeployModel(model, meta["mean"], meta["std"], normalize=args.with_normalize, argmax=args.argmax)
     meta.update(
         normalize_baked=args.with_normalize,

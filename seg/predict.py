@@ -1,13 +1,14 @@
 """Predict masks for a folder of images.
 
-PyTorch:      ``python -m seg.predict --config C --ckpt K INPUT --out DIR [--mode slide] [--scales ...] [--flip true]``
+PyTorch:      ``python -m seg.predict --ckpt K INPUT --out DIR [--mode slide] [--scales ...] [--flip true]``
 ONNX Runtime: ``python -m seg.predict --onnx FILE INPUT --out DIR [--mode slide] [--crop_size H W] [--stride H W]``
 
 For every image ``name.ext`` in INPUT (png/jpg/jpeg/bmp/tif), writes ``DIR/name.png`` (class-index mask),
 ``DIR/name_color.png`` (palette colours) and ``DIR/name_overlay.jpg`` (colours blended over the image).
-Images go through the data config's evaluation transform (resize + normalise); the logits are resized back to
-the original size before the argmax (the evaluation protocol). ``--mode slide``, ``--scales`` and ``--flip``
-work as in ``seg.evaluate``.
+Images go through the checkpoint's evaluation transform (resize to its test scale + normalise); the logits are
+resized back to the original size before the argmax (the evaluation protocol). ``--mode slide``, ``--scales`` and
+``--flip`` work as in ``seg.evaluate``. Classes, palette, normalisation and test scale come from the checkpoint;
+``--config`` / ``--data.*`` replace them with those of a data configuration.
 
 ``--onnx`` runs a file written by ``python -m seg.export`` with numpy + ONNX Runtime only
 (:mod:`seg.deploy.onnx_predict`; it never imports torch): its settings travel in the file's metadata.
@@ -17,70 +18,80 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from seg.deploy.outputs import IMAGE_EXTS, list_images, read_rgb, write_prediction
 
-__all__ = ["IMAGE_EXTS", "list_images", "main"]  # PredictCLI: module __getattr__ (torch on first use)
+__all__ = ["IMAGE_EXTS", "list_images", "main"]
+
+DESCRIPTION = (
+    "Predict masks for a folder of images (or one image): a label PNG, a colour PNG and an overlay per image. "
+    "The model and its classes, palette and normalisation come from the checkpoint."
+)
+USAGE = "python -m seg.predict INPUT --out DIR --ckpt CKPT [--mode whole|slide] [--scales ...] [--device cuda|cpu]"
 
 
-def _predict_cli() -> type:
-    """The PyTorch path's CLI class (defined on first use: importing this module must not import torch)."""
-    from lightning.pytorch.cli import LightningArgumentParser
-
-    from seg.training.tool_cli import SegToolCLI
-
-    class PredictCLI(SegToolCLI):
-        description = (
-            "Predict masks for a folder of images (or one image): a label PNG and a colour overlay per "
-            "image. Model/data/trainer options as in train.py."
-        )
-        usage = "python -m seg.predict INPUT --out DIR --ckpt CKPT [-c CONFIG] [--mode whole|slide] [--scales ...] ..."
-
-        def add_tool_arguments(self, parser: LightningArgumentParser) -> None:
-            parser.add_argument("input", type=str, help="folder of images (or one image)")
-            parser.add_argument("--out", type=str, required=True, help="output folder")
-            parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
-            parser.add_argument("--device", type=Optional[str], default=None, help="cuda/cpu (default: cuda if any)")
-            parser.add_argument(
-                "--onnx",
-                type=Optional[str],
-                default=None,
-                help="run an exported .onnx instead (no PyTorch): python -m seg.predict --onnx FILE "
-                "INPUT --out DIR; see python -m seg.predict --onnx x --help",
-            )
-
-    return PredictCLI
-
-
-def __getattr__(name: str) -> Any:
-    if name == "PredictCLI":
-        return _predict_cli()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _own_arguments(parser) -> None:
+    parser.add_argument("input", type=str, help="folder of images (or one image)")
+    parser.add_argument("--out", type=str, required=True, help="output folder")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    parser.add_argument("--device", type=Optional[str], default=None, help="cuda/cpu (default: cuda if any)")
+    parser.add_argument(
+        "--onnx",
+        type=Optional[str],
+        default=None,
+        help="run an exported .onnx instead (no PyTorch): python -m seg.predict --onnx FILE INPUT --out DIR; see "
+        "python -m seg.predict --onnx x --help",
+    )
 
 
 def _main_torch(args: Optional[list[str]]) -> list[Path]:
     import numpy as np
     import torch
 
-    cli = _predict_cli()(args=args)
-    cfg, module, dm = cli.config, cli.model, cli.datamodule
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from seg.data import SegDataModule
+    from seg.data.transforms import build_eval_transform
+    from seg.models.inference import is_tta, predict_labels
+    from seg.training.tool_cli import (
+        build_module,
+        data_given,
+        module_hparams,
+        optimize_for,
+        parse_tool_args,
+        tool_parser,
+    )
+
+    parser = tool_parser(DESCRIPTION, USAGE, _own_arguments, trainer=False)
+    ns, info = parse_tool_args(parser, args)
+    images = list_images(Path(ns.input))  # before the (slow) model build: a wrong path fails at once
+    module, info = build_module(ns.ckpt, module_hparams(ns, info))
+    settings = module.eval_settings
+    if data_given(args):  # the data configuration's classes, palette, normalisation and test scale
+        data = ns.data.as_dict()
+        if is_tta(settings.scales, settings.flip):
+            data["val_mode"] = "full"  # TTA scales the original image (mmseg TestTimeAug)
+        dm = SegDataModule(**data)
+        transform, palette = dm.eval_transform, dm.palette
+    else:  # the checkpoint's
+        scale = None if is_tta(settings.scales, settings.flip) else info.test_scale
+        transform = build_eval_transform(scale, "resize" if scale is not None else "full", info.mean, info.std)
+        palette = info.palette
+    device = torch.device(ns.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     module.to(device).eval()
-    cli.optimize_for(module, device)  # CPU: BN folded, channels_last (--optimize), bf16 (--bf16)
-    out_dir = Path(cfg.out)
+    optimize_for(module, device, ns.optimize, ns.bf16)  # CPU: BN folded, channels_last (--optimize), bf16
+    out_dir = Path(ns.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in list_images(Path(cfg.input)):
+    for path in images:
         rgb = read_rgb(path)
         h, w = rgb.shape[:2]
-        image = dm.eval_transform(image=rgb)["image"]
+        image = transform(image=rgb)["image"]
         x = torch.as_tensor(np.ascontiguousarray(image)).float()
         if x.ndim == 3 and x.shape[-1] == 3:
             x = x.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
         with torch.inference_mode():  # logits resized to the original (h, w) before the argmax, as evaluation
-            label = module.predict_labels(x.unsqueeze(0).to(device), out_size=(h, w))[0].byte().cpu().numpy()
-        written.append(write_prediction(out_dir, path.stem, rgb, label, dm.palette, cfg.alpha))
+            label = predict_labels(module.logits, x.unsqueeze(0).to(device), settings, (h, w))[0]
+        written.append(write_prediction(out_dir, path.stem, rgb, label.byte().cpu().numpy(), palette, ns.alpha))
     print(f"wrote {len(written)} masks (+ _color.png, _overlay.jpg) to {out_dir}")
     return written
 
@@ -91,7 +102,7 @@ def main(args: Optional[list[str]] = None) -> list[Path]:
         from seg.deploy.onnx_predict import main as onnx_main
 
         return onnx_main(argv)
-    return _main_torch(argv)
+    return _main_torch(args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""seg.models.checkpoint: every weight file is read without running code from it (a crafted pickle is refused by
-every loader), mmengine metadata is read through the allow-list, broken files give one error naming the file,
-writes are atomic, refuse NaN weights, report a full disk plainly, and leave no temp files behind."""
+"""Checkpoints: every weight file is read without running code from it (a crafted pickle is refused by every
+loader), mmengine metadata is read through the allow-list, broken files give one error naming the file, writes are
+atomic, refuse NaN weights, report a full disk plainly, and leave no temp files behind; ``seg.load_model`` reads
+every kind of seg checkpoint (self-describing ones, and those written before that by train.py and seg.convert)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from seg.models import build_model, load_mmseg_checkpoint, load_seg_checkpoint, save_seg_checkpoint
-from seg.models import checkpoint as ckpt_mod
+import seg.io as io_mod
+from seg.io import remove_stale_temp_files
+from seg.loading import load_model
+from seg.models import build_model, load_mmseg_checkpoint, save_checkpoint
 from seg.models.backbone import TimmBackbone
-from seg.models.checkpoint import (
-    CheckpointError,
-    NonFiniteError,
-    atomic_save,
-    read_checkpoint,
-    read_state_dict,
-    remove_stale_temp_files,
-)
-from seg.training.callbacks import AtomicCheckpointIO, check_checkpoint_dir
+from seg.models.checkpoint import NonFiniteError, atomic_save, load_strict
+from seg.models.safe_load import CheckpointError, read_checkpoint, read_state_dict
+from seg.training.checkpointing import AtomicCheckpointIO, check_checkpoint_dir
 from seg.training.module import load_matching_weights
-from seg.training.tool_cli import load_seg_weights as cli_load_seg_weights
 
 TINY = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "zero_init_last": False}
 
@@ -62,9 +58,7 @@ def test_crafted_pickle_is_refused_by_every_loader(crafted, tmp_path):
     path, marker = crafted
     loaders = {
         "read_checkpoint": lambda: read_checkpoint(path),
-        "--ckpt (seg.evaluate / seg.predict)": lambda: cli_load_seg_weights(
-            types.SimpleNamespace(model=tiny_model()), path
-        ),
+        "seg.load_model (every command's --ckpt)": lambda: load_model(path),
         "init_from": lambda: load_matching_weights(tiny_model(), path),
         "mmseg convert": lambda: load_mmseg_checkpoint(path, "fcn", "resnet18", 3, backbone_kwargs=TINY, channels=16),
         "backbone weights": lambda: TimmBackbone(
@@ -212,17 +206,20 @@ def test_broken_files_name_the_file(tmp_path, content):
 
 def test_seg_checkpoint_round_trip_and_strict_errors(tmp_path):
     model = tiny_model()
-    path = save_seg_checkpoint(model, tmp_path / "m.ckpt")
+    path = save_checkpoint(model, tmp_path / "m.ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
-    again = load_seg_checkpoint(path)
+    again, info = load_model(path)
     for k, v in model.state_dict().items():
         assert torch.equal(again.state_dict()[k], v)
+    assert info.build == model.build_args and info.classes == ["class_0", "class_1", "class_2"]
     with pytest.raises(
         CheckpointError,
         match=r"(?s)shape mismatches: \['head.conv_seg.weight: checkpoint \(3, 16"
         r".*Check --config",
     ):
-        ckpt_mod.load_seg_weights(tiny_model(5), path, hint="Check --config")
+        load_strict(
+            tiny_model(5), {k[len("model.") :]: v for k, v in read_state_dict(path).items()}, "x", "Check --config"
+        )
     report = load_matching_weights(tiny_model(5), path)
     assert "head.conv_seg.weight (3, 16, 1, 1) -> (5, 16, 1, 1)" in report["shape_mismatch"]
     assert read_state_dict(path)["model.head.conv_seg.bias"].shape == (3,)
@@ -242,7 +239,7 @@ def test_full_disk_is_one_plain_error(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     atomic_save({"step": 1}, path)
     real_open = open
-    monkeypatch.setattr(ckpt_mod, "open", lambda p, mode: real_open("/dev/full", mode), raising=False)
+    monkeypatch.setattr(io_mod, "open", lambda p, mode: real_open("/dev/full", mode), raising=False)
     with pytest.raises(OSError, match=r"cannot write .*last\.ckpt: no space left on device \(\d+ MiB free") as err:
         atomic_save({"w": torch.zeros(100_000)}, path)
     assert err.value.errno == errno.ENOSPC and err.value.__cause__ is None and "inline_container" not in str(err.value)

@@ -179,7 +179,7 @@ def test_broken_last_ckpt_and_bad_interval_give_one_clear_error(trained_run, tin
     `val_check_interval=0`: a parser error instead of a ZeroDivisionError mid-training."""
     import shutil
 
-    from seg.models.checkpoint import CheckpointError
+    from seg.models.safe_load import CheckpointError
 
     run = tmp_path / "run"
     shutil.copytree(trained_run / "checkpoints", run / "checkpoints")

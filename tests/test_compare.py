@@ -11,11 +11,13 @@ import types
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config
+import yaml
+from helpers import tiny_config, write_mask, write_rgb
 
-from seg import compare as C
+from seg.compare import cli, report, stats
+from seg.evaluate import main as evaluate_cmd_main
+from seg.evaluation import Scores, metrics_from_confmat
 from seg.training.loggers import build_loggers
-from seg.training.metrics import metrics_from_confmat
 
 
 def _synthetic_counts(rng: np.random.Generator, seeds: int, images: int, classes: int, acc: float) -> np.ndarray:
@@ -37,7 +39,9 @@ def test_per_image_counts_sum_to_confusion_matrix_metrics():
     target = torch.randint(0, 4, (3, 9, 7))
     target[0, :2] = 255  # ignored pixels
     preds = torch.randint(0, 4, (3, 9, 7))
-    counts = C.per_image_counts(preds, target, 4)  # (3, 3, 4)
+    scores = Scores(4)
+    scores.update(preds, target, ["b", "c", "a"])  # per image, sorted by path
+    counts = scores.sync().counts[[1, 2, 0]]  # (3, 3, 4) back in batch order
     for b in range(3):  # each image against a direct count
         keep = target[b] != 255
         for c in range(4):
@@ -46,14 +50,15 @@ def test_per_image_counts_sum_to_confusion_matrix_metrics():
     cm = torch.zeros(4, 4, dtype=torch.long)
     keep = target != 255
     cm.index_put_((target[keep], preds[keep]), torch.ones(int(keep.sum()), dtype=torch.long), accumulate=True)
-    assert C.miou_from_counts(counts.sum(0)) == pytest.approx(float(metrics_from_confmat(cm)["mIoU"]), abs=1e-12)
+    assert torch.equal(scores.confmat, cm)
+    assert stats.miou_from_counts(counts.sum(0)) == pytest.approx(float(metrics_from_confmat(cm)["mIoU"]), abs=1e-12)
 
 
 def test_bootstrap_matches_loop_implementation():
     rng = np.random.default_rng(1)
     counts = _synthetic_counts(rng, seeds=3, images=11, classes=4, acc=0.7)
-    image_idx, seed_idx = C.bootstrap_draws(11, {"a": 3}, samples=25, seed=5)
-    fast = C.bootstrap_miou(counts, image_idx, seed_idx["a"])
+    image_idx, seed_idx = stats.bootstrap_draws(11, {"a": 3}, samples=25, seed=5)
+    fast = stats.bootstrap_miou(counts, image_idx, seed_idx["a"])
     for b in range(25):  # literal resampling: concatenate the drawn images, average the drawn seeds
         per_seed = []
         for s in seed_idx["a"][b]:
@@ -68,7 +73,7 @@ def test_identical_heads_within_noise_and_clear_differences_detected():
     base = _synthetic_counts(rng, 3, 30, 5, acc=0.75)
     better = _synthetic_counts(rng, 3, 30, 5, acc=0.85)
     worse = _synthetic_counts(rng, 3, 30, 5, acc=0.65)
-    res = C.compare_to_baseline(
+    res = stats.compare_to_baseline(
         {"fcn": base, "same": base.copy(), "better": better, "worse": worse}, "fcn", samples=500
     )
     same = res["same"]
@@ -76,10 +81,10 @@ def test_identical_heads_within_noise_and_clear_differences_detected():
     assert res["better"]["verdict"] == "better" and res["better"]["ci_low"] > 0
     assert res["worse"]["verdict"] == "worse" and res["worse"]["ci_high"] < 0
     assert res["fcn"]["verdict"] == "baseline"
-    point = np.mean(C.miou_from_counts(better.sum(1))) - np.mean(C.miou_from_counts(base.sum(1)))
+    point = np.mean(stats.miou_from_counts(better.sum(1))) - np.mean(stats.miou_from_counts(base.sum(1)))
     assert res["better"]["diff"] == pytest.approx(point)
     with pytest.raises(ValueError, match="baseline head 'x'"):
-        C.compare_to_baseline({"fcn": base}, "x")
+        stats.compare_to_baseline({"fcn": base}, "x")
 
 
 def test_wandb_group_passed_to_logger(tmp_path, monkeypatch):
@@ -92,7 +97,7 @@ def test_wandb_group_passed_to_logger(tmp_path, monkeypatch):
 def test_compare_trains_heads_x_seeds(tiny_data, tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "unused", max_steps=2, val_check_interval=2)
     out = tmp_path / "cmp"
-    result = C.main(
+    result = cli.main(
         [
             "--train",
             "--config",
@@ -125,7 +130,7 @@ def test_compare_trains_heads_x_seeds(tiny_data, tmp_path, monkeypatch):
         assert h["n"] == 2 and h["mIoU_mean"] == pytest.approx(np.mean(m))
         assert h["mIoU_std"] == pytest.approx(np.std(m, ddof=1))
     d = data["heads"]["danet"]["vs_baseline"]
-    assert d["ci_low"] <= d["diff"] <= d["ci_high"] and d["verdict"] in C.VERDICTS
+    assert d["ci_low"] <= d["diff"] <= d["ci_high"] and d["verdict"] in stats.VERDICTS
     md = (out / "compare.md").read_text()
     assert "Δ vs fcn [95% CI]" in md and "| danet | 2 |" in md
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -147,7 +152,39 @@ def test_compare_trains_heads_x_seeds(tiny_data, tmp_path, monkeypatch):
         init=lambda **kw: logged.update(init=kw) or FakeRun(),
     )
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    C.log_wandb_summary(result, out, "g1", "seg", "offline")
+    report.log_wandb_summary(result, out, "g1", "seg", "offline")
     assert logged["init"]["group"] == "g1" and logged["init"]["name"] == "g1/summary" and logged["finished"]
     columns, rows = logged["compare/table"]
     assert sorted(r[0] for r in rows) == ["danet", "fcn"] and columns[:4] == ["head", "n", "mIoU_mean", "mIoU_std"]
+
+
+def test_compare_scores_resize_mode_data_as_evaluate_and_validation(tmp_path):
+    """ADE20K-style scoring on odd sizes (the image resized to the test scale, the mask kept at its original size),
+    and a budget below val_check_interval (train.py validates once more at its last step): seg.compare's mIoU of a
+    run equals seg.evaluate's of the same last.ckpt and the validation mIoU the run logged at that step."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for split, sizes in (("train", [(40, 40)] * 4), ("val", [(37, 53), (41, 29), (29, 45)])):
+        for i, (h, w) in enumerate(sizes):
+            write_rgb(root / split / "images" / f"{i}.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            mask = np.zeros((h, w), np.uint8)
+            mask[: h // 2] = 1
+            mask[:, : w // 3] = 2
+            write_mask(root / split / "masks" / f"{i}.png", mask)
+    (root / "classes.json").write_text(json.dumps({"classes": ["a", "b", "c"]}))
+    cfg = tiny_config(tmp_path / "cfg.yaml", root, tmp_path / "run", max_steps=3, val_check_interval=10)
+    c = yaml.safe_load(cfg.read_text())
+    c["data"].update(scale=[24, 40], val_batch_size=2, crop_size=[24, 24])  # mixed sizes in one val batch too
+    cfg.write_text(yaml.safe_dump(c))
+    from seg.training.cli import main as train_main
+
+    train_main(["--config", str(cfg)])
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["global_step"] == 3 and summary["last"]["step"] == 3  # validated at the end
+    evaluated = evaluate_cmd_main(["--ckpt", str(run / "checkpoints/last.ckpt"), "--output", str(tmp_path / "m.json")])
+    result = cli.main([str(run), "--baseline", "fcn", "--out", str(tmp_path / "cmp"), "--bootstrap", "50"])
+    (r,) = result["runs"]
+    assert r["mIoU"] == pytest.approx(evaluated["mIoU"], abs=1e-9)
+    assert r["mIoU"] == pytest.approx(summary["last"]["mIoU"], abs=1e-9)
+    assert r["steps"] == 3 and r["seed"] == 0 and r["num_images"] == 3

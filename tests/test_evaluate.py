@@ -15,12 +15,14 @@ from seg import evaluate as evaluate_cmd
 from seg import predict as predict_cmd
 from seg.deploy.geometry import tta_size
 from seg.models import build_model
+from seg.models.inference import predict_probs
+from seg.training.tool_cli import build_module
 
 IMAGENET_MEAN, IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # mmseg's data_preprocessor
 
 
 def test_evaluate_writes_metrics_json(trained_run):
-    result = evaluate_cmd.main(["--ckpt", str(trained_run / "checkpoints/best.ckpt")])  # config from the run dir
+    result = evaluate_cmd.main(["--ckpt", str(trained_run / "checkpoints/best.ckpt")])  # settings from the checkpoint
     metrics = json.loads((trained_run / "metrics.json").read_text())  # default output: <run_dir>/metrics.json
     assert metrics["mIoU"] == result["mIoU"]
     assert set(metrics["per_class_IoU"]) == {"sand", "grass", "concrete", "lake", "pool"}
@@ -54,13 +56,16 @@ def test_evaluate_slide_multiscale_flip(trained_run, tiny_data, tmp_path):
     assert m["num_images"] == 7
     # an independent computation of the same protocol: sliding windows written out, TTA by hand, numpy IoU
     net = _network(trained_run / "checkpoints/last.ckpt")
-    module = evaluate_cmd.EvaluateCLI(args=args).model.eval()  # what the command evaluates with
+    settings = {"eval_mode": "slide", "eval_crop_size": (32, 32), "eval_stride": (16, 16), "eval_flip": True}
+    module, _ = build_module(trained_run / "checkpoints/last.ckpt", {**settings, "eval_scales": (0.75, 1.0, 1.25)})
+    s = module.eval_settings  # the settings the command evaluates with
     conf = np.zeros((5, 5), np.int64)
     for image_path in sorted((tiny_data / "val/images").iterdir()):
         x = _normalised(image_path)
         probs = _tta_slide_probs(net, x, scales=(0.75, 1.0, 1.25), crop=(32, 32), stride=(16, 16))
         with torch.no_grad():
-            torch.testing.assert_close(module.predict_probs(x), probs, atol=1e-5, rtol=1e-4)
+            ours = predict_probs(module.logits, x, s.num_classes, s.mode, s.crop_size, s.stride, s.scales, s.flip)
+            torch.testing.assert_close(ours, probs, atol=1e-5, rtol=1e-4)
         pred = probs.argmax(1)[0].numpy()
         gt = cv2.imread(str(tiny_data / "val/masks" / image_path.name), cv2.IMREAD_UNCHANGED).astype(np.int64)
         valid = gt < 5

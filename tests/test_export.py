@@ -25,7 +25,7 @@ from seg import export as export_cmd
 from seg import predict as predict_cmd
 from seg.deploy.geometry import slide_windows
 from seg.export import DeployModel, export_model, run_exported, save_onnx, trace_program, trace_torchscript
-from seg.models import HEADS, build_model, save_seg_checkpoint
+from seg.models import HEADS, build_model, save_checkpoint
 
 ort = pytest.importorskip("onnxruntime", reason="the export extra (pip install -e '.[export]'); CI installs it")
 
@@ -247,7 +247,7 @@ def seg_checkpoint(tmp_path_factory):
         model.head.conv_seg.weight.normal_(0, 1.0)  # varied predictions, few near-ties
         model.head.pam.gamma.fill_(0.5)
         model.head.cam.gamma.fill_(0.5)
-    ckpt = save_seg_checkpoint(model, tmp / "model.ckpt")
+    ckpt = save_checkpoint(model, tmp / "model.ckpt")
     return ckpt, tmp / "cfg.yaml", data
 
 

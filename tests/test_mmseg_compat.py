@@ -19,14 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seg.models import (
-    HEADS,
-    build_model,
-    convert_mmseg_state_dict,
-    create_head,
-    load_mmseg_checkpoint,
-    load_seg_checkpoint,
-)
+from seg.loading import load_model
+from seg.models import HEADS, build_model, convert_mmseg_state_dict, load_mmseg_checkpoint
 from seg.models.mmseg import read_mmseg_state_dict
 
 DATA = Path(__file__).parent / "data" / "mmseg"
@@ -238,7 +232,7 @@ def test_convert_command_for_uper_at_output_stride_32(golden, zoo, tmp_path):
         json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in bk.items()}),
     ]
     assert main(argv) == 0
-    model = load_seg_checkpoint(dst)
+    model, _ = load_model(dst)
     assert model.build_args["output_stride"] == 32 and model.backbone.reductions == [4, 8, 16, 32]
     with torch.no_grad():
         low = model(golden["input"], resize=False)["out"]
@@ -321,14 +315,16 @@ def test_convert_command_round_trip(golden, tmp_path):
     assert proc.returncode == 0, proc.stderr
     ckpt = torch.load(dst, weights_only=True)
     assert all(k.startswith("model.") for k in ckpt["state_dict"])
-    assert ckpt["seg_model"]["head"] == "ccnet" and ckpt["seg_model"]["num_classes"] == 3
-    assert ckpt["seg_model"]["output_stride"] == 8 and ckpt["seg_model"]["aux"] is True
-    model = load_seg_checkpoint(dst)
+    build = ckpt["seg"]["model"]
+    assert build["head"] == "ccnet" and build["num_classes"] == 3
+    assert build["output_stride"] == 8 and build["aux"] is True
+    model, info = load_model(dst)
+    assert info.classes == ["class_0", "class_1", "class_2"] and ckpt["converted_from"] == str(DATA / "ccnet.pth")
     with torch.no_grad():
         out = model(golden["input"])["out"]
     assert rel_err(out, golden["heads"]["ccnet"]["logits"]) <= RTOL
     # the same builder the training code uses rebuilds the architecture from the stored arguments
-    assert build_model(**ckpt["seg_model"]).state_dict().keys() == model.state_dict().keys()
+    assert build_model(**build).state_dict().keys() == model.state_dict().keys()
     # a wrong --num-classes fails with the listed mismatch and a non-zero exit code, writing nothing
     bad_dst = tmp_path / "bad.ckpt"
     bad_cmd = cmd[:5] + [str(bad_dst)] + cmd[6:11] + ["5"] + cmd[12:]
@@ -374,7 +370,7 @@ def test_r50_d8_head_parameter_counts_match_mmseg(head):
     """The full-width recipe architectures (the golden tests use tiny widths)."""
     stages = HEADS[head].in_stages
     in_channels = R50_STAGE_CHANNELS[stages[0]] if len(stages) == 1 else tuple(R50_STAGE_CHANNELS[i] for i in stages)
-    assert count(create_head(head, in_channels, 19)) == MMSEG_R50_D8_DECODE_HEAD[head]
+    assert count(HEADS[head](in_channels, 19)) == MMSEG_R50_D8_DECODE_HEAD[head]
 
 
 def test_r50_d8_aux_head_and_backbone_parameter_counts_match_mmseg():

@@ -16,9 +16,9 @@ import torch
 
 from seg.data import SegDataModule, build_eval_transform, collate
 from seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from seg.training.inference import predict_probs, tta_size
+from seg.evaluation import Scores, predict_batch
+from seg.models.inference import EvalSettings, predict_probs, tta_size
 from seg.training.losses import SegLoss, cross_entropy, ohem_cross_entropy, ohem_weights
-from seg.training.metrics import SegMetrics
 from seg.training.scheduler import PolyLR
 
 DATA = Path(__file__).resolve().parent / "data" / "recipe"
@@ -73,21 +73,6 @@ def test_default_normalisation_is_all_pixels(loss_golden):
 
 
 # -- 2. evaluation protocol -----------------------------------------------------------------------------------
-def _module():
-    from seg.training.module import SegmentationModule
-
-    return SegmentationModule(
-        backbone="resnet18",
-        head="fcn",
-        num_classes=3,
-        weights=None,
-        aux=False,
-        backbone_kwargs={"layers": [1, 1, 1, 1], "channels": [8, 8, 8, 8]},
-        head_kwargs={"channels": 8},
-        channels_last=False,
-    ).eval()
-
-
 def _eval_samples(eval_golden) -> list[dict]:
     t = build_eval_transform(tuple(eval_golden["scale"]), "resize")
     out = []
@@ -122,29 +107,29 @@ def test_eval_predictions_and_iou_match_mmseg(eval_golden, batched):
     per-pixel equal to mmseg's postprocess_result, and the confusion-matrix areas equal IoUMetric's. batched=True
     puts both differently sized originals in one padded batch (the per-sample path)."""
     by_shape = {tuple(s["logits"].shape[-2:]): s["logits"] for s in eval_golden["samples"]}
-    module = _module()
-    module.logits = lambda x: by_shape[tuple(x.shape[-2:])].expand(x.shape[0], -1, -1, -1)  # fails on padding
+    logits = lambda x: by_shape[tuple(x.shape[-2:])].expand(x.shape[0], -1, -1, -1)  # noqa: E731  fails on padding
+    settings = EvalSettings(eval_golden["num_classes"])
     samples = _eval_samples(eval_golden)
     batches = [collate(samples)] if batched else [collate([s]) for s in samples]
-    metrics = SegMetrics(eval_golden["num_classes"])
+    metrics = Scores(eval_golden["num_classes"])
     preds = []
     with torch.no_grad():
         for batch in batches:
-            p = module.eval_predictions(batch)
+            p = predict_batch(logits, batch, settings)
             assert p.shape == batch["mask"].shape
             metrics.update(p, batch["mask"])
             preds += [p[i, :h, :w] for i, (h, w) in enumerate(batch["ori_shape"].tolist())]
     for p, s in zip(preds, eval_golden["samples"]):
         assert torch.equal(p, s["pred"].long())
-    conf = metrics.confmat.double()
+    conf = metrics.sync().confmat.double()
     tp, gt, pr = conf.diag(), conf.sum(1), conf.sum(0)
     torch.testing.assert_close(tp, eval_golden["area_intersect"].double())
     torch.testing.assert_close(gt, eval_golden["area_label"].double())
     torch.testing.assert_close(pr, eval_golden["area_pred"].double())
     torch.testing.assert_close(gt + pr - tp, eval_golden["area_union"].double())
-    res = metrics.compute()  # mmseg reports percent, rounded to 2 decimals
-    assert 100 * res["mIoU"].item() == pytest.approx(eval_golden["mIoU"], abs=5e-3)
-    assert 100 * res["aAcc"].item() == pytest.approx(eval_golden["aAcc"], abs=5e-3)
+    res = metrics.metrics()  # mmseg reports percent, rounded to 2 decimals
+    assert 100 * res["mIoU"] == pytest.approx(eval_golden["mIoU"], abs=5e-3)
+    assert 100 * res["aAcc"] == pytest.approx(eval_golden["aAcc"], abs=5e-3)
 
 
 def test_ade20k_val_batch_keeps_original_masks(tmp_path):

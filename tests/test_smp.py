@@ -14,20 +14,20 @@ import torch
 import torch.nn.functional as F
 from helpers import TINY_BACKBONE, tiny_config
 
+from seg.loading import load_model
 from seg.models import (
     SMP_HEADS,
     SmpModel,
     TimmBackbone,
     all_head_names,
     build_model,
-    check_output_stride,
+    get_head,
     head_signature,
-    load_seg_checkpoint,
     recipe_output_stride,
-    save_seg_checkpoint,
+    save_checkpoint,
 )
-from seg.models.checkpoint import CheckpointError
-from seg.models.smp import SUPPLIED, supported_output_strides
+from seg.models.safe_load import CheckpointError
+from seg.models.smp import SUPPLIED
 from seg.training.cli import main
 from seg.training.losses import SegLoss, cross_entropy, parse_loss
 
@@ -96,9 +96,9 @@ def test_every_arch_forwards_at_input_resolution(head):
 
 
 def test_output_stride_honoured_or_refused():
-    assert supported_output_strides("smp:DeepLabV3") == (8, 16)
-    assert supported_output_strides("smp:PAN") == (16, 32)
-    assert supported_output_strides("smp:Unet") == (32,)
+    assert get_head("smp:DeepLabV3").output_strides == (8, 16)
+    assert get_head("smp:PAN").output_strides == (16, 32)
+    assert get_head("smp:Unet").output_strides == (32,)
     x = torch.randn(1, 3, 64, 64)
     for stride in (8, 16):
         model = tiny_smp("smp:DeepLabV3Plus", output_stride=stride).eval()
@@ -112,11 +112,11 @@ def test_output_stride_honoured_or_refused():
         with torch.no_grad():
             torch.testing.assert_close(native(x)[-1], feats[-1], rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"smp:Unet .*supports only output_stride=32.*--model.output_stride=32"):
-        check_output_stride("smp:Unet", 8)
+        get_head("smp:Unet").check(output_stride=8)
     with pytest.raises(ValueError, match=r"smp:DeepLabV3 supports output_stride 8 or 16"):
         build_model("resnet18", "smp:DeepLabV3", 3, output_stride=32, backbone_kwargs=TINY_BACKBONE)
-    check_output_stride("smp:PAN", 32)
-    check_output_stride("fcn", 16)  # native heads: the CLI types their output stride
+    get_head("smp:PAN").check(output_stride=32)
+    get_head("fcn").check(output_stride=16)
 
 
 def test_signature_arguments_and_errors():
@@ -124,8 +124,11 @@ def test_signature_arguments_and_errors():
     assert builder is smp.DeepLabV3 and supplied == SUPPLIED | {"encoder_output_stride"}
     builder, supplied = head_signature("smp:Unet")
     assert builder is smp.Unet and "encoder_output_stride" not in supplied and "decoder_channels" not in supplied
-    with pytest.raises(ValueError, match=r"Unknown smp architecture 'smp:Unett'.*smp:Unet.*Did you mean smp:Unet"):
-        head_signature("smp:Unett")
+    for call in (lambda: head_signature("smp:Unett"), lambda: build_model("resnet18", "smp:Unett", 3)):
+        with pytest.raises(
+            ValueError, match=r"Unknown head 'smp:Unett'. Valid heads: fcn, .*smp:Unet.*Did you mean smp:Unet"
+        ):
+            call()  # one registry, one message: the same for every route
     with pytest.raises(ValueError, match=r"Unknown head_kwargs \['channels'\] for smp:Unet.*decoder_channels"):
         build_model("resnet18", "smp:Unet", 3, output_stride=32, backbone_kwargs=TINY_BACKBONE, channels=16)
     with pytest.raises(ValueError, match=r"head_kwargs \['classes'\] of smp:FPN are set by seg"):
@@ -192,8 +195,8 @@ def test_checkpoint_round_trip(tmp_path):
     with torch.no_grad():  # move BatchNorm statistics away from their init, so a missed buffer would show
         model.train()(torch.randn(2, 3, 64, 64))
     model.eval()
-    path = save_seg_checkpoint(model, tmp_path / "m.pth")
-    again = load_seg_checkpoint(path)
+    path = save_checkpoint(model, tmp_path / "m.pth")
+    again, _ = load_model(path)
     assert isinstance(again, SmpModel) and again.build_args == model.build_args
     assert again.net.encoder.output_stride == 8
     x = torch.randn(1, 3, 40, 56)
@@ -202,7 +205,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_compare_overrides_for_smp_heads(tmp_path):
-    from seg.compare import head_overrides
+    from seg.compare.runs import head_overrides
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model:\n  output_stride: 8\n  head_kwargs: {channels: 16}\n")
@@ -215,8 +218,6 @@ def test_compare_overrides_for_smp_heads(tmp_path):
 
 def test_smp_trains_through_cli_and_rebuilds_from_checkpoint(tiny_data, tmp_path):
     """train.py with an smp architecture and a weighted loss; the checkpoint rebuilds the same network."""
-    from seg.export import load_for_export
-
     cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=2, val_check_interval=2)
     head_kwargs = json.dumps({"decoder_channels": [16, 8, 8, 8, 8]})
     with pytest.warns(UserWarning, match="no auxiliary segmentation head"):  # the config says aux: true (default)
@@ -234,8 +235,8 @@ def test_smp_trains_through_cli_and_rebuilds_from_checkpoint(tiny_data, tmp_path
     assert cli.model.criterion.terms == (("ce", 1.0), ("dice", 0.5))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["head"] == "smp:Unet" and 0.0 <= summary["last"]["mIoU"] <= 1.0
-    rebuilt, hp, _ = load_for_export(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    assert hp["loss"] == "ce+0.5*dice" and type(hp["loss"]) is str
+    rebuilt, info = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert info.hparams["loss"] == "ce+0.5*dice" and type(info.hparams["loss"]) is str
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x)["out"], cli.model.model.eval()(x)["out"], rtol=0, atol=0)

@@ -1,5 +1,5 @@
-"""Unit tests of seg.training: losses (CE ignore, OHEM, output weights), confusion-matrix metrics, poly LR,
-atomic checkpoint writes, sliding-window inference, W&B mode resolution."""
+"""Unit tests of seg.training and the pieces it builds on: losses (CE ignore, OHEM, output weights),
+confusion-matrix scores, poly LR, atomic checkpoint writes, sliding-window inference, W&B mode resolution."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seg.training.callbacks import atomic_torch_save
-from seg.training.inference import predict_probs, slide_logits
+from seg.evaluation import Scores
+from seg.models.checkpoint import atomic_save
+from seg.models.inference import EvalSettings, predict_labels, predict_probs, slide_logits
 from seg.training.loggers import resolve_wandb_mode
 from seg.training.losses import SegLoss, ohem_weights
-from seg.training.metrics import SegMetrics
 from seg.training.scheduler import PolyLR
 
 
@@ -176,7 +176,7 @@ def test_ohem_keeps_hard_pixels_as_mmseg():
 
 def test_metrics_match_bincount_reference():
     rng = np.random.default_rng(0)
-    m = SegMetrics(num_classes=4)
+    m = Scores(num_classes=4)
     conf = np.zeros((4, 4), np.int64)
     for _ in range(3):
         t = rng.integers(0, 4, (2, 7, 9))
@@ -185,12 +185,13 @@ def test_metrics_match_bincount_reference():
         m.update(torch.from_numpy(p), torch.from_numpy(t))
         v = t != 255
         conf += np.bincount(4 * t[v] + p[v], minlength=16).reshape(4, 4)
-    res = m.compute()
+    res = m.sync().metrics(["a", "b", "c", "d"])
     iou = np.diag(conf) / (conf.sum(0) + conf.sum(1) - np.diag(conf))
-    assert np.isnan(res["IoU"][3].item())
-    assert res["mIoU"].item() == pytest.approx(np.nanmean(iou[:3]))
-    assert res["aAcc"].item() == pytest.approx(np.diag(conf).sum() / conf.sum())
-    assert res["mAcc"].item() == pytest.approx(np.nanmean(np.diag(conf)[:3] / conf.sum(1)[:3]))
+    assert np.isnan(res["per_class_IoU"]["d"]) and res["num_images"] == 6
+    assert res["mIoU"] == pytest.approx(np.nanmean(iou[:3]))
+    assert res["aAcc"] == pytest.approx(np.diag(conf).sum() / conf.sum())
+    assert res["mAcc"] == pytest.approx(np.nanmean(np.diag(conf)[:3] / conf.sum(1)[:3]))
+    assert m.counts.sum(0).tolist() == [np.diag(conf).tolist(), conf.sum(1).tolist(), conf.sum(0).tolist()]
     with pytest.raises(ValueError, match="outside"):
         m.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.full((1, 2, 2), 7))
 
@@ -216,8 +217,8 @@ def test_poly_lr_and_state_roundtrip():
 
 def test_atomic_save_replaces_and_keeps_old_file_on_failure(tmp_path):
     path = tmp_path / "last.ckpt"
-    atomic_torch_save({"step": 1}, path)
-    atomic_torch_save({"step": 2}, path)
+    atomic_save({"step": 1}, path)
+    atomic_save({"step": 2}, path)
     assert torch.load(path)["step"] == 2
 
     class Boom:
@@ -225,7 +226,7 @@ def test_atomic_save_replaces_and_keeps_old_file_on_failure(tmp_path):
             raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        atomic_torch_save({"step": 3, "x": Boom()}, path)
+        atomic_save({"step": 3, "x": Boom()}, path)
     assert torch.load(path)["step"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
@@ -260,7 +261,7 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
 def test_progress_bar_epoch_label(max_epochs, max_steps, expected):
     import lightning as L
 
-    from seg.training.callbacks import SegProgressBar
+    from seg.training.console import SegProgressBar
 
     bar = SegProgressBar()
     trainer = L.Trainer(
@@ -276,20 +277,15 @@ def test_progress_bar_epoch_label(max_epochs, max_steps, expected):
 
 
 def test_predict_labels_equals_argmax_of_probabilities():
-    from seg.training.module import SegmentationModule
+    from seg.models import build_model
 
     torch.manual_seed(0)
-    module = SegmentationModule(
-        backbone="resnet18",
-        head="fcn",
-        num_classes=4,
-        weights=None,
-        backbone_kwargs={"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64]},
-        head_kwargs={"channels": 8},
-        channels_last=False,
+    model = build_model(
+        "resnet18", "fcn", 4, backbone_kwargs={"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64]}, channels=8
     ).eval()
     x = torch.randn(2, 3, 40, 56)
+    fn = lambda images: model(images)["out"]  # noqa: E731
     with torch.no_grad():
-        assert torch.equal(module.predict_labels(x), module.predict_probs(x).argmax(1))
-        module.hparams.eval_flip = True  # the averaged-probabilities path
-        assert torch.equal(module.predict_labels(x), module.predict_probs(x).argmax(1))
+        for settings in (EvalSettings(4), EvalSettings(4, flip=True)):  # single pass; averaged probabilities
+            probs = predict_probs(fn, x, 4, settings.mode, scales=settings.scales, flip=settings.flip)
+            assert torch.equal(predict_labels(fn, x, settings), probs.argmax(1))

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-from seg.models import all_head_names
-from seg.models.smp import backbone_error, is_smp_head
+from seg.models import all_head_names, get_head
 
 from .cores import core_cases, run_core_case
 from .inference import infer_shape, run_infer_opt_case
@@ -75,7 +74,7 @@ def run(
             for impl in ("explicit", "seg"):
                 report(call(run_core_case, core, label, dims, impl, device, core_dtype, iters))
     model_backbone = train_shape(quick, backbone, batch, crop)[0]
-    skipped = {h: backbone_error(h, model_backbone) for h in heads if is_smp_head(h)}  # DPT needs a ViT
+    skipped = {h: get_head(h).backbone_error(model_backbone) for h in heads}  # smp's DPT needs a ViT
     for head, reason in skipped.items():
         if reason:
             print(f"skip  {head}: {reason}", flush=True)

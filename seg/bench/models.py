@@ -8,8 +8,7 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
-from seg.models import HEADS as HEAD_CLASSES
-from seg.models import recipe_output_stride
+from seg.models import get_head
 
 from .flops import explicit, gpu_peak_flops
 from .memory import peak_mb
@@ -22,7 +21,7 @@ __all__ = ["build", "mmseg_loss", "run_infer_case", "run_train_case", "stride", 
 def stride(head: str) -> int:
     """The backbone's output stride in the head's recipe: 8 (dilated, "-D8"), UPerNet's undilated 32, an smp
     architecture's own default."""
-    return recipe_output_stride(head)
+    return get_head(head).recipe_output_stride
 
 
 def build(head: str, backbone: str, num_classes: int, device: torch.device, fast: bool, **kw):
@@ -34,10 +33,10 @@ def build(head: str, backbone: str, num_classes: int, device: torch.device, fast
         head=head,
         num_classes=num_classes,
         output_stride=stride(head),
-        aux=head in HEAD_CLASSES,
+        aux=get_head(head).aux,  # smp architectures have no aux head
         weights=None,
         **kw,
-    )  # smp architectures have no aux head
+    )
     model = model.to(device)
     model.fast_resize = fast
     if fast:

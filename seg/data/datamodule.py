@@ -260,3 +260,14 @@ class SegDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+
+def upgrade_data_hparams(hp: dict[str, Any]) -> dict[str, Any]:  # TEMPORARY until the data branch lands
+    return dict(hp)
+
+
+def test_scale_of(hp: dict[str, Any]) -> tuple[int, int] | None:  # TEMPORARY (old (W, H) base_size naming)
+    if hp.get("val_mode", "resize") != "resize":
+        return None
+    base = hp.get("base_size") or BASE_SIZES.get(hp.get("dataset", "folder"))
+    return None if base is None else (int(base[1]), int(base[0]))

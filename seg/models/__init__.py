@@ -1,29 +1,30 @@
-"""Models: timm backbones, decode heads (one file each), assembly, smp architectures and mmsegmentation conversion."""
+"""Models: timm backbones, decode heads (one file each), the head registry, assembly, smp architectures and
+mmsegmentation conversion."""
 
 from .backbone import TESTED_BACKBONES, TimmBackbone, create_backbone
-from .checkpoint import load_seg_checkpoint, save_seg_checkpoint
-from .heads import HEADS, create_head, head_signature
+from .checkpoint import save_checkpoint
+from .heads import HEADS
 from .mmseg import convert_mmseg_checkpoint, convert_mmseg_state_dict, load_mmseg_checkpoint
-from .segmentation_model import SegmentationModel, all_head_names, build_model, recipe_output_stride
-from .smp import SMP_HEADS, SmpModel, check_output_stride
+from .registry import HeadSpec, all_head_names, get_head, head_signature, recipe_output_stride
+from .segmentation_model import SegmentationModel, build_model
+from .smp import SMP_HEADS, SmpModel
 
 __all__ = [
     "HEADS",
     "SMP_HEADS",
     "TESTED_BACKBONES",
+    "HeadSpec",
     "SegmentationModel",
     "SmpModel",
     "TimmBackbone",
     "all_head_names",
     "build_model",
-    "check_output_stride",
     "convert_mmseg_checkpoint",
     "convert_mmseg_state_dict",
     "create_backbone",
-    "create_head",
+    "get_head",
     "head_signature",
-    "recipe_output_stride",
     "load_mmseg_checkpoint",
-    "load_seg_checkpoint",
-    "save_seg_checkpoint",
+    "recipe_output_stride",
+    "save_checkpoint",
 ]

@@ -30,7 +30,8 @@ import timm
 import torch
 from torch import nn
 
-from .checkpoint import load_strict, read_state_dict
+from .checkpoint import load_strict
+from .safe_load import read_state_dict
 
 __all__ = [
     "TESTED_BACKBONES",

@@ -18,6 +18,7 @@ pixel values differ by OpenCV's uint8 rounding only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Callable, Literal, Sequence
 
 import torch
@@ -26,9 +27,60 @@ from torch import Tensor
 
 from seg.deploy.geometry import is_tta, slide_windows, tta_size  # noqa: F401  (re-exported: shared with seg.deploy)
 
-__all__ = ["LogitsFn", "is_tta", "predict_probs", "resize_logits", "slide_logits", "slide_windows", "tta_size"]
+__all__ = [
+    "EVAL_DEFAULTS",
+    "EvalSettings",
+    "LogitsFn",
+    "is_tta",
+    "predict_labels",
+    "predict_probs",
+    "resize_logits",
+    "slide_logits",
+    "slide_windows",
+    "tta_size",
+]
 
 LogitsFn = Callable[[Tensor], Tensor]  # (B, 3, H, W) -> (B, C, H, W) logits at input resolution
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a model predicts at evaluation: whole image or sliding windows, test-time scales and flip.
+
+    Args:
+        num_classes: output channels of the model.
+        mode: 'whole' image or 'slide' windows.
+        crop_size: slide window (H, W) (mmseg's Cityscapes crop by default).
+        stride: slide stride (H, W).
+        scales: test-time scale factors of the original image size (mmseg TestTimeAug); (1.0,) = none.
+        flip: add horizontally flipped inputs.
+        ignore_index: the label value that is never scored.
+    """
+
+    num_classes: int
+    mode: Literal["whole", "slide"] = "whole"
+    crop_size: tuple[int, int] = (512, 1024)
+    stride: tuple[int, int] = (341, 341)
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    ignore_index: int = 255
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("whole", "slide"):
+            raise ValueError(f"unknown inference mode {self.mode!r}; valid: 'whole', 'slide'")
+        for name in ("crop_size", "stride", "scales"):  # lists from configs and checkpoints -> tuples
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def single_pass(self) -> bool:
+        """Whole image, one scale, no flip: the network's logits are the prediction (no averaging)."""
+        return self.mode == "whole" and not is_tta(self.scales, self.flip)
+
+
+#: The defaults of every evaluation setting but ``num_classes`` (what a checkpoint without its own records).
+EVAL_DEFAULTS: dict[str, object] = {
+    f.name: f.default for f in fields(EvalSettings) if f.name not in ("num_classes", "ignore_index")
+}
 
 
 def slide_logits(
@@ -56,11 +108,11 @@ def predict_probs(
     fn: LogitsFn,
     images: Tensor,
     num_classes: int,
-    mode: Literal["whole", "slide"] = "whole",
-    crop_size: tuple[int, int] = (512, 1024),
-    stride: tuple[int, int] = (341, 341),
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
+    mode: Literal["whole", "slide"] = EvalSettings.mode,
+    crop_size: tuple[int, int] = EvalSettings.crop_size,
+    stride: tuple[int, int] = EvalSettings.stride,
+    scales: Sequence[float] = EvalSettings.scales,
+    flip: bool = EvalSettings.flip,
     out_size: Sequence[int] | None = None,
 ) -> Tensor:
     """Class probabilities (B, C, *out_size), averaged over ``scales`` x (no flip, flip).
@@ -94,3 +146,16 @@ def predict_probs(
             probs += resize_logits(logits, (h, w)).softmax(dim=1)
             n += 1
     return probs / n
+
+
+def predict_labels(
+    fn: LogitsFn, images: Tensor, settings: EvalSettings, out_size: Sequence[int] | None = None
+) -> Tensor:
+    """Predicted class per pixel (B, *out_size) of ``images`` (B, 3, h, w) with ``settings``; ``out_size`` is the
+    original image size the logits are resized to before the argmax (default: the input's), see
+    :func:`predict_probs`."""
+    size = tuple(int(v) for v in (out_size if out_size is not None else images.shape[-2:]))
+    if settings.single_pass:  # argmax(softmax(z)) == argmax(z): no (B, C, H, W) softmax
+        return resize_logits(fn(images), size).argmax(dim=1)
+    s = settings
+    return predict_probs(fn, images, s.num_classes, s.mode, s.crop_size, s.stride, s.scales, s.flip, size).argmax(1)

@@ -33,7 +33,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_strict, read_state_dict, save_seg_checkpoint
+from .checkpoint import checkpoint_meta, load_strict, save_checkpoint
+from .safe_load import read_state_dict
 from .segmentation_model import SegmentationModel, build_model
 
 __all__ = [
@@ -84,7 +85,7 @@ def read_mmseg_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of an mmseg checkpoint file (or a bare state dict), read without running code from it.
 
     mmseg 1.x checkpoints also pickle mmengine metadata (``meta``, ``message_hub``); it is read as inert data
-    through the allow-list of :func:`seg.models.checkpoint.read_checkpoint`, and dropped.
+    through the allow-list of :func:`seg.models.safe_load.read_checkpoint`, and dropped.
     """
     return read_state_dict(path, what="mmseg checkpoint")
 
@@ -131,11 +132,18 @@ def convert_mmseg_checkpoint(
     backbone: str,
     num_classes: int,
     aux: bool | None = None,
+    serving: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> Path:
-    """Load an mmseg checkpoint (see :func:`load_mmseg_checkpoint`) and write it as a seg checkpoint."""
+    """Load an mmseg checkpoint (see :func:`load_mmseg_checkpoint`) and write it as a self-describing seg
+    checkpoint (:func:`seg.models.checkpoint.save_checkpoint`).
+
+    ``serving``: the :func:`seg.models.checkpoint.checkpoint_meta` arguments besides the build arguments (classes,
+    palette, mean, std, test_scale, dataset ...); ``seg.convert`` fills them for the benchmark the checkpoint was
+    trained on. None records the build arguments only."""
     model = load_mmseg_checkpoint(src, head, backbone, num_classes, aux=aux, **kwargs)
-    return save_seg_checkpoint(model, dst, extra={"converted_from": str(src)})
+    meta = checkpoint_meta(model.build_args, **serving) if serving is not None else None
+    return save_checkpoint(model, dst, meta=meta, extra={"converted_from": str(src)})
 
 
 def load_converted_state_dict(model: SegmentationModel, state: dict[str, torch.Tensor], source: str) -> None:

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import TimmBackbone
-from .heads import HEADS, FCNHead, create_head
+from .heads import FCNHead
+from .registry import get_head
 from .resize import resize_bilinear
-from .smp import SMP_HEADS, SmpModel, build_smp_model, default_output_stride, is_smp_head
+from .smp import SmpModel, build_smp_model
 
-__all__ = ["SegmentationModel", "all_head_names", "build_model", "recipe_output_stride"]
+__all__ = ["SegmentationModel", "build_model"]
 
 
 class SegmentationModel(nn.Module):
@@ -96,15 +97,16 @@ def build_model(
 ) -> SegmentationModel | SmpModel:
     """Build a segmentation model by name.
 
-    ``head='smp:<Architecture>'`` builds that segmentation_models_pytorch architecture on the same timm backbone
-    instead (:mod:`seg.models.smp`: an :class:`~seg.models.smp.SmpModel` with the same forward contract; no aux
-    head, ``output_stride`` as the architecture allows, ``head_kwargs`` are its constructor arguments).
+    ``head`` is any name of :func:`seg.models.all_head_names` (:mod:`seg.models.registry`); an smp architecture is
+    built on the same timm backbone instead (:mod:`seg.models.smp`: an :class:`~seg.models.smp.SmpModel` with the
+    same forward contract; no aux head, ``output_stride`` as the architecture allows, ``head_kwargs`` are its
+    constructor arguments).
 
     Args:
         backbone: timm model name (``'resnet101c'``, ``'resnet50c'``, ``'resnet18'`` ...).
-        head: a ``seg.models.HEADS`` key (``'fcn'``, ``'psp'``, ``'aspp'``, ``'sep_aspp'``, ``'ccnet'``,
-            ``'danet'``, ``'nonlocal'``, ``'gc'``, ``'ema'``, ``'isa'``, ``'dnl'``, ``'ann'``, ``'ocr'``,
-            ``'uper'``, ``'axial'``) or a ``seg.models.SMP_HEADS`` key (``'smp:Unet'``, ``'smp:DeepLabV3Plus'`` ...).
+        head: a native head (``'fcn'``, ``'psp'``, ``'aspp'``, ``'sep_aspp'``, ``'ccnet'``, ``'danet'``,
+            ``'nonlocal'``, ``'gc'``, ``'ema'``, ``'isa'``, ``'dnl'``, ``'ann'``, ``'ocr'``, ``'uper'``, ``'axial'``)
+            or an smp architecture (``'smp:Unet'``, ``'smp:DeepLabV3Plus'`` ...).
         num_classes: number of classes.
         output_stride: 8 or 16 (dilated ResNet), 32 undilated (UPerNet's recipe).
         aux: add the auxiliary FCN head on stage 3 (mmseg: 256 channels, 1 conv, no concat); for
@@ -115,10 +117,13 @@ def build_model(
         **head_kwargs: forwarded to the head class (e.g. ``channels=512``, ``attention='cbam'``,
             ``recurrence=2``, ``pam_channels=64``).
     """
-    if is_smp_head(head):
+    spec = get_head(head)  # an unknown name raises here, listing the valid ones
+    spec.check(backbone, output_stride)
+    if not spec.native:
         return build_smp_model(
-            backbone,
+            spec.builder,
             head,
+            backbone,
             num_classes,
             output_stride=output_stride,
             aux=aux,
@@ -127,12 +132,9 @@ def build_model(
             **head_kwargs,
         )
     body = TimmBackbone(backbone, output_stride=output_stride, weights=weights, model_kwargs=backbone_kwargs)
-    if head in HEADS:
-        stages = getattr(HEADS[head], "in_stages", (3,))
-        in_channels = body.channels[stages[0]] if len(stages) == 1 else tuple(body.channels[i] for i in stages)
-    else:
-        in_channels = body.channels[-1]  # create_head raises, listing the valid names
-    decode_head = create_head(head, in_channels, num_classes, **head_kwargs)
+    stages = getattr(spec.builder, "in_stages", (3,))
+    in_channels = body.channels[stages[0]] if len(stages) == 1 else tuple(body.channels[i] for i in stages)
+    decode_head = spec.builder(in_channels, num_classes, **head_kwargs)
     aux_head = (
         FCNHead(body.channels[-2], num_classes, channels=aux_channels, num_convs=1, concat_input=False) if aux else None
     )
@@ -148,19 +150,3 @@ def build_model(
         **head_kwargs,
     )
     return model
-
-
-def all_head_names() -> tuple[str, ...]:
-    """Every head ``build_model`` builds: the native ``HEADS`` keys, then the ``SMP_HEADS`` keys (``'smp:Unet'`` ...).
-    ``seg.compare`` and ``seg.bench`` offer these."""
-    return (*HEADS, *SMP_HEADS)
-
-
-def recipe_output_stride(head: str) -> int:
-    """The output stride a head is run at when no config says otherwise (``seg.bench``, ``seg.compare``): 8 for the
-    "-D8" heads, a native head's ``recipe_output_stride`` (UPerNet: 32), an smp architecture's own default."""
-    if is_smp_head(head):
-        return default_output_stride(head)
-    if head not in HEADS:
-        raise ValueError(f"Unknown head {head!r}. Valid heads: {', '.join(all_head_names())}")
-    return getattr(HEADS[head], "recipe_output_stride", 8)

@@ -16,7 +16,7 @@ file maps seg's model arguments onto it:
   the encoder, read safely (:mod:`seg.models.checkpoint`).
 * ``output_stride`` -> ``encoder_output_stride`` where the architecture has one (DeepLabV3 and DeepLabV3+: 8 or 16,
   PAN: 16 or 32). The others decode from the undilated encoder (skip connections at strides 2 to 32): they accept
-  only ``output_stride=32``. :func:`check_output_stride` says so, naming what the architecture supports.
+  only ``output_stride=32``. The registry (:meth:`seg.models.registry.HeadSpec.check`) says so before building.
 * ``num_classes`` -> ``classes``; ``in_channels=3``; ``activation=None`` (logits: the loss applies the softmax);
   ``aux_params=None`` (smp's auxiliary output is an image-level classifier, not a segmentation head).
 * ``aux``: smp architectures have no auxiliary segmentation head. ``aux=True`` is ignored with a warning (so a config
@@ -33,12 +33,11 @@ resolution. Both stay symbolic under ``torch.export``: ``seg.export --dynamic`` 
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import typing
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import timm
@@ -53,9 +52,7 @@ __all__ = [
     "SmpModel",
     "backbone_error",
     "build_smp_model",
-    "check_output_stride",
     "default_output_stride",
-    "is_smp_head",
     "smp_signature",
     "supported_output_strides",
 ]
@@ -76,22 +73,6 @@ SUPPLIED: frozenset[str] = frozenset(
 SIZE_DIVISOR = 32
 
 
-def is_smp_head(head: str) -> bool:
-    """Whether ``head`` names an smp architecture (``'smp:...'``), registered or not."""
-    return isinstance(head, str) and head.startswith(PREFIX)
-
-
-def smp_class(head: str) -> type[nn.Module]:
-    """The smp class of ``'smp:<Architecture>'``; unknown names raise a ``ValueError`` listing the valid ones."""
-    if head in SMP_HEADS:
-        return SMP_HEADS[head]
-    close = difflib.get_close_matches(head, list(SMP_HEADS), n=3, cutoff=0.5)
-    raise ValueError(
-        f"Unknown smp architecture {head!r}. Valid: {', '.join(SMP_HEADS)}"
-        + (f". Did you mean {', '.join(close)}?" if close else "")
-    )
-
-
 def _parameters(cls: type[nn.Module]) -> dict[str, inspect.Parameter]:
     """The named constructor parameters (smp's ``**kwargs``, which go to timm, left out)."""
     return {
@@ -101,17 +82,16 @@ def _parameters(cls: type[nn.Module]) -> dict[str, inspect.Parameter]:
     }
 
 
-def smp_signature(head: str) -> tuple[Callable[..., Any], frozenset[str]]:
-    """``(builder, supplied)`` for :func:`seg.models.head_signature`: the smp class (its signature has every
-    architecture argument, typed, with defaults) and the arguments seg fills itself."""
-    cls = smp_class(head)
-    own = SUPPLIED | ({"encoder_output_stride"} if "encoder_output_stride" in _parameters(cls) else set())
-    return cls, frozenset(own)
+def smp_signature(cls: type[nn.Module]) -> frozenset[str]:
+    """The arguments of smp class ``cls`` that seg fills itself; its other named parameters (typed, with defaults)
+    are the head's ``model.head_kwargs``."""
+    return frozenset(SUPPLIED | ({"encoder_output_stride"} if "encoder_output_stride" in _parameters(cls) else set()))
 
 
-def supported_output_strides(head: str) -> tuple[int, ...]:
-    """The ``output_stride`` values ``head`` can honour: its ``encoder_output_stride`` choices, else ``(32,)``."""
-    param = _parameters(smp_class(head)).get("encoder_output_stride")
+def supported_output_strides(cls: type[nn.Module]) -> tuple[int, ...]:
+    """The ``output_stride`` values ``cls`` can honour: its ``encoder_output_stride`` choices, else ``(32,)`` (the
+    undilated encoder its decoder reads at strides 2 to 32)."""
+    param = _parameters(cls).get("encoder_output_stride")
     if param is None:
         return (32,)
     choices = typing.get_args(param.annotation)  # Literal[8, 16]
@@ -120,51 +100,28 @@ def supported_output_strides(head: str) -> tuple[int, ...]:
     return tuple(sorted(choices))
 
 
-def default_output_stride(head: str) -> int:
-    """The architecture's own default output stride (smp's ``encoder_output_stride`` default, else 32): what
-    ``seg.bench`` and ``seg.compare`` run it at."""
-    param = _parameters(smp_class(head)).get("encoder_output_stride")
+def default_output_stride(cls: type[nn.Module]) -> int:
+    """The architecture's own default output stride (smp's ``encoder_output_stride`` default, else 32)."""
+    param = _parameters(cls).get("encoder_output_stride")
     return int(param.default) if param is not None else 32
 
 
-def check_output_stride(head: str, output_stride: int) -> None:
-    """Raise a ``ValueError`` if smp architecture ``head`` cannot run at ``output_stride``, naming what it supports
-    (an unknown ``'smp:'`` name raises too, listing the valid ones). Native heads pass: their ``output_stride``
-    (8, 16, 32) is typed by the CLI. The CLI calls this at parse time."""
-    if not is_smp_head(head):
-        return
-    supported = supported_output_strides(head)
-    if output_stride in supported:
-        return
-    if supported == (32,):
-        why = (
-            f"{head} decodes from the undilated encoder (its decoder reads the stride 2 to 32 features), so it "
-            "supports only output_stride=32"
-        )
-    else:
-        why = f"{head} supports output_stride {' or '.join(map(str, supported))} (its encoder_output_stride)"
-    raise ValueError(
-        f"model.output_stride={output_stride}: {why}. Set --model.output_stride="
-        f"{default_output_stride(head)} (its default)."
-    )
-
-
-def backbone_error(head: str, backbone: str) -> str | None:
-    """Why ``head`` cannot be built on timm model ``backbone``, or ``None``. DPT reassembles the tokens of a Vision
-    Transformer: it needs a ViT (a timm model with ``patch_embed``); every other architecture takes any timm model
-    with ``features_only``. ``seg.bench`` skips a head with this reason."""
-    if smp_class(head) is not getattr(smp, "DPT", None):
+def backbone_error(cls: type[nn.Module], name: str, backbone: str) -> str | None:
+    """Why smp class ``cls`` (head ``name``) cannot be built on timm model ``backbone``, or ``None``. DPT
+    reassembles the tokens of a Vision Transformer: it needs a ViT (a timm model with ``patch_embed``); every other
+    architecture takes any timm model with ``features_only``."""
+    if cls is not getattr(smp, "DPT", None):
         return None
-    name = backbone.removeprefix("tu-")
+    encoder = backbone.removeprefix("tu-")
     try:
         with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False)
+            model = timm.create_model(encoder, pretrained=False)
     except Exception:  # noqa: BLE001  an unknown name: check_name reports it
         return None
     if hasattr(model, "patch_embed") and hasattr(model, "forward_intermediates"):
         return None
     return (
-        f"{head} needs a Vision Transformer backbone (a timm ViT such as vit_base_patch16_224.augreg_in21k, "
+        f"{name} needs a Vision Transformer backbone (a timm ViT such as vit_base_patch16_224.augreg_in21k, "
         f"test_vit for tests), not {backbone!r}: set --model.backbone"
     )
 
@@ -221,8 +178,9 @@ class SmpModel(nn.Module):
 
 
 def build_smp_model(
-    backbone: str,
+    cls: type[nn.Module],
     head: str,
+    backbone: str,
     num_classes: int,
     output_stride: int = 32,
     aux: bool = False,
@@ -230,12 +188,11 @@ def build_smp_model(
     backbone_kwargs: dict[str, Any] | None = None,
     **arch_kwargs: Any,
 ) -> SmpModel:
-    """Build smp architecture ``head`` (``'smp:Unet'`` ...) on timm encoder ``backbone``; see the module docstring
-    for how each argument maps. :func:`seg.models.build_model` calls this for ``'smp:'`` heads."""
-    cls = smp_class(head)
-    check_output_stride(head, output_stride)
+    """Build smp class ``cls`` (head ``head``, ``'smp:Unet'`` ...) on timm encoder ``backbone``; see the module
+    docstring for how each argument maps. :func:`seg.models.build_model` calls this for the registry's smp heads,
+    after checking ``output_stride`` and ``backbone`` (:meth:`seg.models.registry.HeadSpec.check`)."""
     params = _parameters(cls)
-    _, supplied = smp_signature(head)
+    supplied = smp_signature(cls)
     fixed = sorted(set(arch_kwargs) & supplied)
     if fixed:
         raise ValueError(
@@ -258,9 +215,6 @@ def build_smp_model(
         )
     encoder = backbone.removeprefix("tu-")
     check_name(encoder)
-    reason = backbone_error(head, backbone)
-    if reason is not None:
-        raise ValueError(reason)
     pretrained, weights_path = resolve_weights(weights)
     encoder_kwargs = dict(backbone_kwargs or {})
     if cls is getattr(smp, "DPT", None):

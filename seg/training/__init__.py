@@ -1,11 +1,12 @@
-"""Lightning glue: the LightningModule, losses, metrics, LR schedule, callbacks, loggers and the CLI."""
+"""Lightning glue: the LightningModule, losses, LR schedule, callbacks (checkpoints, run summary, exact resume),
+loggers, console output and the train.py CLI."""
 
-from .callbacks import AtomicCheckpointIO, RunSummary, SegCheckpoint, ValImageLogger
+from .checkpointing import AtomicCheckpointIO, SegCheckpoint
 from .losses import SegLoss
-from .metrics import SegMetrics, metrics_from_confmat
 from .module import SegmentationModule, load_matching_weights
 from .resume import ExactResume
 from .scheduler import PolyLR
+from .summary import RunSummary
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -14,9 +15,6 @@ __all__ = [
     "RunSummary",
     "SegCheckpoint",
     "SegLoss",
-    "SegMetrics",
     "SegmentationModule",
-    "ValImageLogger",
     "load_matching_weights",
-    "metrics_from_confmat",
 ]

@@ -19,14 +19,11 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from seg.models.checkpoint import atomic_save, atomic_write_text, read_checkpoint, remove_stale_temp_files
+from seg.io import atomic_write_text, remove_stale_temp_files
+from seg.models.checkpoint import atomic_save
+from seg.models.safe_load import read_checkpoint
 
-__all__ = ["AtomicCheckpointIO", "SegCheckpoint", "atomic_torch_save", "check_checkpoint_dir"]
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to ``path`` atomically (see :func:`seg.models.checkpoint.atomic_save`); NaN/Inf weights raise."""
-    atomic_save(obj, path)
+__all__ = ["AtomicCheckpointIO", "SegCheckpoint", "check_checkpoint_dir"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

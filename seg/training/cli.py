@@ -43,8 +43,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from seg.data import SegDataModule
 from seg.data.base import DataError
-from seg.models.checkpoint import CheckpointError
 from seg.models.inference import is_tta
+from seg.models.safe_load import CheckpointError
 
 from .checkpointing import SegCheckpoint
 from .console import SegModelSummary, progress_bar, quiet_lightning
@@ -52,7 +52,7 @@ from .head_args import HeadArgumentError, typed_head_kwargs
 from .loggers import ValImageLogger, build_loggers
 from .module import DivergenceError, SegmentationModule
 from .resume import ExactResume
-from .summary import RunSummary
+from .summary import RunSummary, ValidateAtEnd
 
 
 def _cuda_bf16() -> bool:
@@ -163,7 +163,7 @@ class SegCLI(LightningCLI):
         cfg = self.config
         tcfg = self.config_init.trainer
         callbacks = list(tcfg.callbacks or [])
-        callbacks += [ExactResume(), RunSummary(tcfg.default_root_dir), ValImageLogger()]
+        callbacks += [ExactResume(), RunSummary(tcfg.default_root_dir), ValidateAtEnd(), ValImageLogger()]
         callbacks += console_callbacks(tcfg, callbacks)
         kwargs["callbacks"] = callbacks
         if tcfg.logger is None or tcfg.logger is True:
@@ -174,14 +174,12 @@ class SegCLI(LightningCLI):
 
 
 def check_model(head: str, backbone: str, output_stride: int) -> None:
-    """What can be known about the model before building it: an smp architecture's output strides and backbone
-    needs (:mod:`seg.models.smp`). Raises ``ValueError`` naming the value and what to set instead."""
-    from seg.models.smp import backbone_error, check_output_stride, is_smp_head
+    """What can be known about the model before building it (:meth:`seg.models.registry.HeadSpec.check`: an
+    unknown head, an output stride or backbone the head cannot run with). Raises ``ValueError`` naming the value
+    and what to set instead."""
+    from seg.models import get_head
 
-    check_output_stride(head, output_stride)
-    why = backbone_error(head, backbone) if is_smp_head(head) else None
-    if why:
-        raise ValueError(f"model.backbone={backbone!r}: {why}")
+    get_head(head).check(backbone, output_stride)
 
 
 def console_callbacks(tcfg: Any, callbacks: list[Any]) -> list[Any]:

@@ -1,14 +1,17 @@
 """SegmentationModule: the Lightning glue around a ``seg.models`` network (held as ``self.model``).
 
 One shared step computes the loss of every output (``out`` + ``aux`` 0.4 + DANet's ``pam``/``cam`` 1.0, see
-:mod:`seg.training.losses`), SGD with per-iteration poly decay (mmseg recipe), and a dataset-level confusion
-matrix for val/test (:mod:`seg.training.metrics`). Checkpoints store the network under ``model.`` keys, which
-is the *seg checkpoint* layout of docs/design.md.
+:mod:`seg.training.losses`), SGD with per-iteration poly decay (mmseg recipe); validation and test score through
+:mod:`seg.evaluation` (the one evaluation step ``seg.evaluate`` and ``seg.compare`` run too). Checkpoints store
+the network under ``model.`` keys plus the ``seg`` entry that rebuilds and serves it (classes, palette, mean/std,
+evaluation settings): the *seg checkpoint* of :mod:`seg.models.checkpoint`, readable by :func:`seg.load_model`
+wherever the file is copied.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -18,10 +21,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from seg.models.inference import is_tta, predict_probs, resize_logits
+from seg.evaluation import Scores, predict_batch
+from seg.models.checkpoint import META_KEY, checkpoint_meta, load_matching, non_finite_keys
+from seg.models.inference import EvalSettings
 
 from .losses import LossSpec, SegLoss
-from .metrics import SegMetrics
 from .scheduler import PolyLR
 
 try:  # --model.loss is checked at parse time (parse_loss's message) and written to configs as a plain string
@@ -40,15 +44,13 @@ class DivergenceError(FloatingPointError):
 
 
 def load_matching_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
-    """Loads every tensor of a checkpoint whose name and shape match ``model``; the rest keep their init.
+    """Loads every tensor of a seg checkpoint (train.py's, ``seg.convert``'s) whose name and shape match ``model``;
+    the rest keep their initialisation. The file is read by :func:`seg.load_model`. Returns the report of
+    :func:`seg.models.checkpoint.load_matching`."""
+    from seg.loading import load_model
 
-    Accepts a seg checkpoint / ``seg.convert`` output (``state_dict`` with ``model.`` keys), or a bare state dict,
-    read safely (:func:`seg.models.checkpoint.read_checkpoint`). Returns the report of
-    :func:`seg.models.checkpoint.load_matching`.
-    """
-    from seg.models.checkpoint import load_matching, seg_state_dict
-
-    return load_matching(model, seg_state_dict(path, what="init_from"))
+    source, _ = load_model(path)
+    return load_matching(model, source.state_dict())
 
 
 class SegmentationModule(L.LightningModule):
@@ -56,9 +58,8 @@ class SegmentationModule(L.LightningModule):
 
     Args:
         backbone: timm backbone name (``resnet50c`` = mmseg ResNetV1c).
-        head: head name in ``seg.models.HEADS`` (fcn, ccnet, danet, nonlocal, axial, ...) or an smp architecture
-            ``smp:<Architecture>`` (``seg.models.SMP_HEADS``: smp:Unet, smp:DeepLabV3Plus, ...; no aux head,
-            ``output_stride`` as the architecture allows).
+        head: a head of ``seg.models.all_head_names()``: a native one (fcn, ccnet, danet, nonlocal, axial, ...) or
+            an smp architecture (smp:Unet, smp:DeepLabV3Plus, ...; no aux head, ``output_stride`` as it allows).
         num_classes: number of classes (the CLI links it from ``data.num_classes``).
         output_stride: backbone output stride (8 = the "-D8" recipes; 32 = undilated, UPerNet).
         aux: add the auxiliary FCN head on stage 3.
@@ -80,14 +81,14 @@ class SegmentationModule(L.LightningModule):
         power: poly decay exponent.
         min_lr: poly decay floor.
         max_iters: iterations of the poly schedule; None = ``trainer.max_steps``.
-        init_from: seg checkpoint (or converted mmseg one) to start from: matching weights are loaded,
-            classifiers whose class count differs are re-initialised, and what was skipped is printed.
+        init_from: seg checkpoint (train.py's, or a ``seg.convert`` output) to start from: matching weights are
+            loaded, classifiers whose class count differs are re-initialised, and what was skipped is printed.
         freeze_backbone: keep the backbone fixed (no gradients, BatchNorm statistics frozen).
         compile: ``torch.compile`` the network (in place; checkpoint keys unchanged).
         channels_last: run the network in channels_last memory format (faster convolutions on GPU).
         ignore_index: label value excluded from loss and metrics.
         eval_mode: inference mode of val/test: 'whole' image or 'slide' windows. Val/test always score at the
-            ground truth's original size (logits resized bilinearly, as mmseg); see :meth:`eval_predictions`.
+            ground truth's original size (logits resized bilinearly, as mmseg); see :mod:`seg.evaluation`.
         eval_crop_size: sliding-window crop (H, W).
         eval_stride: sliding-window stride (H, W).
         eval_scales: test-time scales (val/test probabilities are averaged over them); factors of the original
@@ -122,10 +123,10 @@ class SegmentationModule(L.LightningModule):
         channels_last: bool = True,
         ignore_index: int = 255,
         eval_mode: Literal["whole", "slide"] = "whole",
-        eval_crop_size: tuple[int, int] = (512, 1024),
-        eval_stride: tuple[int, int] = (341, 341),
-        eval_scales: tuple[float, ...] = (1.0,),
-        eval_flip: bool = False,
+        eval_crop_size: tuple[int, int] = EvalSettings.crop_size,
+        eval_stride: tuple[int, int] = EvalSettings.stride,
+        eval_scales: tuple[float, ...] = EvalSettings.scales,
+        eval_flip: bool = EvalSettings.flip,
     ) -> None:
         super().__init__()
         loss = str(loss)  # hyper-parameters hold a plain str (checkpoints are read with weights_only=True)
@@ -159,11 +160,23 @@ class SegmentationModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         if compile:
             self.model.compile()
-        self.val_metrics = SegMetrics(num_classes, ignore_index)
-        self.test_metrics = SegMetrics(num_classes, ignore_index)
+        self.scores = {stage: Scores(num_classes, ignore_index) for stage in ("val", "test")}
         self.class_names: list[str] = [f"class_{i}" for i in range(num_classes)]
         self.last_metrics: dict[str, dict[str, Any]] = {}  # stage -> python floats, for callbacks/commands
-        self._eval_images = 0
+
+    @classmethod
+    def from_model(cls, model: nn.Module, **hparams: Any) -> "SegmentationModule":
+        """A module around an already built network (what :func:`seg.load_model` returns), for evaluation.
+
+        ``hparams`` are this class's arguments (the checkpoint's, with the evaluation settings to use); those that
+        describe the network must describe ``model``. The module is constructed on the meta device (no weights
+        allocated, nothing downloaded), then holds ``model``.
+        """
+        hparams = {**hparams, "weights": None, "init_from": None, "compile": False}
+        with torch.device("meta"):
+            module = cls(**hparams)
+        module.model = model
+        return module
 
     # -- forward ------------------------------------------------------------------------------------------
     def _prep(self, images: Tensor) -> Tensor:
@@ -177,29 +190,17 @@ class SegmentationModule(L.LightningModule):
         return self(images)["out"]
 
     @property
-    def _single_pass_eval(self) -> bool:
-        """Whole image, one scale, no flip: the network's logits are the prediction (no averaging)."""
+    def eval_settings(self) -> EvalSettings:
+        """How validation and test predict (this module's ``eval_*`` arguments)."""
         hp = self.hparams
-        return hp.eval_mode == "whole" and not is_tta(hp.eval_scales, hp.eval_flip)
-
-    def predict_probs(self, images: Tensor, out_size: Optional[tuple[int, int]] = None) -> Tensor:
-        """Probabilities (B, C, *out_size) with this module's eval mode / scales / flip for test-scale
-        ``images``; ``out_size`` is the original image size (default: the input's), see
-        :func:`seg.models.inference.predict_probs`."""
-        hp = self.hparams
-        out_size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
-        if self._single_pass_eval:
-            return resize_logits(self.logits(images), out_size).softmax(1)
-        return predict_probs(
-            self.logits,
-            images,
-            hp.num_classes,
-            hp.eval_mode,
-            tuple(hp.eval_crop_size),
-            tuple(hp.eval_stride),
-            tuple(hp.eval_scales),
-            hp.eval_flip,
-            out_size=out_size,
+        return EvalSettings(
+            num_classes=hp.num_classes,
+            mode=hp.eval_mode,
+            crop_size=tuple(hp.eval_crop_size),
+            stride=tuple(hp.eval_stride),
+            scales=tuple(hp.eval_scales),
+            flip=bool(hp.eval_flip),
+            ignore_index=hp.ignore_index,
         )
 
     def train(self, mode: bool = True) -> "SegmentationModule":
@@ -244,75 +245,30 @@ class SegmentationModule(L.LightningModule):
         # weights and BatchNorm statistics can overflow while the loss is still finite: neither validate (and
         # write summary.json) nor checkpoint them
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            from seg.models.checkpoint import non_finite_keys
-
             bad = non_finite_keys(self.model.state_dict())
             if bad:
                 self._diverged(f"{len(bad)} weight/statistics tensors hold NaN/Inf ({', '.join(bad[:3])})")
 
-    def predict_labels(self, images: Tensor, out_size: Optional[tuple[int, int]] = None) -> Tensor:
-        """Predicted class per pixel (B, *out_size) with this module's eval mode / scales / flip (see
-        :meth:`predict_probs`)."""
-        out_size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
-        if self._single_pass_eval:  # argmax(softmax(z)) == argmax(z): no (B, C, H, W) softmax
-            return resize_logits(self.logits(images), out_size).argmax(dim=1)
-        return self.predict_probs(images, out_size).argmax(dim=1)
-
-    def eval_predictions(self, batch: dict[str, Any]) -> Tensor:
-        """Predictions (B, H, W) in the layout of ``batch['mask']``: each image's at its ground truth's original
-        size, 255 where the mask is padding.
-
-        The mmseg protocol: the network sees the image resized to the test scale (``batch['image']``, padded
-        bottom/right to the batch's largest), the ground truth keeps its original size (``batch['mask']``), and
-        the logits are resized bilinearly to that size. ``batch['img_shape']`` / ``batch['ori_shape']`` (B, 2)
-        give each sample's unpadded sizes (absent: the full tensors). A batch of one size runs as one forward;
-        mixed sizes (ADE20K with val_batch_size > 1) run image by image, so no prediction is made on padding.
-        """
-        images, masks = batch["image"], batch["mask"]
-        b = images.shape[0]
-        img_shapes = _shapes(batch.get("img_shape"), images.shape[-2:], b)
-        ori_shapes = _shapes(batch.get("ori_shape"), masks.shape[-2:], b)
-        if len(set(img_shapes)) == 1 and len(set(ori_shapes)) == 1:
-            (h, w), (oh, ow) = img_shapes[0], ori_shapes[0]
-            preds = self.predict_labels(images[..., :h, :w], (oh, ow))  # (B, oh, ow)
-            if (oh, ow) == tuple(masks.shape[-2:]):
-                return preds
-            out = masks.new_full(masks.shape, self.hparams.ignore_index)
-            out[:, :oh, :ow] = preds
-            return out
-        out = masks.new_full(masks.shape, self.hparams.ignore_index)
-        for i, ((h, w), (oh, ow)) in enumerate(zip(img_shapes, ori_shapes)):
-            out[i, :oh, :ow] = self.predict_labels(images[i : i + 1, :, :h, :w], (oh, ow))[0]
-        return out
-
-    def _eval_step(self, batch: dict[str, Any], metrics: SegMetrics) -> Tensor:
-        preds = self.eval_predictions(batch)  # (B, H, W) at the original mask size; padding 255
-        metrics.update(preds, batch["mask"])  # padding is 255 in the mask: never counted
-        self._eval_images += preds.shape[0]
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> Tensor:
+        preds = predict_batch(self.logits, batch, self.eval_settings)  # (B, H, W) at the original mask size
+        self.scores[stage].update(preds, batch["mask"], batch.get("path"))  # padding is ignore: never counted
         return preds
 
+    def on_validation_epoch_start(self) -> None:
+        self.scores["val"].reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.scores["test"].reset()
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return {"preds": self._eval_step(batch, self.val_metrics)}
+        return {"preds": self._eval_step(batch, "val")}
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return {"preds": self._eval_step(batch, self.test_metrics)}
+        return {"preds": self._eval_step(batch, "test")}
 
-    def _log_metrics(self, stage: str, metrics: SegMetrics) -> None:
-        res = metrics.compute()  # summed over all ranks
-        metrics.reset()
-        images = torch.tensor(float(self._eval_images), device=self.device)
-        self._eval_images = 0
-        images = int(self.trainer.strategy.reduce(images, reduce_op="sum").item())
-        iou, acc = res["IoU"].tolist(), res["Acc"].tolist()
-        summary = {
-            "mIoU": float(res["mIoU"]),
-            "aAcc": float(res["aAcc"]),
-            "mAcc": float(res["mAcc"]),
-            "per_class_IoU": dict(zip(self.class_names, iou)),
-            "per_class_Acc": dict(zip(self.class_names, acc)),
-            "step": int(self.global_step),
-            "num_images": images,
-        }
+    def _log_metrics(self, stage: str) -> None:
+        scores = self.scores[stage].sync(self.device)  # summed / gathered over all ranks
+        summary = {**scores.metrics(self.class_names), "step": int(self.global_step)}
         if self.trainer.sanity_checking:
             return
         self.last_metrics[stage] = summary
@@ -321,7 +277,8 @@ class SegmentationModule(L.LightningModule):
         self.log(f"{stage}/aAcc", summary["aAcc"])
         self.log(f"{stage}/mAcc", summary["mAcc"])
         for name, value in summary["per_class_IoU"].items():
-            self.log(f"{stage}/IoU/{name}", float("nan") if value is None else value)
+            self.log(f"{stage}/IoU/{name}", value)
+        iou, acc = summary["per_class_IoU"].values(), summary["per_class_Acc"].values()
         for logger in self.loggers:  # a per-class table where the logger has tables (W&B)
             if hasattr(logger, "log_table"):
                 rows = [[n, i, a] for n, i, a in zip(self.class_names, iou, acc)]
@@ -330,10 +287,39 @@ class SegmentationModule(L.LightningModule):
                 )
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val", self.val_metrics)
+        self._log_metrics("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test", self.test_metrics)
+        self._log_metrics("test")
+
+    # -- checkpoints --------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Make every checkpoint self-describing (:mod:`seg.models.checkpoint`): what rebuilds the network and
+        what serves it (the data module's classes, palette, normalisation and test scale; the eval settings)."""
+        from seg.data.datamodule import test_scale_of
+        from seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        hp = self.hparams
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        palette = getattr(dm, "palette", None)
+        if palette is None or len(palette) != hp.num_classes:
+            from seg.data.base import default_palette
+
+            palette = default_palette(hp.num_classes)
+        seed = os.environ.get("PL_GLOBAL_SEED")  # train.py's seed_everything
+        s = self.eval_settings
+        checkpoint[META_KEY] = checkpoint_meta(
+            self.model.build_args,
+            self.class_names,
+            palette,
+            mean=getattr(dm, "mean", IMAGENET_MEAN),
+            std=getattr(dm, "std", IMAGENET_STD),
+            ignore_index=hp.ignore_index,
+            eval={"mode": s.mode, "crop_size": s.crop_size, "stride": s.stride, "scales": s.scales, "flip": s.flip},
+            test_scale=test_scale_of(dict(dm.hparams)) if dm is not None else None,
+            dataset=getattr(dm, "dataset_name", None),
+            seed=int(seed) if seed is not None else None,
+        )
 
     # -- optimisation -------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -348,10 +334,3 @@ class SegmentationModule(L.LightningModule):
             max_iters = int(est)
         scheduler = PolyLR(optimizer, max_iters=max_iters, power=hp.power, min_lr=hp.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
-
-
-def _shapes(sizes: Optional[Tensor], default: torch.Size, batch: int) -> list[tuple[int, int]]:
-    """Per-sample (H, W) from a (B, 2) size tensor of the batch, or the tensor's own size for every sample."""
-    if sizes is None:
-        return [tuple(int(v) for v in default)] * batch
-    return [(int(h), int(w)) for h, w in sizes.tolist()]

@@ -3,7 +3,6 @@ reads."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -12,9 +11,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from seg.models.checkpoint import atomic_write_text
+from seg.io import write_json
 
-__all__ = ["RunSummary", "count_parameters"]
+__all__ = ["RunSummary", "ValidateAtEnd", "count_parameters"]
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -79,4 +78,26 @@ class RunSummary(L.Callback):
             "last": last,
             "best": self.best,
         }
-        atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")
+        write_json(summary, run_dir / "summary.json")
+
+
+class ValidateAtEnd(L.Callback):
+    """Validate after the last training step when it is not a validation step anyway, so every finished run has
+    its final metrics, ``last.ckpt`` at its last step and a ``summary.json`` (``max_steps`` below
+    ``val_check_interval``, or a budget that is not a multiple of it).
+
+    How: at the end of the last step it sets ``trainer.should_stop``, on which Lightning's training loop runs the
+    validation loop before it stops (``_should_check_val_fx``: stopping early validates).
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        last_step = trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        epoch_loop = trainer.fit_loop.epoch_loop
+        last_epoch = (
+            trainer.max_epochs is not None
+            and trainer.max_epochs > 0
+            and trainer.current_epoch >= trainer.max_epochs - 1
+            and epoch_loop.batch_progress.is_last_batch
+        )
+        if (last_step or last_epoch) and trainer.enable_validation:
+            trainer.should_stop = True

@@ -1,153 +1,192 @@
-"""The parser of ``seg.evaluate`` and ``seg.predict``: train.py's config files and dotted overrides, plus ``--ckpt``,
-the inference options and each tool's own arguments, which ``--help`` lists first (before the model, data and
-trainer sections). Builds a Trainer without loggers or training callbacks; without ``--config`` it reads the
-``config.yaml`` of the checkpoint's run directory."""
+"""The command line of ``seg.evaluate`` and ``seg.predict``: a checkpoint, the inference options, and the data
+settings, with the checkpoint as the source of truth.
+
+* The model, its classes, palette, normalisation and evaluation settings come from ``--ckpt`` alone
+  (:func:`seg.load_model`): a checkpoint copied anywhere works, no run folder is read.
+* The data settings (``--data.*``) default to those the checkpoint was trained with (train.py checkpoints store
+  them); ``--config FILE`` replaces them with the ``data`` section of a train.py YAML (nothing else of the file is
+  read, and nothing in it is imported: it is read with ``yaml.safe_load``), and ``--data.KEY=V`` flags override
+  both.
+* ``--trainer.*`` takes the few Trainer settings an evaluation needs (devices, strategy, accelerator, precision).
+"""
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
-from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningArgumentParser
+import torch
+import yaml
+from jsonargparse import ArgumentParser, Namespace
 
-from seg.models import checkpoint
-from seg.models.checkpoint import CheckpointError
+from seg.data import SegDataModule
+from seg.loading import ModelInfo, load_model, read_info
+from seg.models.safe_load import CheckpointError
 
-from .cli import SegCLI, console_callbacks, tta_reads_original_images
 from .module import SegmentationModule
 
-__all__ = ["SegToolCLI", "find_run_config", "load_seg_weights"]
+__all__ = ["ToolError", "build_module", "optimize_for", "parse_tool_args", "tool_parser"]
 
 
-def find_run_config(ckpt: str | os.PathLike) -> Optional[Path]:
-    """``<run_dir>/config.yaml`` for a checkpoint at ``<run_dir>/checkpoints/*.ckpt``, if it exists."""
-    p = Path(ckpt).resolve()
-    for cand in (p.parent / "config.yaml", p.parent.parent / "config.yaml"):
-        if cand.is_file():
-            return cand
-    return None
+class ToolError(ValueError):
+    """A user error of a tool's arguments (the message says what to pass instead)."""
 
 
-def load_seg_weights(module: SegmentationModule, ckpt: str | os.PathLike) -> None:
-    """Strictly loads a seg checkpoint (or ``seg.convert`` output) into ``module.model``, read safely."""
-    checkpoint.load_seg_weights(
-        module.model,
-        ckpt,
-        what="--ckpt",
-        hint=("Check --config / --model.* against the checkpoint's run config (<run_dir>/config.yaml)."),
+def tool_parser(
+    description: str, usage: str, add_arguments: Callable[[ArgumentParser], None], trainer: bool = True
+) -> ArgumentParser:
+    """The parser: ``--ckpt``, ``--config``, the inference options, the tool's own arguments (``add_arguments``),
+    then the ``--data.*`` and (``trainer``) ``--trainer.*`` sections, in that order in ``--help``."""
+    parser = ArgumentParser(description=description, usage=usage)
+    parser.add_argument("--ckpt", type=str, required=True, help="a seg checkpoint (train.py's, or seg.convert output)")
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Optional[str],
+        default=None,
+        help="a train.py YAML whose data section replaces the checkpoint's data settings (only that section is read)",
+    )
+    parser.add_argument(
+        "--mode",
+        type=Optional[Literal["whole", "slide"]],
+        default=None,
+        help="inference mode (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--scales",
+        type=Optional[list[float]],
+        default=None,
+        help="test-time scale factors of the original image size (mmseg TestTimeAug), e.g. [0.5,0.75,1.0,1.25,1.5,1.75]",
+    )
+    parser.add_argument("--flip", type=Optional[bool], default=None, help="add horizontal flips")
+    parser.add_argument("--crop_size", type=Optional[tuple[int, int]], default=None, help="slide crop (H, W)")
+    parser.add_argument("--stride", type=Optional[tuple[int, int]], default=None, help="slide stride (H, W)")
+    parser.add_argument(
+        "--optimize",
+        type=bool,
+        default=True,
+        help="on CPU: BatchNorm folded into the convs, channels_last, F.interpolate logit resize, dilated depthwise "
+        "convs padded explicitly (seg.models.optimize_for_inference; same predictions to fp32 rounding)",
+    )
+    parser.add_argument(
+        "--bf16",
+        type=bool,
+        default=False,
+        help="on CPU: bf16 weights and autocast, about 2x faster on CPUs with AVX512-BF16 or AMX; logits change by "
+        "bf16 rounding (on GPU use --trainer.precision=bf16-mixed)",
+    )
+    add_arguments(parser)
+    parser.add_class_arguments(SegDataModule, "data", fail_untyped=False, sub_configs=False)
+    if trainer:
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        parser.add_argument("--trainer.accelerator", type=str, default="auto", help="cpu, gpu, auto")
+        parser.add_argument("--trainer.devices", type=Any, default=1, help="number of devices (processes), or a list")
+        parser.add_argument("--trainer.strategy", type=str, default="auto", help="auto, or ddp with several devices")
+        parser.add_argument("--trainer.num_nodes", type=int, default=1, help="machines (with torchrun or SLURM)")
+        parser.add_argument(
+            "--trainer.precision", type=str, default="bf16-mixed" if bf16 else "32-true", help="32-true, bf16-mixed"
+        )
+        parser.add_argument("--trainer.enable_progress_bar", type=bool, default=True, help="show a progress bar")
+    return parser
+
+
+def config_data_section(path: str | Path) -> dict[str, Any]:
+    """The ``data`` section of a train.py YAML, read with ``yaml.safe_load`` (nothing in the file is imported)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolError(f"--config {path} does not exist")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("data") or {}, dict):
+        raise ToolError(f"--config {path}: expected a train.py YAML with a 'data:' mapping")
+    return dict(cfg.get("data") or {})
+
+
+def _data_defaults(parser: ArgumentParser, info: ModelInfo, config: Optional[str]) -> dict[str, Any]:
+    data = dict(info.data)
+    if config is not None:
+        data = config_data_section(config)
+    known = {a.dest.split(".", 1)[1] for a in parser._actions if a.dest.startswith("data.")}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        where = f"--config {config}" if config is not None else f"the data settings of {info.path}"
+        raise ToolError(f"{where}: unknown data keys {unknown}; the data section takes: {', '.join(sorted(known))}")
+    return {f"data.{k}": v for k, v in data.items()}
+
+
+def parse_tool_args(parser: ArgumentParser, args: Optional[list[str]] = None) -> tuple[Namespace, ModelInfo | None]:
+    """Parse ``args`` (``None``: ``sys.argv[1:]``) with the checkpoint's data settings as the ``--data.*`` defaults
+    (replaced by ``--config``'s data section). Returns the namespace and the checkpoint's :class:`ModelInfo`
+    (None only for ``--help``). From the command line a user error ends the process with one ``error:`` line."""
+    command_line = args is None
+    argv = list(sys.argv[1:] if args is None else args)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--ckpt")
+    pre.add_argument("-c", "--config")
+    known, _ = pre.parse_known_args(argv)
+    info = None
+    if known.ckpt is not None and not any(a in ("-h", "--help") for a in argv):
+        try:
+            info = read_info(known.ckpt)
+            parser.set_defaults(_data_defaults(parser, info, known.config))
+        except (CheckpointError, FileNotFoundError, ToolError) as err:
+            if not command_line:
+                raise
+            parser.error(str(err))
+    ns = parser.parse_args(argv)
+    return ns, info
+
+
+def data_given(args: Optional[list[str]]) -> bool:
+    """Whether the command line sets data settings itself (``--config`` or ``--data.*``)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    return any(a in ("-c", "--config") or a.startswith(("--config=", "--data.")) for a in argv)
+
+
+def module_hparams(ns: Namespace, info: ModelInfo) -> dict[str, Any]:
+    """The SegmentationModule arguments of the checkpoint, with the evaluation options of the command line."""
+    hp = dict(info.hparams)
+    for key, value in (
+        ("eval_mode", ns.mode),
+        ("eval_scales", None if ns.scales is None else tuple(ns.scales)),
+        ("eval_flip", ns.flip),
+        ("eval_crop_size", None if ns.crop_size is None else tuple(ns.crop_size)),
+        ("eval_stride", None if ns.stride is None else tuple(ns.stride)),
+    ):
+        if value is not None:
+            hp[key] = value
+    hp["num_classes"] = info.num_classes
+    return hp
+
+
+def build_module(ckpt: str | Path, hparams: dict[str, Any] | None = None) -> tuple[SegmentationModule, ModelInfo]:
+    """The checkpoint's model (:func:`seg.load_model`) in a :class:`SegmentationModule` for evaluation, with the
+    checkpoint's settings updated by ``hparams`` (e.g. ``eval_mode``)."""
+    model, info = load_model(ckpt)
+    module = SegmentationModule.from_model(model, **{**info.hparams, **(hparams or {})})
+    module.class_names = list(info.classes)
+    return module.eval(), info
+
+
+def optimize_for(module: SegmentationModule, device: Any, optimize: bool, bf16: bool) -> None:
+    """Applies ``--optimize`` / ``--bf16`` to ``module.model`` for inference on ``device`` (CPU only: on GPU the
+    trainer's precision and cuDNN decide)."""
+    from seg.models.optimize import optimize_for_inference
+
+    device = torch.device(device)
+    if device.type != "cpu" or not (optimize or bf16):
+        return
+    module.model = optimize_for_inference(
+        module.model, device, fuse_bn=optimize, channels_last=optimize, bf16=bf16, inplace=True
     )
 
 
-class SegToolCLI(SegCLI):
-    """The train.py parser (same config files and dotted overrides) for ``seg.evaluate`` / ``seg.predict``:
-    adds ``--ckpt``, the inference options and the tool's own arguments; builds a Trainer without loggers or
-    training callbacks. Without ``--config``, the ``config.yaml`` of the checkpoint's run dir is used."""
+def tta_val_mode(hparams: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """mmseg 1.x ``TestTimeAug`` scales the *original* image: with several scales or flip the eval pipeline hands
+    over the original image (``data.val_mode='full'``) and the model resizes it to each scale's size."""
+    from seg.models.inference import is_tta
 
-    description = "Evaluate or predict with a seg checkpoint."
-    usage = "%(prog)s --ckpt CKPT [-c CONFIG] [options] [--model.KEY=V --data.KEY=V --trainer.KEY=V ...]"
-
-    def __init__(self, args: Optional[list[str]] = None, **kwargs: Any) -> None:
-        self._command_line = args is None  # then a bad --ckpt ends the process with one `error:` line
-        args = list(sys.argv[1:] if args is None else args)
-        if not any(a in ("-c", "--config") or a.startswith("--config=") for a in args):
-            ckpt = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--ckpt"), None)
-            ckpt = ckpt or next((a.split("=", 1)[1] for a in args if a.startswith("--ckpt=")), None)
-            cfg = find_run_config(ckpt) if ckpt else None
-            if cfg is not None:
-                args = ["--config", str(cfg)] + args
-        kwargs.setdefault("save_config_callback", None)
-        kwargs.setdefault("parser_kwargs", {"description": self.description, "usage": self.usage})
-        super().__init__(args=args, **kwargs)
-
-    def add_tool_arguments(self, parser: LightningArgumentParser) -> None:
-        """Hook for the tool's own arguments."""
-
-    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
-        # the tool's own options right after --config, so `--help` shows them before the model/data/trainer sections
-        parser = super().init_parser(**kwargs)
-        parser.add_argument("--ckpt", type=str, required=True, help="seg checkpoint (or seg.convert output)")
-        parser.add_argument(
-            "--mode",
-            type=Optional[Literal["whole", "slide"]],
-            default=None,
-            help="inference mode (default: model.eval_mode)",
-        )
-        parser.add_argument(
-            "--scales",
-            type=Optional[list[float]],
-            default=None,
-            help="test-time scale factors of the original image size (mmseg TestTimeAug), "
-            "e.g. [0.5,0.75,1.0,1.25,1.5,1.75]",
-        )
-        parser.add_argument("--flip", type=bool, default=False, help="add horizontal flips")
-        parser.add_argument("--crop_size", type=Optional[tuple[int, int]], default=None, help="slide crop (H, W)")
-        parser.add_argument("--stride", type=Optional[tuple[int, int]], default=None, help="slide stride (H, W)")
-        parser.add_argument(
-            "--optimize",
-            type=bool,
-            default=True,
-            help="on CPU: BatchNorm folded into the convs, channels_last, F.interpolate logit resize, "
-            "dilated depthwise convs padded explicitly (seg.models.optimize_for_inference; "
-            "same predictions to fp32 rounding)",
-        )
-        parser.add_argument(
-            "--bf16",
-            type=bool,
-            default=False,
-            help="on CPU: bf16 weights and autocast, about 2x faster on CPUs with AVX512-BF16 or AMX; "
-            "logits change by bf16 rounding (on GPU use --trainer.precision=bf16-mixed)",
-        )
-        self.add_tool_arguments(parser)
-        return parser
-
-    def optimize_for(self, module: SegmentationModule, device: Any) -> None:
-        """Applies ``--optimize`` / ``--bf16`` to ``module.model`` for inference on ``device`` (CPU only: on GPU the
-        trainer's precision and cuDNN decide)."""
-        import torch
-
-        from seg.models.optimize import optimize_for_inference
-
-        device = torch.device(device)
-        cfg = self.config
-        if device.type != "cpu" or not (cfg.optimize or cfg.bf16):
-            return
-        module.model = optimize_for_inference(
-            module.model, device, fuse_bn=cfg.optimize, channels_last=cfg.optimize, bf16=cfg.bf16, inplace=True
-        )
-
-    def before_instantiate_classes(self) -> None:
-        super().before_instantiate_classes()
-        cfg = self.config
-        model = cfg.model
-        model.init_from = None  # the checkpoint provides every weight
-        model.weights = None
-        if cfg.mode is not None:
-            model.eval_mode = cfg.mode
-        if cfg.scales is not None:
-            model.eval_scales = tuple(cfg.scales)
-        if cfg.flip:
-            model.eval_flip = True
-        if cfg.crop_size is not None:
-            model.eval_crop_size = tuple(cfg.crop_size)
-        if cfg.stride is not None:
-            model.eval_stride = tuple(cfg.stride)
-        tta_reads_original_images(cfg)
-
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        tcfg = self.config_init.trainer
-        callbacks = console_callbacks(tcfg, [])
-        kwargs.update(callbacks=callbacks, logger=False, enable_checkpointing=False)
-        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        return self._instantiate_trainer(trainer_config, [])  # no checkpoint section callback
-
-    def instantiate_classes(self) -> None:
-        super().instantiate_classes()
-        try:
-            load_seg_weights(self.model, self.config.ckpt)
-        except (CheckpointError, FileNotFoundError) as err:
-            if not self._command_line:
-                raise
-            sys.exit(f"error: {err}")
+    if is_tta(hparams.get("eval_scales", (1.0,)), hparams.get("eval_flip", False)) and data.get("val_mode") != "full":
+        return {**data, "val_mode": "full"}
+    return data

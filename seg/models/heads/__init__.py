@@ -13,13 +13,11 @@
 
 Every head derives from ``DecodeHead`` (``decode_head.py``: these attributes and the ``dropout -> conv_seg``
 classifier); the context heads (CCNet, Non-local, GCNet, DNLNet, axial) are ``FCNHead`` with one context block
-plugged between its convs (``fcn.py``). Each head still spells out its own typed arguments: ``head_signature``
-reads them.
+plugged between its convs (``fcn.py``). Each head still spells out its own typed arguments: they are its
+``model.head_kwargs``. Which head names exist (these and smp's) is answered by :mod:`seg.models.registry` only.
 """
 
 from __future__ import annotations
-
-from typing import Any, Callable, Sequence
 
 from torch import nn
 
@@ -61,8 +59,6 @@ __all__ = [
     "OCRHead",
     "PSPHead",
     "UPerHead",
-    "create_head",
-    "head_signature",
 ]
 
 HEADS: dict[str, type[nn.Module]] = {
@@ -82,30 +78,3 @@ HEADS: dict[str, type[nn.Module]] = {
     "ocr": OCRHead,
     "uper": UPerHead,
 }
-
-
-def create_head(name: str, in_channels: int | Sequence[int], num_classes: int, **kwargs: Any) -> nn.Module:
-    """``HEADS[name](in_channels, num_classes, **kwargs)``; unknown names list the valid ones.
-
-    ``in_channels``: an int for single-stage heads, one int per ``in_stages`` entry for multi-stage heads.
-    """
-    if name not in HEADS:
-        raise ValueError(f"Unknown head {name!r}. Valid heads: {', '.join(sorted(HEADS))}")
-    return HEADS[name](in_channels, num_classes, **kwargs)
-
-
-def head_signature(name: str) -> tuple[Callable[..., Any], frozenset[str]]:
-    """``(builder, supplied)``: the ``head_kwargs`` head ``name`` accepts are the keyword parameters of ``builder``
-    except ``supplied``, which :func:`seg.models.build_model` fills itself. The CLI types ``model.head_kwargs`` from
-    it (``--print_config`` shows them with defaults; a misspelt one fails at parse time).
-
-    ``'smp:<Architecture>'``: the smp class (:func:`seg.models.smp.smp_signature`); its ``**kwargs`` (timm encoder
-    arguments) are not head arguments: they go in ``model.backbone_kwargs``.
-    """
-    if name.startswith("smp:"):
-        from ..smp import smp_signature  # here: seg.models.smp is not a head module
-
-        return smp_signature(name)
-    if name not in HEADS:
-        raise ValueError(f"Unknown head {name!r}. Valid heads: {', '.join(sorted(HEADS))}")
-    return HEADS[name], frozenset({"in_channels", "num_classes"})

@@ -1,0 +1,5 @@
+"""``python -m seg.compare``."""
+
+from seg.compare.cli import main
+
+main()

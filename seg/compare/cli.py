@@ -1,0 +1,115 @@
+"""``python -m seg.compare``: the command line, and :func:`compare` (runs in, report files out)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from seg.io import write_json
+from seg.models import all_head_names
+
+from .report import log_wandb_summary, markdown, plot
+from .runs import load_run, train_runs
+from .stats import summarize
+
+__all__ = ["compare", "main"]
+
+
+def compare(
+    run_dirs: Sequence[str | Path],
+    out: str | Path = ".",
+    baseline: str = "fcn",
+    samples: int = 2000,
+    confidence: float = 0.95,
+    evaluate: bool = True,
+) -> dict[str, Any]:
+    """Load (and evaluate where needed) the runs, write compare.md/.png/.json into ``out``; returns the json."""
+    runs = [load_run(d, evaluate) for d in run_dirs]
+    result = summarize(runs, baseline, samples, confidence)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(result, out / "compare.json")
+    (out / "compare.md").write_text(markdown(result))
+    plot(result, out / "compare.png")
+    return result
+
+
+def _wandb_arg(extra: list[str]) -> tuple[str, str]:
+    mode, project = "auto", "seg"
+    for i, a in enumerate(extra):
+        for flag in ("--wandb", "--wandb_project"):
+            val = (
+                a.split("=", 1)[1]
+                if a.startswith(flag + "=")
+                else (extra[i + 1] if a == flag and i + 1 < len(extra) else None)
+            )
+            if val is not None:
+                mode, project = (val, project) if flag == "--wandb" else (mode, val)
+    return mode, project
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    package_doc = sys.modules[__package__].__doc__  # the package docstring (its parent is always imported first)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    p = argparse.ArgumentParser(
+        prog="python -m seg.compare",
+        description=package_doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("runs", nargs="*", help="train.py run directories to compare")
+    p.add_argument("--out", default=None, help="output folder (default: . or runs/compare with --train)")
+    p.add_argument("--train", action="store_true", help="train one run per --heads x --seeds first")
+    p.add_argument("--config", help="train.py config for --train")
+    p.add_argument(
+        "--heads",
+        nargs="+",
+        choices=all_head_names(),
+        default=["fcn", "ccnet", "danet", "nonlocal", "axial"],
+        metavar="HEAD",
+        help="heads to train with --train (default: fcn ccnet danet nonlocal axial; "
+        f"any of {' '.join(all_head_names())}; smp architectures train with their own defaults)",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds per head with --train: 0 .. N-1 (default 3)")
+    p.add_argument("--baseline", default="fcn", help="head the others are compared to (default fcn)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval coverage (default 0.95)")
+    p.add_argument("--group", default=None, help="W&B group of the runs (default: <out folder>-<timestamp>)")
+    p.add_argument(
+        "--no-evaluate",
+        dest="evaluate",
+        action="store_false",
+        help="fail instead of evaluating runs that lack per_image.npz",
+    )
+    args, unknown = p.parse_known_args(argv)
+    extra = unknown + extra  # e.g. --trainer.max_steps=300 goes to every train.py
+    if args.seeds < 1:
+        p.error("--seeds must be >= 1")
+    if not 0 < args.confidence < 1:
+        p.error("--confidence must be in (0, 1)")
+    runs: list[Path] = [Path(r) for r in args.runs]
+    out = Path(args.out or ("runs/compare" if args.train else "."))
+    mode, project = _wandb_arg(extra)
+    group = args.group or f"{out.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.train:
+        if not args.config:
+            p.error("--train needs --config")
+        if args.baseline not in args.heads:
+            p.error(f"--baseline {args.baseline} is not in --heads {args.heads}")
+        runs += train_runs(args.config, args.heads, list(range(args.seeds)), out, extra, group)
+    elif extra:
+        p.error(f"unknown arguments {extra} (overrides are only for --train)")
+    if not runs:
+        p.error("give run directories, or --train --config C --heads ...")
+    result = compare(runs, out, args.baseline, args.bootstrap, args.confidence, args.evaluate)
+    print((out / "compare.md").read_text())
+    print(f"wrote {out / 'compare.md'}, {out / 'compare.png'} and {out / 'compare.json'}")
+    if args.train:
+        log_wandb_summary(result, out, group, project, mode)
+    return result
