@@ -18,7 +18,7 @@ from seg.data import FolderDataset
 from seg.data import base as base_module
 from seg.data import png as png_module
 from seg.data.cache import FileCache, read_entry, write_entry
-from seg.data.cache import main as cache_main
+from seg.data.cache.__main__ import main as cache_main
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (13, 21, 3), dtype=np.uint8)

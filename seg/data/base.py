@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -25,10 +25,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from . import png
+from .cache import FileCache
 from .seeding import reseed_transform
-
-if TYPE_CHECKING:
-    from .cache import FileCache
 
 IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -254,8 +252,6 @@ class SegDataset(Dataset):
 
     def set_cache(self, cache_dir: str | Path | None) -> None:
         """Keep decoded images and masks in `cache_dir` (see `seg.data.cache`); None turns caching off."""
-        from .cache import FileCache  # lazily: `python -m seg.data.cache` must not find itself imported
-
         self.cache = FileCache(cache_dir) if cache_dir is not None else None
 
     # -- listing helpers -------------------------------------------------------------------------------
