@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from seg.data import UnpaddedDistributedSampler, build_eval_transform, build_train_transform
+from seg.data.seeding import reseed_transform
 from seg.data.transforms import (
     CatMaxRandomCrop,
     NormalizeToTensor,
@@ -17,7 +18,6 @@ from seg.data.transforms import (
     RandomRescale,
     RandomRescaleCrop,
     nearest_index,
-    reseed,
     resize_region,
     rows_needed,
 )
@@ -76,7 +76,7 @@ def test_train_recipe_bilinear_and_photometric_masks_stay_nearest():
     t2.transforms[2] = PhotoMetricDistortion(
         brightness_delta=0, contrast_range=(1, 1), saturation_range=(1, 1), hue_delta=0
     )
-    reseed(t2, 3)
+    reseed_transform(t2, 3)
     out = t2(image=image, mask=mask)
     valid = out["mask"] != 255
     agree = (_decode(out["image"])[valid] == out["mask"][valid]).mean()
@@ -144,7 +144,7 @@ def test_seeded_pipelines_repeat_and_reseed_changes_draws():
     a = build_train_transform(crop_size=(30, 30), base_size=(80, 60), seed=5)
     b = build_train_transform(crop_size=(30, 30), base_size=(80, 60), seed=5)
     np.testing.assert_array_equal(a(image=image, mask=mask)["image"], b(image=image, mask=mask)["image"])
-    reseed(b, 6)
+    reseed_transform(b, 6)
     assert not np.array_equal(a(image=image, mask=mask)["image"], b(image=image, mask=mask)["image"])
 
 
@@ -226,8 +226,8 @@ def test_rescale_crop_draws_like_rescale_then_cat_max_crop(cat_max_ratio):
     image = np.zeros((50, 90, 3), np.uint8)
     fused = A.Compose([RandomRescaleCrop(30, 40, (90, 50), (0.5, 2.0), cat_max_ratio)])
     steps = A.Compose([RandomRescale((90, 50), (0.5, 2.0)), CatMaxRandomCrop(30, 40, cat_max_ratio)])
-    reseed(fused, 7)
-    reseed(steps, 7)
+    reseed_transform(fused, 7)
+    reseed_transform(steps, 7)
     accepted = 0
     for _ in range(150):
         a, b = fused(image=image, mask=mask)["mask"], steps(image=image, mask=mask)["mask"]

@@ -1,44 +1,24 @@
-"""The mmseg training recipe in albumentations 2.0: rescale, cat-max crop, flip, photometric distortion.
+"""Geometric steps of the mmseg recipe: keep-ratio random rescale, cat-max random crop, the two fused into one
+step that resamples only the crop, and the evaluation resize.
 
-Train pipeline (mmsegmentation ``configs/_base_/datasets/cityscapes.py`` / ``ade20k.py``)::
-
-    RandomRescale(base_size, ratio 0.5-2.0, keep ratio)   image bilinear, mask nearest
-    CatMaxRandomCrop(crop_size, cat_max_ratio=0.75)       re-sample up to 10x while one class dominates
-    HorizontalFlip(p=0.5)
-    PhotoMetricDistortion()                               brightness, contrast, saturation, hue (uint8)
-    Normalize(mean, std)                                  mean/std in 0-255 RGB
-    PadIfNeeded(crop_size, top-left)                      image fill 0 (after Normalize, as mmseg), mask 255
-
-`build_train_transform` runs the first two as one step, `RandomRescaleCrop`, which resamples only the pixels
-the crop keeps (the rescaled image is up to 4x the source; the crop a fraction of it): the mask gets exactly
-the pixels that rescale-then-crop gives, the image the same bilinear samples up to OpenCV's fixed-point
-rounding (at most 1 grey level apart). Photometric distortion uses uint8 lookup tables (bit-identical to the
-float arithmetic), and `NormalizeToTensor` writes the normalised, padded (3, H, W) tensor in one pass.
-
-All randomness comes from the transforms' own generators (`self.py_random`, `self.random_generator`), so
-`Compose.set_random_state` reseeds everything (see `seg.data.seeding`).
+The image is resampled bilinearly, the mask with nearest neighbour. `RandomRescaleCrop` (the training recipe's
+first step, see `seg.data.transforms.recipe`) gives the mask exactly the pixels that rescale-then-crop gives,
+the image the same bilinear samples up to OpenCV's fixed-point rounding (at most 1 grey level apart), and can
+crop from images decoded from the top only as far as the crop needs (`RandomRescaleCrop.reading`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no PyPI version check at import (offline machines)
+import albumentations as A
+import cv2
+import numpy as np
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from seg.deploy.geometry import rescale_size
 
-from seg.deploy.geometry import rescale_size  # noqa: E402,F401  (shared with the ONNX path; importable here too)
-
-from .base import IGNORE_INDEX  # noqa: E402
-from .seeding import reseed_transform as reseed  # noqa: E402  (importable here, as before)
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from ..base import IGNORE_INDEX
 
 
 def _check_ratio_range(ratio_range: tuple[float, float]) -> tuple[float, float]:
@@ -336,201 +316,6 @@ class RandomRescaleCrop(CatMaxRandomCrop):
         )
 
 
-def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
-    """mmseg's ``convert``: float32 img * alpha + beta, clipped, truncated to uint8."""
-    return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
-
-
-_IDENTITY = np.arange(256, dtype=np.uint8)
-
-
-def _per_channel(*luts: np.ndarray) -> np.ndarray:
-    """One 256-entry table per channel, in the (1, 256, C) layout cv2.LUT takes."""
-    return np.ascontiguousarray(np.stack(luts, -1)[None])
-
-
-class PhotoMetricDistortion(A.ImageOnlyTransform):
-    """mmseg ``PhotoMetricDistortion`` on uint8 RGB: each step applied with probability 1/2, in this order:
-
-    brightness (+delta), contrast (*alpha) either here or last, saturation (*alpha in HSV), hue (+delta in HSV,
-    OpenCV's 0-179 hue), contrast (if not done before). Values are clipped to 0-255 after each step.
-
-    Draws as mmseg 1.2.2: brightness delta uniform in [-brightness_delta, brightness_delta), contrast and
-    saturation factors uniform in their ranges, hue shift an integer in [-hue_delta, hue_delta) (numpy's
-    exclusive ``randint`` upper bound; hue_delta=0 means no shift, where mmseg would raise).
-
-    Every per-value step is a uint8 -> uint8 function, so it runs as a 256-entry lookup table built with the
-    float formula itself (bit-identical, ~2x faster); consecutive ones (brightness, contrast) are composed
-    into one table. The HSV round trips stay where mmseg has them (saturation and hue convert separately).
-    """
-
-    def __init__(
-        self,
-        brightness_delta: int = 32,
-        contrast_range: tuple[float, float] = (0.5, 1.5),
-        saturation_range: tuple[float, float] = (0.5, 1.5),
-        hue_delta: int = 18,
-        p: float = 1.0,
-    ) -> None:
-        super().__init__(p=p)
-        self.brightness_delta = brightness_delta
-        self.contrast_range = tuple(contrast_range)
-        self.saturation_range = tuple(saturation_range)
-        self.hue_delta = hue_delta
-
-    def get_params(self) -> dict[str, Any]:
-        r = self.py_random
-        coin = lambda: r.random() < 0.5  # noqa: E731
-        return {
-            "beta": r.uniform(-self.brightness_delta, self.brightness_delta) if coin() else None,
-            "contrast_first": coin(),
-            "contrast": r.uniform(*self.contrast_range) if coin() else None,
-            "saturation": r.uniform(*self.saturation_range) if coin() else None,
-            "hue": (r.randrange(-self.hue_delta, self.hue_delta) if self.hue_delta > 0 else 0) if coin() else None,
-        }
-
-    _convert = staticmethod(_convert)
-
-    def apply(
-        self,
-        img: np.ndarray,
-        beta: float | None = None,
-        contrast_first: bool = True,
-        contrast: float | None = None,
-        saturation: float | None = None,
-        hue: int | None = None,
-        **params: Any,
-    ) -> np.ndarray:
-        if img.dtype != np.uint8:
-            raise TypeError(f"PhotoMetricDistortion expects uint8 images (put it before Normalize), got {img.dtype}")
-        lut = _IDENTITY if beta is None else _convert(_IDENTITY, beta=beta)
-        if contrast is not None and contrast_first:
-            lut = _convert(lut, alpha=contrast)
-        if lut is not _IDENTITY:
-            img = cv2.LUT(img, lut)
-        if saturation is not None or hue is not None:
-            hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
-            if saturation is not None:
-                hsv = cv2.LUT(hsv, _per_channel(_IDENTITY, _convert(_IDENTITY, alpha=saturation), _IDENTITY))
-                if hue is not None:  # mmseg converts back and forth between the two steps
-                    hsv = cv2.cvtColor(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), cv2.COLOR_RGB2HSV)
-            if hue is not None:
-                hue_lut = ((_IDENTITY.astype(np.int32) + hue) % 180).astype(np.uint8)
-                hsv = cv2.LUT(hsv, _per_channel(hue_lut, _IDENTITY, _IDENTITY))
-            img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-        if contrast is not None and not contrast_first:
-            img = cv2.LUT(img, _convert(_IDENTITY, alpha=contrast))
-        return img
-
-    def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("brightness_delta", "contrast_range", "saturation_range", "hue_delta")
-
-
-class NormalizeToTensor(A.DualTransform):
-    """Normalise, pad and lay out in one pass: uint8 HxWx3 -> float32 (3, H', W') torch tensor.
-
-    ``(img - mean) / std`` per channel (0-255 RGB), written straight into channel-first memory; H' x W' is the
-    image size grown to at least `pad_size` (H, W), padded bottom/right with 0 (the mean colour, where mmseg
-    pads) and the mask with `fill_mask`. Equivalent to albumentations Normalize + PadIfNeeded + a transpose,
-    in ~1/4 of their time.
-    """
-
-    def __init__(
-        self,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        pad_size: tuple[int, int] = (0, 0),
-        fill_mask: int = IGNORE_INDEX,
-        p: float = 1.0,
-    ) -> None:
-        super().__init__(p=p)
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 values each, std > 0; got mean={mean}, std={std}")
-        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-        self.pad_size = (int(pad_size[0]), int(pad_size[1]))
-        self.fill_mask = int(fill_mask)
-
-    def _padded(self, shape: tuple[int, ...]) -> tuple[int, int]:
-        return max(shape[0], self.pad_size[0]), max(shape[1], self.pad_size[1])
-
-    def apply(self, img: np.ndarray, **params: Any) -> torch.Tensor:
-        if img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f"NormalizeToTensor expects an HxWx3 image, got shape {img.shape}")
-        h, w = img.shape[:2]
-        ph, pw = self._padded(img.shape)
-        out = torch.zeros((3, ph, pw)) if (ph, pw) != (h, w) else torch.empty((3, h, w))
-        planes = out.numpy()
-        for c, plane in enumerate(cv2.split(img)):
-            dst = planes[c] if (ph, pw) == (h, w) else None  # written in place when contiguous
-            scaled = cv2.addWeighted(
-                plane, 1.0 / self.std[c], plane, 0.0, -self.mean[c] / self.std[c], dst=dst, dtype=cv2.CV_32F
-            )  # plane / std - mean / std, float32
-            if dst is None or not np.shares_memory(scaled, dst):
-                planes[c, :h, :w] = scaled
-        return out
-
-    def apply_to_mask(self, mask: np.ndarray, **params: Any) -> np.ndarray:
-        ph, pw = self._padded(mask.shape)
-        if (ph, pw) == mask.shape[:2]:
-            return mask
-        out = np.full((ph, pw, *mask.shape[2:]), self.fill_mask, dtype=mask.dtype)
-        out[: mask.shape[0], : mask.shape[1]] = mask
-        return out
-
-    def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("mean", "std", "pad_size", "fill_mask")
-
-
-def _normalize(mean: Sequence[float], std: Sequence[float]) -> A.Normalize:
-    # mean/std are 0-255 RGB, so max_pixel_value=1 gives (img - mean) / std
-    return A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=1.0)
-
-
-def build_train_transform(
-    crop_size: tuple[int, int] = (512, 1024),
-    base_size: tuple[int, int] | None = (2048, 1024),
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    cat_max_ratio: float = 0.75,
-    flip_prob: float = 0.5,
-    photometric: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    ignore_index: int = IGNORE_INDEX,
-    normalize: bool = True,
-    seed: int | None = None,
-) -> A.Compose:
-    """The mmseg training pipeline. crop_size is (H, W); base_size is (W, H) (mmseg order) or None.
-
-    Steps: `RandomRescaleCrop`, HorizontalFlip, `PhotoMetricDistortion` (if `photometric`), then
-    `NormalizeToTensor` (float32 (3, H, W) tensor, padded to the crop). normalize=False ends with uint8 HxWx3
-    padded by albumentations PadIfNeeded instead (image 0, mask `ignore_index`; used by tests to check alignment).
-    """
-    crop_h, crop_w = crop_size
-    steps: list[A.BasicTransform] = [
-        RandomRescaleCrop(crop_h, crop_w, base_size, scale_range, cat_max_ratio, ignore_index),
-        A.HorizontalFlip(p=flip_prob),
-    ]
-    if photometric:
-        steps.append(PhotoMetricDistortion())
-    if normalize:
-        # after normalisation the image fill 0 is the mean colour (mmseg pads there too)
-        steps.append(NormalizeToTensor(mean, std, pad_size=(crop_h, crop_w), fill_mask=ignore_index))
-    else:
-        steps.append(
-            A.PadIfNeeded(
-                min_height=crop_h,
-                min_width=crop_w,
-                position="top_left",
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=0,
-                fill_mask=ignore_index,
-            )
-        )
-    pipeline = A.Compose(steps, strict=True)
-    reseed(pipeline, seed)
-    return pipeline
-
-
 class EvalResize(A.ImageOnlyTransform):
     """Resize the image only, keeping its aspect ratio, to fit the test scale (mmseg test pipeline
     ``Resize(scale, keep_ratio=True)`` placed before ``LoadAnnotations``): the mask keeps its original size,
@@ -554,21 +339,3 @@ class EvalResize(A.ImageOnlyTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("scale", "interpolation")
-
-
-def build_eval_transform(
-    base_size: tuple[int, int] | None = (2048, 1024),
-    mode: str = "resize",
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> A.Compose:
-    """Validation/test: 'resize' rescales the *image* to fit base_size (W, H) keeping the aspect ratio (mmseg's
-    test pipeline); the mask always keeps its original size, where predictions are scored. 'full' feeds the
-    image at its original resolution too."""
-    if mode not in ("resize", "full"):
-        raise ValueError(f"val_mode must be 'resize' or 'full', got {mode!r}")
-    steps: list[A.BasicTransform] = []
-    if mode == "resize" and base_size is not None:
-        steps.append(EvalResize(base_size))
-    steps.append(_normalize(mean, std))
-    return A.Compose(steps, strict=True, seed=0)
