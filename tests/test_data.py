@@ -354,6 +354,7 @@ def test_seg_data_modules_import_each_other_without_cycles():
     graph = _seg_data_imports()
     assert {"__init__", "base", "transforms", "transforms.geometric", "transforms.recipe", "seeding"} <= set(graph)
     assert "base" in graph["transforms.geometric"] and "transforms.geometric" in graph["transforms"]
+    assert "cache" in graph["base"] and "datamodule" in graph["cache.__main__"]  # the command imports what it runs
     try:
         list(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError as e:
