@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from seg.data import UnpaddedDistributedSampler, build_eval_transform, build_train_transform
+from seg.data.rows import RowReader
 from seg.data.seeding import reseed_transform
 from seg.data.transforms import (
     CatMaxRandomCrop,
@@ -205,6 +206,43 @@ def test_rescale_crop_sharp_edges_stay_close():
         size, (x1, y1, x2, y2) = t.params["size"], t.params["box"]
         d = np.abs(out - cv2.resize(image, size)[y1:y2, x1:x2])
         assert d.max() <= 8 and d.mean() < 1.0, (size, d.max(), d.mean())
+
+
+class _TopRows:
+    """A row source (`seg.data.rows.RowSource`) over a whole array, recording how far down it was read."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.read = array, array.shape, 0
+
+    def rows(self, count: int) -> np.ndarray:
+        self.read = max(self.read, count)
+        return self.array[:count]
+
+
+def test_train_pipeline_reads_rows_with_the_draws_and_result_of_whole_arrays():
+    """The `RowReader` protocol on its own (no PNG): same tensors as the whole arrays, fewer rows read; a failing
+    source leaves the generators as they were; a pipeline that no longer starts with the crop declines."""
+    image, mask = _smooth_image(90, 120), np.random.default_rng(0).integers(0, 5, (90, 120)).astype(np.uint8)
+    reader, whole = (build_train_transform((30, 40), base_size=None, seed=0) for _ in range(2))
+    assert isinstance(reader, RowReader) and not isinstance(build_eval_transform((80, 60)), RowReader)
+    read = []
+    for i in range(20):
+        source = _TopRows(image)
+        out = reader.call_reading_rows(source, _TopRows(mask) if i % 2 else mask)  # a whole mask is used as is
+        ref = whole(image=image, mask=mask)
+        assert torch.equal(out["image"], ref["image"]) and np.array_equal(out["mask"], ref["mask"])
+        read.append(source.read)
+    assert min(read) < 90 and max(read) <= 90
+
+    class Damaged(_TopRows):
+        def rows(self, count: int) -> np.ndarray:
+            raise ValueError("damaged")
+
+    with pytest.raises(ValueError, match="damaged"):
+        reader.call_reading_rows(Damaged(image), mask)
+    assert torch.equal(reader(image=image, mask=mask)["image"], whole(image=image, mask=mask)["image"])
+    reader.transforms[0].p = 0.5
+    assert reader.call_reading_rows(_TopRows(image), mask) is None
 
 
 def test_nearest_index_matches_opencv_for_many_sizes():

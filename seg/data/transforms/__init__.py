@@ -19,6 +19,7 @@ from .recipe import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
     NormalizeToTensor,
+    TrainPipeline,
     build_eval_transform,
     build_train_transform,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "PhotoMetricDistortion",
     "RandomRescale",
     "RandomRescaleCrop",
+    "TrainPipeline",
     "build_eval_transform",
     "build_train_transform",
     "nearest_index",

@@ -19,6 +19,7 @@ import numpy as np
 from seg.deploy.geometry import rescale_size
 
 from ..base import IGNORE_INDEX
+from ..rows import RowSource
 
 
 def _check_ratio_range(ratio_range: tuple[float, float]) -> tuple[float, float]:
@@ -251,13 +252,15 @@ class RandomRescaleCrop(CatMaxRandomCrop):
         self._source: Any = None
 
     @contextlib.contextmanager
-    def reading(self, image: Any, mask: Any = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """Crop from sources that decode from the top (``.shape``, ``.rows(n)`` -> the first n rows, e.g.
-        `seg.data.png.PngRows`), reading only the rows the drawn crop needs (and the candidate boxes the
-        cat-max rule looks at, for the mask). Yields stand-ins of the image's (and mask's) shape to pass to the
-        pipeline as ``image`` and ``mask`` (zeros, allocated lazily by the OS: never touched, they cost no
-        time). The crop must be the pipeline's first step (`SegDataset` checks, `apply` too). Same draws and
-        same result as passing the whole decoded arrays."""
+    def reading(
+        self, image: RowSource, mask: RowSource | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Crop from row sources (`seg.data.rows.RowSource`: images decoded from the top as far as asked, e.g.
+        `seg.data.png.PngRows`), reading only the rows the drawn crop needs (and the candidate boxes the cat-max
+        rule looks at, for the mask). Yields stand-ins of the image's (and mask's) shape to pass to the pipeline
+        as ``image`` and ``mask`` (zeros, allocated lazily by the OS: never touched, they cost no time). The crop
+        must be the pipeline's first step (`TrainPipeline.call_reading_rows` checks, `apply` too). Same draws
+        and same result as passing the whole decoded arrays."""
         stand_ins = np.zeros(image.shape, np.uint8), None if mask is None else np.zeros(mask.shape, np.uint8)
         self._source = (image, mask), stand_ins
         try:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..base import IGNORE_INDEX
+from ..rows import RowSource
 from ..seeding import reseed_transform
 from .geometric import EvalResize, RandomRescaleCrop
 from .photometric import PhotoMetricDistortion
@@ -96,6 +97,32 @@ def _normalize(mean: Sequence[float], std: Sequence[float]) -> A.Normalize:
     return A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=1.0)
 
 
+class TrainPipeline(A.Compose):
+    """The training recipe's `A.Compose`, which can also read a sample from row sources (`seg.data.rows.RowReader`):
+    its first step, `RandomRescaleCrop`, then decodes image and mask only down to the rows the drawn crop needs."""
+
+    def call_reading_rows(self, image: RowSource, mask: RowSource | np.ndarray) -> dict[str, Any] | None:
+        """``self(image=..., mask=...)`` of the whole decoded arrays, reading `image` (and `mask`, when it is a row
+        source) only as far as the crop reaches (`RandomRescaleCrop.reading`): the same draws, the same result.
+
+        None unless the pipeline always runs and starts with an always-applied `RandomRescaleCrop` (as
+        `build_train_transform` builds it). If a source raises (damaged data), the pipeline's generators are put
+        back as they were before the call and the error propagates: calling the pipeline on the whole decoded
+        arrays then repeats the same draws.
+        """
+        crop = self.transforms[0] if len(self.transforms) else None
+        if self.p < 1 or not isinstance(crop, RandomRescaleCrop) or crop.p < 1:
+            return None
+        state = self.random_generator.bit_generator.state, self.py_random.getstate()
+        try:
+            with crop.reading(image, None if isinstance(mask, np.ndarray) else mask) as (image_in, mask_in):
+                return self(image=image_in, mask=mask if mask_in is None else mask_in)
+        except Exception:
+            self.random_generator.bit_generator.state = state[0]
+            self.py_random.setstate(state[1])
+            raise
+
+
 def build_train_transform(
     crop_size: tuple[int, int] = (512, 1024),
     base_size: tuple[int, int] | None = (2048, 1024),
@@ -108,7 +135,7 @@ def build_train_transform(
     ignore_index: int = IGNORE_INDEX,
     normalize: bool = True,
     seed: int | None = None,
-) -> A.Compose:
+) -> TrainPipeline:
     """The mmseg training pipeline. crop_size is (H, W); base_size is (W, H) (mmseg order) or None.
 
     Steps: `RandomRescaleCrop`, HorizontalFlip, `PhotoMetricDistortion` (if `photometric`), then
@@ -136,7 +163,7 @@ def build_train_transform(
                 fill_mask=ignore_index,
             )
         )
-    pipeline = A.Compose(steps, strict=True)
+    pipeline = TrainPipeline(steps, strict=True)
     reseed_transform(pipeline, seed)
     return pipeline
 
