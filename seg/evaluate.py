@@ -75,7 +75,7 @@ def main(args: Optional[list[str]] = None) -> dict[str, Any]:
         "scales": list(hp.eval_scales),
         "flip": hp.eval_flip,
         "val_mode": dm.hparams.val_mode,
-        "test_scale": list(dm.base_size) if dm.base_size and dm.hparams.val_mode == "resize" else None,
+        "test_scale": list(dm.scale) if dm.scale and dm.hparams.val_mode == "resize" else None,
         "crop_size": list(hp.eval_crop_size) if hp.eval_mode == "slide" else None,
         "stride": list(hp.eval_stride) if hp.eval_mode == "slide" else None,
         "ckpt": str(cli.config.ckpt),

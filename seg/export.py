@@ -172,21 +172,22 @@ def deploy_settings(
 ) -> dict[str, Any]:
     """The inference settings of ``seg.deploy.metadata`` (without the graph's own keys), as ``seg.predict``
     would use them: model eval settings from ``hp``, data settings from ``data``, then ``overrides``."""
-    from seg.data.datamodule import BASE_SIZES
+    from seg.data.datamodule import DEFAULT_SCALES, upgrade_data_hparams
 
+    data = upgrade_data_hparams(data)  # checkpoints written with data.base_size (W, H)
     num_classes = int(model.build_args["num_classes"])
     names, palette = _classes_and_palette(num_classes, data)
-    eval_resize = None
+    test_scale = None
     if data and data.get("val_mode", "resize") == "resize":
-        base = data.get("base_size") or BASE_SIZES.get(data.get("dataset", "folder"))
-        eval_resize = list(base) if base is not None else None
+        scale = data.get("scale") or DEFAULT_SCALES.get(data.get("dataset", "folder"))
+        test_scale = list(scale) if scale is not None else None
     meta = {
         "num_classes": num_classes,
         "classes": names,
         "palette": palette,
         "mean": [float(m) for m in data.get("mean", IMAGENET_MEAN)],
         "std": [float(s) for s in data.get("std", IMAGENET_STD)],
-        "eval_resize": eval_resize,
+        "test_scale": test_scale,
         "eval_mode": hp.get("eval_mode", "whole"),
         "crop_size": list(hp.get("eval_crop_size", (512, 1024))),
         "stride": list(hp.get("eval_stride", (341, 341))),

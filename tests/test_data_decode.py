@@ -167,7 +167,7 @@ def _fake_cityscapes(tmp_path: Path, n: int = 3) -> Path:
     from seg.data.bench import write_fake_cityscapes
 
     root = tmp_path / "cityscapes"
-    write_fake_cityscapes(root, n=n, size=(512, 256))
+    write_fake_cityscapes(root, n=n, size=(256, 512))
     return root
 
 
@@ -179,7 +179,7 @@ def test_training_crop_reads_only_the_rows_it_needs_with_the_same_result(tmp_pat
 
     root = _fake_cityscapes(tmp_path)
     lazy, whole = (
-        CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (512, 256), seed=0))
+        CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (256, 512), seed=0))
         for _ in range(2)
     )
     monkeypatch.setattr(whole, "_row_reader", lambda: None)
@@ -195,9 +195,9 @@ def test_training_crop_reads_only_the_rows_it_needs_with_the_same_result(tmp_pat
     assert 0.4 < np.mean(fractions) < 0.9  # the recipe's scales: ~0.7 of the rows on average
     assert min(fractions) < 0.5 and max(fractions) == 1.0
     assert len(asked) >= 80  # image and mask, every sample
-    cached = CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (512, 256)))
+    cached = CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (256, 512)))
     cached.set_cache(tmp_path / "cache")
-    evaluated = CityscapesDataset(root, "train", transform=build_eval_transform((512, 256)))
+    evaluated = CityscapesDataset(root, "train", transform=build_eval_transform((256, 512)))
     assert cached._row_reader() is None and evaluated._row_reader() is None and lazy._row_reader() is not None
 
 
@@ -209,7 +209,7 @@ def test_training_crop_checks_the_labels_it_reads_and_falls_back_on_damage(tmp_p
 
     root = _fake_cityscapes(tmp_path, n=1)
     lazy, whole = (
-        CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (512, 256), seed=0))
+        CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (256, 512), seed=0))
         for _ in range(2)
     )
     monkeypatch.setattr(whole, "_row_reader", lambda: None)
@@ -237,7 +237,7 @@ def test_without_the_fast_extra_training_decodes_whole_files(tmp_path, monkeypat
     from seg.data.transforms import build_train_transform
 
     root = _fake_cityscapes(tmp_path, n=1)
-    ds = CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (512, 256), seed=0))
+    ds = CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (256, 512), seed=0))
     monkeypatch.setattr(png_module, "_isal", None)
     assert ds._transform_reading_rows(0) is None  # no row-limited decode: the usual path
     sample = ds[0]

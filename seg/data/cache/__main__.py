@@ -12,7 +12,7 @@ import time
 from torch.utils.data import DataLoader, Dataset
 
 from ..base import SegDataset
-from ..datamodule import BASE_SIZES, SegDataModule
+from ..datamodule import DEFAULT_SCALES, SegDataModule
 from . import cache_size
 
 
@@ -32,7 +32,7 @@ class _Fill(Dataset):
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m seg.data.cache", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", choices=sorted(BASE_SIZES), default="folder")
+    p.add_argument("--dataset", choices=sorted(DEFAULT_SCALES), default="folder")
     p.add_argument("--root", required=True, help="dataset root (as data.root)")
     p.add_argument("--cache-dir", required=True, help="cache folder (as data.cache_dir)")
     p.add_argument("--split", nargs="+", default=["train", "val"], help="splits to fill (default: train val)")

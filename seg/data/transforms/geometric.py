@@ -28,11 +28,17 @@ def _check_ratio_range(ratio_range: tuple[float, float]) -> tuple[float, float]:
     return float(ratio_range[0]), float(ratio_range[1])
 
 
-def _scaled_size(width: int, height: int, ratio: float, base_size: tuple[int, int] | None) -> tuple[int, int]:
-    """(W, H) after mmseg's RandomResize by `ratio` of `base_size` (None: of the input's own size)."""
-    if base_size is None:
-        return max(1, int(width * ratio + 0.5)), max(1, int(height * ratio + 0.5))
-    return rescale_size(width, height, (int(base_size[0] * ratio), int(base_size[1] * ratio)))
+def _check_scale(scale: tuple[int, int] | None) -> tuple[int, int] | None:
+    if scale is not None and (len(scale) != 2 or min(scale) <= 0):
+        raise ValueError(f"scale must be (H, W), both > 0, or None; got {scale}")
+    return tuple(scale) if scale is not None else None
+
+
+def _scaled_size(height: int, width: int, ratio: float, scale: tuple[int, int] | None) -> tuple[int, int]:
+    """(H, W) after mmseg's RandomResize by `ratio` of `scale` (H, W) (None: of the input's own size)."""
+    if scale is None:
+        return max(1, int(height * ratio + 0.5)), max(1, int(width * ratio + 0.5))
+    return rescale_size(height, width, (int(scale[0] * ratio), int(scale[1] * ratio)))
 
 
 def _dominated(region: np.ndarray, ignore_index: int, cat_max_ratio: float) -> bool:
@@ -56,7 +62,7 @@ def nearest_index(src_len: int, dst_len: int, start: int, stop: int) -> np.ndarr
 
 
 def rows_needed(src_height: int, height: int, box: tuple[int, int, int, int], interpolation: int) -> int:
-    """How many source rows from the top `resize_region(img, (., height), box, interpolation)` reads, for an
+    """How many source rows from the top `resize_region(img, (height, .), box, interpolation)` reads, for an
     image `src_height` rows high: up to the sample position of the box's last row plus the interpolation
     kernel's reach, with a margin for warpAffine's fixed-point rounding. Every row for other modes."""
     y2 = box[3]
@@ -78,31 +84,32 @@ def resize_region(
     interpolation: int = cv2.INTER_LINEAR,
     src_size: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """``cv2.resize(img, size, interpolation)[y1:y2, x1:x2]`` for box (x1, y1, x2, y2), computing only the box.
+    """``cv2.resize(img, (W, H), interpolation)[y1:y2, x1:x2]`` for `size` (H, W) and box (x1, y1, x2, y2),
+    computing only the box.
 
     Nearest: exact (see `nearest_index`). Linear/cubic: the same sample positions (pixel centres,
     ``(x + 0.5) * scale - 0.5``, edges replicated as resize clamps) through `cv2.warpAffine`, whose 1/32-pixel
     fixed-point coordinates differ from resize's by at most one grey level on natural images. Other modes
     (e.g. INTER_AREA) resize the whole image and crop.
 
-    src_size: (W, H) of the whole source when `img` holds only its top rows (at least `rows_needed` of them):
+    src_size: (H, W) of the whole source when `img` holds only its top rows (at least `rows_needed` of them):
     the result is the same as from the whole image.
     """
     x1, y1, x2, y2 = box
-    src_w, src_h = src_size if src_size is not None else (img.shape[1], img.shape[0])
-    if src_h != img.shape[0] and img.shape[0] < rows_needed(src_h, size[1], box, interpolation):
+    src_h, src_w = src_size if src_size is not None else img.shape[:2]
+    if src_h != img.shape[0] and img.shape[0] < rows_needed(src_h, size[0], box, interpolation):
         raise ValueError(
             f"resize_region: {img.shape[0]} of {src_h} rows given, "
-            f"{rows_needed(src_h, size[1], box, interpolation)} needed"
+            f"{rows_needed(src_h, size[0], box, interpolation)} needed"
         )
-    width, height = size
-    if (width, height) == (src_w, src_h):
+    height, width = size
+    if (height, width) == (src_h, src_w):
         return np.ascontiguousarray(img[y1:y2, x1:x2])
     if interpolation == cv2.INTER_NEAREST:
         rows = img.take(nearest_index(src_h, height, y1, y2), axis=0)
         return rows.take(nearest_index(src_w, width, x1, x2), axis=1)
     if interpolation not in (cv2.INTER_LINEAR, cv2.INTER_CUBIC) or img.ndim > 2 and img.shape[2] > 4:
-        return np.ascontiguousarray(cv2.resize(img, size, interpolation=interpolation)[y1:y2, x1:x2])
+        return np.ascontiguousarray(cv2.resize(img, (width, height), interpolation=interpolation)[y1:y2, x1:x2])
     sx, sy = src_w / width, src_h / height
     inverse = np.array([[sx, 0.0, (x1 + 0.5) * sx - 0.5], [0.0, sy, (y1 + 0.5) * sy - 0.5]])  # dst -> src
     out = cv2.warpAffine(
@@ -115,40 +122,40 @@ class RandomRescale(A.DualTransform):
     """Resize by a random ratio of a base size, keeping the aspect ratio (mmseg ``RandomResize(keep_ratio=True)``).
 
     Args:
-        base_size: (W, H) base scale, e.g. (2048, 1024) for Cityscapes, or None to scale relative to the input's
-            own size.
+        scale: (H, W) base scale, e.g. (1024, 2048) for Cityscapes (a keep-ratio bound: long edge <= max, short
+            edge <= min, times the ratio), or None to scale relative to the input's own size.
         ratio_range: the ratio is drawn uniformly from this range; (1, 1) is a deterministic resize.
         interpolation: OpenCV flag for the image; masks always use nearest.
     """
 
     def __init__(
         self,
-        base_size: tuple[int, int] | None = (2048, 1024),
+        scale: tuple[int, int] | None,
         ratio_range: tuple[float, float] = (0.5, 2.0),
         interpolation: int = cv2.INTER_LINEAR,
         p: float = 1.0,
     ) -> None:
         super().__init__(p=p)
-        self.base_size = tuple(base_size) if base_size is not None else None
+        self.scale = _check_scale(scale)
         self.ratio_range = _check_ratio_range(ratio_range)
         self.interpolation = interpolation
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         height, width = params["shape"][:2]
-        return {"size": _scaled_size(width, height, self.py_random.uniform(*self.ratio_range), self.base_size)}
+        return {"size": _scaled_size(height, width, self.py_random.uniform(*self.ratio_range), self.scale)}
 
     def apply(self, img: np.ndarray, size: tuple[int, int] = (1, 1), **params: Any) -> np.ndarray:
-        if (img.shape[1], img.shape[0]) == size:
+        if img.shape[:2] == size:  # size: (H, W)
             return img
-        return cv2.resize(img, size, interpolation=self.interpolation)
+        return cv2.resize(img, size[::-1], interpolation=self.interpolation)
 
     def apply_to_mask(self, mask: np.ndarray, size: tuple[int, int] = (1, 1), **params: Any) -> np.ndarray:
-        if (mask.shape[1], mask.shape[0]) == size:
+        if mask.shape[:2] == size:
             return mask
-        return cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        return cv2.resize(mask, size[::-1], interpolation=cv2.INTER_NEAREST)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("base_size", "ratio_range", "interpolation")
+        return ("scale", "ratio_range", "interpolation")
 
 
 class CatMaxRandomCrop(A.DualTransform):
@@ -225,11 +232,12 @@ class RandomRescaleCrop(CatMaxRandomCrop):
     Same random draws in the same order as the two steps (ratio, then crop offsets and cat-max re-draws on the
     rescaled mask), so the same generator state gives the same crop. The mask under a candidate box is
     gathered with `nearest_index` (exactly the rescaled mask's pixels); the image region is produced by
-    `resize_region`. At scale 2 on a 2048x1024 image this writes 16x fewer pixels than resizing everything.
+    `resize_region`. At ratio 2 on a 1024x2048 image this writes 16x fewer pixels than resizing everything.
+    Its params: ``size`` (H, W) of the rescaled image, ``box`` (x1, y1, x2, y2) of the crop in it.
 
     Args:
         height, width: crop size.
-        base_size, ratio_range, interpolation: as `RandomRescale`.
+        scale, ratio_range, interpolation: as `RandomRescale`.
         cat_max_ratio, ignore_index, max_tries: as `CatMaxRandomCrop`.
     """
 
@@ -237,7 +245,7 @@ class RandomRescaleCrop(CatMaxRandomCrop):
         self,
         height: int,
         width: int,
-        base_size: tuple[int, int] | None = (2048, 1024),
+        scale: tuple[int, int] | None,
         ratio_range: tuple[float, float] = (0.5, 2.0),
         cat_max_ratio: float = 0.75,
         ignore_index: int = IGNORE_INDEX,
@@ -246,7 +254,7 @@ class RandomRescaleCrop(CatMaxRandomCrop):
         p: float = 1.0,
     ) -> None:
         super().__init__(height, width, cat_max_ratio, ignore_index, max_tries, p=p)
-        self.base_size = tuple(base_size) if base_size is not None else None
+        self.scale = _check_scale(scale)
         self.ratio_range = _check_ratio_range(ratio_range)
         self.interpolation = interpolation
         self._source: Any = None
@@ -278,15 +286,15 @@ class RandomRescaleCrop(CatMaxRandomCrop):
         if given is not stand_in:
             raise RuntimeError("RandomRescaleCrop.reading: the crop must be the first step of the pipeline")
         src_h, src_w = source.shape[:2]
-        top = source.rows(rows_needed(src_h, size[1], box, interpolation))
-        return resize_region(top, size, box, interpolation, src_size=(src_w, src_h))
+        top = source.rows(rows_needed(src_h, size[0], box, interpolation))
+        return resize_region(top, size, box, interpolation, src_size=(src_h, src_w))
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         src_h, src_w = params["shape"][:2]
-        size = _scaled_size(src_w, src_h, self.py_random.uniform(*self.ratio_range), self.base_size)
+        size = _scaled_size(src_h, src_w, self.py_random.uniform(*self.ratio_range), self.scale)  # (H, W)
         mask = data.get("mask")
         region = None if mask is None else (lambda b: self._read(1, mask, size, b, cv2.INTER_NEAREST))
-        return {"size": size, "box": self._draw_box(size[1], size[0], region)}
+        return {"size": size, "box": self._draw_box(size[0], size[1], region)}
 
     def apply(
         self,
@@ -310,7 +318,7 @@ class RandomRescaleCrop(CatMaxRandomCrop):
         return (
             "height",
             "width",
-            "base_size",
+            "scale",
             "ratio_range",
             "cat_max_ratio",
             "ignore_index",
@@ -325,7 +333,8 @@ class EvalResize(A.ImageOnlyTransform):
     and predictions are resized back to it before scoring (:meth:`SegmentationModule.eval_predictions`).
 
     Args:
-        scale: (W, H) test scale, e.g. (2048, 512) for ADE20K (mmcv ``rescale_size`` with a tuple).
+        scale: (H, W) test scale, e.g. (512, 2048) for ADE20K: long edge <= max, short edge <= min (mmcv
+            ``rescale_size`` with a tuple).
         interpolation: OpenCV flag (bilinear, as mmcv ``imresize``).
     """
 
@@ -335,10 +344,10 @@ class EvalResize(A.ImageOnlyTransform):
         self.interpolation = interpolation
 
     def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
-        size = rescale_size(img.shape[1], img.shape[0], self.scale)  # (W, H)
-        if (img.shape[1], img.shape[0]) == size:
+        size = rescale_size(img.shape[0], img.shape[1], self.scale)  # (H, W)
+        if img.shape[:2] == size:
             return img
-        return cv2.resize(img, size, interpolation=self.interpolation)
+        return cv2.resize(img, size[::-1], interpolation=self.interpolation)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("scale", "interpolation")

@@ -2,7 +2,7 @@
 
 Train pipeline (mmsegmentation ``configs/_base_/datasets/cityscapes.py`` / ``ade20k.py``)::
 
-    RandomRescale(base_size, ratio 0.5-2.0, keep ratio)   image bilinear, mask nearest
+    RandomRescale(scale, ratio 0.5-2.0, keep ratio)       image bilinear, mask nearest
     CatMaxRandomCrop(crop_size, cat_max_ratio=0.75)       re-sample up to 10x while one class dominates
     HorizontalFlip(p=0.5)
     PhotoMetricDistortion()                               brightness, contrast, saturation, hue (uint8)
@@ -16,6 +16,9 @@ normalised, padded (3, H, W) tensor in one pass.
 
 All randomness comes from the transforms' own generators (`self.py_random`, `self.random_generator`), so
 `Compose.set_random_state` reseeds everything (see `seg.data.seeding`).
+
+Sizes are (H, W): the crop, e.g. (512, 1024), and the scale, e.g. (1024, 2048) for Cityscapes (mmseg writes
+the scale as (W, H): ``scale=(2048, 1024)``).
 """
 
 from __future__ import annotations
@@ -125,7 +128,7 @@ class TrainPipeline(A.Compose):
 
 def build_train_transform(
     crop_size: tuple[int, int] = (512, 1024),
-    base_size: tuple[int, int] | None = (2048, 1024),
+    scale: tuple[int, int] | None = (1024, 2048),
     scale_range: tuple[float, float] = (0.5, 2.0),
     cat_max_ratio: float = 0.75,
     flip_prob: float = 0.5,
@@ -136,7 +139,8 @@ def build_train_transform(
     normalize: bool = True,
     seed: int | None = None,
 ) -> TrainPipeline:
-    """The mmseg training pipeline. crop_size is (H, W); base_size is (W, H) (mmseg order) or None.
+    """The mmseg training pipeline. crop_size is (H, W); scale is the (H, W) base of the random keep-ratio
+    rescale (its ratio drawn from `scale_range`), or None for the image's own size.
 
     Steps: `RandomRescaleCrop`, HorizontalFlip, `PhotoMetricDistortion` (if `photometric`), then
     `NormalizeToTensor` (float32 (3, H, W) tensor, padded to the crop). normalize=False ends with uint8 HxWx3
@@ -144,7 +148,7 @@ def build_train_transform(
     """
     crop_h, crop_w = crop_size
     steps: list[A.BasicTransform] = [
-        RandomRescaleCrop(crop_h, crop_w, base_size, scale_range, cat_max_ratio, ignore_index),
+        RandomRescaleCrop(crop_h, crop_w, scale, scale_range, cat_max_ratio, ignore_index),
         A.HorizontalFlip(p=flip_prob),
     ]
     if photometric:
@@ -169,18 +173,18 @@ def build_train_transform(
 
 
 def build_eval_transform(
-    base_size: tuple[int, int] | None = (2048, 1024),
+    scale: tuple[int, int] | None = (1024, 2048),
     mode: str = "resize",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> A.Compose:
-    """Validation/test: 'resize' rescales the *image* to fit base_size (W, H) keeping the aspect ratio (mmseg's
-    test pipeline); the mask always keeps its original size, where predictions are scored. 'full' feeds the
-    image at its original resolution too."""
+    """Validation/test: 'resize' rescales the *image* to fit `scale` (H, W) keeping the aspect ratio (mmseg's
+    test pipeline; None keeps it); the mask always keeps its original size, where predictions are scored. 'full'
+    feeds the image at its original resolution too."""
     if mode not in ("resize", "full"):
         raise ValueError(f"val_mode must be 'resize' or 'full', got {mode!r}")
     steps: list[A.BasicTransform] = []
-    if mode == "resize" and base_size is not None:
-        steps.append(EvalResize(base_size))
+    if mode == "resize" and scale is not None:
+        steps.append(EvalResize(scale))
     steps.append(_normalize(mean, std))
     return A.Compose(steps, strict=True, seed=0)
