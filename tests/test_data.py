@@ -196,7 +196,7 @@ def test_corrupt_mask_names_file(tmp_path):
 def test_size_mismatch_names_both_files(tmp_path):
     folder_tree(tmp_path, n=1, size=(24, 32))
     write_mask(tmp_path / "train/masks/im0.png", np.zeros((24, 30), np.uint8))
-    with pytest.raises(DataError, match=r"masks/im0\.png.*30x24.*images/im0\.png.*32x24"):
+    with pytest.raises(DataError, match=r"masks/im0\.png.*24x30 \(HxW\).*images/im0\.png.*24x32"):
         FolderDataset(tmp_path, "train", classes=["a", "b", "c"])[0]
 
 
@@ -256,7 +256,7 @@ def test_check_reports_every_problem(tmp_path, capsys):
     assert "4 problem(s)" in out
     for needle in ["images/im0.png", "masks/im1.png", "masks/im2.png: mask values 9", "images/im3.png has no mask"]:
         assert needle in out, needle
-    assert "24 x 32" not in out and "32 x 24: 1" in out  # the one good sample (im4), W x H
+    assert "32 x 24" not in out and "24 x 32: 1" in out  # the one good sample (im4), H x W
     assert "class pixel frequencies" in out
 
 

@@ -228,7 +228,7 @@ def test_training_crop_checks_the_labels_it_reads_and_falls_back_on_damage(tmp_p
     with pytest.raises(DataError, match=f"{mask_path.name}: mask values 250 are neither"):
         lazy[0]
     Image.fromarray(labels[:100]).save(mask_path)  # and a mask of another size than its image
-    with pytest.raises(DataError, match=f"{mask_path.name}: mask size 512x100 \\(WxH\\) does not match image"):
+    with pytest.raises(DataError, match=f"{mask_path.name}: mask size 100x512 \\(HxW\\) does not match image"):
         lazy[0]
 
 

@@ -208,8 +208,8 @@ def default_palette(num_classes: int) -> Palette:
 def _check_sizes(img_path: Path, image_shape: tuple[int, ...], mask_path: Path, mask_shape: tuple[int, ...]) -> None:
     if image_shape[:2] != mask_shape[:2]:
         raise DataError(
-            f"{mask_path}: mask size {mask_shape[1]}x{mask_shape[0]} (WxH) does not match image "
-            f"{img_path} size {image_shape[1]}x{image_shape[0]}"
+            f"{mask_path}: mask size {mask_shape[0]}x{mask_shape[1]} (HxW) does not match image "
+            f"{img_path} size {image_shape[0]}x{image_shape[1]}"
         )
 
 
