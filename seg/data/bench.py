@@ -94,13 +94,13 @@ def main(argv: list[str] | None = None) -> None:
     from . import png as png_decoder
     from .cityscapes import CityscapesDataset
     from .datamodule import collate, seed_worker
-    from .transforms import build_train_transform
+    from .transforms import CITYSCAPES_CROP, CITYSCAPES_SCALE, build_train_transform
 
     p = argparse.ArgumentParser(prog="python -m seg.data.bench", description=__doc__.split("\n")[0])
     p.add_argument("--iters", type=int, default=30, help="samples timed per measurement")
     p.add_argument("--workers", type=int, default=0, help="also measure a DataLoader with this many workers")
     p.add_argument("--batch-size", type=int, default=8, help="DataLoader batch size")
-    p.add_argument("--crop", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"))
+    p.add_argument("--crop", type=int, nargs=2, default=CITYSCAPES_CROP, metavar=("H", "W"))
     p.add_argument(
         "--encoder",
         choices=("opencv", "pil"),
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(tmp) / "cityscapes"
         write_fake_cityscapes(root, n=4, encoder=args.encoder)
         png = next((root / "leftImg8bit").rglob("*.png"))
-        transform = build_train_transform(crop_size=tuple(args.crop), scale=(1024, 2048), seed=0)
+        transform = build_train_transform(crop_size=tuple(args.crop), scale=CITYSCAPES_SCALE, seed=0)
         ds = CityscapesDataset(root, "train", transform=transform)
         cached = CityscapesDataset(root, "train", transform=transform)
         cached.set_cache(Path(tmp) / "cache")

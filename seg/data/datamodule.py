@@ -36,15 +36,23 @@ from .folder import FolderDataset, resolve_classes
 from .samplers import EpochSampler, UnpaddedDistributedSampler
 from .seeding import SeededDataset, loader_generator, resolve_data_seed, seed_worker
 from .synthetic import prepare_demo_root
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
+from .transforms import (
+    ADE20K_SCALE,
+    CITYSCAPES_CROP,
+    CITYSCAPES_SCALE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_eval_transform,
+    build_train_transform,
+)
 
 DatasetName = Literal["folder", "cityscapes", "ade20k"]
 
 # data.scale when none is given, (H, W): mmseg's (the scale of its RandomResize and test Resize); folder data is
 # rescaled relative to each image's own size and evaluated at it
 DEFAULT_SCALES: dict[str, tuple[int, int] | None] = {
-    "cityscapes": (1024, 2048),
-    "ade20k": (512, 2048),
+    "cityscapes": CITYSCAPES_SCALE,
+    "ade20k": ADE20K_SCALE,
     "folder": None,
 }
 
@@ -163,7 +171,7 @@ class SegDataModule(L.LightningDataModule):
         val_batch_size: int = 1,
         num_workers: int = 4,
         prefetch_factor: int = 4,
-        crop_size: tuple[int, int] = (512, 1024),
+        crop_size: tuple[int, int] = CITYSCAPES_CROP,
         scale: tuple[int, int] | None = None,
         scale_range: tuple[float, float] = (0.5, 2.0),
         cat_max_ratio: float = 0.75,

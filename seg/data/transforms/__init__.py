@@ -16,6 +16,9 @@ from .geometric import (  # noqa: E402
 )
 from .photometric import PhotoMetricDistortion  # noqa: E402
 from .recipe import (  # noqa: E402
+    ADE20K_SCALE,
+    CITYSCAPES_CROP,
+    CITYSCAPES_SCALE,
     IMAGENET_MEAN,
     IMAGENET_STD,
     NormalizeToTensor,
@@ -25,6 +28,9 @@ from .recipe import (  # noqa: E402
 )
 
 __all__ = [
+    "ADE20K_SCALE",
+    "CITYSCAPES_CROP",
+    "CITYSCAPES_SCALE",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CatMaxRandomCrop",

@@ -39,6 +39,13 @@ from .photometric import PhotoMetricDistortion
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
+# mmseg's recipes, (H, W): the Cityscapes training crop and scale (mmseg: crop_size=(512, 1024),
+# scale=(2048, 1024)), the ADE20K scale (scale=(2048, 512)). The one place seg.data writes them down: the
+# pipelines below, SegDataModule and `python -m seg.data.bench` default to them.
+CITYSCAPES_CROP = (512, 1024)
+CITYSCAPES_SCALE = (1024, 2048)
+ADE20K_SCALE = (512, 2048)
+
 
 class NormalizeToTensor(A.DualTransform):
     """Normalise, pad and lay out in one pass: uint8 HxWx3 -> float32 (3, H', W') torch tensor.
@@ -127,8 +134,8 @@ class TrainPipeline(A.Compose):
 
 
 def build_train_transform(
-    crop_size: tuple[int, int] = (512, 1024),
-    scale: tuple[int, int] | None = (1024, 2048),
+    crop_size: tuple[int, int] = CITYSCAPES_CROP,
+    scale: tuple[int, int] | None = CITYSCAPES_SCALE,
     scale_range: tuple[float, float] = (0.5, 2.0),
     cat_max_ratio: float = 0.75,
     flip_prob: float = 0.5,
@@ -173,7 +180,7 @@ def build_train_transform(
 
 
 def build_eval_transform(
-    scale: tuple[int, int] | None = (1024, 2048),
+    scale: tuple[int, int] | None = CITYSCAPES_SCALE,
     mode: str = "resize",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
