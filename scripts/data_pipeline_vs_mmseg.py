@@ -100,7 +100,7 @@ def seg_pipeline(root: Path, label_train_ids: bool, cache_dir: Path | None = Non
         root,
         "train",
         label_train_ids=label_train_ids,
-        transform=build_train_transform((512, 1024), (2048, 1024), seed=0),
+        transform=build_train_transform((512, 1024), (1024, 2048), seed=0),
     )
     ds.set_cache(cache_dir)
 

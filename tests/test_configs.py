@@ -96,5 +96,5 @@ def test_config_instantiates(config, folder_root, tmp_path):
         # mmseg's loss normalisation (CrossEntropyLoss default) and test pipeline: images fit the test scale
         # (identity for 2048x1024 Cityscapes), the ground truth is scored at its original size
         assert hp.avg_non_ignore is False and model.criterion.avg_non_ignore is False
-        assert tuple(dm.base_size) == ((2048, 1024) if city else (2048, 512))
+        assert tuple(dm.scale) == ((1024, 2048) if city else (512, 2048))
         assert dm.hparams.val_mode == ("full" if city else "resize")

@@ -196,7 +196,7 @@ def test_corrupt_mask_names_file(tmp_path):
 def test_size_mismatch_names_both_files(tmp_path):
     folder_tree(tmp_path, n=1, size=(24, 32))
     write_mask(tmp_path / "train/masks/im0.png", np.zeros((24, 30), np.uint8))
-    with pytest.raises(DataError, match=r"masks/im0\.png.*30x24.*images/im0\.png.*32x24"):
+    with pytest.raises(DataError, match=r"masks/im0\.png.*24x30 \(HxW\).*images/im0\.png.*24x32"):
         FolderDataset(tmp_path, "train", classes=["a", "b", "c"])[0]
 
 
@@ -256,7 +256,7 @@ def test_check_reports_every_problem(tmp_path, capsys):
     assert "4 problem(s)" in out
     for needle in ["images/im0.png", "masks/im1.png", "masks/im2.png: mask values 9", "images/im3.png has no mask"]:
         assert needle in out, needle
-    assert "24 x 32" not in out and "32 x 24: 1" in out  # the one good sample (im4), W x H
+    assert "32 x 24" not in out and "24 x 32: 1" in out  # the one good sample (im4), H x W
     assert "class pixel frequencies" in out
 
 
@@ -304,37 +304,57 @@ def test_classes_json_invalid(tmp_path):
 # --------------------------------------------------------------------------------------------------- structure
 
 
-def _imports(path: Path, package: str) -> set[str]:
-    """The seg.data modules that `path` imports, at any level except inside a command's `main()` (an entry point
-    imports what it runs; nothing imports it)."""
+def _seg_data_imports() -> dict[str, set[str]]:
+    """seg/data's modules, subpackages included ('transforms.geometric'; a package by its own name, seg/data's
+    ``__init__`` as '__init__'), each with the seg.data modules it imports at any level: a lazy import inside a
+    function, a command's ``main()`` included, is an edge too."""
     import ast
-
-    found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.FunctionDef) and child.name == "main":
-                continue
-            if isinstance(child, ast.ImportFrom) and child.level == 1:  # from .x import y / from . import x
-                found.update([child.module] if child.module else [a.name for a in child.names])
-            elif isinstance(child, ast.ImportFrom) and (child.module or "").startswith(package + "."):
-                found.add(child.module.split(".")[2])
-            visit(child)
-
-    visit(ast.parse(path.read_text()))
-    return found
-
-
-def test_seg_data_modules_import_each_other_without_cycles():
-    """base.py <-> transforms.py imported each other (base lazily, for the reseed helper); a cycle makes the
-    import order matter. The graph of seg/data's modules (lazy imports included) must be acyclic."""
-    import graphlib
 
     import seg.data
 
     folder = Path(seg.data.__file__).parent
-    graph = {p.stem: _imports(p, "seg.data") - {p.stem} for p in folder.glob("*.py") if p.stem != "__init__"}
-    assert {"base", "transforms", "seeding"} <= set(graph) and "base" in graph["transforms"]
+
+    def name(path: Path) -> str:
+        parts = path.relative_to(folder).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
+
+    modules = {name(p): p for p in folder.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        package = [] if module == "__init__" else module.split(".")
+        if path.name != "__init__.py":
+            package = package[:-1]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:  # from .x import y, from .. import x
+                if node.level - 1 > len(package):
+                    continue  # above seg.data
+                target = package[: len(package) - (node.level - 1)] + (node.module.split(".") if node.module else [])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("seg.data"):
+                target = node.module.split(".")[2:]
+            elif isinstance(node, ast.Import):
+                targets = [a.name.split(".")[2:] for a in node.names if a.name.startswith("seg.data.")]
+                found.update(".".join(t) for t in targets)
+                continue
+            else:
+                continue
+            for alias in node.names:  # `from . import png` imports a submodule, `from .base import X` its module
+                sub = ".".join([*target, alias.name])
+                found.add(sub if sub in modules else ".".join(target) or "__init__")
+        graph[module] = found - {module}
+    return graph
+
+
+def test_seg_data_modules_import_each_other_without_cycles():
+    """base.py <-> transforms.py imported each other (base lazily, for the reseed helper), and cache.py's command
+    imported the data module, which imports base, which imported cache (lazily); a cycle makes the import order
+    matter. The graph of seg/data's modules and subpackages (lazy imports included) must be acyclic."""
+    import graphlib
+
+    graph = _seg_data_imports()
+    assert {"__init__", "base", "transforms", "transforms.geometric", "transforms.recipe", "seeding"} <= set(graph)
+    assert "base" in graph["transforms.geometric"] and "transforms.geometric" in graph["transforms"]
+    assert "cache" in graph["base"] and "datamodule" in graph["cache.__main__"]  # the command imports what it runs
     try:
         list(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError as e:

@@ -18,7 +18,7 @@ from seg.data import FolderDataset
 from seg.data import base as base_module
 from seg.data import png as png_module
 from seg.data.cache import FileCache, read_entry, write_entry
-from seg.data.cache import main as cache_main
+from seg.data.cache.__main__ import main as cache_main
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (13, 21, 3), dtype=np.uint8)
@@ -167,7 +167,7 @@ def _fake_cityscapes(tmp_path: Path, n: int = 3) -> Path:
     from seg.data.bench import write_fake_cityscapes
 
     root = tmp_path / "cityscapes"
-    write_fake_cityscapes(root, n=n, size=(512, 256))
+    write_fake_cityscapes(root, n=n, size=(256, 512))
     return root
 
 
@@ -179,7 +179,7 @@ def test_training_crop_reads_only_the_rows_it_needs_with_the_same_result(tmp_pat
 
     root = _fake_cityscapes(tmp_path)
     lazy, whole = (
-        CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (512, 256), seed=0))
+        CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (256, 512), seed=0))
         for _ in range(2)
     )
     monkeypatch.setattr(whole, "_row_reader", lambda: None)
@@ -195,9 +195,9 @@ def test_training_crop_reads_only_the_rows_it_needs_with_the_same_result(tmp_pat
     assert 0.4 < np.mean(fractions) < 0.9  # the recipe's scales: ~0.7 of the rows on average
     assert min(fractions) < 0.5 and max(fractions) == 1.0
     assert len(asked) >= 80  # image and mask, every sample
-    cached = CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (512, 256)))
+    cached = CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (256, 512)))
     cached.set_cache(tmp_path / "cache")
-    evaluated = CityscapesDataset(root, "train", transform=build_eval_transform((512, 256)))
+    evaluated = CityscapesDataset(root, "train", transform=build_eval_transform((256, 512)))
     assert cached._row_reader() is None and evaluated._row_reader() is None and lazy._row_reader() is not None
 
 
@@ -209,7 +209,7 @@ def test_training_crop_checks_the_labels_it_reads_and_falls_back_on_damage(tmp_p
 
     root = _fake_cityscapes(tmp_path, n=1)
     lazy, whole = (
-        CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (512, 256), seed=0))
+        CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (256, 512), seed=0))
         for _ in range(2)
     )
     monkeypatch.setattr(whole, "_row_reader", lambda: None)
@@ -228,7 +228,7 @@ def test_training_crop_checks_the_labels_it_reads_and_falls_back_on_damage(tmp_p
     with pytest.raises(DataError, match=f"{mask_path.name}: mask values 250 are neither"):
         lazy[0]
     Image.fromarray(labels[:100]).save(mask_path)  # and a mask of another size than its image
-    with pytest.raises(DataError, match=f"{mask_path.name}: mask size 512x100 \\(WxH\\) does not match image"):
+    with pytest.raises(DataError, match=f"{mask_path.name}: mask size 100x512 \\(HxW\\) does not match image"):
         lazy[0]
 
 
@@ -237,7 +237,7 @@ def test_without_the_fast_extra_training_decodes_whole_files(tmp_path, monkeypat
     from seg.data.transforms import build_train_transform
 
     root = _fake_cityscapes(tmp_path, n=1)
-    ds = CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (512, 256), seed=0))
+    ds = CityscapesDataset(root, "train", transform=build_train_transform((96, 192), (256, 512), seed=0))
     monkeypatch.setattr(png_module, "_isal", None)
     assert ds._transform_reading_rows(0) is None  # no row-limited decode: the usual path
     sample = ds[0]

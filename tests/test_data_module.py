@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from helpers import folder_tree, write_mask, write_rgb
 
 from seg.data import FolderDataset, SegDataModule, UnpaddedDistributedSampler, ensure_demo_data
 from seg.data import datamodule as dm_module
+from seg.data.datamodule import upgrade_data_hparams
 from seg.data.synthetic import CLASSES, PALETTE
 
 
@@ -93,6 +95,44 @@ def test_constructible_from_yaml_like_lightningcli(demo):
     assert isinstance(dm, SegDataModule) and dm.crop_size == (64, 64) and dm.palette[4] == (4, 4, 4)
     with pytest.raises(Exception, match="pascal"):
         p.parse_string("data:\n  dataset: pascal\n")
+
+
+def test_base_size_is_refused_with_the_scale_to_write(demo):
+    """data.base_size (W, H) became data.scale (H, W): an old config fails, naming the value to write."""
+    from jsonargparse import ArgumentParser
+
+    with pytest.raises(
+        ValueError,
+        match=re.escape("data.base_size (W, H) was replaced by data.scale (H, W): write data.scale: [512, 2048]"),
+    ):
+        SegDataModule("ade20k", "never/read", base_size=(2048, 512))
+    p = ArgumentParser(exit_on_error=False)
+    p.add_class_arguments(SegDataModule, "data")
+    cfg = p.parse_string(f"data:\n  dataset: folder\n  root: {demo}\n  base_size: [2048, 1024]\n")
+    with pytest.raises(ValueError, match=re.escape("write data.scale: [1024, 2048]")):
+        p.instantiate(cfg)
+    dm = SegDataModule("folder", str(demo), num_workers=0, scale=(64, 96))
+    assert dm.scale == (64, 96) and dm.hparams.scale == (64, 96) and "base_size" not in dm.hparams
+
+
+def test_upgrade_data_hparams_turns_base_size_into_scale(demo):
+    """The data settings of checkpoints written before (base_size (W, H)) become today's arguments."""
+    old = {"dataset": "ade20k", "root": "r", "crop_size": [512, 512], "base_size": [2048, 512], "val_mode": "resize"}
+    new = upgrade_data_hparams(old)
+    assert new == {
+        "dataset": "ade20k",
+        "root": "r",
+        "crop_size": [512, 512],
+        "val_mode": "resize",
+        "scale": (512, 2048),
+    }
+    assert old["base_size"] == [2048, 512]  # the input is left as it was
+    assert upgrade_data_hparams({"dataset": "folder", "base_size": None}) == {"dataset": "folder"}
+    with pytest.raises(ValueError, match="both base_size"):
+        upgrade_data_hparams({"base_size": [2048, 1024], "scale": [1024, 2048]})
+    dm = SegDataModule(**upgrade_data_hparams({"dataset": "folder", "root": str(demo), "base_size": [96, 64]}))
+    assert dm.scale == (64, 96)
+    assert upgrade_data_hparams(dict(dm.hparams)) == dict(dm.hparams)  # today's settings: unchanged
 
 
 def _hash_tree(root: Path) -> str:

@@ -10,6 +10,8 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from seg.data import UnpaddedDistributedSampler, build_eval_transform, build_train_transform
+from seg.data.rows import RowReader
+from seg.data.seeding import reseed_transform
 from seg.data.transforms import (
     CatMaxRandomCrop,
     NormalizeToTensor,
@@ -17,7 +19,6 @@ from seg.data.transforms import (
     RandomRescale,
     RandomRescaleCrop,
     nearest_index,
-    reseed,
     resize_region,
     rows_needed,
 )
@@ -41,10 +42,10 @@ def _decode(image: np.ndarray) -> np.ndarray:
     return d.argmin(-1)
 
 
-@pytest.mark.parametrize("base_size", [(80, 60), None])
-def test_train_recipe_keeps_image_and_mask_aligned(base_size):
+@pytest.mark.parametrize("scale", [(60, 80), None])
+def test_train_recipe_keeps_image_and_mask_aligned(scale):
     image, mask = _scene()
-    t = build_train_transform(crop_size=(40, 50), base_size=base_size, photometric=False, normalize=False, seed=1)
+    t = build_train_transform(crop_size=(40, 50), scale=scale, photometric=False, normalize=False, seed=1)
     t.transforms[0].interpolation = cv2.INTER_NEAREST  # exact colours -> exact correspondence check
     shapes, flips = set(), 0
     for _ in range(200):
@@ -64,19 +65,19 @@ def test_train_recipe_keeps_image_and_mask_aligned(base_size):
 
 def test_train_recipe_bilinear_and_photometric_masks_stay_nearest():
     image, mask = _scene()
-    t = build_train_transform(crop_size=(40, 50), base_size=(80, 60), seed=2)  # the full recipe as used
+    t = build_train_transform(crop_size=(40, 50), scale=(60, 80), seed=2)  # the full recipe as used
     assert isinstance(t.transforms[2], PhotoMetricDistortion)
     for _ in range(100):
         out = t(image=image, mask=mask)
         assert out["image"].dtype == torch.float32 and out["image"].shape == (3, 40, 50)
         assert set(np.unique(out["mask"])) <= {0, 1, 2, 3, 4, 255}
     # the image-only steps never touch the mask: with photometric distortion, colours still decode right
-    t2 = build_train_transform(crop_size=(40, 50), base_size=(80, 60), normalize=False, seed=3)
+    t2 = build_train_transform(crop_size=(40, 50), scale=(60, 80), normalize=False, seed=3)
     t2.transforms[0].interpolation = cv2.INTER_NEAREST
     t2.transforms[2] = PhotoMetricDistortion(
         brightness_delta=0, contrast_range=(1, 1), saturation_range=(1, 1), hue_delta=0
     )
-    reseed(t2, 3)
+    reseed_transform(t2, 3)
     out = t2(image=image, mask=mask)
     valid = out["mask"] != 255
     agree = (_decode(out["image"])[valid] == out["mask"][valid]).mean()
@@ -84,12 +85,12 @@ def test_train_recipe_bilinear_and_photometric_masks_stay_nearest():
 
 
 def test_rescale_keeps_ratio_like_mmcv():
-    t = RandomRescale(base_size=(2048, 1024), ratio_range=(1.0, 1.0))
+    t = RandomRescale(scale=(1024, 2048), ratio_range=(1.0, 1.0))
     out = t(image=np.zeros((500, 1000, 3), np.uint8), mask=np.zeros((500, 1000), np.uint8))
     assert out["image"].shape[:2] == (1024, 2048) and out["mask"].shape == (1024, 2048)
     out = t(image=np.zeros((683, 512, 3), np.uint8), mask=np.zeros((683, 512), np.uint8))  # portrait
     assert out["image"].shape[:2] == (1366, 1024)  # short edge 1024 binds (long 1366 <= 2048)
-    t = RandomRescale(base_size=(2048, 512), ratio_range=(0.5, 2.0))
+    t = RandomRescale(scale=(512, 2048), ratio_range=(0.5, 2.0))
     t.set_random_seed(0)
     sizes = {t(image=np.zeros((300, 400, 3), np.uint8))["image"].shape[0] for _ in range(50)}
     assert min(sizes) >= 255 and max(sizes) <= 1024 and len(sizes) > 10  # short edge 512 * [0.5, 2]
@@ -119,20 +120,20 @@ def test_cat_max_crop_smaller_input_and_eval_transform():
     crop = CatMaxRandomCrop(64, 64)
     out = crop(image=np.zeros((30, 70, 3), np.uint8), mask=np.zeros((30, 70), np.uint8))
     assert out["image"].shape == (30, 64, 3)
-    t = build_eval_transform((80, 60), "resize")
+    t = build_eval_transform((60, 80), "resize")
     out = t(image=np.zeros((45, 61, 3), np.uint8), mask=np.zeros((45, 61), np.uint8))
     assert out["image"].shape == (59, 80, 3) and out["mask"].shape == (45, 61)  # mask: original size (mmseg)
     np.testing.assert_allclose(
         out["image"][0, 0], -np.array([123.675, 116.28, 103.53]) / [58.395, 57.12, 57.375], rtol=1e-5
     )
-    assert build_eval_transform((80, 60), "full")(image=np.zeros((45, 61, 3), np.uint8))["image"].shape == (45, 61, 3)
+    assert build_eval_transform((60, 80), "full")(image=np.zeros((45, 61, 3), np.uint8))["image"].shape == (45, 61, 3)
     with pytest.raises(ValueError, match="val_mode"):
-        build_eval_transform((80, 60), "crop")
+        build_eval_transform((60, 80), "crop")
 
 
 def test_padding_uses_fill_mask_255_not_zero():
     image, mask = _scene(20, 20)
-    t = build_train_transform(crop_size=(64, 64), base_size=None, scale_range=(1.0, 1.0), seed=0)
+    t = build_train_transform(crop_size=(64, 64), scale=None, scale_range=(1.0, 1.0), seed=0)
     out = t(image=image, mask=mask)
     assert (out["mask"][20:] == 255).all() and (out["mask"][:, 20:] == 255).all()
     assert (out["image"][:, 20:] == 0).all() and (out["image"][:, :, 20:] == 0).all()
@@ -141,10 +142,10 @@ def test_padding_uses_fill_mask_255_not_zero():
 
 def test_seeded_pipelines_repeat_and_reseed_changes_draws():
     image, mask = _scene()
-    a = build_train_transform(crop_size=(30, 30), base_size=(80, 60), seed=5)
-    b = build_train_transform(crop_size=(30, 30), base_size=(80, 60), seed=5)
+    a = build_train_transform(crop_size=(30, 30), scale=(60, 80), seed=5)
+    b = build_train_transform(crop_size=(30, 30), scale=(60, 80), seed=5)
     np.testing.assert_array_equal(a(image=image, mask=mask)["image"], b(image=image, mask=mask)["image"])
-    reseed(b, 6)
+    reseed_transform(b, 6)
     assert not np.array_equal(a(image=image, mask=mask)["image"], b(image=image, mask=mask)["image"])
 
 
@@ -160,20 +161,20 @@ def _smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "src, base_size, ratios, crop",
+    "src, scale, ratios, crop",
     [
         ((45, 61), None, (0.3, 0.9), (20, 30)),  # downscale, odd sizes
         ((45, 61), None, (1.1, 2.3), (40, 50)),  # upscale, odd sizes
-        ((37, 83), (100, 50), (0.5, 2.0), (33, 47)),  # base size, both directions, crops sometimes larger
-        ((64, 128), (128, 64), (2.0, 2.0), (32, 64)),  # exactly 2x
+        ((37, 83), (50, 100), (0.5, 2.0), (33, 47)),  # a scale, both directions, crops sometimes larger
+        ((64, 128), (64, 128), (2.0, 2.0), (32, 64)),  # exactly 2x
     ],
 )
-def test_rescale_crop_equals_resize_then_crop(src, base_size, ratios, crop):
+def test_rescale_crop_equals_resize_then_crop(src, scale, ratios, crop):
     """Resampling only the crop gives resize-then-crop's pixels: masks exactly, images within 1 grey level."""
     h, w = src
     image, mask = _smooth_image(h, w), np.random.default_rng(1).integers(0, 7, (h, w)).astype(np.uint8)
-    t = RandomRescaleCrop(*crop, base_size=base_size, ratio_range=ratios, cat_max_ratio=0.75)
-    nn = RandomRescaleCrop(*crop, base_size=base_size, ratio_range=ratios, interpolation=cv2.INTER_NEAREST)
+    t = RandomRescaleCrop(*crop, scale=scale, ratio_range=ratios, cat_max_ratio=0.75)
+    nn = RandomRescaleCrop(*crop, scale=scale, ratio_range=ratios, interpolation=cv2.INTER_NEAREST)
     t.set_random_seed(0)
     nn.set_random_seed(0)
     seen_sizes = set()
@@ -181,8 +182,8 @@ def test_rescale_crop_equals_resize_then_crop(src, base_size, ratios, crop):
         out = t(image=image, mask=mask)
         size, (x1, y1, x2, y2) = t.params["size"], t.params["box"]
         seen_sizes.add(size)
-        full = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)[y1:y2, x1:x2]
-        full_mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)[y1:y2, x1:x2]
+        full = cv2.resize(image, size[::-1], interpolation=cv2.INTER_LINEAR)[y1:y2, x1:x2]
+        full_mask = cv2.resize(mask, size[::-1], interpolation=cv2.INTER_NEAREST)[y1:y2, x1:x2]
         assert out["image"].shape == full.shape and out["mask"].shape == full_mask.shape
         np.testing.assert_array_equal(out["mask"], full_mask)
         assert np.abs(out["image"].astype(int) - full).max() <= 1
@@ -190,7 +191,7 @@ def test_rescale_crop_equals_resize_then_crop(src, base_size, ratios, crop):
         out_nn = nn(image=image, mask=mask)  # nearest image: exact as well
         size, (x1, y1, x2, y2) = nn.params["size"], nn.params["box"]
         np.testing.assert_array_equal(
-            out_nn["image"], cv2.resize(image, size, interpolation=cv2.INTER_NEAREST)[y1:y2, x1:x2]
+            out_nn["image"], cv2.resize(image, size[::-1], interpolation=cv2.INTER_NEAREST)[y1:y2, x1:x2]
         )
     assert len(seen_sizes) > (1 if ratios[0] < ratios[1] else 0)
 
@@ -198,13 +199,50 @@ def test_rescale_crop_equals_resize_then_crop(src, base_size, ratios, crop):
 def test_rescale_crop_sharp_edges_stay_close():
     """Worst case for the fixed-point sample positions: random noise. Still a few grey levels at most."""
     image = np.random.default_rng(2).integers(0, 256, (41, 59, 3), dtype=np.uint8)
-    t = RandomRescaleCrop(30, 40, base_size=None, ratio_range=(0.5, 2.0))
+    t = RandomRescaleCrop(30, 40, scale=None, ratio_range=(0.5, 2.0))
     t.set_random_seed(3)
     for _ in range(20):
         out = t(image=image)["image"].astype(int)
         size, (x1, y1, x2, y2) = t.params["size"], t.params["box"]
-        d = np.abs(out - cv2.resize(image, size)[y1:y2, x1:x2])
+        d = np.abs(out - cv2.resize(image, size[::-1])[y1:y2, x1:x2])
         assert d.max() <= 8 and d.mean() < 1.0, (size, d.max(), d.mean())
+
+
+class _TopRows:
+    """A row source (`seg.data.rows.RowSource`) over a whole array, recording how far down it was read."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.read = array, array.shape, 0
+
+    def rows(self, count: int) -> np.ndarray:
+        self.read = max(self.read, count)
+        return self.array[:count]
+
+
+def test_train_pipeline_reads_rows_with_the_draws_and_result_of_whole_arrays():
+    """The `RowReader` protocol on its own (no PNG): same tensors as the whole arrays, fewer rows read; a failing
+    source leaves the generators as they were; a pipeline that no longer starts with the crop declines."""
+    image, mask = _smooth_image(90, 120), np.random.default_rng(0).integers(0, 5, (90, 120)).astype(np.uint8)
+    reader, whole = (build_train_transform((30, 40), scale=None, seed=0) for _ in range(2))
+    assert isinstance(reader, RowReader) and not isinstance(build_eval_transform((60, 80)), RowReader)
+    read = []
+    for i in range(20):
+        source = _TopRows(image)
+        out = reader.call_reading_rows(source, _TopRows(mask) if i % 2 else mask)  # a whole mask is used as is
+        ref = whole(image=image, mask=mask)
+        assert torch.equal(out["image"], ref["image"]) and np.array_equal(out["mask"], ref["mask"])
+        read.append(source.read)
+    assert min(read) < 90 and max(read) <= 90
+
+    class Damaged(_TopRows):
+        def rows(self, count: int) -> np.ndarray:
+            raise ValueError("damaged")
+
+    with pytest.raises(ValueError, match="damaged"):
+        reader.call_reading_rows(Damaged(image), mask)
+    assert torch.equal(reader(image=image, mask=mask)["image"], whole(image=image, mask=mask)["image"])
+    reader.transforms[0].p = 0.5
+    assert reader.call_reading_rows(_TopRows(image), mask) is None
 
 
 def test_nearest_index_matches_opencv_for_many_sizes():
@@ -224,10 +262,10 @@ def test_rescale_crop_draws_like_rescale_then_cat_max_crop(cat_max_ratio):
     mask[:, 70:] = 1  # most crops see one class only: the cat-max re-draws matter
     mask[:4] = 255
     image = np.zeros((50, 90, 3), np.uint8)
-    fused = A.Compose([RandomRescaleCrop(30, 40, (90, 50), (0.5, 2.0), cat_max_ratio)])
-    steps = A.Compose([RandomRescale((90, 50), (0.5, 2.0)), CatMaxRandomCrop(30, 40, cat_max_ratio)])
-    reseed(fused, 7)
-    reseed(steps, 7)
+    fused = A.Compose([RandomRescaleCrop(30, 40, (50, 90), (0.5, 2.0), cat_max_ratio)])
+    steps = A.Compose([RandomRescale((50, 90), (0.5, 2.0)), CatMaxRandomCrop(30, 40, cat_max_ratio)])
+    reseed_transform(fused, 7)
+    reseed_transform(steps, 7)
     accepted = 0
     for _ in range(150):
         a, b = fused(image=image, mask=mask)["mask"], steps(image=image, mask=mask)["mask"]
@@ -349,9 +387,9 @@ def test_resize_region_from_the_top_rows_equals_the_whole_image():
         box = (x1, y1, int(rng.integers(x1 + 1, width + 1)), y2)
         for interp in (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_NEAREST, cv2.INTER_AREA):
             n = rows_needed(h, height, box, interp)
-            whole = resize_region(img, (width, height), box, interp)
-            top = resize_region(np.ascontiguousarray(img[:n]), (width, height), box, interp, src_size=(w, h))
+            whole = resize_region(img, (height, width), box, interp)
+            top = resize_region(np.ascontiguousarray(img[:n]), (height, width), box, interp, src_size=(h, w))
             np.testing.assert_array_equal(top, whole, err_msg=f"{(h, w)} -> {(height, width)} {box} {interp}")
             if n > 1 and n < h:
                 with pytest.raises(ValueError, match="rows given"):
-                    resize_region(img[: n - 1], (width, height), box, interp, src_size=(w, h))
+                    resize_region(img[: n - 1], (height, width), box, interp, src_size=(h, w))

@@ -74,7 +74,7 @@ def test_default_normalisation_is_all_pixels(loss_golden):
 
 # -- 2. evaluation protocol -----------------------------------------------------------------------------------
 def _eval_samples(eval_golden) -> list[dict]:
-    t = build_eval_transform(tuple(eval_golden["scale"]), "resize")
+    t = build_eval_transform(tuple(eval_golden["scale"])[::-1], "resize")  # golden: mmseg's (W, H)
     out = []
     for i, s in enumerate(eval_golden["samples"]):
         r = t(image=s["image"].numpy(), mask=s["mask"].numpy())
@@ -96,7 +96,7 @@ def test_eval_transform_resizes_image_only_as_mmseg(eval_golden):
         assert tuple(sample["image"].shape[1:]) == resized.shape[:2]
         np.testing.assert_allclose(sample["image"].permute(1, 2, 0).numpy(), (resized - mean) / std, atol=1e-4)
         assert torch.equal(sample["mask"], s["mask"].long())  # original size and values
-    t = build_eval_transform((2048, 512), "resize")  # the real ADE20K test scale
+    t = build_eval_transform((512, 2048), "resize")  # the real ADE20K test scale
     for (h, w), expected in zip(eval_golden["ade_sizes"], eval_golden["ade_resized_hw"]):
         assert list(t(image=np.zeros((h, w, 3), np.uint8))["image"].shape[:2]) == expected, (h, w)
 
@@ -142,7 +142,7 @@ def test_ade20k_val_batch_keeps_original_masks(tmp_path):
     for name, (h, w) in (("a", (23, 31)), ("b", (27, 19))):
         cv2.imwrite(str(root / f"images/validation/{name}.png"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         cv2.imwrite(str(root / f"annotations/validation/{name}.png"), rng.integers(0, 151, (h, w), dtype=np.uint8))
-    dm = SegDataModule("ade20k", str(tmp_path), base_size=(48, 12), val_batch_size=2, num_workers=0)
+    dm = SegDataModule("ade20k", str(tmp_path), scale=(12, 48), val_batch_size=2, num_workers=0)
     b = next(iter(dm.val_dataloader()))
     # keep-ratio fit: long edge <= 48, short edge <= 12 (mmcv rescale_size), as the golden's mmseg Resize gave
     assert b["img_shape"].tolist() == [[12, 16], [17, 12]]

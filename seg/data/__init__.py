@@ -11,12 +11,9 @@ from .seeding import SeededDataset, seed_worker
 from .synthetic import ensure_demo_data
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
 
-DATASETS = {"folder": FolderDataset, "cityscapes": CityscapesDataset, "ade20k": ADE20KDataset}
-
 __all__ = [
     "ADE20KDataset",
     "CityscapesDataset",
-    "DATASETS",
     "DataError",
     "EpochSampler",
     "FolderDataset",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -25,10 +25,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from . import png
+from .cache import FileCache
+from .rows import MappedRows, RowReader
 from .seeding import reseed_transform
-
-if TYPE_CHECKING:
-    from .cache import FileCache
 
 IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -209,24 +208,9 @@ def default_palette(num_classes: int) -> Palette:
 def _check_sizes(img_path: Path, image_shape: tuple[int, ...], mask_path: Path, mask_shape: tuple[int, ...]) -> None:
     if image_shape[:2] != mask_shape[:2]:
         raise DataError(
-            f"{mask_path}: mask size {mask_shape[1]}x{mask_shape[0]} (WxH) does not match image "
-            f"{img_path} size {image_shape[1]}x{image_shape[0]}"
+            f"{mask_path}: mask size {mask_shape[0]}x{mask_shape[1]} (HxW) does not match image "
+            f"{img_path} size {image_shape[0]}x{image_shape[1]}"
         )
-
-
-class _MappedRows:
-    """A mask source read from the top (`seg.data.png.PngRows`) whose rows go through the dataset's
-    `decode_mask` (train ids, values checked) as they are read."""
-
-    def __init__(self, source: png.PngRows, decode: Callable[[np.ndarray, Path], np.ndarray], path: Path) -> None:
-        self.source, self.decode, self.path = source, decode, path
-        self.shape = source.shape[:2]
-        self._mapped = np.empty((0, self.shape[1]), np.uint8)
-
-    def rows(self, count: int) -> np.ndarray:
-        if count > len(self._mapped):
-            self._mapped = self.decode(self.source.rows(count), self.path)
-        return self._mapped[:count]
 
 
 class SegDataset(Dataset):
@@ -254,8 +238,6 @@ class SegDataset(Dataset):
 
     def set_cache(self, cache_dir: str | Path | None) -> None:
         """Keep decoded images and masks in `cache_dir` (see `seg.data.cache`); None turns caching off."""
-        from .cache import FileCache  # lazily: `python -m seg.data.cache` must not find itself imported
-
         self.cache = FileCache(cache_dir) if cache_dir is not None else None
 
     # -- listing helpers -------------------------------------------------------------------------------
@@ -303,22 +285,19 @@ class SegDataset(Dataset):
         _check_sizes(img_path, image.shape, mask_path, mask.shape)
         return image, mask
 
-    def _row_reader(self) -> Any:
-        """The pipeline's first step if it can crop from the image's top rows alone (`RandomRescaleCrop.reading`:
-        the training recipe), else None. Not with a cache (its entries are whole images already)."""
-        steps = getattr(self.transform, "transforms", None)
-        if self.cache is not None or not steps or getattr(self.transform, "p", 0) < 1:
-            return None
-        first = steps[0]
-        return first if hasattr(first, "reading") and getattr(first, "p", 0) >= 1 else None
+    def _row_reader(self) -> RowReader | None:
+        """The transform if it can read a sample from row sources (`seg.data.rows.RowReader`: the training
+        recipe), else None. Not with a cache (its entries are whole images already)."""
+        return self.transform if self.cache is None and isinstance(self.transform, RowReader) else None
 
     def _transform_reading_rows(self, index: int) -> dict[str, Any] | None:
         """`transform(image=..., mask=...)` of sample `index`, decoding the PNGs only down to the rows the
-        training crop reads (`seg.data.png.PngRows`; ~0.7 of them over the Cityscapes recipe). Same random draws
-        and the same result as decoding everything; the mask's values are mapped and checked (`decode_mask`) on
-        the rows read, which include every pixel trained on. None where this does not apply: decode all."""
-        crop = self._row_reader()
-        if crop is None:
+        transform reads (`seg.data.png.PngRows`; ~0.7 of them for the Cityscapes recipe's crops). Same random
+        draws and the same result as decoding everything; the mask's values are mapped and checked
+        (`decode_mask`) on the rows read, which include every pixel trained on. None where this does not apply:
+        decode all."""
+        reader = self._row_reader()
+        if reader is None:
             return None
         img_path, mask_path = self.samples[index]
         try:
@@ -329,20 +308,14 @@ class SegDataset(Dataset):
         if image is None:
             return None
         if rows is not None and len(rows.shape) == 2:  # index masks: decoded and checked as far as read
-            mask: Any = _MappedRows(rows, self.decode_mask, mask_path)
+            mask: MappedRows | np.ndarray = MappedRows(rows, self.decode_mask, mask_path)
         else:  # colour masks are checked whole (e.g. "grey saved as RGB" is a property of the whole file)
             mask = self.decode_mask(read_mask(mask_path), mask_path)
         _check_sizes(img_path, image.shape, mask_path, mask.shape)
-        generators = self.transform.random_generator, self.transform.py_random
-        state = generators[0].bit_generator.state, generators[1].getstate()
         try:
-            lazy_mask = mask if isinstance(mask, _MappedRows) else None
-            with crop.reading(image, lazy_mask) as (image_in, mask_in):
-                return self.transform(image=image_in, mask=mask if mask_in is None else mask_in)
-        except png.DecodeError:  # damaged past the checked chunks: the same draws on the usual decode (reports it)
-            generators[0].bit_generator.state = state[0]
-            generators[1].setstate(state[1])
-            return None
+            return reader.call_reading_rows(image, mask)
+        except png.DecodeError:  # damaged past the checked chunks: the reader's draws were rolled back, so the
+            return None  # usual decode (which reports the damage) repeats them
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = str(self.samples[index][0])

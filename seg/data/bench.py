@@ -1,9 +1,9 @@
 """Decode + augment throughput of the Cityscapes training recipe, in samples/s per worker (one core).
 
-    python -m seg.data.bench                    # 1 process, 2048x1024 PNG, crop 512x1024
+    python -m seg.data.bench                    # 1 process, 1024x2048 (H x W) PNG, crop 512x1024
     python -m seg.data.bench --workers 4        # also through a DataLoader with 4 workers
 
-A 2048x1024 image and labelIds mask are synthesised as PNGs in a temporary Cityscapes tree (`fake_scene`: its
+A 1024x2048 image and labelIds mask are synthesised as PNGs in a temporary Cityscapes tree (`fake_scene`: its
 PNG is ~2.2 MB, like a real leftImg8bit frame), then `CityscapesDataset` with the SegDataModule train
 transform is read repeatedly: decode (PNG, or the `seg.data.cache` decode cache), label-id mapping and checks,
 rescale 0.5-2.0 + cat-max crop, flip, photometric distortion, normalise, pad, tensor conversion. Rates are
@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 
-def fake_scene(seed: int = 0, size: tuple[int, int] = (2048, 1024)) -> tuple[np.ndarray, np.ndarray]:
-    """A street-scene stand-in: (HxWx3 uint8 RGB image, HxW uint8 Cityscapes label ids).
+def fake_scene(seed: int = 0, size: tuple[int, int] = (1024, 2048)) -> tuple[np.ndarray, np.ndarray]:
+    """A street-scene stand-in of `size` (H, W): (HxWx3 uint8 RGB image, HxW uint8 Cityscapes label ids).
 
     Class blocks of 128 px with one colour each, smooth shading and mild blurred texture: its PNG is ~2.2 MB at
-    2048x1024, like a real ``leftImg8bit`` frame (pure noise would be ~6 MB and decode slower than real data).
+    1024x2048, like a real ``leftImg8bit`` frame (pure noise would be ~6 MB and decode slower than real data).
     """
-    w, h = size
+    h, w = size
     rng = np.random.default_rng(seed)
     label_ids = np.array([7, 8, 11, 21, 23, 24, 26, 0], np.uint8)
     labels = cv2.resize(
@@ -52,9 +52,9 @@ def fake_scene(seed: int = 0, size: tuple[int, int] = (2048, 1024)) -> tuple[np.
 
 
 def write_fake_cityscapes(
-    root: Path, n: int = 1, size: tuple[int, int] = (2048, 1024), encoder: str = "opencv"
+    root: Path, n: int = 1, size: tuple[int, int] = (1024, 2048), encoder: str = "opencv"
 ) -> None:
-    """n `fake_scene` samples in the Cityscapes layout (train split, city 'bench'): image, labelIds and
+    """n `fake_scene` samples of `size` (H, W) in the Cityscapes layout (train split, city 'bench'): image, labelIds and
     labelTrainIds PNGs, written by OpenCV (libpng, every row Sub-filtered) or PIL (`encoder='pil'`: adaptive
     per-row filters, mostly Paeth for photos, as e.g. cityscapesScripts writes its label images). The row
     filters decide how fast a PNG decodes (Paeth rows are the slowest), for every decoder alike."""
@@ -94,13 +94,13 @@ def main(argv: list[str] | None = None) -> None:
     from . import png as png_decoder
     from .cityscapes import CityscapesDataset
     from .datamodule import collate, seed_worker
-    from .transforms import build_train_transform
+    from .transforms import CITYSCAPES_CROP, CITYSCAPES_SCALE, build_train_transform
 
     p = argparse.ArgumentParser(prog="python -m seg.data.bench", description=__doc__.split("\n")[0])
     p.add_argument("--iters", type=int, default=30, help="samples timed per measurement")
     p.add_argument("--workers", type=int, default=0, help="also measure a DataLoader with this many workers")
     p.add_argument("--batch-size", type=int, default=8, help="DataLoader batch size")
-    p.add_argument("--crop", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"))
+    p.add_argument("--crop", type=int, nargs=2, default=CITYSCAPES_CROP, metavar=("H", "W"))
     p.add_argument(
         "--encoder",
         choices=("opencv", "pil"),
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(tmp) / "cityscapes"
         write_fake_cityscapes(root, n=4, encoder=args.encoder)
         png = next((root / "leftImg8bit").rglob("*.png"))
-        transform = build_train_transform(crop_size=tuple(args.crop), base_size=(2048, 1024), seed=0)
+        transform = build_train_transform(crop_size=tuple(args.crop), scale=CITYSCAPES_SCALE, seed=0)
         ds = CityscapesDataset(root, "train", transform=transform)
         cached = CityscapesDataset(root, "train", transform=transform)
         cached.set_cache(Path(tmp) / "cache")
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         ]
         decoder = png_decoder.backend()
         print(
-            f"image: 2048x1024 PNG written by {args.encoder}, {png.stat().st_size / 1e6:.1f} MB, decoded by "
-            f"{decoder}; crop {args.crop[0]}x{args.crop[1]}; 1 thread"
+            f"image: 1024x2048 (H x W) PNG written by {args.encoder}, {png.stat().st_size / 1e6:.1f} MB, decoded by "
+            f"{decoder}; crop {args.crop[0]}x{args.crop[1]} (H x W); 1 thread"
         )
         print(f"{'samples/s per worker':40s} {'wall':>8s} {'CPU':>8s}   ms/sample (CPU)")
         full = {}

@@ -22,7 +22,7 @@ from .base import IGNORE_INDEX, DataError, SegDataset
 
 @dataclass
 class Report:
-    """What `scan` found: problems (one line each, naming the file), pixel counts per class, image sizes."""
+    """What `scan` found: problems (one line each, naming the file), pixel counts per class, image sizes (H, W)."""
 
     dataset: SegDataset | None
     problems: list[str] = field(default_factory=list)
@@ -48,9 +48,9 @@ class Report:
                 if absent:
                     lines.append(f"  classes with no pixels: {', '.join(absent)}")
             if self.sizes:
-                lines.append("image sizes (W x H: count):")
-                for (w, h), n in self.sizes.most_common():
-                    lines.append(f"  {w} x {h}: {n}")
+                lines.append("image sizes (H x W: count):")
+                for (h, w), n in self.sizes.most_common():
+                    lines.append(f"  {h} x {w}: {n}")
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s):")
             lines += [f"  - {p}" for p in self.problems]
@@ -70,7 +70,7 @@ def scan(dataset: SegDataset, limit: int | None = None) -> Report:
             report.problems.append(str(e))
             continue
         report.checked += 1
-        report.sizes[(image.shape[1], image.shape[0])] += 1
+        report.sizes[image.shape[:2]] += 1  # (H, W)
         report.pixels += np.bincount(mask.ravel(), minlength=256)[:256]
     return report
 

@@ -15,6 +15,9 @@ Attributes for the model/visualisation side: `num_classes`, `classes`, `palette`
 * Evaluation protocol (mmseg): with ``val_mode='resize'`` only the image is resized to fit the test scale; the
   mask keeps its original size, and the model resizes its logits back to it before scoring. Eval batches carry
   ``img_shape`` / ``ori_shape`` (B, 2) for that (see `collate`).
+* Sizes are (H, W): ``crop_size`` and ``scale`` (the base of the random rescale and the test scale, mmseg's
+  ``scale`` written the other way round). Checkpoints written before hold ``base_size`` (W, H) in their data
+  settings: `upgrade_data_hparams` turns them into today's arguments.
 """
 
 from __future__ import annotations
@@ -33,16 +36,65 @@ from .folder import FolderDataset, resolve_classes
 from .samplers import EpochSampler, UnpaddedDistributedSampler
 from .seeding import SeededDataset, loader_generator, resolve_data_seed, seed_worker
 from .synthetic import prepare_demo_root
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
+from .transforms import (
+    ADE20K_SCALE,
+    CITYSCAPES_CROP,
+    CITYSCAPES_SCALE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_eval_transform,
+    build_train_transform,
+)
 
 DatasetName = Literal["folder", "cityscapes", "ade20k"]
 
-# mmseg base sizes (W, H); folder data defaults to each image's own size
-BASE_SIZES: dict[str, tuple[int, int] | None] = {
-    "cityscapes": (2048, 1024),
-    "ade20k": (2048, 512),
+# data.scale when none is given, (H, W): mmseg's (the scale of its RandomResize and test Resize); folder data is
+# rescaled relative to each image's own size and evaluated at it
+DEFAULT_SCALES: dict[str, tuple[int, int] | None] = {
+    "cityscapes": CITYSCAPES_SCALE,
+    "ade20k": ADE20K_SCALE,
     "folder": None,
 }
+
+
+def _base_size_error(base_size: Any) -> ValueError:
+    try:
+        scale = f"[{int(base_size[1])}, {int(base_size[0])}]"
+    except (TypeError, ValueError, IndexError):
+        scale = "[H, W]"
+    return ValueError(f"data.base_size (W, H) was replaced by data.scale (H, W): write data.scale: {scale}")
+
+
+def upgrade_data_hparams(hp: dict[str, Any]) -> dict[str, Any]:
+    """The data settings a checkpoint holds (its ``datamodule_hyper_parameters``) as today's `SegDataModule`
+    arguments: checkpoints written before sizes were (H, W) everywhere hold ``base_size`` (W, H), which becomes
+    ``scale`` (H, W). Returns a new dict; settings written since come back unchanged.
+    """
+    out = dict(hp)
+    if "base_size" not in out:
+        return out
+    base_size = out.pop("base_size")
+    if base_size is None:  # the dataset's default then, as `scale` None now
+        return out
+    if out.get("scale") is not None:
+        raise ValueError(
+            f"data settings hold both base_size {list(base_size)} (W, H) and scale {list(out['scale'])} (H, W): "
+            "keep only scale"
+        )
+    if len(base_size) != 2:
+        raise _base_size_error(base_size)
+    out["scale"] = (int(base_size[1]), int(base_size[0]))  # (W, H) -> (H, W)
+    return out
+
+
+def test_scale_of(hp: dict[str, Any]) -> tuple[int, int] | None:
+    """The (H, W) the evaluation transform fits each image into (keeping its aspect ratio) for the data settings
+    ``hp`` (SegDataModule arguments): ``scale`` or the dataset's default with ``val_mode='resize'``; None when
+    images are evaluated as they are (``val_mode='full'``, or folder data without a scale)."""
+    if hp.get("val_mode", "resize") != "resize":
+        return None
+    scale = hp.get("scale") or DEFAULT_SCALES.get(hp.get("dataset", "folder"))
+    return None if scale is None else (int(scale[0]), int(scale[1]))
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -90,13 +142,14 @@ class SegDataModule(L.LightningDataModule):
         prefetch_factor: batches each worker prepares ahead (with workers); 4 keeps the GPU fed through the
             slow samples (large scales, cat-max re-draws).
         crop_size: training crop (H, W).
-        base_size: rescale base (W, H); None = the dataset default (2048x1024 Cityscapes, 2048x512 ADE, the
-            image's own size for folder).
+        scale: (H, W) base of the random rescale and test scale (a keep-ratio bound: long edge <= max, short
+            edge <= min); None = the dataset default (`DEFAULT_SCALES`: 1024x2048 Cityscapes, 512x2048 ADE20K,
+            the image's own size for folder).
         scale_range: random rescale ratio range.
         cat_max_ratio: re-sample the crop while one class covers more than this (1.0 disables).
         flip_prob: horizontal flip probability.
         photometric: photometric distortion on/off.
-        val_mode: 'resize' (the image is rescaled to fit base_size, mmseg's test pipeline) or 'full' (the image
+        val_mode: 'resize' (the image is rescaled to fit `scale`, mmseg's test pipeline) or 'full' (the image
             at its original resolution). Either way the mask keeps its original size and is scored there.
         mean, std: normalisation, 0-255 RGB (ImageNet by default).
         seed: the data seed: the training order of each epoch and every training sample's augmentation are
@@ -110,6 +163,7 @@ class SegDataModule(L.LightningDataModule):
         generate_demo: write the synthetic demo data (`seg.data.synthetic`) first if absent, only at its own
             root: True = ``data/demo``, a path = that folder; any other `root` is used as is, and a missing one
             is an error (a typo'd `root` never receives demo data).
+        base_size: removed; giving it raises a ValueError naming the `scale` to write instead.
     """
 
     def __init__(
@@ -127,8 +181,8 @@ class SegDataModule(L.LightningDataModule):
         val_batch_size: int = 1,
         num_workers: int = 4,
         prefetch_factor: int = 4,
-        crop_size: tuple[int, int] = (512, 1024),
-        base_size: tuple[int, int] | None = None,
+        crop_size: tuple[int, int] = CITYSCAPES_CROP,
+        scale: tuple[int, int] | None = None,
         scale_range: tuple[float, float] = (0.5, 2.0),
         cat_max_ratio: float = 0.75,
         flip_prob: float = 0.5,
@@ -140,18 +194,21 @@ class SegDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         cache_dir: str | None = None,
         generate_demo: bool | str = False,
+        base_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
-        if dataset not in BASE_SIZES:
-            raise ValueError(f"unknown dataset {dataset!r}; valid: {sorted(BASE_SIZES)}")
+        if base_size is not None:
+            raise _base_size_error(base_size)
+        if dataset not in DEFAULT_SCALES:
+            raise ValueError(f"unknown dataset {dataset!r}; valid: {sorted(DEFAULT_SCALES)}")
         if val_mode not in ("resize", "full"):
             raise ValueError(f"val_mode must be 'resize' or 'full', got {val_mode!r}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["base_size"])
         self.dataset_name = dataset
         self.root = root
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.crop_size = tuple(crop_size)
-        self.base_size = tuple(base_size) if base_size is not None else BASE_SIZES[dataset]
+        self.scale = tuple(scale) if scale is not None else DEFAULT_SCALES[dataset]
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.ignore_index = IGNORE_INDEX
         self.train_split, self.val_split = train_split, val_split
@@ -163,7 +220,7 @@ class SegDataModule(L.LightningDataModule):
         self._resume_at: tuple[int, int] | None = None
         self.train_transform = build_train_transform(
             crop_size=self.crop_size,
-            base_size=self.base_size,
+            scale=self.scale,
             scale_range=tuple(scale_range),
             cat_max_ratio=cat_max_ratio,
             flip_prob=flip_prob,
@@ -172,7 +229,7 @@ class SegDataModule(L.LightningDataModule):
             std=self.std,
             seed=self.seed,
         )
-        self.eval_transform = build_eval_transform(self.base_size, val_mode, self.mean, self.std)
+        self.eval_transform = build_eval_transform(self.scale, val_mode, self.mean, self.std)
         self._datasets: dict[str, SegDataset] = {}
         # classes/palette are known without touching the splits (the model is built before setup())
         prepare_demo_root(root, generate_demo)
@@ -260,14 +317,3 @@ class SegDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
-
-
-def upgrade_data_hparams(hp: dict[str, Any]) -> dict[str, Any]:  # TEMPORARY until the data branch lands
-    return dict(hp)
-
-
-def test_scale_of(hp: dict[str, Any]) -> tuple[int, int] | None:  # TEMPORARY (old (W, H) base_size naming)
-    if hp.get("val_mode", "resize") != "resize":
-        return None
-    base = hp.get("base_size") or BASE_SIZES.get(hp.get("dataset", "folder"))
-    return None if base is None else (int(base[1]), int(base[0]))

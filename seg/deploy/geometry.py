@@ -10,11 +10,13 @@ from __future__ import annotations
 __all__ = ["is_tta", "rescale_size", "slide_windows", "tta_size"]
 
 
-def rescale_size(width: int, height: int, scale: tuple[float, float]) -> tuple[int, int]:
-    """Keep-ratio size (W, H) that fits (long edge <= max(scale), short edge <= min(scale)) (mmcv imrescale)."""
+def rescale_size(height: int, width: int, scale: tuple[float, float]) -> tuple[int, int]:
+    """Keep-ratio size (H, W) of a `height` x `width` image that fits the scale (H, W), e.g. (1024, 2048): long
+    edge <= max(scale), short edge <= min(scale), so a portrait image fits the same scale (mmcv ``imrescale``;
+    mmcv writes the scale as (W, H), which gives the same size)."""
     long_edge, short_edge = max(scale), min(scale)
     factor = min(long_edge / max(height, width), short_edge / min(height, width))
-    return max(1, int(width * factor + 0.5)), max(1, int(height * factor + 0.5))
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
 def tta_size(ori_size: tuple[int, int], scale: float) -> tuple[int, int]:

@@ -13,8 +13,9 @@ normalize_baked     true: the input is uint8 RGB (B, H, W, 3) and the graph norm
 output              ``"logits"`` (float32 (B, C, H, W)) or ``"labels"`` (int64 (B, H, W), ``--argmax``)
 dynamic             true: batch, H and W are free; false: only ``traced_size`` (and its batch) works
 traced_size         [H, W] the graph was traced at
-eval_resize         [W, H] keep-ratio resize of every image before inference (the data config's
-                    evaluation transform), or null for none
+test_scale          [H, W] keep-ratio resize of every image before inference (the data config's
+                    ``data.scale``, evaluation transform), or null for none. Files written before it have
+                    ``eval_resize`` [W, H] instead; :func:`decode` turns that into ``test_scale``.
 eval_mode           ``"whole"`` or ``"slide"``
 crop_size, stride   sliding-window crop and stride, [H, W]
 scales, flip        test-time scales and horizontal flip (probabilities averaged)
@@ -40,7 +41,7 @@ REQUIRED = (
     "output",
     "dynamic",
     "traced_size",
-    "eval_resize",
+    "test_scale",
     "eval_mode",
     "crop_size",
     "stride",
@@ -60,6 +61,9 @@ def encode(meta: dict[str, Any]) -> dict[str, str]:
 def decode(props: dict[str, str], source: str) -> dict[str, Any]:
     """Inverse of :func:`encode`; a clear error when ``source`` was not written by ``seg.export``."""
     meta = {k[len(PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(PREFIX)}
+    if "eval_resize" in meta and "test_scale" not in meta:  # exported before sizes were (H, W) everywhere
+        old = meta.pop("eval_resize")
+        meta["test_scale"] = None if old is None else [old[1], old[0]]
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise ValueError(f"{source}: no seg metadata {missing} (export the model with `python -m seg.export`)")

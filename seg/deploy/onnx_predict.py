@@ -91,11 +91,11 @@ class OnnxSegmenter:
         normalised float32 (H', W', 3) - or uint8 when the graph normalises."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
-        if self.meta["eval_resize"] is not None and not is_tta(self.meta["scales"], self.meta["flip"]):
+        if self.meta["test_scale"] is not None and not is_tta(self.meta["scales"], self.meta["flip"]):
             h, w = rgb.shape[:2]
-            size = rescale_size(w, h, tuple(self.meta["eval_resize"]))
-            if (w, h) != size:
-                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+            size = rescale_size(h, w, tuple(self.meta["test_scale"]))  # (H, W)
+            if (h, w) != size:
+                rgb = cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_LINEAR)
         if self.meta["normalize_baked"]:
             return rgb
         return (rgb.astype(np.float32) - self.mean) / self.std

@@ -8,6 +8,8 @@ every sample), so reading one costs a file read:
     python -m seg.data.cache --dataset cityscapes --root /datasets/cityscapes --cache-dir /fast/seg_cache
     python train.py ... --data.cache_dir /fast/seg_cache      # or fill it lazily during the first epoch
 
+(the command is `seg/data/cache/__main__.py`).
+
 Images are stored uncompressed (natural images barely compress losslessly, and inflating would cost what
 decoding does): 6.3 MB per 2048x1024 frame, ~22 GB for Cityscapes train+val; masks compress ~100x with zlib
 level 1 (~0.7 ms to inflate) and are stored that way. An entry is keyed by the source file's absolute path,
@@ -18,11 +20,9 @@ never runs code: a short JSON header (dtype, shape, compression) and the raw byt
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import time
 import uuid
 import warnings
 import zlib
@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from .png import inflate
+from ..png import inflate
 
 _MAGIC = b"SEGCACHE1\n"
 _DTYPE_KINDS = "biuf"  # plain numbers only: an entry can never describe an object array
@@ -139,49 +139,3 @@ def read_entry(entry: Path) -> np.ndarray:
 def cache_size(root: str | Path) -> int:
     """Bytes held by the entries under `root`."""
     return sum(p.stat().st_size for p in Path(root).glob("*/*.bin"))
-
-
-def main(argv: list[str] | None = None) -> None:
-    from torch.utils.data import DataLoader, Dataset
-
-    from .datamodule import BASE_SIZES, SegDataModule
-
-    p = argparse.ArgumentParser(prog="python -m seg.data.cache", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", choices=sorted(BASE_SIZES), default="folder")
-    p.add_argument("--root", required=True, help="dataset root (as data.root)")
-    p.add_argument("--cache-dir", required=True, help="cache folder (as data.cache_dir)")
-    p.add_argument("--split", nargs="+", default=["train", "val"], help="splits to fill (default: train val)")
-    p.add_argument("--label-train-ids", action="store_true", help="cityscapes: *_labelTrainIds.png masks")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes")
-    args = p.parse_args(argv)
-
-    class _Fill(Dataset):
-        def __init__(self, ds: Dataset) -> None:
-            self.ds = ds
-
-        def __len__(self) -> int:
-            return len(self.ds)
-
-        def __getitem__(self, i: int) -> int:
-            self.ds.load(i)  # decodes (and checks) both files, storing them
-            return i
-
-    for split in args.split:
-        dm = SegDataModule(
-            args.dataset,
-            args.root,
-            train_split=split,
-            label_train_ids=args.label_train_ids,
-            num_workers=0,
-            cache_dir=args.cache_dir,
-        )
-        ds = dm.dataset("train")
-        t = time.perf_counter()
-        for _ in DataLoader(_Fill(ds), batch_size=None, num_workers=args.workers):
-            pass
-        print(f"{split}: {len(ds)} samples cached in {time.perf_counter() - t:.1f} s", flush=True)
-    print(f"{args.cache_dir}: {cache_size(args.cache_dir) / 1e9:.2f} GB")
-
-
-if __name__ == "__main__":
-    main()
