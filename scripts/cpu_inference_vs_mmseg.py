@@ -124,7 +124,7 @@ def main() -> None:
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    from seg.bench import _cpu_alloc_peak_mb
+    from seg.bench import cpu_alloc_peak_mb
 
     nc = 19
     h, w = a.size
@@ -149,7 +149,7 @@ def main() -> None:
             with torch.inference_mode():
                 if a.memory:
                     box: list = []
-                    peaks[name] = _cpu_alloc_peak_mb(lambda: box.append(fn()))
+                    peaks[name] = cpu_alloc_peak_mb(lambda: box.append(fn()))
                     out = box.pop()
                 else:
                     out = fn()

@@ -21,7 +21,7 @@ from seg.training.losses import SegLoss
 def case(head: str, mode: str, device: str, batch: int, size: tuple[int, int]) -> tuple[str, str, float]:
     torch.manual_seed(0)
     dev = torch.device(device)
-    model = bench._build(head, "resnet50c", 19, dev, fast=True).train()
+    model = bench.build(head, "resnet50c", 19, dev, fast=True).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, *size, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 19, (batch, *size), device=dev)
@@ -29,13 +29,13 @@ def case(head: str, mode: str, device: str, batch: int, size: tuple[int, int]) -
 
     def step():
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            loss = bench._loss(model(x), y) if mode == "naive" else criterion(model(x, resize=False), y)[0]
+            loss = bench.mmseg_loss(model(x), y) if mode == "naive" else criterion(model(x, resize=False), y)[0]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     step()
-    return head, mode, bench._peak_mb(step, dev)
+    return head, mode, bench.peak_mb(step, dev)
 
 
 def main():
@@ -49,7 +49,7 @@ def main():
     peaks = {}
     for head in a.heads:
         for mode in ("naive", "fused"):
-            _, _, peaks[head, mode] = bench._in_subprocess(case, head, mode, a.device, batch, tuple(a.size))
+            _, _, peaks[head, mode] = bench.in_subprocess(case, head, mode, a.device, batch, tuple(a.size))
             print(f"{head:9s} {mode:6s} peak {peaks[head, mode]:8.0f} MiB", flush=True)
     if "fcn" in a.heads:
         for head in a.heads:

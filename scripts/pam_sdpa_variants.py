@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from seg.bench import _peak_mb, _time
+from seg.bench import peak_mb, time_call
 from seg.layers.functional import position_attention_reference, position_attention_sdpa
 
 BACKENDS = {
@@ -82,9 +82,9 @@ def main():
                         q.grad = k.grad = v.grad = None
 
                     with torch.no_grad():
-                        fwd_ms = 1e3 * _time(fn, dev, 2, a.iters)
-                    peak = _peak_mb(fwd_bwd, dev)
-                    fb_ms = 1e3 * _time(fwd_bwd, dev, 2, a.iters)
+                        fwd_ms = 1e3 * time_call(fn, dev, 2, a.iters)
+                    peak = peak_mb(fwd_bwd, dev)
+                    fb_ms = 1e3 * time_call(fwd_bwd, dev, 2, a.iters)
             except RuntimeError as e:  # this backend does not take this variant
                 print(f"{name:26s} {backend:10s} not available: {str(e).splitlines()[0][:70]}")
                 continue

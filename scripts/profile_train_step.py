@@ -11,7 +11,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from seg.bench import _build
+from seg.bench import build
 from seg.training.losses import SegLoss
 
 
@@ -25,7 +25,7 @@ def main():
     dev = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     for head in a.heads:
-        model = _build(head, "resnet50c", 19, dev, fast=True).train()
+        model = build(head, "resnet50c", 19, dev, fast=True).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         x = torch.randn(a.batch, 3, *a.size, device=dev).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 19, (a.batch, *a.size), device=dev)

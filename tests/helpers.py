@@ -1,8 +1,10 @@
-"""What several test modules share: the tiny train.py config and backbone, running a command as a subprocess,
-and writers of tiny dataset trees (Folder, Cityscapes, ADE20K layouts). Fixtures live in conftest.py."""
+"""What several test modules share: the tiny train.py config and backbone, tiny smp architectures, running a command
+as a subprocess, and writers of tiny dataset trees (Folder, Cityscapes, ADE20K layouts). Fixtures live in
+conftest.py."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -14,6 +16,8 @@ import numpy as np
 import torch
 import yaml
 from PIL import Image
+
+from seg.models import SmpModel, build_model, head_signature, recipe_output_stride
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_BACKBONE = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "zero_init_last": False}
@@ -58,6 +62,33 @@ def tiny_config(path: Path, data_root: Path, run_dir: Path, **trainer) -> Path:
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def tiny_arch_kwargs(head: str) -> dict:
+    """Narrow decoder widths for any architecture, read from its signature: every ``*channels`` argument seg does
+    not fill becomes 64 (FPN's GroupNorm has 32 groups: 2 channels each, so a 1 x 1 map still normalises; a
+    sequence keeps its length)."""
+    builder, supplied = head_signature(head)
+    kwargs = {}
+    for name, p in inspect.signature(builder).parameters.items():
+        if name in supplied or "channels" not in name or p.default is inspect.Parameter.empty:
+            continue
+        kwargs[name] = tuple(64 for _ in p.default) if isinstance(p.default, (tuple, list)) else 64
+    return kwargs
+
+
+def tiny_smp(head: str, output_stride: int | None = None, num_classes: int = 5, **kw) -> SmpModel:
+    """An smp architecture on the tiny ResNet (DPT: timm's ``test_vit``) with ``tiny_arch_kwargs`` widths."""
+    backbone, bkw = ("test_vit", {}) if head == "smp:DPT" else ("resnet18", TINY_BACKBONE)  # DPT needs a ViT
+    return build_model(
+        backbone,
+        head,
+        num_classes,
+        output_stride=output_stride or recipe_output_stride(head),
+        aux=False,
+        backbone_kwargs=bkw,
+        **{**tiny_arch_kwargs(head), **kw},
+    )
 
 
 def run_cmd(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:

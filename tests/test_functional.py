@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from seg.layers import functional as AF
+from seg.layers.precision import _compute_dtype, _GramFp32
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -409,7 +410,7 @@ def test_position_attention_sdpa_layouts_match_reference(channels_last, head_dim
 def _channel_attention_old(x):
     """The formulation ``channel_attention`` had before ``_GramFp32``: autograd through ``x.float()``."""
     b, c, h, w = x.shape
-    dtype = AF._compute_dtype(x)
+    dtype = _compute_dtype(x)
     with torch.autocast(device_type=x.device.type, enabled=False):
         xf = x.flatten(2).float()
         energy = torch.bmm(xf, xf.transpose(1, 2))
@@ -429,9 +430,9 @@ def test_channel_attention_gradcheck_float64():
     x = torch.randn(2, 5, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.5
     assert torch.autograd.gradcheck(AF.channel_attention, (x.requires_grad_(),))
     xs = torch.randn(2, 5, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(AF._GramFp32.apply, (xs,))
-    assert torch.autograd.gradgradcheck(AF._GramFp32.apply, (xs,))  # its backward is differentiable too
-    assert AF._GramFp32.apply(xs).dtype == torch.float64
+    assert torch.autograd.gradcheck(_GramFp32.apply, (xs,))
+    assert torch.autograd.gradgradcheck(_GramFp32.apply, (xs,))  # its backward is differentiable too
+    assert _GramFp32.apply(xs).dtype == torch.float64
 
 
 def test_channel_attention_equals_old_formulation_fp32():
@@ -514,7 +515,7 @@ def test_channel_attention_cuda_bf16_matches_fp32(compiled):
     up = torch.randn(2, 64, 24, 17, generator=g).cuda()
     # energies: bf16 inputs, fp32 output, equal to the fp32 product up to summation order
     xs = x.flatten(2)
-    energy = AF._GramFp32.apply(xs)
+    energy = _GramFp32.apply(xs)
     assert energy.dtype == torch.float32
     xd = xs.double()  # float64 reference: independent of the TF32 setting
     torch.testing.assert_close(energy.double(), torch.bmm(xd, xd.transpose(1, 2)), rtol=1e-5, atol=1e-4)

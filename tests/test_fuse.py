@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from helpers import tiny_smp
 from torch import nn
 
-from seg.models import HEADS, build_model
+from seg.models import HEADS, all_head_names, build_model
 from seg.models.fuse import fold_bn_into_conv, fuse_conv_bn
 from seg.models.optimize import ExplicitPadConv2d, optimize_for_inference, pad_dilated_depthwise
 
@@ -13,8 +14,11 @@ TINY = dict(backbone_kwargs=dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64)),
 
 def _tiny_model(head: str) -> nn.Module:
     torch.manual_seed(0)
-    kwargs = dict(TINY, output_stride=getattr(HEADS[head], "recipe_output_stride", 8))
-    model = build_model("resnet18", head, 5, weights=None, **kwargs)
+    if head in HEADS:
+        kwargs = dict(TINY, output_stride=getattr(HEADS[head], "recipe_output_stride", 8))
+        model = build_model("resnet18", head, 5, weights=None, **kwargs)
+    else:  # an smp architecture
+        model = tiny_smp(head)
     with torch.no_grad():  # non-trivial statistics and affine parameters, so that folding has work to do
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -42,8 +46,12 @@ def test_fold_bn_into_conv_equals_conv_then_bn():
     torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("head", list(HEADS))
+@pytest.mark.parametrize("head", all_head_names())
 def test_fused_model_matches_the_unfused_one(head):
+    """Every native head and smp architecture, one after another in one process (as ``seg.bench``'s infer part and
+    a predict/evaluate session fold them): the folded logits are the unfolded ones. smp's Linknet is the case of
+    issue D14: a BatchNorm after a ConvTranspose2d (not folded) sees a tensor that is freed right after, and the
+    next conv's output used to inherit its id and be paired with that BatchNorm."""
     model = _tiny_model(head)
     x = torch.randn(1, 3, 41, 57)
     fused = fuse_conv_bn(model, torch.randn(1, 3, 64, 64))
@@ -65,6 +73,53 @@ def test_fused_model_matches_the_unfused_one(head):
     with torch.no_grad():
         out, ref = fused(x)["out"], model(x)["out"]
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+class _FreedBeforeConv(nn.Module):
+    """conv_a -> bn_a (a real pair); bn_b normalises a temporary that is freed as soon as bn_b returns; then conv_b,
+    whose output CPython allocates in the freed temporary's slot: the same ``id()`` as bn_b's input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a, self.bn_a = nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4)
+        self.bn_b, self.conv_b = nn.BatchNorm2d(4), nn.Conv2d(4, 6, 1)
+        with torch.no_grad():
+            for bn in (self.bn_a, self.bn_b):
+                bn.running_mean.normal_(0, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn_a(self.conv_a(x))
+        z = self.bn_b(y * 2.0)  # the product is freed when bn_b returns
+        return self.conv_b(z)
+
+
+def test_pairs_follow_the_data_flow_not_reused_ids():
+    """Issue D14: pairing by ``id()`` of tensors that were freed during the trace paired bn_b with conv_b (a conv
+    that runs *after* it) and failed with "4 features vs 6 channels", or, with equal widths, folded a BN into the
+    wrong conv. Only conv_a -> bn_a is a pair."""
+    torch.manual_seed(0)
+    model = _FreedBeforeConv().eval()
+    x = torch.randn(1, 3, 5, 7)
+    ids = {}
+
+    def bn_b_input(mod: nn.Module, inputs: tuple) -> None:
+        ids["bn_b in"] = id(inputs[0])
+
+    def conv_b_output(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        ids["conv_b out"] = id(out)
+
+    hooks = [model.bn_b.register_forward_pre_hook(bn_b_input), model.conv_b.register_forward_hook(conv_b_output)]
+    with torch.no_grad():
+        ref = model(x)
+    for h in hooks:
+        h.remove()
+    assert ids["bn_b in"] == ids["conv_b out"], "the freed tensor's id was not reused: this test provokes nothing"
+    fused = fuse_conv_bn(model, x)
+    assert fused.fused_conv_bn == 1
+    assert isinstance(fused.bn_a, nn.Identity) and type(fused.bn_b) is nn.BatchNorm2d
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_optimize_for_inference_matches_and_keeps_the_original():

@@ -380,7 +380,7 @@ def test_cuda_code_paths_trace_with_fake_cuda_tensors(head):
 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from seg.layers.functional import _GramFp32
+    from seg.layers.precision import _GramFp32
     from seg.training.losses import SegLoss, _ResizedCrossEntropy
 
     with FakeTensorMode(allow_non_fake_inputs=True), torch.device("cuda"):

@@ -12,7 +12,7 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 import torch.nn.functional as F
-from helpers import TINY_BACKBONE, tiny_config
+from helpers import TINY_BACKBONE, tiny_arch_kwargs, tiny_config, tiny_smp
 
 from seg.loading import load_model
 from seg.models import (
@@ -23,7 +23,6 @@ from seg.models import (
     build_model,
     get_head,
     head_signature,
-    recipe_output_stride,
     save_checkpoint,
 )
 from seg.models.safe_load import CheckpointError
@@ -32,34 +31,6 @@ from seg.training.cli import main
 from seg.training.losses import SegLoss, cross_entropy, parse_loss
 
 NUM_CLASSES = 5
-
-
-def tiny_arch_kwargs(head: str) -> dict:
-    """Narrow decoder widths for any architecture, read from its signature: every ``*channels`` argument seg does
-    not fill becomes 64 (FPN's GroupNorm has 32 groups: 2 channels each, so a 1 x 1 map still normalises; a
-    sequence keeps its length)."""
-    builder, supplied = head_signature(head)
-    import inspect
-
-    kwargs = {}
-    for name, p in inspect.signature(builder).parameters.items():
-        if name in supplied or "channels" not in name or p.default is inspect.Parameter.empty:
-            continue
-        kwargs[name] = tuple(64 for _ in p.default) if isinstance(p.default, (tuple, list)) else 64
-    return kwargs
-
-
-def tiny_smp(head: str, output_stride: int | None = None, **kw) -> SmpModel:
-    backbone, bkw = ("test_vit", {}) if head == "smp:DPT" else ("resnet18", TINY_BACKBONE)  # DPT needs a ViT
-    return build_model(
-        backbone,
-        head,
-        NUM_CLASSES,
-        output_stride=output_stride or recipe_output_stride(head),
-        aux=False,
-        backbone_kwargs=bkw,
-        **{**tiny_arch_kwargs(head), **kw},
-    )
 
 
 def test_registry_covers_smp():

@@ -55,18 +55,18 @@ from .report import to_markdown
 from .result import Result
 from .timing import time_call
 
-# The names scripts/ used when this was one module (scripts/loss_memory_ab.py, pam_sdpa_variants.py, ...).
-_build, _loss, _peak_mb, _time = build, mmseg_loss, peak_mb, time_call
-_in_subprocess, _malloc_in_use, _cpu_alloc_peak_mb = in_subprocess, malloc_in_use, cpu_alloc_peak_mb
-
 __all__ = [
     "GPU_BF16_PEAK",
     "HEADS",
     "Result",
+    "build",
     "core_cases",
     "cpu_alloc_peak_mb",
     "forward_flops",
+    "in_subprocess",
     "main",
+    "malloc_in_use",
+    "mmseg_loss",
     "peak_mb",
     "run",
     "run_core_case",

@@ -8,10 +8,13 @@ arithmetic: a sizeable share of whole-image inference time.
 Which BN follows which conv is found from the data flow, not from module names: one forward pass of an
 example input records each ``Conv2d``'s output tensor and each ``BatchNorm2d``'s input; a BN whose input *is*
 a conv's output (the same tensor object), with both modules called exactly once, is folded. Names and module
-order would be fragile across timm's blocks and seg's heads. A conv output that is also used elsewhere
-(before the BN) would make folding wrong; no seg model does that, and ``fuse_conv_bn`` checks the folded
-model against the original on the example input (``verify``) so that such a model fails loudly instead of
-predicting silently different masks.
+order would be fragile across timm's blocks and seg's heads. Every recorded tensor stays referenced until the
+pairs are read: identity is compared by ``id()``, and CPython hands a freed object's id to the next object, so a
+BN input freed mid-pass (e.g. a ``ConvTranspose2d`` output) would otherwise share its id with a later conv's
+output and pair that BN with a conv it never saw (issue D14; the pairing then depended on allocation history).
+A conv output that is also used elsewhere (before the BN) would make folding wrong; no seg model does that, and
+``fuse_conv_bn`` checks the folded model against the original on the example input (``verify``) so that such a
+model fails loudly instead of predicting silently different masks.
 """
 
 from __future__ import annotations
@@ -55,19 +58,20 @@ def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, s
     calls: dict[str, int] = {}
     conv_out: dict[int, str] = {}  # id(output tensor) -> conv name
     bn_in: dict[str, int] = {}  # bn name -> id(input tensor)
-    keep: list[torch.Tensor] = []  # outputs kept alive: ids stay unique during the pass
+    alive: list[torch.Tensor] = []  # every tensor whose id is recorded: ids stay unique until the pairs are read
     hooks = []
 
     def on_conv(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
         name = names[mod]
         calls[name] = calls.get(name, 0) + 1
         conv_out[id(out)] = name
-        keep.append(out)
+        alive.append(out)
 
     def on_bn(mod: nn.Module, inputs: tuple) -> None:
         name = names[mod]
         calls[name] = calls.get(name, 0) + 1
         bn_in[name] = id(inputs[0])
+        alive.append(inputs[0])
 
     for mod in model.modules():
         if type(mod) is nn.Conv2d:
