@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .ade20k import ADE20KDataset
-from .base import IGNORE_INDEX, SegDataset
+from .base import IGNORE_INDEX, DataError, SegDataset
 from .cityscapes import CityscapesDataset
 from .folder import FolderDataset, resolve_classes
 from .samplers import EpochSampler, UnpaddedDistributedSampler
@@ -57,12 +57,12 @@ DEFAULT_SCALES: dict[str, tuple[int, int] | None] = {
 }
 
 
-def _base_size_error(base_size: Any) -> ValueError:
+def _base_size_error(base_size: Any) -> DataError:
     try:
         scale = f"[{int(base_size[1])}, {int(base_size[0])}]"
     except (TypeError, ValueError, IndexError):
         scale = "[H, W]"
-    return ValueError(f"data.base_size (W, H) was replaced by data.scale (H, W): write data.scale: {scale}")
+    return DataError(f"data.base_size (W, H) was replaced by data.scale (H, W): write data.scale: {scale}")
 
 
 def upgrade_data_hparams(hp: dict[str, Any]) -> dict[str, Any]:
