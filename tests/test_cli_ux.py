@@ -88,7 +88,7 @@ def test_tool_help_lists_its_own_options_first():
     assert out.splitlines()[0].startswith("usage: python -m seg.evaluate --ckpt")
     assert "--model." not in out and "--trainer.max_steps" not in out  # the model comes from the checkpoint
     out = run_cmd(["-m", "seg.predict", "--help"]).stdout
-    assert out.index("--out") < out.index("--data.dataset") and "--trainer." not in out
+    assert out.index("--out") < out.index("--data.dataset") and "--trainer.devices" not in out
 
 
 def test_log_file_gets_plain_progress_lines(tiny_data, tmp_path):
