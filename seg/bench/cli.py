@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from seg.data.transforms import CITYSCAPES_CROP
 from seg.models import all_head_names, get_head
 
 from .cores import core_cases, run_core_case
@@ -97,7 +98,7 @@ def run(
             for r in run_infer_opt_case(head, device, ishape, iters, fuse_bn, channels_last, bf16, compile):
                 report(r)
     if "onnx" in parts:
-        size = onnx_size or ((128, 256) if quick else (512, 1024))
+        size = onnx_size or ((128, 256) if quick else CITYSCAPES_CROP)
         for head in heads:
             for r in run_onnx_case(head, backbone or ("resnet18" if quick else "resnet50c"), size, iters):
                 report(r)

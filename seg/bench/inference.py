@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 import torch
 
+from seg.data.transforms import CITYSCAPES_CROP
 from seg.models.optimize import optimize_for_inference
 
 from .memory import peak_mb
@@ -23,7 +24,7 @@ INFER_IMPLS = ("plain", "opt")
 
 def infer_shape(quick: bool, backbone: str | None = None, size: tuple[int, int] | None = None) -> tuple[str, int, int]:
     """(backbone, height, width): R50-D8 on one 512x1024 image (quick: resnet18, 128x256)."""
-    b0, (h0, w0) = ("resnet18", (128, 256)) if quick else ("resnet50c", (512, 1024))
+    b0, (h0, w0) = ("resnet18", (128, 256)) if quick else ("resnet50c", CITYSCAPES_CROP)
     h, w = size or (h0, w0)
     return backbone or b0, h, w
 

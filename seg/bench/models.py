@@ -8,6 +8,7 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
+from seg.data.transforms import CITYSCAPES_CROP
 from seg.models import get_head
 
 from .flops import explicit, gpu_peak_flops
@@ -57,7 +58,7 @@ def train_shape(
     quick: bool, backbone: str | None = None, batch: int | None = None, crop: tuple[int, int] | None = None
 ) -> tuple[str, int, int, int]:
     """(backbone, batch, height, width) of the training cases: R50-D8 B=8 512x1024 (quick: resnet18 B=2 64x128)."""
-    b0, n0, (h0, w0) = ("resnet18", 2, (64, 128)) if quick else ("resnet50c", 8, (512, 1024))
+    b0, n0, (h0, w0) = ("resnet18", 2, (64, 128)) if quick else ("resnet50c", 8, CITYSCAPES_CROP)
     h, w = crop or (h0, w0)
     return backbone or b0, batch or n0, h, w
 
