@@ -5,6 +5,7 @@ from .backbone import TESTED_BACKBONES, TimmBackbone, create_backbone
 from .checkpoint import save_checkpoint
 from .heads import HEADS
 from .mmseg import convert_mmseg_checkpoint, convert_mmseg_state_dict, load_mmseg_checkpoint
+from .optimize import optimize_for_inference
 from .registry import HeadSpec, all_head_names, get_head, head_signature, recipe_output_stride
 from .segmentation_model import SegmentationModel, build_model
 from .smp import SMP_HEADS, SmpModel
@@ -25,6 +26,7 @@ __all__ = [
     "get_head",
     "head_signature",
     "load_mmseg_checkpoint",
+    "optimize_for_inference",
     "recipe_output_stride",
     "save_checkpoint",
 ]
