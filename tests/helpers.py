@@ -140,3 +140,21 @@ def folder_tree(
     if classes is not None:
         (root / "classes.json").write_text(json.dumps({"classes": classes}))
     return root
+
+
+def network_by_hand(ckpt: Path) -> torch.nn.Module:
+    """The network of a train.py checkpoint rebuilt from its Lightning hyper-parameters by hand (no seg loading or
+    inference code involved): an independent reference for the loader and the commands."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hp = state["hyper_parameters"]
+    net = build_model(
+        hp["backbone"],
+        hp["head"],
+        hp["num_classes"],
+        output_stride=hp["output_stride"],
+        aux=hp["aux"],
+        backbone_kwargs=hp["backbone_kwargs"],
+        **hp["head_kwargs"],
+    )
+    net.load_state_dict({k[len("model.") :]: v for k, v in state["state_dict"].items() if k.startswith("model.")})
+    return net.eval()

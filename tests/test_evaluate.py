@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import network_by_hand
 
 from seg import evaluate as evaluate_cmd
 from seg import predict as predict_cmd
 from seg.deploy.geometry import tta_size
-from seg.models import build_model
 from seg.models.inference import predict_probs
 from seg.training.tool_cli import build_module
 
@@ -55,7 +55,7 @@ def test_evaluate_slide_multiscale_flip(trained_run, tiny_data, tmp_path):
     assert m["val_mode"] == "full"  # TTA scales the original images (mmseg TestTimeAug)
     assert m["num_images"] == 7
     # an independent computation of the same protocol: sliding windows written out, TTA by hand, numpy IoU
-    net = _network(trained_run / "checkpoints/last.ckpt")
+    net = network_by_hand(trained_run / "checkpoints/last.ckpt")
     settings = {"eval_mode": "slide", "eval_crop_size": (32, 32), "eval_stride": (16, 16), "eval_flip": True}
     module, _ = build_module(trained_run / "checkpoints/last.ckpt", {**settings, "eval_scales": (0.75, 1.0, 1.25)})
     s = module.eval_settings  # the settings the command evaluates with
@@ -90,23 +90,6 @@ def test_predict_writes_masks_matching_evaluation(trained_run, tiny_data, tmp_pa
         total += gt.size
     best = json.loads((trained_run / "summary.json").read_text())["best"]
     assert correct / total == pytest.approx(best["aAcc"], abs=1e-9)  # same predictions as the validation
-
-
-def _network(ckpt):
-    """The trained network, rebuilt from the checkpoint's hyper-parameters (no seg inference code involved)."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    hp = state["hyper_parameters"]
-    net = build_model(
-        hp["backbone"],
-        hp["head"],
-        hp["num_classes"],
-        output_stride=hp["output_stride"],
-        aux=hp["aux"],
-        backbone_kwargs=hp["backbone_kwargs"],
-        **hp["head_kwargs"],
-    )
-    net.load_state_dict({k[len("model.") :]: v for k, v in state["state_dict"].items() if k.startswith("model.")})
-    return net.eval()
 
 
 def _slide(net, x, crop, stride):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cmd
+from helpers import network_by_hand, run_cmd
 
 import seg
 from seg import evaluate as evaluate_cmd
@@ -19,26 +19,9 @@ from seg import predict as predict_cmd
 from seg.data.base import default_palette
 from seg.data.synthetic import CLASSES, PALETTE, write_demo
 from seg.loading import load_model, read_info
-from seg.models import build_model
 from seg.models.safe_load import CheckpointError
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
-
-
-def _by_hand(ckpt: Path) -> torch.nn.Module:
-    """The network of an old train.py checkpoint rebuilt from its hyper-parameters by hand (no seg loading code)."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    hp = state["hyper_parameters"]
-    net = build_model(
-        hp["backbone"],
-        hp["head"],
-        hp["num_classes"],
-        aux=hp["aux"],
-        backbone_kwargs=hp["backbone_kwargs"],
-        **hp["head_kwargs"],
-    )
-    net.load_state_dict({k[len("model.") :]: v for k, v in state["state_dict"].items()})
-    return net.eval()
 
 
 def test_checkpoint_of_todays_main_loads_and_scores_what_it_logged(tmp_path):
@@ -50,7 +33,7 @@ def test_checkpoint_of_todays_main_loads_and_scores_what_it_logged(tmp_path):
     assert info.test_scale == (48, 64)  # its data.base_size was (W, H) = (64, 48)
     x = torch.randn(1, 3, 40, 56)
     with torch.no_grad():
-        torch.testing.assert_close(model(x)["out"], _by_hand(ckpt)(x)["out"], rtol=0, atol=0)
+        torch.testing.assert_close(model(x)["out"], network_by_hand(ckpt)(x)["out"], rtol=0, atol=0)
     # the same data again (write_demo is deterministic): seg.evaluate reproduces the validation it logged
     write_demo(tmp_path / "data", splits={"train": 4, "val": 3}, size=48)
     recorded = json.loads((LEGACY / "README.json").read_text())
