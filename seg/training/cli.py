@@ -47,6 +47,7 @@ from seg.models.inference import is_tta
 from seg.models.safe_load import CheckpointError
 
 from .checkpointing import SegCheckpoint
+from .config_scan import ConfigCodeError, check_arguments, check_object
 from .console import SegModelSummary, progress_bar, quiet_lightning
 from .head_args import HeadArgumentError, typed_head_kwargs
 from .loggers import ValImageLogger, build_loggers
@@ -99,10 +100,17 @@ class SegCLI(LightningCLI):
         """Parses ``args`` (a list of command-line strings, ``None`` = ``sys.argv[1:]``, or a dict/Namespace), types
         ``model.head_kwargs`` by the chosen head (a bad one is a parse error) and then answers ``--print_config``,
         so the printed config shows the head's arguments with their defaults."""
+        try:  # before jsonargparse reads a config: it imports the classes a config names
+            if isinstance(args, (dict, Namespace)):
+                check_object(args.as_dict() if isinstance(args, Namespace) else args)
+            else:
+                argv, print_flags = take_print_config(list(sys.argv[1:] if args is None else args))
+                check_arguments(argv)
+        except ConfigCodeError as err:
+            parser.error(str(err))
         if isinstance(args, (dict, Namespace)):
             cfg, print_flags = parser.parse_object(args), None
         else:
-            argv, print_flags = take_print_config(list(sys.argv[1:] if args is None else args))
             cfg = parser.parse_args(argv)
         try:
             cfg.model.head_kwargs = typed_head_kwargs(cfg.model.head, cfg.model.head_kwargs)

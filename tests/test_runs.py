@@ -1,0 +1,97 @@
+"""Runs that never report a success they did not have, and configs that run no code: one section per case of the
+issue "runs that never report success they did not have" (its number in the section's comment). Every test runs
+train.py as users do (a subprocess, or ``main`` with the command line), on tiny runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import ROOT, tiny_config
+
+
+def _env() -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled"}
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# -- 12: configs name no code outside seg, torch and Lightning
+
+
+def test_config_scan_finds_code_at_any_depth():
+    """class_path anywhere (init_args included) and class shorthands outside seg / torch / Lightning are refused;
+    seg's, torch's and Lightning's classes, data paths, timm names with a tag and file names pass."""
+    from seg.training.config_scan import ConfigCodeError, check_object
+
+    ok = {
+        "model": {"backbone": "resnet50.a1_in1k", "weights": "x/timm.pth", "lr": 0.01},
+        "trainer": {
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"log_momentum": True}},
+                "lightning.pytorch.callbacks.EarlyStopping",
+                {"class_path": "ModelCheckpoint"},
+            ],
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+        },
+    }
+    check_object(ok)
+    nested = {"trainer": {"callbacks": [{"class_path": "seg.X", "init_args": {"inner": {"class_path": "evil.Cb"}}}]}}
+    with pytest.raises(ConfigCodeError, match=r"trainer.callbacks\[0\].init_args.inner.class_path: 'evil.Cb'"):
+        check_object(nested)
+    with pytest.raises(ConfigCodeError, match=r"trainer.callbacks\[0\]: 'os.system'"):
+        check_object({"trainer": {"callbacks": ["os.system"]}})  # a shorthand jsonargparse would import
+
+
+def _write_download(folder: Path, data_root: Path) -> Path:
+    """A downloaded run folder: a config, and an evil.py beside it that leaves a marker if it is imported."""
+    folder.mkdir()
+    (folder / "evil.py").write_text(
+        "from pathlib import Path\n"
+        "Path(__file__).with_name('IMPORTED').write_text('evil.py ran')\n"
+        "from lightning.pytorch.callbacks import Callback\n"
+        "class Cb(Callback):\n    pass\n"
+    )
+    return tiny_config(folder / "config.yaml", data_root, folder / "run", max_steps=1)
+
+
+@pytest.mark.parametrize("form", ["class_path", "trainer_file"])
+def test_a_config_naming_other_code_imports_nothing(tiny_data, tmp_path, form):
+    """`python -m` puts the current directory first on sys.path: with evil.py there, a config naming `evil.Cb`
+    (as a class_path, or as a shorthand in a file given as `--trainer=trainer.yaml` after a second --config) is
+    refused with exit 2 naming the file, the key and the value, and evil.py never runs."""
+    folder = tmp_path / "download"
+    cfg = _write_download(folder, tiny_data)
+    if form == "class_path":
+        text = yaml.safe_load(cfg.read_text())
+        text["trainer"]["callbacks"] = [{"class_path": "evil.Cb"}]
+        cfg.write_text(yaml.safe_dump(text))
+        args, where = ["--config", "config.yaml"], r"config.yaml: trainer.callbacks\[0\].class_path: 'evil.Cb'"
+    else:
+        (folder / "extra.yaml").write_text("seed_everything: 1\n")
+        (folder / "trainer.yaml").write_text("callbacks:\n  - evil.Cb\n")
+        args, where = (
+            ["--config", "config.yaml", "--config", "extra.yaml", "--trainer=trainer.yaml"],
+            (r"trainer.yaml: callbacks\[0\]: 'evil.Cb'"),
+        )
+    proc = subprocess.run(
+        [sys.executable, "-m", "seg.training.cli", *args],
+        cwd=folder,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert not (folder / "IMPORTED").exists()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert re.search(where + r" names code outside seg, torch and Lightning", proc.stderr), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
