@@ -15,6 +15,8 @@ import torch
 import yaml
 from helpers import ROOT, tiny_config
 
+from seg.training.cli import main
+
 
 def _env() -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -95,3 +97,40 @@ def test_a_config_naming_other_code_imports_nothing(tiny_data, tmp_path, form):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert re.search(where + r" names code outside seg, torch and Lightning", proc.stderr), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+
+
+# -- 13: W&B settings and output
+
+
+def test_wandb_off_in_yaml_is_off(tiny_data, tmp_path, capsys):
+    """`wandb: off` as written in YAML (a boolean in YAML 1.1) and `--wandb=off` both mean W&B off."""
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run")
+    cfg.write_text(cfg.read_text().replace("wandb: 'off'", "wandb: off"))
+    assert "wandb: off\n" in cfg.read_text()
+    for extra in ([], ["--wandb=off"]):
+        with pytest.raises(SystemExit) as done:
+            main(["--config", str(cfg), *extra, "--print_config"])
+        assert done.value.code == 0
+        assert yaml.safe_load(capsys.readouterr().out)["wandb"] == "off"
+
+
+def test_wandb_output_in_a_log_file_is_plain(tiny_data, tmp_path):
+    """An offline W&B run whose output goes to a file: W&B's lines are there, without terminal colour codes and
+    without the `anonymous` warning every run used to print."""
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=1)
+    env = {k: v for k, v in _env().items() if not k.startswith("WANDB_")}
+    env.update({v: str(tmp_path / "wb" / v.lower()) for v in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")})
+    env["WANDB_DATA_DIR"] = str(tmp_path / "wb/data")
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config", str(cfg), "--wandb=offline"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    assert "Find logs at" in text  # W&B did print its closing lines
+    assert "\x1b[" not in text, [line for line in text.splitlines() if "\x1b[" in line]
+    assert "anonymous" not in text

@@ -31,7 +31,7 @@ import errno
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 from jsonargparse import Namespace
@@ -50,7 +50,7 @@ from .checkpointing import SegCheckpoint
 from .config_scan import ConfigCodeError, check_arguments, check_object
 from .console import SegModelSummary, progress_bar, quiet_lightning
 from .head_args import HeadArgumentError, typed_head_kwargs
-from .loggers import ValImageLogger, build_loggers
+from .loggers import ValImageLogger, build_loggers, finish_wandb, wandb_mode
 from .module import DivergenceError, SegmentationModule
 from .resume import ExactResume
 from .summary import RunSummary, ValidateAtEnd
@@ -112,6 +112,7 @@ class SegCLI(LightningCLI):
             cfg, print_flags = parser.parse_object(args), None
         else:
             cfg = parser.parse_args(argv)
+        cfg.wandb = wandb_mode(cfg.wandb)
         try:
             cfg.model.head_kwargs = typed_head_kwargs(cfg.model.head, cfg.model.head_kwargs)
             check_model(cfg.model.head, cfg.model.backbone, cfg.model.output_stride)
@@ -133,7 +134,7 @@ class SegCLI(LightningCLI):
         )
         parser.add_argument(
             "--wandb",
-            type=Literal["auto", "online", "offline", "off"],
+            type=Union[Literal["auto", "online", "offline", "off"], bool],  # YAML reads `wandb: off` as False
             default="auto",
             help="W&B logging: auto = online if logged in, else offline; off = CSV only",
         )
@@ -234,6 +235,7 @@ def main(args: Any = None) -> SegCLI:
     From the command line (``args=None``) the errors of ``USER_ERRORS`` end the process with ``error: ...`` and
     exit code 1; called with ``args`` they are raised.
     """
+    cli: Optional[SegCLI] = None
     try:
         cli = SegCLI(args=args)
         for callback in cli.trainer.callbacks:
@@ -242,10 +244,18 @@ def main(args: Any = None) -> SegCLI:
         # weights_only: a resume never runs code from the checkpoint (AtomicCheckpointIO reads it safely too)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
     except Exception as err:
+        _finish_wandb(cli, 1)
         if args is not None or not _is_user_error(err):
             raise
         sys.exit(f"error: {_one_line(err)}")
+    _finish_wandb(cli, 0)
     return cli
+
+
+def _finish_wandb(cli: Optional[SegCLI], exit_code: int) -> None:
+    trainer = getattr(cli, "trainer", None)
+    if trainer is not None:
+        finish_wandb(trainer.loggers, exit_code)
 
 
 def _one_line(err: BaseException) -> str:
