@@ -15,6 +15,7 @@ import torch
 import yaml
 from helpers import ROOT, tiny_config
 
+from seg.data.synthetic import write_demo
 from seg.training.cli import main
 
 
@@ -134,3 +135,24 @@ def test_wandb_output_in_a_log_file_is_plain(tiny_data, tmp_path):
     assert "Find logs at" in text  # W&B did print its closing lines
     assert "\x1b[" not in text, [line for line in text.splitlines() if "\x1b[" in line]
     assert "anonymous" not in text
+
+
+# -- 11: a 1-image batch at a pooled BatchNorm
+
+
+def test_one_image_batch_at_pooled_batchnorm_is_a_one_line_error(tmp_path, monkeypatch):
+    """A 1-image training split with PSP (BatchNorm after its 1x1 pooling): one `error:` line saying it is the split
+    size and the batch, not torch's "Expected more than 1 value per channel when training"."""
+    root = tmp_path / "one"
+    write_demo(root, splits={"train": 1, "val": 1}, size=48)
+    cfg = tiny_config(tmp_path / "cfg.yaml", root, tmp_path / "run", max_steps=1)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(cfg), "--model.head=psp"])
+    with pytest.raises(SystemExit) as failed:
+        main()
+    message = failed.value.code
+    assert isinstance(message, str) and "\n" not in message, message
+    assert message == (
+        "error: a training batch holds 1 image: the training split has 1 image(s) and data.batch_size=4, and "
+        "BatchNorm after pooling (model.head=psp) needs at least 2 images per batch. Use a larger training split "
+        "or data.batch_size, or a head without BatchNorm after pooling (e.g. --model.head=fcn)"
+    )

@@ -221,8 +221,19 @@ def take_print_config(argv: list[str]) -> tuple[list[str], Optional[dict[str, bo
     return rest, flags
 
 
+class TrainingBatchError(ValueError):
+    """A training batch of one image reached BatchNorm after pooling (one value per channel)."""
+
+
 # Errors whose message says all (the file, the value, what to do): the command line prints them without a traceback.
-USER_ERRORS = (CheckpointError, DataError, DivergenceError, FileNotFoundError, PermissionError)
+USER_ERRORS = (
+    CheckpointError,
+    DataError,
+    DivergenceError,
+    FileNotFoundError,
+    PermissionError,
+    TrainingBatchError,
+)
 
 
 def _is_user_error(err: BaseException) -> bool:
@@ -245,8 +256,9 @@ def main(args: Any = None) -> SegCLI:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
     except Exception as err:
         _finish_wandb(cli, 1)
+        err = _small_batch_error(cli, err) or err
         if args is not None or not _is_user_error(err):
-            raise
+            raise err
         sys.exit(f"error: {_one_line(err)}")
     _finish_wandb(cli, 0)
     return cli
@@ -256,6 +268,25 @@ def _finish_wandb(cli: Optional[SegCLI], exit_code: int) -> None:
     trainer = getattr(cli, "trainer", None)
     if trainer is not None:
         finish_wandb(trainer.loggers, exit_code)
+
+
+def _small_batch_error(cli: Optional[SegCLI], err: Exception) -> Optional[TrainingBatchError]:
+    """BatchNorm's "Expected more than 1 value per channel when training" as what it means for the run: a training
+    batch of one image reached BatchNorm after pooling (PSP, ASPP image pooling ...)."""
+    if cli is None or not isinstance(err, ValueError) or "Expected more than 1 value per channel" not in str(err):
+        return None
+    dm, world = cli.datamodule, max(1, cli.trainer.world_size)
+    try:
+        images = len(dm.dataset("train"))
+    except Exception:  # noqa: BLE001  the count only completes the message
+        images = "?"
+    per_rank = f", {world} processes" if world > 1 else ""
+    return TrainingBatchError(
+        f"a training batch holds 1 image: the training split has {images} image(s) and data.batch_size="
+        f"{dm.hparams.get('batch_size')}{per_rank}, and BatchNorm after pooling (model.head={cli.model.hparams.head}) "
+        "needs at least 2 images per batch. Use a larger training split or data.batch_size, or a head without "
+        "BatchNorm after pooling (e.g. --model.head=fcn)"
+    )
 
 
 def _one_line(err: BaseException) -> str:
