@@ -4,8 +4,10 @@ train.py as users do (a subprocess, or ``main`` with the command line), on tiny 
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +158,34 @@ def test_one_image_batch_at_pooled_batchnorm_is_a_one_line_error(tmp_path, monke
         "BatchNorm after pooling (model.head=psp) needs at least 2 images per batch. Use a larger training split "
         "or data.batch_size, or a head without BatchNorm after pooling (e.g. --model.head=fcn)"
     )
+
+
+# -- 8: one run per run folder
+
+
+def test_one_run_per_run_folder_and_stale_locks_are_taken_over(tiny_data, tmp_path, monkeypatch, caplog):
+    """A run folder held by a live process (its `.lock`): train.py stops with one error naming the holder, before
+    writing anything. Once that process is gone, its lock is taken over with a note, and removed at the end."""
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    lock = {"pid": holder.pid, "host": socket.gethostname(), "started": "now", "command": "python train.py x"}
+    (run / ".lock").write_text(json.dumps(lock))
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, run, max_steps=1)
+    try:
+        monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(cfg)])
+        with pytest.raises(SystemExit) as refused:
+            main()
+        message = refused.value.code
+        assert isinstance(message, str) and "\n" not in message, message
+        assert message.startswith(f"error: {run} is in use by another training run (PID {holder.pid} on host ")
+        assert "python train.py x" in message and "--trainer.default_root_dir" in message
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # no config.yaml, no logs
+        with pytest.raises(RuntimeError, match="is in use by another training run"):  # RunDirBusy, from Python
+            main(["--config", str(cfg)])
+    finally:
+        holder.kill()
+        holder.wait()
+    main(["--config", str(cfg)])
+    assert f"{run}/.lock was left by PID {holder.pid} on this host, which is no longer running" in caplog.text
+    assert (run / "checkpoints/last.ckpt").is_file() and not (run / ".lock").exists()

@@ -39,7 +39,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from seg.data import SegDataModule
 from seg.data.base import DataError
@@ -53,6 +53,7 @@ from .head_args import HeadArgumentError, typed_head_kwargs
 from .loggers import ValImageLogger, build_loggers, finish_wandb, wandb_mode
 from .module import DivergenceError, SegmentationModule
 from .resume import ExactResume
+from .run_lock import RunDirBusy, RunLock, release_all
 from .summary import RunSummary, ValidateAtEnd
 
 
@@ -167,6 +168,8 @@ class SegCLI(LightningCLI):
         ):
             rank_zero_warn("bf16 precision on CPU is slow; the default without CUDA is 32-true")
         tta_reads_original_images(cfg)
+        if rank_zero_only.rank == 0 and "://" not in str(run_dir):  # DDP ranks share the folder: rank 0 holds it
+            RunLock(run_dir).acquire()  # released by main(), else at exit
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         cfg = self.config
@@ -232,6 +235,7 @@ USER_ERRORS = (
     DivergenceError,
     FileNotFoundError,
     PermissionError,
+    RunDirBusy,
     TrainingBatchError,
 )
 
@@ -260,6 +264,8 @@ def main(args: Any = None) -> SegCLI:
         if args is not None or not _is_user_error(err):
             raise err
         sys.exit(f"error: {_one_line(err)}")
+    finally:
+        release_all()
     _finish_wandb(cli, 0)
     return cli
 
