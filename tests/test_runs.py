@@ -4,9 +4,12 @@ train.py as users do (a subprocess, or ``main`` with the command line), on tiny 
 
 from __future__ import annotations
 
+import csv
+import glob
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -189,3 +192,52 @@ def test_one_run_per_run_folder_and_stale_locks_are_taken_over(tiny_data, tmp_pa
     main(["--config", str(cfg)])
     assert f"{run}/.lock was left by PID {holder.pid} on this host, which is no longer running" in caplog.text
     assert (run / "checkpoints/last.ckpt").is_file() and not (run / ".lock").exists()
+
+
+# -- 9: a resume with a changed config
+
+
+def test_resume_refuses_a_changed_network_before_writing_anything(trained_run, tiny_data, tmp_path):
+    """Other head channels and output stride, or other class names: one error listing each change (old -> new) and
+    what to do, and the run folder is as it was (config.yaml and last.ckpt still match)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, run, max_steps=8)
+    with pytest.raises(ValueError) as refused:  # ResumeConfigError
+        main(["--config", str(cfg), "--model.head_kwargs.channels=32", "--model.output_stride=16", "--ckpt_path=last"])
+    message = str(refused.value)
+    assert message.startswith(f"--ckpt_path {run}/checkpoints/last.ckpt cannot continue with this config")
+    assert "model.head_kwargs.channels 16 -> 32" in message and "model.output_stride 8 -> 16" in message
+    assert f"--model.init_from={run}/checkpoints/last.ckpt" in message and "--trainer.default_root_dir" in message
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tiny_data, renamed)
+    meta = json.loads((renamed / "classes.json").read_text())
+    meta["classes"] = list(reversed(meta["classes"]))
+    (renamed / "classes.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"classes \['sand', .*\] -> \['pool', "):
+        main(["--config", str(cfg), f"--data.root={renamed}", "--ckpt_path=last"])
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_resume_applies_a_new_lr_and_a_longer_schedule(tiny_data, tmp_path, caplog):
+    """4 steps of a 4-step poly schedule at lr 0.02, then `--trainer.max_steps=8 --model.lr=0.01 --ckpt_path last`:
+    the line says so, and steps 4..7 train on the new 8-iteration curve from 0.01 (the LR logged per step, the
+    optimizer and the schedule in the final checkpoint), not on the old one (min_lr from step 3 on)."""
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=4, val_check_interval=4)
+    main(["--config", str(cfg)])
+    caplog.clear()
+    main(["--config", str(cfg), "--trainer.max_steps=8", "--model.lr=0.01", "--ckpt_path", "last"])
+    assert re.search(
+        r"resuming \S+last.ckpt \(step 4\) with changed settings, applied from there: model.lr 0.02 -> 0.01, "
+        r"poly schedule 4 -> 8 iterations \(trainer.max_steps\)",
+        caplog.text,
+    )
+    (resumed,) = glob.glob(str(tmp_path / "run/csv/version_1/metrics.csv"))
+    lrs = [float(r["train/lr"]) for r in csv.DictReader(open(resumed)) if r.get("train/lr")]
+    assert lrs == pytest.approx([(0.01 - 1e-4) * (1 - t / 7) ** 0.9 + 1e-4 for t in range(4, 8)], rel=1e-6)
+    last = _ckpt(tmp_path / "run/checkpoints/last.ckpt")
+    assert last["lr_schedulers"][0]["max_iters"] == 8 and last["lr_schedulers"][0]["base_lrs"] == [0.01]
+    assert last["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 0.01
+    assert yaml.safe_load((tmp_path / "run/config.yaml").read_text())["model"]["lr"] == 0.01

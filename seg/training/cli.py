@@ -44,15 +44,16 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from seg.data import SegDataModule
 from seg.data.base import DataError
 from seg.models.inference import is_tta
-from seg.models.safe_load import CheckpointError
+from seg.models.safe_load import CheckpointError, read_checkpoint
 
-from .checkpointing import SegCheckpoint
+from .checkpointing import SegCheckpoint, remove_partial_checkpoints
 from .config_scan import ConfigCodeError, check_arguments, check_object
 from .console import SegModelSummary, progress_bar, quiet_lightning
 from .head_args import HeadArgumentError, typed_head_kwargs
 from .loggers import ValImageLogger, build_loggers, finish_wandb, wandb_mode
 from .module import DivergenceError, SegmentationModule
 from .resume import ExactResume
+from .resume_config import ApplyNewSettings, ResumeConfigError, check_resume, resume_path
 from .run_lock import RunDirBusy, RunLock, release_all
 from .summary import RunSummary, ValidateAtEnd
 
@@ -171,11 +172,32 @@ class SegCLI(LightningCLI):
         if rank_zero_only.rank == 0 and "://" not in str(run_dir):  # DDP ranks share the folder: rank 0 holds it
             RunLock(run_dir).acquire()  # released by main(), else at exit
 
+    def check_resume(self) -> None:
+        """Refuse a ``--ckpt_path`` resume whose config changes the network (before the loggers start and before
+        ``config.yaml`` is saved); list the optimisation settings it changes, which are applied
+        (:mod:`seg.training.resume_config`)."""
+        cfg = self.config
+        path = resume_path(cfg.ckpt_path, cfg.checkpoint.dirpath)
+        if path is None:
+            return
+        remove_partial_checkpoints(path.parent)
+        ckpt = read_checkpoint(path, what="--ckpt_path")
+        max_steps = self.config_init.trainer.max_steps
+        iters = self.model.hparams.max_iters or (max_steps if max_steps and max_steps > 0 else None)
+        changes = check_resume(path, ckpt, self.model, self.datamodule, iters)
+        if changes:
+            step = ckpt.get("global_step")
+            rank_zero_info(
+                f"resuming {path} (step {step}) with changed settings, applied from there: {', '.join(changes)}"
+            )
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         cfg = self.config
         tcfg = self.config_init.trainer
+        self.check_resume()
         callbacks = list(tcfg.callbacks or [])
-        callbacks += [ExactResume(), RunSummary(tcfg.default_root_dir), ValidateAtEnd(), ValImageLogger()]
+        callbacks += [ExactResume(), ApplyNewSettings(), RunSummary(tcfg.default_root_dir), ValidateAtEnd()]
+        callbacks += [ValImageLogger()]
         callbacks += console_callbacks(tcfg, callbacks)
         kwargs["callbacks"] = callbacks
         if tcfg.logger is None or tcfg.logger is True:
@@ -235,6 +257,7 @@ USER_ERRORS = (
     DivergenceError,
     FileNotFoundError,
     PermissionError,
+    ResumeConfigError,
     RunDirBusy,
     TrainingBatchError,
 )
