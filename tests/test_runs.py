@@ -8,11 +8,15 @@ import csv
 import glob
 import json
 import os
+import queue
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +24,10 @@ import torch
 import yaml
 from helpers import ROOT, tiny_config
 
+from seg.compare.runs import train_runs
 from seg.data.synthetic import write_demo
 from seg.training.cli import main
+from seg.training.module import SegmentationModule
 
 
 def _env() -> dict[str, str]:
@@ -241,3 +247,138 @@ def test_resume_applies_a_new_lr_and_a_longer_schedule(tiny_data, tmp_path, capl
     assert last["lr_schedulers"][0]["max_iters"] == 8 and last["lr_schedulers"][0]["base_lrs"] == [0.01]
     assert last["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 0.01
     assert yaml.safe_load((tmp_path / "run/config.yaml").read_text())["model"]["lr"] == 0.01
+
+
+# -- 7: SIGTERM / Ctrl-C
+
+
+# every run of the interruption tests: 8 poly iterations whatever max_steps says, validations at steps 4 and 8
+COMMON = ["--model.max_iters=8", "--trainer.val_check_interval=4"]
+
+
+def _lines(stream) -> "queue.Queue[str]":
+    """The lines of a pipe, read by a thread (so a test can wait for one with a timeout)."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+    return lines
+
+
+def _wait_for(lines: "queue.Queue[str]", pattern: str, timeout: float = 300) -> str:
+    deadline, seen = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if re.search(pattern, line):
+            return line
+    raise AssertionError(f"no line matching {pattern!r} in {timeout} s:\n{''.join(seen[-30:])}")
+
+
+def _same_run(reference: Path, resumed: Path) -> None:
+    """Same final weights, momentum buffers, LR schedule position and validation mIoU."""
+    a, b = _ckpt(reference / "checkpoints/last.ckpt"), _ckpt(resumed / "checkpoints/last.ckpt")
+    assert a["global_step"] == b["global_step"] == 8
+    differ = [k for k, v in a["state_dict"].items() if not torch.equal(v, b["state_dict"][k])]
+    assert not differ, f"{len(differ)} of {len(a['state_dict'])} tensors differ: {differ[:5]}"
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert a["lr_schedulers"][0] == b["lr_schedulers"][0]
+    ra, rb = (json.loads((r / "summary.json").read_text()) for r in (reference, resumed))
+    assert ra["last"]["mIoU"] == rb["last"]["mIoU"] and ra["best"]["mIoU"] == rb["best"]["mIoU"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data, tmp_path_factory) -> Path:
+    """The uninterrupted 8-step run the interrupted ones must equal once resumed."""
+    tmp = tmp_path_factory.mktemp("reference")
+    main(["--config", str(tiny_config(tmp / "cfg.yaml", tiny_data, tmp / "run", max_steps=8)), *COMMON])
+    return tmp / "run"
+
+
+def test_sigterm_saves_last_ckpt_exits_143_and_resumes_exactly(reference, tiny_data, tmp_path):
+    """`kill PID` on a real train.py (a budget it would need minutes for): it holds `.lock` while it runs, ends
+    with exit 143, one line naming the checkpoint and the command that continues, `last.ckpt` at the step it
+    stopped at (not the last validation), no lock left; `--ckpt_path last` then ends where the uninterrupted run
+    ends, weight for weight."""
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=1000, enable_progress_bar=True)
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "--config", str(cfg), *COMMON],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "stderr.txt", "w"),
+        text=True,
+    )
+    try:
+        _wait_for(_lines(proc.stdout), r"^step 2/1000 ")
+        lock = json.loads((tmp_path / "run/.lock").read_text())
+        assert lock["pid"] == proc.pid and lock["host"] == socket.gethostname()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    finally:
+        proc.kill()
+    err = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in err, err[-3000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("stopped by SIGTERM")]
+    step = int(re.match(r"stopped by SIGTERM at step (\d+) of 1000: saved (\S+); continue with: (.*)$", line)[1])
+    assert re.search(rf"saved {tmp_path}/run/checkpoints/last.ckpt; .*--ckpt_path last$", line), line
+    assert 2 <= step < 8 and _ckpt(tmp_path / "run/checkpoints/last.ckpt")["global_step"] == step
+    assert not (tmp_path / "run/.lock").exists()
+    cli = main(["--config", str(cfg), *COMMON, "--trainer.max_steps=8", "--ckpt_path", "last"])
+    assert cli.trainer.global_step == 8
+    _same_run(reference, tmp_path / "run")
+
+
+def test_ctrl_c_at_a_validation_step_validates_saves_and_resumes_exactly(reference, tiny_data, tmp_path, monkeypatch):
+    """SIGINT during step 4, whose validation is due: the step ends, its validation runs (summary.json, best.ckpt),
+    then the run stops with code 130 and `last.ckpt` at step 4; resuming it equals the uninterrupted run."""
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=8)
+    train_step = SegmentationModule.training_step
+
+    def interrupted(self, batch, batch_idx):
+        if self.global_step == 3:  # step 4 is running
+            os.kill(os.getpid(), signal.SIGINT)
+        return train_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SegmentationModule, "training_step", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        main(["--config", str(cfg), *COMMON])
+    assert stop.value.code == 130
+    assert stop.value.message == f"stopped by SIGINT at step 4 of 8: saved {tmp_path}/run/checkpoints/last.ckpt"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+    assert _ckpt(tmp_path / "run/checkpoints/last.ckpt")["global_step"] == 4
+    assert json.loads((tmp_path / "run/summary.json").read_text())["last"]["step"] == 4  # validated first
+    monkeypatch.setattr(SegmentationModule, "training_step", train_step)
+    main(["--config", str(cfg), *COMMON, "--ckpt_path", "last"])
+    _same_run(reference, tmp_path / "run")
+
+
+def test_compare_train_resumes_a_run_stopped_by_sigterm(tiny_data, tmp_path):
+    """A comparison's train.py stopped by SIGTERM (the PID its `.lock` names): the comparison fails instead of
+    counting the run as trained, and the next `train_runs` resumes it to the full budget."""
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "unused", max_steps=8)
+    extra = ["--data.num_workers=0", "--wandb=off", "--trainer.enable_progress_bar=true", *COMMON]
+    out = tmp_path / "cmp"
+    args = ["-m", "seg.compare", "--train", "--config", str(cfg), "--heads", "fcn", "--seeds", "1", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, *args, "--bootstrap", "10", "--", *extra],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        _wait_for(_lines(proc.stdout), r"^step 2/8 ")
+        os.kill(json.loads((out / "fcn-s0/.lock").read_text())["pid"], signal.SIGTERM)
+        assert proc.wait(timeout=120) != 0
+    finally:
+        proc.kill()
+    run = out / "fcn-s0"
+    assert not (run / "compare_train.json").exists()
+    assert 2 <= _ckpt(run / "checkpoints/last.ckpt")["global_step"] < 8
+    train_runs(str(cfg), ["fcn"], [0], out, extra, "g")
+    assert _ckpt(run / "checkpoints/last.ckpt")["global_step"] == 8
+    assert (run / "compare_train.json").exists()

@@ -12,7 +12,13 @@ LightningCLI with ``run=False`` then ``trainer.fit``. What the CLI adds to a pla
       <run_dir>/csv/version_N/metrics.csv   one version per launch
       <run_dir>/wandb/                      W&B files (online or offline), <run_dir>/wandb_id
 
-* ``--wandb auto|online|offline|off`` and ``--wandb_project`` (see :mod:`seg.training.loggers`).
+* ``--wandb auto|online|offline|off`` (YAML's ``off`` too) and ``--wandb_project`` (:mod:`seg.training.loggers`).
+* What the run refuses before it writes anything: a config that names code outside seg, torch and Lightning
+  (:mod:`seg.training.config_scan`, exit 2), a run folder another run holds (:mod:`seg.training.run_lock`), a
+  resume whose config changes the network (:mod:`seg.training.resume_config`; changed optimisation settings are
+  applied and listed).
+* SIGTERM / Ctrl-C: ``last.ckpt`` at the current step, exit 143 / 130 and the command that continues the run
+  (:mod:`seg.training.interrupt`).
 * Defaults for speed: bf16-mixed precision when CUDA (with bf16) is present, ``benchmark=True``
   (cudnn autotuning), SyncBatchNorm under multi-GPU DDP; on CPU sync_batchnorm is switched off (it crashes).
 * ``model.head_kwargs`` is typed by the chosen head's signature (:mod:`seg.training.head_args`): checked at parse
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -40,6 +47,7 @@ from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from seg.data import SegDataModule
 from seg.data.base import DataError
@@ -50,6 +58,7 @@ from .checkpointing import SegCheckpoint, remove_partial_checkpoints
 from .config_scan import ConfigCodeError, check_arguments, check_object
 from .console import SegModelSummary, progress_bar, quiet_lightning
 from .head_args import HeadArgumentError, typed_head_kwargs
+from .interrupt import RunStopped, StopOnSignal, resume_command
 from .loggers import ValImageLogger, build_loggers, finish_wandb, wandb_mode
 from .module import DivergenceError, SegmentationModule
 from .resume import ExactResume
@@ -197,7 +206,7 @@ class SegCLI(LightningCLI):
         self.check_resume()
         callbacks = list(tcfg.callbacks or [])
         callbacks += [ExactResume(), ApplyNewSettings(), RunSummary(tcfg.default_root_dir), ValidateAtEnd()]
-        callbacks += [ValImageLogger()]
+        callbacks += [ValImageLogger(), StopOnSignal()]
         callbacks += console_callbacks(tcfg, callbacks)
         kwargs["callbacks"] = callbacks
         if tcfg.logger is None or tcfg.logger is True:
@@ -271,7 +280,9 @@ def main(args: Any = None) -> SegCLI:
     """Entry point of ``train.py``: parse, build, fit (resuming from ``--ckpt_path`` if given).
 
     From the command line (``args=None``) the errors of ``USER_ERRORS`` end the process with ``error: ...`` and
-    exit code 1; called with ``args`` they are raised.
+    exit code 1; called with ``args`` they are raised. A stop on SIGTERM / Ctrl-C prints what was saved and the
+    command that continues the run, and exits 143 / 130 (:class:`~seg.training.interrupt.RunStopped`, a
+    ``SystemExit``, raised in both cases).
     """
     cli: Optional[SegCLI] = None
     try:
@@ -281,16 +292,36 @@ def main(args: Any = None) -> SegCLI:
                 callback.resuming = cli.config.ckpt_path is not None
         # weights_only: a resume never runs code from the checkpoint (AtomicCheckpointIO reads it safely too)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
-    except Exception as err:
+    except BaseException as err:
+        stop = _stopped(cli, err)
+        if stop is not None:
+            _finish_wandb(cli, stop.code)
+            if rank_zero_only.rank == 0:
+                print(f"{stop.message}; continue with: {resume_command(args)}", file=sys.stderr, flush=True)
+            raise stop from None
         _finish_wandb(cli, 1)
+        if not isinstance(err, Exception):
+            raise
         err = _small_batch_error(cli, err) or err
         if args is not None or not _is_user_error(err):
             raise err
         sys.exit(f"error: {_one_line(err)}")
     finally:
         release_all()
+        for callback in cli.trainer.callbacks if cli is not None else []:
+            if isinstance(callback, StopOnSignal):
+                callback.restore()
     _finish_wandb(cli, 0)
     return cli
+
+
+def _stopped(cli: Optional[SegCLI], err: BaseException) -> Optional[RunStopped]:
+    """``err`` as a stop on a signal (see :meth:`StopOnSignal.stopped`), or None."""
+    stop = next((cb for cb in cli.trainer.callbacks if isinstance(cb, StopOnSignal)), None) if cli else None
+    found = stop.stopped(err) if stop is not None else (err if isinstance(err, RunStopped) else None)
+    if found is None and isinstance(err, SIGTERMException):  # Lightning's: a SIGTERM before training started
+        found = RunStopped(signal.SIGTERM, "stopped by SIGTERM before training started: nothing saved by this launch")
+    return found
 
 
 def _finish_wandb(cli: Optional[SegCLI], exit_code: int) -> None:
