@@ -23,7 +23,7 @@ from seg.io import atomic_write_text, remove_stale_temp_files
 from seg.models.checkpoint import atomic_save
 from seg.models.safe_load import read_checkpoint
 
-__all__ = ["AtomicCheckpointIO", "SegCheckpoint", "check_checkpoint_dir"]
+__all__ = ["AtomicCheckpointIO", "SegCheckpoint", "check_checkpoint_dir", "remove_partial_checkpoints"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -132,5 +132,10 @@ def check_checkpoint_dir(directory: Path) -> None:
             "permissions or free space, or set --checkpoint.dirpath (or "
             "--trainer.default_root_dir) to a writable folder"
         ) from None
+    remove_partial_checkpoints(directory)
+
+
+def remove_partial_checkpoints(directory: Path) -> None:
+    """Remove the temp files a process killed mid-save left in ``directory`` (their writer is gone), saying so."""
     for p in remove_stale_temp_files(directory):
         rank_zero_info(f"removed {p}, a partial checkpoint of an interrupted save")

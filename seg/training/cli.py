@@ -12,7 +12,13 @@ LightningCLI with ``run=False`` then ``trainer.fit``. What the CLI adds to a pla
       <run_dir>/csv/version_N/metrics.csv   one version per launch
       <run_dir>/wandb/                      W&B files (online or offline), <run_dir>/wandb_id
 
-* ``--wandb auto|online|offline|off`` and ``--wandb_project`` (see :mod:`seg.training.loggers`).
+* ``--wandb auto|online|offline|off`` (YAML's ``off`` too) and ``--wandb_project`` (:mod:`seg.training.loggers`).
+* What the run refuses before it writes anything: a config that names code outside seg, torch and Lightning
+  (:mod:`seg.training.config_scan`, exit 2), a run folder another run holds (:mod:`seg.training.run_lock`), a
+  resume whose config changes the network (:mod:`seg.training.resume_config`; changed optimisation settings are
+  applied and listed).
+* SIGTERM / Ctrl-C: ``last.ckpt`` at the current step, exit 143 / 130 and the command that continues the run
+  (:mod:`seg.training.interrupt`).
 * Defaults for speed: bf16-mixed precision when CUDA (with bf16) is present, ``benchmark=True``
   (cudnn autotuning), SyncBatchNorm under multi-GPU DDP; on CPU sync_batchnorm is switched off (it crashes).
 * ``model.head_kwargs`` is typed by the chosen head's signature (:mod:`seg.training.head_args`): checked at parse
@@ -29,9 +35,10 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 from jsonargparse import Namespace
@@ -39,19 +46,24 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from seg.data import SegDataModule
 from seg.data.base import DataError
 from seg.models.inference import is_tta
-from seg.models.safe_load import CheckpointError
+from seg.models.safe_load import CheckpointError, read_checkpoint
 
-from .checkpointing import SegCheckpoint
+from .checkpointing import SegCheckpoint, remove_partial_checkpoints
+from .config_scan import ConfigCodeError, check_arguments, check_object
 from .console import SegModelSummary, progress_bar, quiet_lightning
 from .head_args import HeadArgumentError, typed_head_kwargs
-from .loggers import ValImageLogger, build_loggers
+from .interrupt import RunStopped, StopOnSignal, resume_command
+from .loggers import ValImageLogger, build_loggers, finish_wandb, wandb_mode
 from .module import DivergenceError, SegmentationModule
 from .resume import ExactResume
+from .resume_config import ApplyNewSettings, ResumeConfigError, check_resume, resume_path
+from .run_lock import RunDirBusy, RunLock, release_all
 from .summary import RunSummary, ValidateAtEnd
 
 
@@ -99,11 +111,19 @@ class SegCLI(LightningCLI):
         """Parses ``args`` (a list of command-line strings, ``None`` = ``sys.argv[1:]``, or a dict/Namespace), types
         ``model.head_kwargs`` by the chosen head (a bad one is a parse error) and then answers ``--print_config``,
         so the printed config shows the head's arguments with their defaults."""
+        try:  # before jsonargparse reads a config: it imports the classes a config names
+            if isinstance(args, (dict, Namespace)):
+                check_object(args.as_dict() if isinstance(args, Namespace) else args)
+            else:
+                argv, print_flags = take_print_config(list(sys.argv[1:] if args is None else args))
+                check_arguments(argv)
+        except ConfigCodeError as err:
+            parser.error(str(err))
         if isinstance(args, (dict, Namespace)):
             cfg, print_flags = parser.parse_object(args), None
         else:
-            argv, print_flags = take_print_config(list(sys.argv[1:] if args is None else args))
             cfg = parser.parse_args(argv)
+        cfg.wandb = wandb_mode(cfg.wandb)
         try:
             cfg.model.head_kwargs = typed_head_kwargs(cfg.model.head, cfg.model.head_kwargs)
             check_model(cfg.model.head, cfg.model.backbone, cfg.model.output_stride)
@@ -125,7 +145,7 @@ class SegCLI(LightningCLI):
         )
         parser.add_argument(
             "--wandb",
-            type=Literal["auto", "online", "offline", "off"],
+            type=Union[Literal["auto", "online", "offline", "off"], bool],  # YAML reads `wandb: off` as False
             default="auto",
             help="W&B logging: auto = online if logged in, else offline; off = CSV only",
         )
@@ -158,12 +178,35 @@ class SegCLI(LightningCLI):
         ):
             rank_zero_warn("bf16 precision on CPU is slow; the default without CUDA is 32-true")
         tta_reads_original_images(cfg)
+        if rank_zero_only.rank == 0 and "://" not in str(run_dir):  # DDP ranks share the folder: rank 0 holds it
+            RunLock(run_dir).acquire()  # released by main(), else at exit
+
+    def check_resume(self) -> None:
+        """Refuse a ``--ckpt_path`` resume whose config changes the network (before the loggers start and before
+        ``config.yaml`` is saved); list the optimisation settings it changes, which are applied
+        (:mod:`seg.training.resume_config`)."""
+        cfg = self.config
+        path = resume_path(cfg.ckpt_path, cfg.checkpoint.dirpath)
+        if path is None:
+            return
+        remove_partial_checkpoints(path.parent)
+        ckpt = read_checkpoint(path, what="--ckpt_path")
+        max_steps = self.config_init.trainer.max_steps
+        iters = self.model.hparams.max_iters or (max_steps if max_steps and max_steps > 0 else None)
+        changes = check_resume(path, ckpt, self.model, self.datamodule, iters)
+        if changes:
+            step = ckpt.get("global_step")
+            rank_zero_info(
+                f"resuming {path} (step {step}) with changed settings, applied from there: {', '.join(changes)}"
+            )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         cfg = self.config
         tcfg = self.config_init.trainer
+        self.check_resume()
         callbacks = list(tcfg.callbacks or [])
-        callbacks += [ExactResume(), RunSummary(tcfg.default_root_dir), ValidateAtEnd(), ValImageLogger()]
+        callbacks += [ExactResume(), ApplyNewSettings(), RunSummary(tcfg.default_root_dir), ValidateAtEnd()]
+        callbacks += [ValImageLogger(), StopOnSignal()]
         callbacks += console_callbacks(tcfg, callbacks)
         kwargs["callbacks"] = callbacks
         if tcfg.logger is None or tcfg.logger is True:
@@ -212,8 +255,21 @@ def take_print_config(argv: list[str]) -> tuple[list[str], Optional[dict[str, bo
     return rest, flags
 
 
+class TrainingBatchError(ValueError):
+    """A training batch of one image reached BatchNorm after pooling (one value per channel)."""
+
+
 # Errors whose message says all (the file, the value, what to do): the command line prints them without a traceback.
-USER_ERRORS = (CheckpointError, DataError, DivergenceError, FileNotFoundError, PermissionError)
+USER_ERRORS = (
+    CheckpointError,
+    DataError,
+    DivergenceError,
+    FileNotFoundError,
+    PermissionError,
+    ResumeConfigError,
+    RunDirBusy,
+    TrainingBatchError,
+)
 
 
 def _is_user_error(err: BaseException) -> bool:
@@ -224,8 +280,11 @@ def main(args: Any = None) -> SegCLI:
     """Entry point of ``train.py``: parse, build, fit (resuming from ``--ckpt_path`` if given).
 
     From the command line (``args=None``) the errors of ``USER_ERRORS`` end the process with ``error: ...`` and
-    exit code 1; called with ``args`` they are raised.
+    exit code 1; called with ``args`` they are raised. A stop on SIGTERM / Ctrl-C prints what was saved and the
+    command that continues the run, and exits 143 / 130 (:class:`~seg.training.interrupt.RunStopped`, a
+    ``SystemExit``, raised in both cases).
     """
+    cli: Optional[SegCLI] = None
     try:
         cli = SegCLI(args=args)
         for callback in cli.trainer.callbacks:
@@ -233,11 +292,61 @@ def main(args: Any = None) -> SegCLI:
                 callback.resuming = cli.config.ckpt_path is not None
         # weights_only: a resume never runs code from the checkpoint (AtomicCheckpointIO reads it safely too)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
-    except Exception as err:
-        if args is not None or not _is_user_error(err):
+    except BaseException as err:
+        stop = _stopped(cli, err)
+        if stop is not None:
+            _finish_wandb(cli, stop.code)
+            if rank_zero_only.rank == 0:
+                print(f"{stop.message}; continue with: {resume_command(args)}", file=sys.stderr, flush=True)
+            raise stop from None
+        _finish_wandb(cli, 1)
+        if not isinstance(err, Exception):
             raise
+        err = _small_batch_error(cli, err) or err
+        if args is not None or not _is_user_error(err):
+            raise err
         sys.exit(f"error: {_one_line(err)}")
+    finally:
+        release_all()
+        for callback in cli.trainer.callbacks if cli is not None else []:
+            if isinstance(callback, StopOnSignal):
+                callback.restore()
+    _finish_wandb(cli, 0)
     return cli
+
+
+def _stopped(cli: Optional[SegCLI], err: BaseException) -> Optional[RunStopped]:
+    """``err`` as a stop on a signal (see :meth:`StopOnSignal.stopped`), or None."""
+    stop = next((cb for cb in cli.trainer.callbacks if isinstance(cb, StopOnSignal)), None) if cli else None
+    found = stop.stopped(err) if stop is not None else (err if isinstance(err, RunStopped) else None)
+    if found is None and isinstance(err, SIGTERMException):  # Lightning's: a SIGTERM before training started
+        found = RunStopped(signal.SIGTERM, "stopped by SIGTERM before training started: nothing saved by this launch")
+    return found
+
+
+def _finish_wandb(cli: Optional[SegCLI], exit_code: int) -> None:
+    trainer = getattr(cli, "trainer", None)
+    if trainer is not None:
+        finish_wandb(trainer.loggers, exit_code)
+
+
+def _small_batch_error(cli: Optional[SegCLI], err: Exception) -> Optional[TrainingBatchError]:
+    """BatchNorm's "Expected more than 1 value per channel when training" as what it means for the run: a training
+    batch of one image reached BatchNorm after pooling (PSP, ASPP image pooling ...)."""
+    if cli is None or not isinstance(err, ValueError) or "Expected more than 1 value per channel" not in str(err):
+        return None
+    dm, world = cli.datamodule, max(1, cli.trainer.world_size)
+    try:
+        images = len(dm.dataset("train"))
+    except Exception:  # noqa: BLE001  the count only completes the message
+        images = "?"
+    per_rank = f", {world} processes" if world > 1 else ""
+    return TrainingBatchError(
+        f"a training batch holds 1 image: the training split has {images} image(s) and data.batch_size="
+        f"{dm.hparams.get('batch_size')}{per_rank}, and BatchNorm after pooling (model.head={cli.model.hparams.head}) "
+        "needs at least 2 images per batch. Use a larger training split or data.batch_size, or a head without "
+        "BatchNorm after pooling (e.g. --model.head=fcn)"
+    )
 
 
 def _one_line(err: BaseException) -> str:

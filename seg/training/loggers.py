@@ -6,6 +6,10 @@ the ``wandb sync`` command. ``--wandb off`` disables W&B. The W&B run id is kept
 so that a resumed run (``--ckpt_path last``) continues the same W&B run. ``WANDB_RUN_GROUP`` (set by
 ``seg.compare --train`` for all runs of one comparison) puts the run in that W&B group.
 :class:`ValImageLogger` adds validation images with predicted and true masks to the W&B run.
+
+``wandb: off`` written in YAML is read as ``False`` (YAML 1.1 booleans), ``on``/``yes`` as ``True``:
+:func:`wandb_mode` reads them as ``off`` and ``auto``. ``train.py`` ends the W&B run itself (:func:`finish_wandb`):
+left to wandb's exit hook, the closing lines are written with terminal colours into log files too.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import netrc
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 from urllib.parse import urlparse
 
 import lightning as L
@@ -24,6 +28,13 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 WandbMode = Literal["auto", "online", "offline", "off"]
+
+
+def wandb_mode(value: Union[WandbMode, bool]) -> WandbMode:
+    """``--wandb`` as given: the YAML booleans ``off``/``false`` mean ``off``, ``on``/``true``/``yes`` ``auto``."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    return value
 
 
 def wandb_logged_in() -> bool:
@@ -84,23 +95,39 @@ def build_loggers(
         if rank_zero_only.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             id_file.write_text(run_id)
-    loggers.append(
-        WandbLogger(
-            project=project,
-            name=name or run_dir.name,
-            save_dir=str(run_dir),
-            id=run_id,
-            resume="allow",
-            offline=(mode == "offline"),
-            group=group or os.environ.get("WANDB_RUN_GROUP") or None,
-        )
+    logger = WandbLogger(
+        project=project,
+        name=name or run_dir.name,
+        save_dir=str(run_dir),
+        id=run_id,
+        resume="allow",
+        offline=(mode == "offline"),
+        group=group or os.environ.get("WANDB_RUN_GROUP") or None,
     )
+    # Lightning always passes `anonymous` (None unless asked), and wandb >= 0.19 warns on every run that the
+    # setting has no effect: leave it out
+    logger._wandb_init.pop("anonymous", None)
+    loggers.append(logger)
     if mode == "offline":
         rank_zero_info(
             f"wandb: not logged in, logging offline to {run_dir / 'wandb'}; upload later with: "
             f"wandb sync {run_dir / 'wandb'}/offline-run-*"
         )
     return loggers
+
+
+def finish_wandb(loggers: list[Logger], exit_code: int = 0) -> None:
+    """End the W&B runs of ``loggers`` that were started (rank 0's), marking a non-zero ``exit_code`` as failed.
+
+    Why here and not at interpreter exit: wandb's exit hook prints its closing lines (the sync command, the log
+    folder) with terminal colours even into a log file; ``finish()`` prints them through ``click``, which drops the
+    colours when the output is not a terminal."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        run = getattr(logger, "_experiment", None) if isinstance(logger, WandbLogger) else None
+        if run is not None and hasattr(run, "finish"):
+            run.finish(exit_code=exit_code)
 
 
 class ValImageLogger(L.Callback):
