@@ -12,7 +12,7 @@ from seg.io import write_json
 from seg.models import all_head_names
 
 from .report import log_wandb_summary, markdown, plot
-from .runs import load_run, train_runs
+from .runs import RunFailed, load_run, train_runs
 from .stats import summarize
 
 __all__ = ["compare", "main"]
@@ -102,7 +102,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             p.error("--train needs --config")
         if args.baseline not in args.heads:
             p.error(f"--baseline {args.baseline} is not in --heads {args.heads}")
-        runs += train_runs(args.config, args.heads, list(range(args.seeds)), out, extra, group)
+        try:
+            runs += train_runs(args.config, args.heads, list(range(args.seeds)), out, extra, group)
+        except RunFailed as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(err.code) from None
     elif extra:
         p.error(f"unknown arguments {extra} (overrides are only for --train)")
     if not runs:

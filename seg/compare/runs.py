@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import numpy as np
 
 from seg.io import write_json
 
-__all__ = ["evaluate_run", "head_overrides", "load_run", "train_runs"]
+__all__ = ["RunFailed", "evaluate_run", "head_overrides", "load_run", "train_runs"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,14 +132,39 @@ def load_run(run_dir: str | Path, evaluate: bool = True) -> dict[str, Any]:
     }
 
 
-def _run_child(cmd: list[str], env: dict[str, str]) -> float:
-    """Run a command; its peak RSS in MiB (Linux ``wait4``: the process and the children it waited for)."""
+class RunFailed(RuntimeError):
+    """A train.py run of the comparison did not finish; ``code`` is its exit code (143: stopped by SIGTERM)."""
+
+    def __init__(self, run_dir: Path, code: int) -> None:
+        how = {143: "was stopped by SIGTERM", 130: "was stopped by Ctrl-C"}.get(code, f"failed (exit code {code})")
+        super().__init__(
+            f"the run {run_dir} {how}; its output above says why. Run the same seg.compare command again: finished "
+            "runs are kept and an interrupted one continues from its last.ckpt"
+        )
+        self.code = code
+
+
+def _run_child(cmd: list[str], env: dict[str, str], run_dir: Path) -> float:
+    """Run a train.py command; its peak RSS in MiB (Linux ``wait4``: the process and the children it waited for).
+
+    SIGTERM and SIGINT sent to this process are passed on to the run, so it saves ``last.ckpt`` and exits
+    non-zero (``kill``/``docker stop`` reach only this process; a signal to the whole process group reaches the run
+    twice, which it takes as one stop). A run that does not exit 0 raises :class:`RunFailed`."""
     print("$", " ".join(cmd), flush=True)
     proc = subprocess.Popen(cmd, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
+
+    def forward(signum: int, frame: Any) -> None:
+        proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)  # retried after a handled signal (PEP 475)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
+        raise RunFailed(run_dir, proc.returncode if proc.returncode > 0 else 128 - proc.returncode)
     return usage.ru_maxrss / 1024  # KiB -> MiB
 
 
@@ -181,7 +207,7 @@ def train_runs(config: str, heads: list[str], seeds: list[int], out: Path, extra
                     *(["--ckpt_path=last"] if last.is_file() else []),
                 ]
                 t0 = time.perf_counter()
-                rss = _run_child(cmd, env)
+                rss = _run_child(cmd, env, run_dir)
                 write_json(
                     {"peak_rss_mb": rss, "wall_s": time.perf_counter() - t0, "command": cmd},
                     run_dir / "compare_train.json",

@@ -15,7 +15,9 @@ and stops at the next step boundary:
 * before the next step it raises :class:`RunStopped`, a ``SystemExit`` with code 143 (SIGTERM, 128 + 15) or 130
   (SIGINT); ``train.py`` prints one line with what was saved and the command that continues the run.
 
-A second signal stops at once (the previous ``last.ckpt`` stays intact: checkpoint writes are atomic). Under DDP the
+A second signal stops at once (the previous ``last.ckpt`` stays intact: checkpoint writes are atomic); the same
+signal again within ``DUPLICATE_WINDOW_S`` is the first stop delivered twice (to the process group, and forwarded
+by a parent such as ``seg.compare --train``), not a second request. Under DDP the
 ranks agree on the stop once per step (a max all-reduce of the signal number), because saving is collective.
 DataLoader workers started after :meth:`StopOnSignal.setup` inherit its handlers, so a signal sent to the whole
 process group (Ctrl-C, SLURM) does not kill them under the main process.
@@ -28,6 +30,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,6 +41,7 @@ import torch.distributed as dist
 __all__ = ["RunStopped", "StopOnSignal", "exit_code", "resume_command"]
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+DUPLICATE_WINDOW_S = 1.0  # the same signal this soon after the first is one stop delivered twice
 
 
 def exit_code(signum: int) -> int:
@@ -66,6 +70,7 @@ class StopOnSignal(L.Callback):
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        self._first_at = 0.0
         self.saved: Optional[tuple[Path, int]] = None
         self._stopping = False  # every rank knows of the signal and wrote last.ckpt: stop before the next step
         self._start_step = 0
@@ -79,6 +84,9 @@ class StopOnSignal(L.Callback):
             self._pass_on(signum, frame)
         elif self.signum is None:  # between two bytecodes of the main thread: record only (a print could re-enter)
             self.signum = signum
+            self._first_at = time.monotonic()
+        elif signum == self.signum and time.monotonic() - self._first_at < DUPLICATE_WINDOW_S:
+            return  # the first stop, delivered again (process group + a forwarding parent)
         else:
             self.restore()
             raise RunStopped(signum, f"stopped at once by a second {signal.Signals(signum).name}; {self.on_disk()}")

@@ -22,10 +22,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
-from seg.data.samplers import EpochSampler
-from seg.data.seeding import SeededDataset
-
-__all__ = ["EpochSampler", "ExactResume", "SeededDataset"]  # the data classes lived here before seg.data
+__all__ = ["ExactResume"]
 
 _KEY = "seg_exact_resume"
 
