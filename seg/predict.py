@@ -3,10 +3,14 @@
 PyTorch:      ``python -m seg.predict --ckpt K INPUT --out DIR [--mode slide] [--scales ...] [--flip true]``
 ONNX Runtime: ``python -m seg.predict --onnx FILE INPUT --out DIR [--mode slide] [--crop_size H W] [--stride H W]``
 
-For every image ``name.ext`` in INPUT (png/jpg/jpeg/bmp/tif), writes ``DIR/name.png`` (class-index mask),
-``DIR/name_color.png`` (palette colours) and ``DIR/name_overlay.jpg`` (colours blended over the image).
-Images go through the checkpoint's evaluation transform (resize to its test scale + normalise); the logits are
-resized back to the original size before the argmax (the evaluation protocol). ``--mode slide``, ``--scales`` and
+For every image ``name.ext`` in INPUT (``seg.deploy.images.IMAGE_EXTENSIONS``: png, jpg, jpeg, tif, tiff, bmp,
+webp, the list training reads), writes ``DIR/name.png`` (class-index mask), ``DIR/name_color.png`` (palette
+colours) and ``DIR/name_overlay.jpg`` (colours blended over the image).
+
+Images are decoded as training decodes them (``seg.deploy.images``: EXIF orientation applied, the layout a photo
+is displayed and annotated in), so a mask has the size of the image as displayed. They go through the checkpoint's
+evaluation transform (resize to its test scale + normalise); the logits are resized back to the original size
+before the argmax (the evaluation protocol). ``--mode slide``, ``--scales`` and
 ``--flip`` work as in ``seg.evaluate``. Classes, palette, normalisation and test scale come from the checkpoint;
 ``--config`` / ``--data.*`` replace them with those of a data configuration.
 
@@ -20,9 +24,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from seg.deploy.outputs import IMAGE_EXTS, list_images, read_rgb, write_prediction
+from seg.deploy.images import list_images, read_rgb
+from seg.deploy.outputs import write_prediction
 
-__all__ = ["IMAGE_EXTS", "list_images", "main"]
+__all__ = ["main"]
 
 DESCRIPTION = (
     "Predict masks for a folder of images (or one image): a label PNG, a colour PNG and an overlay per image. "

@@ -21,8 +21,9 @@ import cv2
 import numpy as np
 
 from .geometry import is_tta, rescale_size, slide_windows, tta_size
+from .images import list_images, read_rgb
 from .metadata import decode
-from .outputs import list_images, read_rgb, write_prediction
+from .outputs import write_prediction
 
 __all__ = ["OnnxSegmenter", "main"]
 

@@ -1,4 +1,4 @@
-"""Reading input images and writing predictions: one implementation for both ``seg.predict`` paths.
+"""Writing predictions: one implementation for both ``seg.predict`` paths (reading is `seg.deploy.images`).
 
 For an image ``name.ext`` the outputs are ``name.png`` (class-index mask, uint8), ``name_color.png``
 (palette colours) and ``name_overlay.jpg`` (colours blended over the image).
@@ -12,29 +12,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["IMAGE_EXTS", "list_images", "read_rgb", "write_prediction"]
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
-def list_images(path: Path) -> list[Path]:
-    """``path`` itself if it is a file, else the images in the folder (sorted); a clear error if none."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(f"input {path} is neither an image nor a folder")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {path}")
-    return files
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path}: cannot read image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+__all__ = ["write_prediction"]
 
 
 def write_prediction(
