@@ -1,5 +1,5 @@
 """Input images, one rule everywhere: EXIF orientation (training, the cache, the fast PNG path, evaluation and both
-predict paths agree on the displayed layout) and one extension list.
+predict paths and seg.data.check agree on the displayed layout) and one extension list.
 
 The ONNX path runs a hand-built model (`colour_onnx`: logits = the RGB channels), so the expected mask of any image
 is its strongest channel per pixel, computed here with numpy; the PyTorch path runs the `trained_run` checkpoint.
@@ -7,6 +7,7 @@ is its strongest channel per pixel, computed here with numpy; the PyTorch path r
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from seg import evaluate as evaluate_cmd
 from seg import predict as predict_cmd
 from seg.data import FolderDataset
 from seg.data import base as base_module
+from seg.data import check as check_cmd
 from seg.data import png as png_module
 from seg.deploy import metadata, onnx_predict
 
@@ -186,6 +188,18 @@ def test_evaluation_and_prediction_agree_on_a_phone_photo(trained_run, tiny_data
     pred, gt = read_label(written), np.asarray(Image.open(root / "val/masks/phone.png"))
     assert pred.shape == gt.shape == (56, 40)
     assert metrics["aAcc"] == pytest.approx(float((pred == gt).mean()), abs=1e-9)
+
+
+def test_check_reports_exif_orientation(tmp_path, capsys):
+    """A square photo whose mask matches in size passes every other check; the orientation is reported, with the
+    layout its mask must follow and how to bake the rotation in."""
+    _phone_dataset(tmp_path / "d", size=(48, 48))
+    (tmp_path / "d/classes.json").write_text(json.dumps({"classes": ["red", "green", "blue"]}))
+    code = check_cmd.main(["--dataset", "folder", "--root", str(tmp_path / "d"), "--split", "val"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "phone.jpg: EXIF orientation 6 (shown rotated 90 degrees clockwise)" in out
+    assert "phone.png must follow that layout" in out and "exiftran -ai" in out
 
 
 # ------------------------------------------------------------------------------------------------
