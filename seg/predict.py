@@ -5,7 +5,10 @@ ONNX Runtime: ``python -m seg.predict --onnx FILE INPUT --out DIR [--mode slide]
 
 For every image ``name.ext`` in INPUT (``seg.deploy.images.IMAGE_EXTENSIONS``: png, jpg, jpeg, tif, tiff, bmp,
 webp, the list training reads), writes ``DIR/name.png`` (class-index mask), ``DIR/name_color.png`` (palette
-colours) and ``DIR/name_overlay.jpg`` (colours blended over the image).
+colours) and ``DIR/name_overlay.jpg`` (colours blended over the image). Two inputs with one stem (``x.jpg`` and
+``x.png``) would overwrite each other: both are then named after their whole file name, ``x.jpg.png``,
+``x.jpg_color.png``, ``x.jpg_overlay.jpg`` and ``x.png.png``, ... (the name still says which input it is, and
+stripping the last ``.png`` gives the input's name).
 
 Images are decoded as training decodes them (``seg.deploy.images``: EXIF orientation applied, the layout a photo
 is displayed and annotated in), so a mask has the size of the image as displayed. They go through the checkpoint's
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from seg.deploy.images import list_images, read_rgb
-from seg.deploy.outputs import write_prediction
+from seg.deploy.outputs import output_stems, write_prediction
 
 __all__ = ["main"]
 
@@ -87,6 +90,7 @@ def _main_torch(args: Optional[list[str]]) -> list[Path]:
     out_dir = Path(ns.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    stems = output_stems(images)
     for path in images:
         rgb = read_rgb(path)
         h, w = rgb.shape[:2]
@@ -96,7 +100,7 @@ def _main_torch(args: Optional[list[str]]) -> list[Path]:
             x = x.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
         with torch.inference_mode():  # logits resized to the original (h, w) before the argmax, as evaluation
             label = predict_labels(module.logits, x.unsqueeze(0).to(device), settings, (h, w))[0]
-        written.append(write_prediction(out_dir, path.stem, rgb, label.byte().cpu().numpy(), palette, ns.alpha))
+        written.append(write_prediction(out_dir, stems[path], rgb, label.byte().cpu().numpy(), palette, ns.alpha))
     print(f"wrote {len(written)} masks (+ _color.png, _overlay.jpg) to {out_dir}")
     return written
 

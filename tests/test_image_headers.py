@@ -1,10 +1,12 @@
-"""seg.deploy.headers and the pieces of seg.deploy.images that the commands' tests (test_inputs.py) rely on:
-header sizes and orientations against PIL's reading of the same files, one extension list."""
+"""seg.deploy.headers and the pieces of seg.deploy.images / outputs that the commands' tests (test_inputs.py) rely on:
+header sizes and orientations against PIL's reading of the same files, one extension list, and output names
+that never meet."""
 
 from __future__ import annotations
 
 import io
 import struct
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,6 +16,7 @@ from PIL import Image
 from seg.data import base as base_module
 from seg.deploy import images
 from seg.deploy.headers import read_header
+from seg.deploy.outputs import output_stems
 
 
 def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -93,6 +96,24 @@ def test_one_extension_list_for_datasets_and_predict(tmp_path):
         (tmp_path / f"f{ext.strip('.')}{ext}").write_bytes(b"")
     listed = {p.suffix for p in images.list_images(tmp_path)}
     assert listed == {*images.IMAGE_EXTENSIONS, ".PNG"}
+
+
+@pytest.mark.parametrize(
+    "names, expected",
+    [
+        (["a.png", "b.jpg"], ["a", "b"]),
+        (["x.jpg", "x.png", "y.webp"], ["x.jpg", "x.png", "y"]),
+        (["X.jpg", "x.png"], ["X.jpg", "x.png"]),  # one file on macOS / Windows
+        (["x.jpg", "x_color.png"], ["x.jpg", "x_color.png"]),  # x's colour mask is x_color's index mask
+        (["x.jpg", "x.jpg.png", "x.png"], ["x.jpg", "x.jpg.png", "x.png"]),  # whole names: a second round
+    ],
+)
+def test_output_stems_never_meet(names, expected):
+    paths = [Path("in") / n for n in names]
+    stems = output_stems(paths)
+    assert [stems[p] for p in paths] == expected
+    outputs = [f"{s}{tail}".casefold() for s in stems.values() for tail in (".png", "_color.png", "_overlay.jpg")]
+    assert len(set(outputs)) == len(outputs)
 
 
 def test_decode_matches_opencv_default_reader_on_jpeg(tmp_path):

@@ -1,5 +1,5 @@
-"""Input images, one rule everywhere: EXIF orientation (training, the cache, the fast PNG path, evaluation and both
-predict paths and seg.data.check agree on the displayed layout) and one extension list.
+"""Input images, one rule everywhere: EXIF orientation (training, the cache, the fast PNG path, evaluation, both
+predict paths and seg.data.check agree on the displayed layout), one extension list with distinct output names.
 
 The ONNX path runs a hand-built model (`colour_onnx`: logits = the RGB channels), so the expected mask of any image
 is its strongest channel per pixel, computed here with numpy; the PyTorch path runs the `trained_run` checkpoint.
@@ -203,7 +203,17 @@ def test_check_reports_exif_orientation(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------
-# case 5: one extension list
+# case 5: one extension list, distinct output names
+
+
+def _mixed_folder(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """x.jpg and x.png (one stem, different colours) and a WebP: input name -> colour."""
+    colours = {"x.jpg": RED, "x.png": BLUE, "y.webp": GREEN}
+    for name, colour in colours.items():
+        rgb = np.empty((12, 20, 3), np.uint8)
+        rgb[:] = colour
+        write_photo(folder / name, rgb, 1)
+    return colours
 
 
 def test_predict_reads_every_training_extension(colour_onnx, tmp_path):
@@ -217,3 +227,22 @@ def test_predict_reads_every_training_extension(colour_onnx, tmp_path):
     assert sorted(p.name for p in written) == [f"im{k}.png" for k in range(len(base_module.IMAGE_EXTENSIONS))]
     for k in range(len(base_module.IMAGE_EXTENSIONS)):
         assert (read_label(tmp_path / "out" / f"im{k}.png") == k % 3).all()
+
+
+@pytest.mark.parametrize("path", ["onnx", "torch"])
+def test_stem_collisions_get_distinct_outputs(path, colour_onnx, request, tmp_path):
+    colours = _mixed_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    if path == "onnx":
+        written = onnx_predict.main(["--onnx", str(colour_onnx), str(tmp_path / "in"), "--out", str(out)])
+    else:
+        ckpt = str(request.getfixturevalue("trained_run") / "checkpoints/best.ckpt")
+        written = predict_cmd.main(["--ckpt", ckpt, str(tmp_path / "in"), "--out", str(out)])
+    assert sorted(p.name for p in written) == ["x.jpg.png", "x.png.png", "y.png"]
+    expected = {"x.jpg": "x.jpg", "x.png": "x.png", "y.webp": "y"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}{tail}" for stem in expected.values() for tail in (".png", "_color.png", "_overlay.jpg")
+    )
+    if path == "onnx":  # each mask is its own input's: red -> 0, blue -> 2, green -> 1
+        for name, stem in expected.items():
+            assert (read_label(out / f"{stem}.png") == labels(np.array([[colours[name]]]))[0, 0]).all(), name

@@ -23,7 +23,7 @@ import numpy as np
 from .geometry import is_tta, rescale_size, slide_windows, tta_size
 from .images import list_images, read_rgb
 from .metadata import decode
-from .outputs import write_prediction
+from .outputs import output_stems, write_prediction
 
 __all__ = ["OnnxSegmenter", "main"]
 
@@ -194,8 +194,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in list_images(Path(args.input)):
+    images = list_images(Path(args.input))
+    stems = output_stems(images)
+    for path in images:
         rgb = read_rgb(path)
-        written.append(write_prediction(out_dir, path.stem, rgb, seg.predict(rgb), seg.palette, args.alpha))
+        written.append(write_prediction(out_dir, stems[path], rgb, seg.predict(rgb), seg.palette, args.alpha))
     print(f"wrote {len(written)} masks (+ _color.png, _overlay.jpg) to {out_dir} (ONNX Runtime, no PyTorch)")
     return written

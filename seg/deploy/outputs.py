@@ -1,18 +1,42 @@
 """Writing predictions: one implementation for both ``seg.predict`` paths (reading is `seg.deploy.images`).
 
-For an image ``name.ext`` the outputs are ``name.png`` (class-index mask, uint8), ``name_color.png``
-(palette colours) and ``name_overlay.jpg`` (colours blended over the image).
+For an image ``name.ext`` the outputs are ``name.png`` (class-index mask, uint8), ``name_color.png`` (palette
+colours) and ``name_overlay.jpg`` (colours blended over the image). Two inputs that would write the same file
+(``x.jpg`` and ``x.png``) are both named after their whole file name instead: ``x.jpg.png``, ``x.jpg_color.png``,
+``x.jpg_overlay.jpg`` and ``x.png.png``, ... (`output_stems`).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-__all__ = ["write_prediction"]
+__all__ = ["output_stems", "write_prediction"]
+
+
+def _outputs(stem: str) -> tuple[str, str, str]:
+    return f"{stem}.png", f"{stem}_color.png", f"{stem}_overlay.jpg"
+
+
+def output_stems(images: Sequence[Path]) -> dict[Path, str]:
+    """The name each image's outputs start with: its stem, or its whole file name for images whose outputs would
+    otherwise meet another's (``x.jpg`` / ``x.png``; also ``x.jpg`` / ``x_color.png``). Names are compared
+    case-blind, as macOS and Windows file systems do. Whole names never meet: each ends in its own extension."""
+    whole: set[Path] = set()
+    while True:
+        stems = {p: p.name if p in whole else p.stem for p in images}
+        owners: dict[str, set[Path]] = defaultdict(set)
+        for path, stem in stems.items():
+            for name in _outputs(stem):
+                owners[name.casefold()].add(path)
+        clashing = {p for paths in owners.values() if len(paths) > 1 for p in paths} - whole
+        if not clashing:
+            return stems
+        whole |= clashing
 
 
 def write_prediction(
@@ -25,7 +49,8 @@ def write_prediction(
     label = label.astype(np.uint8)  # (H, W)
     color = pal[label]  # (H, W, 3) RGB
     overlay = (rgb * (1 - alpha) + color * alpha).astype(np.uint8)
-    cv2.imwrite(str(out_dir / f"{stem}.png"), label)
-    cv2.imwrite(str(out_dir / f"{stem}_color.png"), cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(out_dir / f"{stem}_overlay.jpg"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-    return out_dir / f"{stem}.png"
+    mask_name, color_name, overlay_name = _outputs(stem)
+    cv2.imwrite(str(out_dir / mask_name), label)
+    cv2.imwrite(str(out_dir / color_name), cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(out_dir / overlay_name), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+    return out_dir / mask_name
