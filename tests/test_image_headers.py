@@ -1,16 +1,18 @@
-"""seg.deploy.headers and the pieces of seg.deploy.images / outputs that the commands' tests (test_inputs.py) rely on:
-header sizes and orientations against PIL's reading of the same files, one extension list, and output names
-that never meet."""
+"""seg.deploy.headers and the pieces of seg.deploy.images / outputs that the commands' tests (test_inputs.py) rely
+on: header sizes and orientations against PIL's reading of the same files, the pixel limit checked before any
+decoding, one extension list, and output names that never meet."""
 
 from __future__ import annotations
 
 import io
 import struct
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from helpers import bomb_png
 from PIL import Image
 
 from seg.data import base as base_module
@@ -81,6 +83,19 @@ def test_unknown_or_cut_headers_give_none():
     png = FILES["png rgb"](1)
     for data in (b"", b"GIF89a" + bytes(40), png[:20], FILES["jpeg baseline"](1)[:30], b"RIFF\0\0\0\0WEBPVP8X"):
         assert read_header(data) is None, data[:12]
+
+
+def test_oversized_image_is_refused_from_its_header_before_decoding(monkeypatch):
+    """A 12000x12000 PNG declared over a few bytes: refused before OpenCV allocates anything, naming the size
+    and the flag; PIL's lazy open reads the same size (an independent header reader)."""
+    data = bomb_png()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        assert Image.open(io.BytesIO(data)).size == (12000, 12000)
+    monkeypatch.setattr(images.cv2, "imdecode", lambda *a: pytest.fail("decoded before the size check"))
+    with pytest.raises(images.ImageError, match=r"big.png: 12000x12000 \(W x H\) = 144000000 pixels.*89478485"):
+        images.decode_image(data, "big.png", images.MAX_PIXELS)
+    assert images.MAX_PIXELS == Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb threshold
 
 
 def test_empty_and_corrupt_files_name_the_file():

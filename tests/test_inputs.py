@@ -1,5 +1,6 @@
 """Input images, one rule everywhere: EXIF orientation (training, the cache, the fast PNG path, evaluation, both
-predict paths and seg.data.check agree on the displayed layout), one extension list with distinct output names.
+predict paths and seg.data.check agree on the displayed layout), one extension list with distinct output names,
+and a predict run that skips an unreadable or oversized file, writes the rest and exits 1.
 
 The ONNX path runs a hand-built model (`colour_onnx`: logits = the RGB channels), so the expected mask of any image
 is its strongest channel per pixel, computed here with numpy; the PyTorch path runs the `trained_run` checkpoint.
@@ -14,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import write_mask
+from helpers import bomb_png, run_cmd_without_torch, write_mask
 from PIL import Image, ImageOps
 
 from seg import evaluate as evaluate_cmd
@@ -246,3 +247,66 @@ def test_stem_collisions_get_distinct_outputs(path, colour_onnx, request, tmp_pa
     if path == "onnx":  # each mask is its own input's: red -> 0, blue -> 2, green -> 1
         for name, stem in expected.items():
             assert (read_label(out / f"{stem}.png") == labels(np.array([[colours[name]]]))[0, 0]).all(), name
+
+
+# ------------------------------------------------------------------------------------------------
+# case 10: unreadable and oversized files
+
+
+def _folder_with_bad_files(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for name in ("a.png", "d.jpg"):
+        rgb = np.empty((10, 14, 3), np.uint8)
+        rgb[:] = GREEN
+        write_photo(folder / name, rgb, 1)
+    (folder / "b.png").write_bytes(b"")
+    (folder / "c.png").write_bytes(bomb_png())
+
+
+def test_predict_onnx_skips_bad_files_writes_the_rest_and_exits_1(colour_onnx, tmp_path):
+    """The real command, torch imports blocked: a 0-byte PNG and a 12000x12000 bomb are skipped with a warning each,
+    the two good images are predicted, and the exit status is 1 with both bad files listed."""
+    _folder_with_bad_files(tmp_path / "in")
+    proc = run_cmd_without_torch(["--onnx", str(colour_onnx), str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "wrote 2 masks" in proc.stdout and "no PyTorch" in proc.stdout
+    err = proc.stderr
+    assert f"warning: skipping {tmp_path / 'in/b.png'}: empty file" in err
+    assert f"warning: skipping {tmp_path / 'in/c.png'}: 12000x12000" in err and "--max-pixels 144000000" in err
+    assert "2 of 4 images could not be read" in err and "Traceback" not in err
+    for stem in ("a", "d"):
+        assert (read_label(tmp_path / f"out/{stem}.png") == 1).all()
+    assert not (tmp_path / "out/b.png").exists() and not (tmp_path / "out/c.png").exists()
+
+
+def test_predict_torch_skips_bad_files_and_writes_the_rest(trained_run, tmp_path, capsys):
+    _folder_with_bad_files(tmp_path / "in")
+    ckpt = str(trained_run / "checkpoints/best.ckpt")
+    with pytest.raises(RuntimeError, match="2 of 4 images could not be read") as info:
+        predict_cmd.main(["--ckpt", ckpt, str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+    assert sorted(p.name for p in info.value.written) == ["a.png", "d.png"]
+    assert all(read_label(p).shape == (10, 14) for p in info.value.written)
+    assert sorted(p.name for p in info.value.skipped) == ["b.png", "c.png"]
+    assert capsys.readouterr().err.count("warning: skipping") == 2
+
+
+def test_max_pixels_flag_sets_the_limit_on_both_paths(colour_onnx, trained_run, tmp_path):
+    """A 10 x 14 image is 140 pixels: refused under --max-pixels 139 (naming the file, its size and the flag),
+    predicted under 140."""
+    folder = tmp_path / "in"
+    write_photo(folder / "a.png", np.zeros((10, 14, 3), np.uint8), 1)
+    ckpt = str(trained_run / "checkpoints/best.ckpt")
+    runs = {
+        "onnx": lambda out, limit: onnx_predict.main(
+            ["--onnx", str(colour_onnx), str(folder), "--out", str(out), "--max-pixels", limit]
+        ),
+        "torch": lambda out, limit: predict_cmd.main(
+            ["--ckpt", ckpt, str(folder), "--out", str(out), "--max-pixels", limit]
+        ),
+    }
+    for name, run in runs.items():
+        with pytest.raises(
+            RuntimeError, match=r"a.png: 14x10 \(W x H\) = 140 pixels, more than --max-pixels 139 .*: --max-pixels 140"
+        ):
+            run(tmp_path / f"{name}_139", "139")
+        assert [p.name for p in run(tmp_path / f"{name}_140", "140")] == ["a.png"]

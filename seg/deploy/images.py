@@ -25,9 +25,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageError", "decode_image", "list_images", "read_rgb"]
+from .headers import read_header
+
+__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_PIXELS_HELP", "ImageError", "decode_image", "list_images", "read_rgb"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")  # datasets and seg.predict
+# PIL's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, a quarter GiB of 24-bit pixels): a 108 MP phone photo
+# needs --max-pixels, a 50 MP one does not. Prediction also holds float logits of this many pixels per class.
+MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # 89,478,485
+MAX_PIXELS_HELP = (
+    f"refuse images with more pixels (W x H, read from the file's header before decoding; default {MAX_PIXELS}, "
+    "PIL's decompression-bomb limit); such an image is skipped like an unreadable one"
+)
 # OpenCV's IMREAD_UNCHANGED minus alpha, plus the orientation: IMREAD_UNCHANGED is the one flag that never rotates
 _FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
@@ -49,21 +58,35 @@ def list_images(path: Path) -> list[Path]:
     return files
 
 
-def decode_image(data: bytes, name: str | Path) -> np.ndarray:
+def _too_large(name: str | Path, height: int, width: int, max_pixels: int) -> ImageError:
+    return ImageError(
+        f"{name}: {width}x{height} (W x H) = {width * height} pixels, more than --max-pixels {max_pixels} allows "
+        f"(a guard against decompression bombs); if the image is genuine, raise it: --max-pixels {width * height}"
+    )
+
+
+def decode_image(data: bytes, name: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """An image file's bytes -> (H, W, 3) uint8 RGB in its displayed layout (the module's rule).
 
     Args:
         data: the file's bytes.
         name: the file, for messages.
+        max_pixels: refuse images with more pixels, read from the header before anything is allocated (and checked
+            again after decoding, for a format whose header is not read); None: OpenCV's own limit (2^30).
 
     Raises:
-        ImageError: empty, corrupt or unsupported file.
+        ImageError: empty, corrupt or unsupported file, or above ``max_pixels``.
     """
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes); copy it again or remove it")
+    header = read_header(data)
+    if max_pixels is not None and header is not None and header.pixels > max_pixels:
+        raise _too_large(name, *header.displayed_size, max_pixels)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), _FLAGS)
     if img is None:
         raise ImageError(f"{name}: cannot decode image (corrupt or unsupported format); re-export it as PNG/JPEG")
+    if max_pixels is not None and img.shape[0] * img.shape[1] > max_pixels:
+        raise _too_large(name, img.shape[0], img.shape[1], max_pixels)
     if img.dtype == np.uint16:
         img = (img // 257).astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -75,7 +98,7 @@ def decode_image(data: bytes, name: str | Path) -> np.ndarray:
     raise ImageError(f"{name}: image has {img.shape[2]} channels; expected greyscale or RGB(A)")
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of an image file, by `decode_image` (``seg.predict``'s reader). Raises `ImageError`, or
-    OSError when the file cannot be read."""
-    return decode_image(Path(path).read_bytes(), path)
+def read_rgb(path: Path, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file, by `decode_image` (``seg.predict``'s reader: limited to ``max_pixels``
+    by default, as its inputs may come from anywhere). Raises `ImageError`, or OSError when the file cannot be read."""
+    return decode_image(Path(path).read_bytes(), path, max_pixels)
