@@ -3,12 +3,23 @@
 PyTorch:      ``python -m seg.predict --ckpt K INPUT --out DIR [--mode slide] [--scales ...] [--flip true]``
 ONNX Runtime: ``python -m seg.predict --onnx FILE INPUT --out DIR [--mode slide] [--crop_size H W] [--stride H W]``
 
-For every image ``name.ext`` in INPUT (png/jpg/jpeg/bmp/tif), writes ``DIR/name.png`` (class-index mask),
-``DIR/name_color.png`` (palette colours) and ``DIR/name_overlay.jpg`` (colours blended over the image).
-Images go through the checkpoint's evaluation transform (resize to its test scale + normalise); the logits are
-resized back to the original size before the argmax (the evaluation protocol). ``--mode slide``, ``--scales`` and
-``--flip`` work as in ``seg.evaluate``. Classes, palette, normalisation and test scale come from the checkpoint;
-``--config`` / ``--data.*`` replace them with those of a data configuration.
+For every image ``name.ext`` in INPUT (``seg.deploy.images.IMAGE_EXTENSIONS``: png, jpg, jpeg, tif, tiff, bmp,
+webp, the list training reads), writes ``DIR/name.png`` (class-index mask), ``DIR/name_color.png`` (palette
+colours) and ``DIR/name_overlay.jpg`` (colours blended over the image). Two inputs with one stem (``x.jpg`` and
+``x.png``) would overwrite each other: both are then named after their whole file name, ``x.jpg.png``,
+``x.jpg_color.png``, ``x.jpg_overlay.jpg`` and ``x.png.png``, ... (the name still says which input it is, and
+stripping the last ``.png`` gives the input's name).
+
+Images are decoded as training decodes them (``seg.deploy.images``: EXIF orientation applied, the layout a photo
+is displayed and annotated in), so a mask has the size of the image as displayed. They go through the checkpoint's
+evaluation transform (resize to its test scale + normalise); the logits are resized back to the original size
+before the argmax (the evaluation protocol). ``--mode slide``, ``--scales`` and ``--flip`` work as in
+``seg.evaluate``. Classes, palette, normalisation and test scale come from the checkpoint; ``--config`` /
+``--data.*`` replace them with those of a data configuration.
+
+An image that cannot be read (empty, corrupt, or above ``--max-pixels``, read from its header before decoding;
+default 89.5 MP, PIL's decompression-bomb limit) is skipped with a warning; every other prediction is written,
+and the command then exits with status 1, listing the skipped files.
 
 ``--onnx`` runs a file written by ``python -m seg.export`` with numpy + ONNX Runtime only
 (:mod:`seg.deploy.onnx_predict`; it never imports torch): its settings travel in the file's metadata.
@@ -20,9 +31,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from seg.deploy.outputs import IMAGE_EXTS, list_images, read_rgb, write_prediction
+from seg.deploy.images import MAX_PIXELS, MAX_PIXELS_HELP, list_images
+from seg.deploy.outputs import SkippedImages, predict_images
 
-__all__ = ["IMAGE_EXTS", "list_images", "main"]
+__all__ = ["main"]
 
 DESCRIPTION = (
     "Predict masks for a folder of images (or one image): a label PNG, a colour PNG and an overlay per image. "
@@ -36,6 +48,7 @@ def _own_arguments(parser) -> None:
     parser.add_argument("--out", type=str, required=True, help="output folder")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     parser.add_argument("--device", type=Optional[str], default=None, help="cuda/cpu (default: cuda if any)")
+    parser.add_argument("--max-pixels", "--max_pixels", type=int, default=MAX_PIXELS, help=MAX_PIXELS_HELP)
     parser.add_argument(
         "--onnx",
         type=Optional[str],
@@ -79,11 +92,8 @@ def _main_torch(args: Optional[list[str]]) -> list[Path]:
     device = torch.device(ns.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     module.to(device).eval()
     optimize_for(module, device, ns.optimize, ns.bf16)  # CPU: BN folded, channels_last (--optimize), bf16
-    out_dir = Path(ns.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in images:
-        rgb = read_rgb(path)
+
+    def predict(rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
         image = transform(image=rgb)["image"]
         x = torch.as_tensor(np.ascontiguousarray(image)).float()
@@ -91,9 +101,9 @@ def _main_torch(args: Optional[list[str]]) -> list[Path]:
             x = x.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
         with torch.inference_mode():  # logits resized to the original (h, w) before the argmax, as evaluation
             label = predict_labels(module.logits, x.unsqueeze(0).to(device), settings, (h, w))[0]
-        written.append(write_prediction(out_dir, path.stem, rgb, label.byte().cpu().numpy(), palette, ns.alpha))
-    print(f"wrote {len(written)} masks (+ _color.png, _overlay.jpg) to {out_dir}")
-    return written
+        return label.byte().cpu().numpy()
+
+    return predict_images(images, Path(ns.out), predict, palette, ns.alpha, ns.max_pixels)
 
 
 def main(args: Optional[list[str]] = None) -> list[Path]:
@@ -106,4 +116,7 @@ def main(args: Optional[list[str]] = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SkippedImages as err:  # after every readable image was predicted: the list, status 1, no traceback
+        sys.exit(f"seg.predict: {err}")

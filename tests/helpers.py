@@ -7,8 +7,10 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import cv2
@@ -99,6 +101,29 @@ def run_cmd(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     return proc
 
 
+# ``python -c BLOCK_TORCH ARGS``: ``python -m seg.predict ARGS`` in a process that cannot import torch
+BLOCK_TORCH = """
+import importlib.abc, runpy, sys
+class BlockTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"torch import blocked on the ONNX path: {name}")
+        return None
+sys.meta_path.insert(0, BlockTorch())
+sys.argv = ["seg.predict", *sys.argv[1:]]
+runpy.run_module("seg.predict", run_name="__main__")
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch was imported"
+"""
+
+
+def run_cmd_without_torch(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
+    """``python -m seg.predict *args`` with torch imports blocked (not checked: the caller reads the status)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def model_state(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
@@ -158,3 +183,15 @@ def network_by_hand(ckpt: Path) -> torch.nn.Module:
     )
     net.load_state_dict({k[len("model.") :]: v for k, v in state["state_dict"].items() if k.startswith("model.")})
     return net.eval()
+
+
+def bomb_png(width: int = 12000, height: int = 12000) -> bytes:
+    """A valid PNG header declaring width x height RGB over a few bytes of data (a decompression bomb's shape)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(4096))) + chunk(b"IEND", b"")
+    )

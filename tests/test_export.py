@@ -10,9 +10,6 @@ tests also check that ``export_mode()``'s reference formulation computes the sam
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -20,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import run_cmd_without_torch
 
 from seg import export as export_cmd
 from seg import predict as predict_cmd
@@ -198,19 +196,6 @@ def test_slide_windows_cover_the_image(h, w, crop, stride):
 # ------------------------------------------------------------------------------------------------
 # end to end: python -m seg.export, then seg.predict with PyTorch and with ONNX Runtime (torch blocked)
 
-BLOCK_TORCH = """
-import importlib.abc, runpy, sys
-class BlockTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"torch import blocked on the ONNX path: {name}")
-        return None
-sys.meta_path.insert(0, BlockTorch())
-sys.argv = ["seg.predict", *sys.argv[1:]]
-runpy.run_module("seg.predict", run_name="__main__")
-assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch was imported"
-"""
-
 
 @pytest.fixture(scope="module")
 def seg_checkpoint(tmp_path_factory):
@@ -252,10 +237,7 @@ def seg_checkpoint(tmp_path_factory):
 
 
 def run_onnx_predict_without_torch(args: list[str]) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-c", BLOCK_TORCH, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    proc = run_cmd_without_torch(args)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "no PyTorch" in proc.stdout
 

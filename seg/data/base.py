@@ -24,13 +24,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from seg.deploy.images import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS  # the one list (seg.predict's too)
+from seg.deploy.images import ImageError, decode_image
+
 from . import png
 from .cache import FileCache
 from .rows import MappedRows, RowReader
 from .seeding import reseed_transform
 
 IGNORE_INDEX = 255
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 Palette = list[tuple[int, int, int]]
 JPEG_SIGNATURE = b"\xff\xd8\xff"  # every JPEG/JFIF/EXIF file starts with SOI + a marker
@@ -41,10 +43,12 @@ class DataError(ValueError):
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB (grayscale is expanded, alpha dropped, 16-bit rescaled).
+    """Read an image file as HxWx3 uint8 RGB in its displayed layout: `seg.deploy.images.decode_image`, the one
+    decoding rule of training, validation, the decode cache and ``seg.predict`` (EXIF orientation applied,
+    greyscale expanded, alpha dropped, 16-bit rescaled).
 
-    8-bit RGB(A) PNGs go through `seg.data.png` when the `fast` extra is installed (same pixels, ~1.7x
-    faster); everything else through OpenCV.
+    8-bit RGB(A) PNGs without an orientation go through `seg.data.png` when the `fast` extra is installed (same
+    pixels, ~1.7x faster). No pixel limit: training data is chosen by the user (OpenCV's own 2^30 still applies).
     """
     path = Path(path)
     if not path.is_file():
@@ -53,20 +57,10 @@ def read_image(path: str | Path) -> np.ndarray:
     img = png.decode(raw, "RGB")
     if img is not None:
         return img
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) if raw else None
-    if img is None:
-        raise DataError(f"{path}: cannot decode image (corrupt or unsupported format); re-export it as PNG/JPEG")
-    if img.dtype == np.uint16:
-        img = (img // 257).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise DataError(f"{path}: unsupported image dtype {img.dtype}; expected 8-bit (or 16-bit) RGB")
-    if img.ndim == 2:
-        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    if img.shape[2] == 3:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    raise DataError(f"{path}: image has {img.shape[2]} channels; expected 1, 3 or 4")
+    try:
+        return decode_image(raw, path)
+    except ImageError as e:
+        raise DataError(str(e)) from e
 
 
 def read_mask(path: str | Path) -> np.ndarray:

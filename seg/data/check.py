@@ -75,6 +75,49 @@ def scan(dataset: SegDataset, limit: int | None = None) -> Report:
     return report
 
 
+# -- EXIF orientation -------------------------------------------------------------------------------------
+_ORIENTATIONS = {
+    2: "shown mirrored left-right",
+    3: "shown rotated 180 degrees",
+    4: "shown mirrored top-bottom",
+    5: "shown transposed (mirrored and rotated)",
+    6: "shown rotated 90 degrees clockwise",
+    7: "shown transversed (mirrored and rotated)",
+    8: "shown rotated 90 degrees counter-clockwise",
+}
+
+
+def exif_orientation_problems(dataset: SegDataset, limit: int | None = None) -> list[str]:
+    """One problem per image whose EXIF orientation is not 1 (a phone photo stored sideways).
+
+    seg decodes such an image as it is displayed (`seg.deploy.images`), so its mask must follow the displayed
+    layout. The checker can confirm that only through the sizes, which a square image, a mirror or a 180-degree
+    turn leave equal: a mask drawn on the stored pixels then passes with most pixels mislabelled. Tools disagree
+    on the layout (PIL and torchvision read the stored one), so the fix that settles it for all of them is to bake
+    the rotation into the image.
+    """
+    from seg.deploy.headers import read_header
+
+    problems = []
+    for img_path, mask_path in dataset.samples[:limit]:
+        try:
+            header = read_header(img_path.read_bytes())  # the whole file: a PNG's eXIf may follow its pixels
+        except OSError:
+            continue  # scan() reports the unreadable file
+        if header is None or header.orientation == 1:
+            continue
+        h, w = header.displayed_size
+        problems.append(
+            f"{img_path}: EXIF orientation {header.orientation} ({_ORIENTATIONS[header.orientation]}). seg reads it "
+            f"as displayed, {h} x {w} (H x W), the way photo viewers and annotation tools show it, so {mask_path} "
+            f"must follow that layout: a mask drawn on the stored {header.height} x {header.width} pixels is "
+            "mislabelled (silently when the sizes agree). Bake the rotation in so that every tool sees one layout: "
+            "`exiftran -ai FILE` (lossless for JPEG) or PIL `ImageOps.exif_transpose(Image.open(FILE)).save(...)`; "
+            "then check that the mask matches the upright image."
+        )
+    return problems
+
+
 def _palette(text: str | None) -> list[tuple[int, int, int]] | None:
     if not text:
         return None
@@ -123,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(Report(None, problems=[str(e)]).format())
         return 1
     report = scan(dataset, args.limit)
+    report.problems += exif_orientation_problems(dataset, args.limit)
     print(report.format())
     return 1 if report.problems else 0
 

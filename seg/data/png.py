@@ -10,8 +10,8 @@ A PNG is a zlib stream of filtered rows. Decoding a 2048x1024 Cityscapes frame w
 
 The pixels are exactly libspng's / libpng's (tests compare against PIL on every filter type). A palette PNG's
 unfiltered bytes are its indices, so it is re-wrapped as greyscale to read them. Only libspng present: plain
-libspng. Anything unusual (interlaced, 16-bit, grey+alpha, malformed) returns None and the caller falls back
-to OpenCV / PIL, which decode it or report the file.
+libspng. Anything unusual (interlaced, 16-bit, grey+alpha, malformed, an image with an EXIF orientation) returns
+None and the caller falls back to OpenCV / PIL, which decode it or report the file.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import struct
 import zlib
 
 import numpy as np
+
+from seg.deploy.headers import read_header
 
 try:  # optional: libspng, ~1.25x OpenCV's libpng on its own
     import pyspng as _spng
@@ -96,6 +98,9 @@ def _header(data: bytes, mode: str) -> tuple[int, int, int] | None:
     kinds = (2, 6) if mode == "RGB" else (0, 2, 3, 6)
     if depth != 8 or interlace or colour not in kinds or not width or not height:
         return None
+    oriented = read_header(data) if mode == "RGB" else None  # masks are read as stored
+    if oriented is not None and oriented.orientation != 1:
+        return None  # an eXIf orientation: `seg.deploy.images.decode_image` applies it
     return width, height, colour
 
 

@@ -1,7 +1,7 @@
 """Segmentation with an exported ONNX model on numpy + ONNX Runtime: ``python -m seg.predict --onnx``.
 
     python -m seg.predict --onnx model.onnx IMAGES --out DIR [--mode whole|slide] [--crop_size H W]
-        [--stride H W] [--alpha 0.5] [--threads N]
+        [--stride H W] [--alpha 0.5] [--threads N] [--max-pixels N]
 
 No torch import anywhere on this path. Every setting (normalisation, evaluation resize, whole / slide,
 crop, stride, scales, flip, palette) comes from the file's metadata (``seg.deploy.metadata``), so the
@@ -21,8 +21,9 @@ import cv2
 import numpy as np
 
 from .geometry import is_tta, rescale_size, slide_windows, tta_size
+from .images import MAX_PIXELS, MAX_PIXELS_HELP, list_images
 from .metadata import decode
-from .outputs import list_images, read_rgb, write_prediction
+from .outputs import predict_images
 
 __all__ = ["OnnxSegmenter", "main"]
 
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stride", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide stride (default: the file's)"
     )
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--max-pixels", "--max_pixels", type=int, default=MAX_PIXELS, help=MAX_PIXELS_HELP)
     return p
 
 
@@ -190,11 +192,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         threads=args.threads,
         overrides={"eval_mode": args.mode, "crop_size": args.crop_size, "stride": args.stride},
     )
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in list_images(Path(args.input)):
-        rgb = read_rgb(path)
-        written.append(write_prediction(out_dir, path.stem, rgb, seg.predict(rgb), seg.palette, args.alpha))
-    print(f"wrote {len(written)} masks (+ _color.png, _overlay.jpg) to {out_dir} (ONNX Runtime, no PyTorch)")
-    return written
+    images = list_images(Path(args.input))
+    return predict_images(
+        images, Path(args.out), seg.predict, seg.palette, args.alpha, args.max_pixels, " (ONNX Runtime, no PyTorch)"
+    )
