@@ -197,6 +197,16 @@ def test_train_refuses_all_ignore_training_masks(tmp_path):
         SegDataModule("folder", str(tmp_path / "d"), num_workers=0, allow_missing_classes=True).setup("fit")
 
 
+def test_all_ignore_validation_stops_naming_the_split_without_a_best_checkpoint(tmp_path):
+    folder_tree(tmp_path / "d", "train", n=4, values=[0, 1], classes=["a", "b"])
+    folder_tree(tmp_path / "d", "val", n=2, values=[255], classes=["a", "b"])
+    config = tiny_config(tmp_path / "cfg.yaml", tmp_path / "d", tmp_path / "run", max_steps=4, val_check_interval=2)
+    with pytest.raises(DataError, match=r"validation split 'val' of .* \(2 images\) saw no labelled pixel"):
+        train_main(["--config", str(config)])
+    assert not (tmp_path / "run/checkpoints/best.ckpt").exists()
+    assert not (tmp_path / "run/summary.json").exists()
+
+
 def test_summary_json_writes_nan_metrics_as_null(tmp_path):
     """A class absent from validation has IoU NaN; summary.json stays valid JSON (null), as seg.compare reads it."""
     from types import SimpleNamespace
