@@ -138,7 +138,10 @@ class FolderDataset(SegDataset):
         self.classes, self.palette, self.color_masks = resolve_classes(self.root, classes, palette)
         first = 1 if reduce_zero_label else 0  # the stored value of class 0
         if not 0 <= ignore_index <= 65535 or first <= ignore_index < first + len(self.classes):
-            raise DataError(f"ignore_index={ignore_index} collides with a class index or is out of range")
+            raise DataError(
+                f"ignore_index={ignore_index} collides with a class value (classes are stored as {first}.."
+                f"{first + len(self.classes) - 1}) or is outside 0..65535"
+            )
         if self.color_masks and (label_map or reduce_zero_label):
             raise DataError(
                 "label_map / reduce_zero_label map the values of index masks; colour masks are mapped by the palette "
