@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -106,19 +108,74 @@ def test_cache_follows_edits_and_survives_damaged_entries(tmp_path):
     assert set(np.unique(ds.load(0)[1])) == {2}  # the edit is seen, not the stale entry
     entry = ds.cache.entry(mask_file)
     entry.write_bytes(entry.read_bytes()[:-3])  # damaged entry: warned about, decoded again, rewritten
-    with pytest.warns(UserWarning, match="unreadable cache entry"):
+    with pytest.warns(UserWarning, match="damaged cache entry"):
         assert set(np.unique(ds.load(0)[1])) == {2}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert set(np.unique(ds.load(0)[1])) == {2}
 
 
+def test_cache_detects_flipped_bytes_in_an_uncompressed_entry(tmp_path):
+    """A flipped byte in an image entry (stored uncompressed, no zlib check) was served as pixels; every entry now
+    ends with a CRC-32: the damage is warned about once, naming the entry, and the source decoded afresh."""
+    folder_tree(tmp_path / "d", n=1, size=(24, 32), values=[0, 1])
+    image_file = tmp_path / "d/train/images/im0.png"
+    expected = np.array(Image.open(image_file).convert("RGB"))  # PIL: independent of both decoders and the cache
+    ds = FolderDataset(tmp_path / "d", "train", classes=["a", "b"])
+    ds.set_cache(tmp_path / "cache")
+    np.testing.assert_array_equal(ds.load(0)[0], expected)  # decodes and stores
+    entry = ds.cache.entry(image_file)
+    raw = bytearray(entry.read_bytes())
+    assert raw.count(bytes(expected.tobytes()[:64])) == 1  # uncompressed: the pixels lie in the file as they are
+    start = raw.index(bytes(expected.tobytes()[:64])) + 100
+    raw[start : start + 8] = bytes(255 - b for b in raw[start : start + 8])
+    entry.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match=rf"{entry.name}: damaged cache entry for .*im0.png") as caught:
+        np.testing.assert_array_equal(ds.load(0)[0], expected)
+    assert len([w for w in caught if "damaged cache entry" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rewritten: read back quietly, and right
+        np.testing.assert_array_equal(ds.load(0)[0], expected)
+
+
+def test_cache_warns_once_per_damaged_entry_it_cannot_rewrite(tmp_path, monkeypatch):
+    folder_tree(tmp_path / "d", n=1, size=(24, 32), values=[0, 1])
+    ds = FolderDataset(tmp_path / "d", "train", classes=["a", "b"])
+    ds.set_cache(tmp_path / "cache")
+    ds.load(0)
+    entry = ds.cache.entry(tmp_path / "d/train/masks/im0.png")
+    entry.write_bytes(entry.read_bytes()[:-1] + b"?")
+    monkeypatch.setattr(ds.cache, "_store", lambda entry, array: None)  # e.g. a read-only cache folder
+    with pytest.warns(UserWarning, match="damaged cache entry") as caught:
+        for _ in range(3):
+            assert set(np.unique(ds.load(0)[1])) == {0, 1}
+    assert len([w for w in caught if "damaged cache entry" in str(w.message)]) == 1
+
+
+def test_cache_sees_a_same_size_replacement_with_its_time_preserved(tmp_path):
+    """``cp -p`` of another file of the same size keeps the time: size + mtime served the old pixels."""
+    folder_tree(tmp_path / "d", n=1, size=(24, 32), values=[0, 1])
+    mask_file = tmp_path / "d/train/masks/im0.png"
+    Image.fromarray(np.full((24, 32), 0, np.uint8)).save(mask_file, compress_level=0)
+    ds = FolderDataset(tmp_path / "d", "train", classes=["a", "b"])
+    ds.set_cache(tmp_path / "cache")
+    assert set(np.unique(ds.load(0)[1])) == {0}
+    replacement = tmp_path / "other.png"
+    Image.fromarray(np.full((24, 32), 1, np.uint8)).save(replacement, compress_level=0)
+    before = mask_file.stat()
+    os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
+    shutil.copy2(replacement, mask_file)  # cp -p
+    after = mask_file.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert set(np.unique(ds.load(0)[1])) == {1}
+
+
 def test_cache_entries_hold_only_plain_numbers(tmp_path):
     write_entry(tmp_path / "ok.bin", np.arange(12, dtype=np.int32).reshape(3, 4))
     np.testing.assert_array_equal(read_entry(tmp_path / "ok.bin"), np.arange(12).reshape(3, 4))
     evil = tmp_path / "evil.bin"
-    header = json.dumps({"dtype": "|O", "shape": [1], "zlib": False}).encode()  # an object array: refused
-    evil.write_bytes(b"SEGCACHE1\n" + header + b"\n" + b"x" * 8)
+    header = b"SEGCACHE2\n" + json.dumps({"dtype": "|O", "shape": [1], "zlib": False}).encode() + b"\n"
+    evil.write_bytes(header + b"x" * 8 + zlib.crc32(header + b"x" * 8).to_bytes(4, "big"))  # an object array: refused
     with pytest.raises(ValueError, match="unsupported entry"):
         read_entry(evil)
     with pytest.raises(ValueError, match="not a seg cache entry"):

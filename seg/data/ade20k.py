@@ -12,7 +12,7 @@ Layout (http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -341,6 +341,7 @@ class ADE20KDataset(SegDataset):
         root: folder holding ``ADEChallengeData2016`` (or that folder itself).
         split: 'training'/'validation' (or the aliases 'train'/'val').
         transform, strict: see `SegDataset`.
+        label_map: ``{value as stored: train id or 255}`` overriding the mapping above (`SegDataset.set_label_map`).
     """
 
     CLASSES = CLASSES
@@ -352,6 +353,7 @@ class ADE20KDataset(SegDataset):
         split: str = "training",
         transform: Callable[..., dict[str, Any]] | None = None,
         strict: bool = True,
+        label_map: Mapping[int, int] | None = None,
     ) -> None:
         super().__init__(transform, strict)
         root = Path(root)
@@ -369,6 +371,7 @@ class ADE20KDataset(SegDataset):
                 )
         images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         self._pair(images, lambda p: label_dir / f"{p.stem}.png", f"{self.root} ({self.split})")
+        self.set_label_map(label_map)
 
     def decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
         return map_index_mask(raw, self._lut, path, "ADE20K labels 0 (other, ignored) and 1..150")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -139,12 +139,41 @@ def map_index_mask(raw: np.ndarray, lut: np.ndarray, path: Path | str, valid: st
     return out.astype(np.uint8)
 
 
-def index_lut(num_classes: int, ignore_value: int = IGNORE_INDEX, size: int = 256) -> np.ndarray:
-    """Lookup table for masks that already hold train ids: 0..C-1 -> themselves, ignore -> 255, rest invalid."""
-    lut = np.full(max(size, ignore_value + 1, num_classes), -1, dtype=np.int64)
-    lut[:num_classes] = np.arange(num_classes)
+def index_lut(
+    num_classes: int, ignore_value: int = IGNORE_INDEX, size: int = 256, reduce_zero_label: bool = False
+) -> np.ndarray:
+    """Lookup table for masks that already hold train ids: 0..C-1 -> themselves, ignore -> 255, rest invalid.
+
+    With `reduce_zero_label` (ADE20K's convention, mmseg's flag): 0 means "unlabelled" -> 255 and 1..C -> 0..C-1.
+    """
+    lut = np.full(max(size, ignore_value + 1, num_classes + 1), -1, dtype=np.int64)
+    first = 1 if reduce_zero_label else 0
+    lut[first : first + num_classes] = np.arange(num_classes)
+    if reduce_zero_label:
+        lut[0] = IGNORE_INDEX
     lut[ignore_value] = IGNORE_INDEX
     return lut
+
+
+def check_label_map(label_map: Mapping[int, int] | None, num_classes: int, size: int = 65536) -> dict[int, int]:
+    """``label_map`` ({mask value as stored: class index or 255}) as a plain dict, or `DataError` naming the entry
+    that is not one (a key outside 0..size-1, a value neither a class index nor 255)."""
+    out: dict[int, int] = {}
+    for key, value in (label_map or {}).items():
+        try:
+            k, v = int(key), int(value)
+        except (TypeError, ValueError):
+            raise DataError(
+                f"label_map {{{key!r}: {value!r}}}: expected integers, {{mask value: class index}}"
+            ) from None
+        if not 0 <= k < size:
+            raise DataError(f"label_map {{{k}: {v}}}: mask value {k} is outside the masks' range 0..{size - 1}")
+        if not (0 <= v < num_classes or v == IGNORE_INDEX):
+            raise DataError(
+                f"label_map {{{k}: {v}}}: {v} is neither a class index (0..{num_classes - 1}) nor 255 (ignore)"
+            )
+        out[k] = v
+    return out
 
 
 def _pack(r: int, g: int, b: int) -> int:
@@ -229,10 +258,25 @@ class SegDataset(Dataset):
         self.classes: list[str] = []
         self.palette: Palette = []
         self.cache: FileCache | None = None
+        self._lut = np.zeros(0, np.int64)  # stored mask value -> train id (255 ignore) or -1 (invalid); per layout
+        self.label_map: dict[int, int] = {}
 
     def set_cache(self, cache_dir: str | Path | None) -> None:
         """Keep decoded images and masks in `cache_dir` (see `seg.data.cache`); None turns caching off."""
         self.cache = FileCache(cache_dir) if cache_dir is not None else None
+
+    def set_label_map(self, label_map: Mapping[int, int] | None) -> None:
+        """What stored mask values mean, overriding the layout's rule: ``{value as stored: class index or 255}``
+        (mmseg's ``label_map``; e.g. ``{255: 1}`` for binary masks exported as 0/255). It changes the lookup table
+        `decode_mask` maps through, so training, evaluation, ``seg.data.check`` and the decode cache (which keeps
+        masks as stored) all see the mapped labels."""
+        self.label_map = check_label_map(label_map, self.num_classes, len(self._lut))
+        for value, train_id in self.label_map.items():
+            self._lut[value] = train_id
+
+    def ignore_values(self) -> list[int]:
+        """The stored mask values that mean ignore (for messages that suggest a `label_map`)."""
+        return [int(v) for v in np.flatnonzero(self._lut == IGNORE_INDEX)]
 
     # -- listing helpers -------------------------------------------------------------------------------
     def _problem(self, message: str) -> None:
@@ -271,13 +315,16 @@ class SegDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Decode and check sample `index`: (HxWx3 uint8 RGB image, HxW uint8 train-id mask, 255 ignore)."""
         img_path, mask_path = self.samples[index]
-        if self.cache is None:
-            image, raw_mask = read_image(img_path), read_mask(mask_path)
-        else:
-            image, raw_mask = self.cache.get(img_path, read_image), self.cache.get(mask_path, read_mask)
-        mask = self.decode_mask(raw_mask, mask_path)
+        image = read_image(img_path) if self.cache is None else self.cache.get(img_path, read_image)
+        mask = self.load_mask(index)
         _check_sizes(img_path, image.shape, mask_path, mask.shape)
         return image, mask
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The HxW uint8 train-id mask of sample `index` (255 ignore), without decoding its image."""
+        mask_path = self.samples[index][1]
+        raw = read_mask(mask_path) if self.cache is None else self.cache.get(mask_path, read_mask)
+        return self.decode_mask(raw, mask_path)
 
     def _row_reader(self) -> RowReader | None:
         """The transform if it can read a sample from row sources (`seg.data.rows.RowReader`: the training

@@ -11,7 +11,10 @@ given per wall second and per CPU second of the process (the latter barely moves
 
 "decode PNG pair" decodes whole files; "decode PNG + augment" is what training does: with the `fast` extra the
 crop decodes the PNGs only down to the rows it keeps (`seg.data.png.PngRows`), so it can cost less than the sum
-of the two rows above it.
+of the two rows above it. The cache's two "of which" rows time what makes a cache read safe, both part of
+"decode from cache": reading the source files to key the entry on their content (a replaced file of the same size
+and time is not served stale), and checking each entry's CRC-32 (a damaged entry is not served); the second row
+re-reads the entry files, so it counts their read too.
 """
 
 from __future__ import annotations
@@ -129,9 +132,13 @@ def main(argv: list[str] | None = None) -> None:
             image, mask = loaded[i % n]
             return transform(image=image, mask=mask)
 
+        cache = raw_cached.cache
+        entries = [[cache.entry(p) for p in pair] for pair in raw_cached.samples]
         rows = [
             ("decode PNG pair, whole (+ label mapping)", lambda i: raw.load(i % n)),
             ("decode from cache (+ label mapping)", lambda i: raw_cached.load(i % n)),
+            ("  of which: cache key (read + CRC-32)", lambda i: [cache.entry(p) for p in raw_cached.samples[i % n]]),
+            ("  of which: entry CRC-32 check", lambda i: [png_decoder.crc32(e.read_bytes()) for e in entries[i % n]]),
             ("augment only (recipe, to tensors)", augment),
             ("decode PNG + augment (training)", lambda i: ds[i % n]),
             ("decode cache + augment", lambda i: cached[i % n]),
@@ -139,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         decoder = png_decoder.backend()
         print(
             f"image: 1024x2048 (H x W) PNG written by {args.encoder}, {png.stat().st_size / 1e6:.1f} MB, decoded by "
-            f"{decoder}; crop {args.crop[0]}x{args.crop[1]} (H x W); 1 thread"
+            f"{decoder}; crop {args.crop[0]}x{args.crop[1]} (H x W); 1 thread; cache checksums: CRC-32 by "
+            f"{'ISA-L' if png_decoder._isal is not None else 'zlib'}"
         )
         print(f"{'samples/s per worker':40s} {'wall':>8s} {'CPU':>8s}   ms/sample (CPU)")
         full = {}

@@ -4,8 +4,11 @@
     python -m seg.data.check --dataset cityscapes --root /data/cityscapes --split val
     python -m seg.data.check --dataset folder --root my_data --split train --classes bg,road,car \
         --palette "0,0,0;128,64,128;0,0,142"
+    python -m seg.data.check --dataset folder --root lesions --split train --label-map 255:1   # 0/255 masks
 
-Exit code 0 when the split is clean, 1 when any problem was found (each printed with its file).
+Exit code 0 when the split is clean, 1 when any problem was found (each printed with its file). Besides broken
+files, the labels themselves (`seg.data.labels`): a split without any labelled pixel, and a class that looks
+hidden as ignore (binary masks exported as 0/255 without ``--label-map 255:1``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .base import IGNORE_INDEX, DataError, SegDataset
+from .labels import LabelStats, label_problems
 
 
 @dataclass
@@ -59,9 +63,11 @@ class Report:
         return "\n".join(lines)
 
 
-def scan(dataset: SegDataset, limit: int | None = None) -> Report:
-    """Decode every sample of `dataset` (built with strict=False) and collect all problems."""
+def scan(dataset: SegDataset, limit: int | None = None, allow_missing_classes: bool = False) -> Report:
+    """Decode every sample of `dataset` (built with strict=False) and collect all problems, those of the labels
+    over all masks read included (`seg.data.labels`; `allow_missing_classes` as train.py's flag)."""
     report = Report(dataset, problems=list(dataset.problems))
+    labels = LabelStats()
     n = len(dataset) if limit is None else min(limit, len(dataset))
     for i in range(n):
         try:
@@ -71,7 +77,9 @@ def scan(dataset: SegDataset, limit: int | None = None) -> Report:
             continue
         report.checked += 1
         report.sizes[image.shape[:2]] += 1  # (H, W)
-        report.pixels += np.bincount(mask.ravel(), minlength=256)[:256]
+        labels.add(mask, dataset.samples[i][1])
+    report.pixels = labels.pixels
+    report.problems += label_problems(labels, dataset, allow_missing_classes)
     return report
 
 
@@ -118,6 +126,16 @@ def exif_orientation_problems(dataset: SegDataset, limit: int | None = None) -> 
     return problems
 
 
+def _label_map(text: str | None) -> dict[int, int] | None:
+    """``--label-map "255:1,0:255"`` -> {255: 1, 0: 255}."""
+    if not text:
+        return None
+    try:
+        return {int(k): int(v) for k, v in (pair.split(":") for pair in text.split(","))}
+    except ValueError:
+        raise DataError(f'--label-map {text!r}: expected "stored:class" pairs, e.g. "255:1" or "0:255,255:1"') from None
+
+
 def _palette(text: str | None) -> list[tuple[int, int, int]] | None:
     if not text:
         return None
@@ -129,6 +147,9 @@ def build(args: argparse.Namespace) -> SegDataset:
     from .cityscapes import CityscapesDataset
     from .folder import FolderDataset
 
+    label_map = _label_map(args.label_map)
+    if args.reduce_zero_label and args.dataset != "folder":
+        raise DataError("--reduce-zero-label is for folder datasets (ADE20K's masks are read that way already)")
     if args.dataset == "folder":
         classes = args.classes.split(",") if args.classes else None
         return FolderDataset(
@@ -139,10 +160,32 @@ def build(args: argparse.Namespace) -> SegDataset:
             args.ignore_index,
             strict=False,
             ignore_colors=_palette(args.ignore_colors),
+            label_map=label_map,
+            reduce_zero_label=args.reduce_zero_label,
         )
     if args.dataset == "cityscapes":
-        return CityscapesDataset(args.root, args.split, label_train_ids=args.label_train_ids, strict=False)
-    return ADE20KDataset(args.root, args.split, strict=False)
+        return CityscapesDataset(
+            args.root, args.split, label_train_ids=args.label_train_ids, strict=False, label_map=label_map
+        )
+    return ADE20KDataset(args.root, args.split, strict=False, label_map=label_map)
+
+
+def _add_label_arguments(p: argparse.ArgumentParser) -> None:
+    """The label mapping, as train.py's data.label_map / data.reduce_zero_label / data.allow_missing_classes."""
+    p.add_argument(
+        "--label-map",
+        help='stored mask value -> class index or 255, "255:1" or "0:255,255:1" (as data.label_map: {255: 1})',
+    )
+    p.add_argument(
+        "--reduce-zero-label",
+        action="store_true",
+        help="folder: masks store 0 for unlabelled and class k as k+1 (as data.reduce_zero_label)",
+    )
+    p.add_argument(
+        "--allow-missing-classes",
+        action="store_true",
+        help="a class without pixels while ignore covers regions is not a problem (as data.allow_missing_classes)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,13 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ignore-index", type=int, default=IGNORE_INDEX, help="folder: mask value meaning ignore")
     p.add_argument("--label-train-ids", action="store_true", help="cityscapes: read *_labelTrainIds.png")
     p.add_argument("--limit", type=int, help="check only the first N samples")
+    _add_label_arguments(p)
     args = p.parse_args(argv)
     try:
         dataset = build(args)
     except DataError as e:  # the split itself is unusable (missing folder, no class names...)
         print(Report(None, problems=[str(e)]).format())
         return 1
-    report = scan(dataset, args.limit)
+    report = scan(dataset, args.limit, args.allow_missing_classes)
     report.problems += exif_orientation_problems(dataset, args.limit)
     print(report.format())
     return 1 if report.problems else 0

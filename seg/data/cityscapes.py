@@ -13,7 +13,7 @@ files written by that script are read instead (values must be 0-18 or 255).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -103,6 +103,7 @@ class CityscapesDataset(SegDataset):
         split: 'train', 'val' or 'test' (test labels are all ignore in the public release).
         label_train_ids: read ``*_gtFine_labelTrainIds.png`` instead of mapping ``*_gtFine_labelIds.png``.
         transform, strict: see `SegDataset`.
+        label_map: ``{value as stored: train id or 255}`` overriding the mapping above (`SegDataset.set_label_map`).
     """
 
     CLASSES = CLASSES
@@ -115,6 +116,7 @@ class CityscapesDataset(SegDataset):
         label_train_ids: bool = False,
         transform: Callable[..., dict[str, Any]] | None = None,
         strict: bool = True,
+        label_map: Mapping[int, int] | None = None,
     ) -> None:
         super().__init__(transform, strict)
         self.root, self.split = Path(root), split
@@ -136,6 +138,7 @@ class CityscapesDataset(SegDataset):
             return label_dir / img.parent.name / f"{name}{suffix}"
 
         self._pair(images, mask_for, f"{self.root} ({split})")
+        self.set_label_map(label_map)
 
     def decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
         return map_index_mask(raw, self._lut, path, self._valid)

@@ -30,9 +30,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .ade20k import ADE20KDataset
-from .base import IGNORE_INDEX, DataError, SegDataset
+from .base import IGNORE_INDEX, DataError, SegDataset, check_label_map
 from .cityscapes import CityscapesDataset
 from .folder import FolderDataset, resolve_classes
+from .labels import check_training_masks
 from .samplers import EpochSampler, UnpaddedDistributedSampler
 from .seeding import SeededDataset, loader_generator, resolve_data_seed, seed_worker
 from .synthetic import prepare_demo_root
@@ -164,6 +165,14 @@ class SegDataModule(L.LightningDataModule):
             root: True = ``data/demo``, a path = that folder; any other `root` is used as is, and a missing one
             is an error (a typo'd `root` never receives demo data).
         base_size: removed; giving it raises a ValueError naming the `scale` to write instead.
+        label_map: ``{mask value as stored: class index or 255}``, applied when masks are decoded (training,
+            validation, ``seg.evaluate``; the decode cache keeps masks as stored), e.g. ``{255: 1}`` for binary
+            masks exported as 0/255 with classes [background, lesion]. mmseg's ``label_map``.
+        reduce_zero_label: 'folder': masks store 0 for "unlabelled" (-> 255) and class k as k + 1 (ADE20K's
+            convention; mmseg's ``reduce_zero_label``, HF's ``do_reduce_labels``). ADE20K does this already.
+        allow_missing_classes: train although a class has no pixel in the training masks read before the first
+            step while ignore covers part of them (`seg.data.labels`: by default that refuses to start, as it is
+            what 0/255 masks without a label_map look like).
     """
 
     def __init__(
@@ -195,12 +204,20 @@ class SegDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         generate_demo: bool | str = False,
         base_size: tuple[int, int] | None = None,
+        label_map: dict[int, int] | None = None,
+        reduce_zero_label: bool = False,
+        allow_missing_classes: bool = False,
     ) -> None:
         super().__init__()
         if base_size is not None:
             raise _base_size_error(base_size)
         if dataset not in DEFAULT_SCALES:
             raise ValueError(f"unknown dataset {dataset!r}; valid: {sorted(DEFAULT_SCALES)}")
+        if reduce_zero_label and dataset != "folder":
+            raise DataError(
+                f"data.reduce_zero_label is for folder datasets; {dataset} masks are mapped by their own rule "
+                "(ADE20K's is reduce_zero_label already): use data.label_map to change it"
+            )
         if val_mode not in ("resize", "full"):
             raise ValueError(f"val_mode must be 'resize' or 'full', got {val_mode!r}")
         self.save_hyperparameters(ignore=["base_size"])
@@ -241,16 +258,32 @@ class SegDataModule(L.LightningDataModule):
         self.classes: list[str] = names
         self.palette: list[tuple[int, int, int]] = [tuple(c) for c in palette_]
         self.num_classes = len(self.classes)
+        # wrong entries fail before the model is built; keys as ints in the hyper-parameters too (a command line's
+        # --data.label_map='{255: 1}' arrives with string keys)
+        self.label_map = check_label_map(label_map, self.num_classes)
+        self.hparams["label_map"] = self.label_map or None
+        self._train_labels_checked = False
 
     def _make(self, split: str, transform: Any) -> SegDataset:
         hp = self.hparams
         ds: SegDataset
         if self.dataset_name == "folder":
-            ds = FolderDataset(hp.root, split, hp.classes, hp.palette, hp.ignore_index, transform)
+            ds = FolderDataset(
+                hp.root,
+                split,
+                hp.classes,
+                hp.palette,
+                hp.ignore_index,
+                transform,
+                label_map=self.label_map,
+                reduce_zero_label=hp.reduce_zero_label,
+            )
         elif self.dataset_name == "cityscapes":
-            ds = CityscapesDataset(hp.root, split, label_train_ids=hp.label_train_ids, transform=transform)
+            ds = CityscapesDataset(
+                hp.root, split, label_train_ids=hp.label_train_ids, transform=transform, label_map=self.label_map
+            )
         else:
-            ds = ADE20KDataset(hp.root, split, transform=transform)
+            ds = ADE20KDataset(hp.root, split, transform=transform, label_map=self.label_map)
         ds.set_cache(self.cache_dir)
         return ds
 
@@ -264,12 +297,20 @@ class SegDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
-            self.dataset("train")
+            self.check_train_labels()
             self.dataset("val")
         if stage == "validate":
             self.dataset("val")
         if stage in (None, "test"):
             self.dataset("test")
+
+    def check_train_labels(self) -> None:
+        """Before training: read a bounded sample of the training masks and refuse (`DataError`, naming the split,
+        a file and the fix) when they hold no labelled pixel, or a class looks hidden as ignore (0/255 masks
+        without ``label_map``; ``allow_missing_classes`` lets that one pass). See `seg.data.labels`."""
+        if not self._train_labels_checked:
+            check_training_masks(self.dataset("train"), self.hparams.allow_missing_classes)
+            self._train_labels_checked = True
 
     def resume_train_at(self, epoch: int, batches: int) -> None:
         """Make the next `train_dataloader` start at batch `batches` of epoch `epoch` (a mid-epoch resume):

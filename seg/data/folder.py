@@ -11,13 +11,17 @@ Masks are either single-channel class-index PNGs (also palettised 'P' PNGs, whos
 colour PNGs decoded with `palette` (colours listed in `ignore_colors` become ignore). An index value that is
 neither a class (0..C-1) nor `ignore_index`, or a colour that is neither in the palette nor in `ignore_colors`,
 raises an error naming the file and the values; so does a JPEG file used as a mask.
+
+Index masks stored another way are read with `label_map` ({value as stored: class index or 255}; binary masks
+exported as 0/255 with classes [background, lesion]: ``{255: 1}``) or `reduce_zero_label` (0 = unlabelled ->
+ignore, 1..C -> 0..C-1, as ADE20K stores them).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -110,6 +114,9 @@ class FolderDataset(SegDataset):
         ignore_index: the mask value that means "ignore" in index masks; it is emitted as 255.
         transform: albumentations pipeline (see `seg.data.transforms`), or None for raw numpy samples.
         strict: see `SegDataset`.
+        label_map: index masks: ``{value as stored: class index or 255}``, overriding the rules above for those
+            values (`SegDataset.set_label_map`), e.g. ``{255: 1}`` for 0/255 binary masks.
+        reduce_zero_label: index masks store 0 for "unlabelled" (-> 255) and class k as k + 1 (ADE20K's way).
     """
 
     def __init__(
@@ -122,14 +129,26 @@ class FolderDataset(SegDataset):
         transform: Callable[..., dict[str, Any]] | None = None,
         strict: bool = True,
         ignore_colors: Sequence[Sequence[int]] | None = None,
+        label_map: Mapping[int, int] | None = None,
+        reduce_zero_label: bool = False,
     ) -> None:
         super().__init__(transform, strict)
         self.root = Path(root)
         self.split = split
         self.classes, self.palette, self.color_masks = resolve_classes(self.root, classes, palette)
-        if not 0 <= ignore_index <= 65535 or ignore_index < len(self.classes):
-            raise DataError(f"ignore_index={ignore_index} collides with a class index or is out of range")
+        first = 1 if reduce_zero_label else 0  # the stored value of class 0
+        if not 0 <= ignore_index <= 65535 or first <= ignore_index < first + len(self.classes):
+            raise DataError(
+                f"ignore_index={ignore_index} collides with a class value (classes are stored as {first}.."
+                f"{first + len(self.classes) - 1}) or is outside 0..65535"
+            )
+        if self.color_masks and (label_map or reduce_zero_label):
+            raise DataError(
+                "label_map / reduce_zero_label map the values of index masks; colour masks are mapped by the palette "
+                "(move a colour between palette and ignore_colors instead)"
+            )
         self.file_ignore_index = ignore_index
+        self.reduce_zero_label = reduce_zero_label
         if ignore_colors is None:
             ignore_colors = (read_meta(self.root) or {}).get("ignore_colors") or []
         self.ignore_colors = _check_colors(ignore_colors, "ignore_colors")
@@ -138,7 +157,12 @@ class FolderDataset(SegDataset):
             raise DataError(
                 f"ignore_colors {sorted(clash)} are also class colours in the palette; remove them from one"
             )
-        self._lut = index_lut(len(self.classes), ignore_index, size=65536)
+        self._lut = index_lut(len(self.classes), ignore_index, size=65536, reduce_zero_label=reduce_zero_label)
+        self.set_label_map(label_map)
+        stored = f"{first}..{first + len(self.classes) - 1}"
+        self._valid = f"classes {stored}, ignore {'0 and ' if reduce_zero_label else ''}{ignore_index}" + (
+            f", label_map {self.label_map}" if self.label_map else ""
+        )
 
         image_dir, mask_dir = self.root / split / "images", self.root / split / "masks"
         for d in (image_dir, mask_dir):
@@ -158,5 +182,4 @@ class FolderDataset(SegDataset):
                     f"{path}: RGB colour mask but no palette was given; pass palette=[[r, g, b], ...] "
                     "(one per class) or save single-channel class-index PNGs"
                 )
-        valid = f"classes 0..{len(self.classes) - 1}, ignore {self.file_ignore_index}"
-        return map_index_mask(raw, self._lut, path, valid)
+        return map_index_mask(raw, self._lut, path, self._valid)

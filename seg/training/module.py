@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from seg.data.base import DataError
 from seg.evaluation import Scores, predict_batch
 from seg.models.checkpoint import META_KEY, checkpoint_meta, load_matching, non_finite_keys
 from seg.models.inference import EvalSettings
@@ -271,6 +272,8 @@ class SegmentationModule(L.LightningModule):
         summary = {**scores.metrics(self.class_names), "step": int(self.global_step)}
         if self.trainer.sanity_checking:
             return
+        if stage == "val":
+            self._refuse_unlabelled_validation(scores)
         self.last_metrics[stage] = summary
         # values are already identical on every rank: no sync_dist needed
         self.log(f"{stage}/mIoU", summary["mIoU"], prog_bar=True)
@@ -285,6 +288,20 @@ class SegmentationModule(L.LightningModule):
                 logger.log_table(
                     key=f"{stage}/per_class", columns=["class", "IoU", "Acc"], data=rows, step=self.global_step
                 )
+
+    def _refuse_unlabelled_validation(self, scores: Scores) -> None:
+        """A validation pass without one labelled pixel scores nothing: its mIoU is NaN and a "best" checkpoint
+        would be chosen on it. Stop with the split named instead (before the checkpoint callbacks run)."""
+        if scores.confmat is None or int(scores.confmat.sum()) > 0:
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        split = f"{getattr(dm, 'val_split', '?')!r} of {getattr(dm, 'root', '?')}"
+        raise DataError(
+            f"validation split {split} ({len(scores.paths)} images) saw no labelled pixel: every mask pixel is ignore "
+            "(255), so val/mIoU would be NaN and no checkpoint can be chosen. Point data.val_split at a labelled "
+            "split, or check how its masks are read (python -m seg.data.check --split ...; data.label_map, "
+            "data.ignore_index, data.reduce_zero_label)."
+        )
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
