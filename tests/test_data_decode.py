@@ -204,7 +204,9 @@ def test_cache_cli_fills_every_split(tmp_path, capsys):
 def test_data_bench_reports_the_split(capsys):
     from seg.data.bench import main as bench_main
 
+    threads = torch.get_num_threads()
     bench_main(["--iters", "2", "--crop", "64", "128"])
+    assert torch.get_num_threads() == threads  # the bench's one-thread setting does not leak into the caller
     out = capsys.readouterr().out
     for row in (
         "decode PNG pair",

@@ -94,10 +94,7 @@ def _rate(f: Callable[[int], object], iters: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from . import png as png_decoder
-    from .cityscapes import CityscapesDataset
-    from .datamodule import collate, seed_worker
-    from .transforms import CITYSCAPES_CROP, CITYSCAPES_SCALE, build_train_transform
+    from .transforms import CITYSCAPES_CROP
 
     p = argparse.ArgumentParser(prog="python -m seg.data.bench", description=__doc__.split("\n")[0])
     p.add_argument("--iters", type=int, default=30, help="samples timed per measurement")
@@ -111,8 +108,22 @@ def main(argv: list[str] | None = None) -> None:
         help="who writes the synthetic PNGs (their row filters set the decode speed; see write_fake_cityscapes)",
     )
     args = p.parse_args(argv)
+    threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)  # one core per worker, as in a DataLoader worker
+    try:
+        _measure(args)
+    finally:  # a caller's process (a test, a notebook) keeps its own thread counts
+        torch.set_num_threads(threads[0])
+        cv2.setNumThreads(threads[1])
+
+
+def _measure(args: argparse.Namespace) -> None:
+    from . import png as png_decoder
+    from .cityscapes import CityscapesDataset
+    from .datamodule import collate, seed_worker
+    from .transforms import CITYSCAPES_SCALE, build_train_transform
+
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "cityscapes"
         write_fake_cityscapes(root, n=4, encoder=args.encoder)
