@@ -27,7 +27,7 @@ throughput, peak CUDA memory) is read when present.
 Interval (paired, hierarchical bootstrap, ``--bootstrap`` replicates, default 2000, ``--confidence`` 0.95).
 A head's statistic is its mean over seeds of the dataset-level mIoU (each seed's IoU per class recomputed from
 that seed's summed per-image counts; classes absent from both ground truth and prediction are left out, as in
-:mod:`seg.training.metrics`). In every replicate
+:mod:`seg.evaluation`). In every replicate
   1. the validation images are resampled with replacement, once, and the same resample is used for every head
      (paired: image difficulty cancels out of the difference), and
   2. each head's seeds are resampled with replacement, independently per head (so the interval also carries

@@ -330,7 +330,7 @@ class RandomRescaleCrop(CatMaxRandomCrop):
 class EvalResize(A.ImageOnlyTransform):
     """Resize the image only, keeping its aspect ratio, to fit the test scale (mmseg test pipeline
     ``Resize(scale, keep_ratio=True)`` placed before ``LoadAnnotations``): the mask keeps its original size,
-    and predictions are resized back to it before scoring (:meth:`SegmentationModule.eval_predictions`).
+    and predictions are resized back to it before scoring (:func:`seg.evaluation.predict_batch`).
 
     Args:
         scale: (H, W) test scale, e.g. (512, 2048) for ADE20K: long edge <= max, short edge <= min (mmcv
