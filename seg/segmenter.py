@@ -157,7 +157,7 @@ def _as_rgb(image: Any, what: str) -> tuple[np.ndarray, bool]:
                 f"{what}: the PIL image's EXIF orientation {orientation} is not applied (the prediction matches the "
                 "stored pixels); pass the file's path, or PIL.ImageOps.exif_transpose(image), for the displayed "
                 "layout that training and seg.predict use",
-                stacklevel=4,
+                stacklevel=3,
             )
         return np.asarray(image.convert("RGB")), False
     raise TypeError(f"{what}: cannot predict a {type(image).__name__}; pass {_ACCEPTED}, or a list of those")
@@ -188,6 +188,8 @@ class Segmenter:
         from seg.training.tool_cli import optimize_for
 
         device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r}, but this machine has no CUDA device; use device='cpu'")
         cpu_optimized = self.optimize and device.type == "cpu"  # optimize_for folds BN in place: fold a copy
         network = copy.deepcopy(self._network) if cpu_optimized else self._network
         module = SegmentationModule.from_model(network, **self.info.hparams)  # as tool_cli.build_module

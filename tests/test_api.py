@@ -206,6 +206,9 @@ def test_bad_inputs_say_what_is_wrong(files, model, tmp_path):
             model.predict(files["street"], **kwargs)
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         seg.load(tmp_path / "missing.ckpt")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"no CUDA device; use device='cpu'"):
+            seg.load(files["ckpt"], device="cuda")
 
 
 def test_a_pil_image_with_an_exif_orientation_is_taken_as_stored_with_a_warning(files, model):
