@@ -63,8 +63,8 @@ def _main_torch(args: Optional[list[str]]) -> list[Path]:
     import torch
 
     from seg.data import SegDataModule
-    from seg.data.transforms import build_eval_transform
-    from seg.models.inference import is_tta, predict_labels
+    from seg.models.inference import is_tta
+    from seg.segmenter import eval_transform, predict_rgb
     from seg.training.tool_cli import (
         build_module,
         data_given,
@@ -86,22 +86,13 @@ def _main_torch(args: Optional[list[str]]) -> list[Path]:
         dm = SegDataModule(**data)
         transform, palette = dm.eval_transform, dm.palette
     else:  # the checkpoint's
-        scale = None if is_tta(settings.scales, settings.flip) else info.test_scale
-        transform = build_eval_transform(scale, "resize" if scale is not None else "full", info.mean, info.std)
-        palette = info.palette
+        transform, palette = eval_transform(info, settings), info.palette
     device = torch.device(ns.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     module.to(device).eval()
     optimize_for(module, device, ns.optimize, ns.bf16)  # CPU: BN folded, channels_last (--optimize), bf16
 
-    def predict(rgb: np.ndarray) -> np.ndarray:
-        h, w = rgb.shape[:2]
-        image = transform(image=rgb)["image"]
-        x = torch.as_tensor(np.ascontiguousarray(image)).float()
-        if x.ndim == 3 and x.shape[-1] == 3:
-            x = x.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
-        with torch.inference_mode():  # logits resized to the original (h, w) before the argmax, as evaluation
-            label = predict_labels(module.logits, x.unsqueeze(0).to(device), settings, (h, w))[0]
-        return label.byte().cpu().numpy()
+    def predict(rgb: np.ndarray) -> np.ndarray:  # the Python API's prediction too (seg.load(...).predict)
+        return predict_rgb(module.logits, [rgb], transform, settings, device)[0].byte().cpu().numpy()
 
     return predict_images(images, Path(ns.out), predict, palette, ns.alpha, ns.max_pixels)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .images import MAX_PIXELS, ImageError, read_rgb
 
-__all__ = ["SkippedImages", "output_stems", "predict_images", "write_prediction"]
+__all__ = ["SkippedImages", "colorize", "output_stems", "predict_images", "write_prediction"]
 
 
 class SkippedImages(RuntimeError):
@@ -57,15 +57,21 @@ def output_stems(images: Sequence[Path]) -> dict[Path, str]:
         whole |= clashing
 
 
+def colorize(label: np.ndarray, palette: Sequence[Sequence[int]], name: str = "mask") -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 RGB: each pixel the colour ``palette[class]``."""
+    pal = np.asarray(palette, dtype=np.uint8)  # (C, 3) RGB
+    if label.size and (label.min() < 0 or label.max() >= len(pal)):
+        bad = int(label.min()) if label.min() < 0 else int(label.max())
+        raise ValueError(f"{name}: class {bad} has no palette colour ({len(pal)} colours, classes 0-{len(pal) - 1})")
+    return pal[label]
+
+
 def write_prediction(
     out_dir: Path, stem: str, rgb: np.ndarray, label: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5
 ) -> Path:
     """Writes the index mask, colour mask and overlay of one image; returns the index mask's path."""
-    pal = np.asarray(palette, dtype=np.uint8)  # (C, 3) RGB
-    if label.max(initial=0) >= len(pal):
-        raise ValueError(f"{stem}: predicted class {int(label.max())} has no palette colour ({len(pal)} colours)")
+    color = colorize(label, palette, stem)  # (H, W, 3) RGB
     label = label.astype(np.uint8)  # (H, W)
-    color = pal[label]  # (H, W, 3) RGB
     overlay = (rgb * (1 - alpha) + color * alpha).astype(np.uint8)
     mask_name, color_name, overlay_name = _outputs(stem)
     cv2.imwrite(str(out_dir / mask_name), label)

@@ -33,6 +33,7 @@ __all__ = [
     "LogitsFn",
     "is_tta",
     "predict_labels",
+    "predict_logits",
     "predict_probs",
     "resize_logits",
     "slide_logits",
@@ -159,3 +160,20 @@ def predict_labels(
         return resize_logits(fn(images), size).argmax(dim=1)
     s = settings
     return predict_probs(fn, images, s.num_classes, s.mode, s.crop_size, s.stride, s.scales, s.flip, size).argmax(1)
+
+
+def predict_logits(
+    fn: LogitsFn, images: Tensor, settings: EvalSettings, out_size: Sequence[int] | None = None
+) -> Tensor:
+    """Logits (B, C, *out_size) of one pass (whole image, or slide windows averaged), resized to ``out_size``
+    as :func:`predict_labels` resizes them before the argmax. Test-time scales and flip average *probabilities*
+    (mmseg ``SegTTAModel``), so they have no logits: refused (use :func:`predict_probs`)."""
+    if is_tta(settings.scales, settings.flip):
+        raise ValueError(
+            f"logits are one pass's; test-time scales {list(settings.scales)} / flip {settings.flip} average "
+            "probabilities: ask for probabilities (output='probs'), or use scales=[1.0] and flip=False"
+        )
+    size = tuple(int(v) for v in (out_size if out_size is not None else images.shape[-2:]))
+    s = settings
+    logits = slide_logits(fn, images, s.num_classes, s.crop_size, s.stride) if s.mode == "slide" else fn(images)
+    return resize_logits(logits, size)
