@@ -15,6 +15,9 @@ Three kinds of file are read:
   resolved);
 * a ``seg.convert`` output written before it (``seg_model`` entry): the build arguments; class names of the
   benchmark with that many classes (19 Cityscapes, 150 ADE20K), else generic ones.
+
+A source may also be ``mmseg:<name>`` (mmseg's model zoo) or an ``http(s)://`` URL: :func:`local_checkpoint`
+downloads, verifies, converts and caches it (:mod:`seg.zoo.hub`) and the file is then read as above.
 """
 
 from __future__ import annotations

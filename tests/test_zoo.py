@@ -86,6 +86,10 @@ def test_unknown_name_lists_close_ones():
         r"python -m seg.zoo list",
     ):
         load_model("mmseg:danet_r50-d8_4xb2-40k_cityscape-512x1024")
+    from seg.export import main as export
+
+    with pytest.raises(SystemExit, match=r"seg.export: mmseg:danet_r50 is not.*Close names: mmseg:danet_r50-d8_"):
+        export(["--ckpt", "mmseg:danet_r50", "--out", "x.pt", "--format", "torchscript"])
 
 
 # --------------------------------------------------------------------------------------- a tiny published checkpoint

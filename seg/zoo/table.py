@@ -52,7 +52,7 @@ def find(name: str) -> dict[str, Any]:
         if row["name"] == name:
             return dict(row)
     names = [r["name"] for r in _table()["rows"]]
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    close = [n for n in names if name and name in n][:5] or difflib.get_close_matches(name, names, n=5, cutoff=0.6)
     raise UnknownModelError(
         f"mmseg:{name} is not in seg's model zoo table (mmseg's names of the {len(names)} published checkpoints seg "
         "builds exactly). "
