@@ -146,6 +146,20 @@ def test_mmseg_name_downloads_converts_and_caches(tiny_zoo):
     # the URL of the published file (on any mirror) resolves to the same cached conversion, without a download
     model3, info3 = load_model(f"{tiny_zoo.url}/{tiny_zoo.file.name}")
     assert info3.path == info2.path and len(tiny_zoo.requests) == 1
+    from seg.evaluate import default_output
+    from seg.zoo.__main__ import main as zoo
+
+    assert zoo(["fetch", TINY_NAME]) == 0 and len(tiny_zoo.requests) == 1
+    assert default_output(f"mmseg:{TINY_NAME}") == Path("metrics.json")  # not inside the torch cache
+
+
+def test_parallel_loads_download_and_convert_once(tiny_zoo):
+    """DDP ranks starting together: a file lock makes the others wait for the first download and conversion."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        infos = [info for _, info in pool.map(load_model, [f"mmseg:{TINY_NAME}"] * 3)]
+    assert len(tiny_zoo.requests) == 1 and len({i.path for i in infos}) == 1
 
 
 def test_hash_mismatch_deletes_the_file(tiny_zoo):
@@ -153,7 +167,7 @@ def test_hash_mismatch_deletes_the_file(tiny_zoo):
     tiny_zoo.file.rename(wrong)
     with pytest.raises(DownloadError, match=r"(?s)SHA-256 mismatch.*0badc0de.*was deleted"):
         load_model(f"{tiny_zoo.url}/{wrong.name}")
-    assert not list(tiny_zoo.cache.iterdir())
+    assert not [p for p in tiny_zoo.cache.iterdir() if p.suffix != ".lock"]
 
 
 def test_truncated_download_is_kept_and_resumed(tiny_zoo):

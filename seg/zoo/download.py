@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -114,6 +115,24 @@ def _progress(total: int | None, initial: int, name: str):
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=False)
 
 
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock on ``<path>.lock`` (POSIX ``flock``; no lock where it is unavailable): DDP ranks or parallel
+    jobs that fetch the same file wait for the first one instead of writing the same ``.part`` at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def download(url: str, hint: str = "", progress: bool = True) -> Path:
     """The verified local copy of ``url`` in :func:`cache_dir`, downloaded if it is not there yet.
 
@@ -127,6 +146,11 @@ def download(url: str, hint: str = "", progress: bool = True) -> Path:
             ``.part`` is kept for the next call to resume), or a SHA-256 mismatch (the file is deleted).
     """
     dst = cached_path(url)
+    with locked(dst):
+        return _download(url, dst, hint, progress)
+
+
+def _download(url: str, dst: Path, hint: str, progress: bool) -> Path:
     expected = hash_prefix(dst.name)
     if dst.is_file():
         _verify(dst, url, expected, f"the cached file {dst}")
@@ -147,7 +171,7 @@ def download(url: str, hint: str = "", progress: bool = True) -> Path:
     except urllib.error.HTTPError as err:
         if err.code == 416 and start:  # range not satisfiable: start afresh
             part.unlink(missing_ok=True)
-            return download(url, hint, progress)
+            return _download(url, dst, hint, progress)
         raise DownloadError(f"could not download {url}: HTTP {err.code} {err.reason}.\n{manual}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         reason = getattr(err, "reason", err)

@@ -21,7 +21,7 @@ from typing import Any
 
 from seg.convert import convert_mmseg
 
-from .download import cached_path, download, mirrored
+from .download import cached_path, download, locked, mirrored
 from .table import find, find_url
 
 __all__ = ["ZOO_PREFIX", "converted_path", "resolve"]
@@ -46,6 +46,13 @@ def _from_zoo(row: dict[str, Any], url: str) -> Path:
     out = converted_path(url)
     if out.is_file():
         return out
+    with locked(out):  # one process converts; the others then find the file
+        if not out.is_file():
+            _convert(row, url, out)
+    return out
+
+
+def _convert(row: dict[str, Any], url: str, out: Path) -> None:
     raw = download(
         url,
         hint=f"Or convert the file yourself and pass the result as --ckpt / init_from:\n    {_convert_command(row, cached_path(url))}",
@@ -61,7 +68,6 @@ def _from_zoo(row: dict[str, Any], url: str) -> Path:
         eval=row["eval"],
         **row.get("build", {}),  # further build_model arguments (none in the published table)
     )
-    return out
 
 
 def resolve(source: str) -> Path:
