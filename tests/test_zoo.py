@@ -253,3 +253,28 @@ def test_init_from_and_predict_take_mmseg_names(tiny_zoo, tmp_path):
     palette = np.array(ADE20KDataset.PALETTE, dtype=np.uint8)
     assert np.array_equal(color, palette[mask])  # the data set's colours came with the checkpoint
     assert len(tiny_zoo.requests) == 1
+
+
+def test_train_init_from_mmseg_name(tiny_zoo, tiny_data, tmp_path):
+    """``python train.py --config ... --model.init_from=mmseg:<name>`` (in process): the backbone and the head's
+    body start from the published file, the 5-class classifiers afresh."""
+    import yaml
+    from helpers import tiny_config
+
+    from seg.training.cli import main as train
+
+    config = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=2, val_check_interval=2)
+    cfg = yaml.safe_load(config.read_text())
+    build = tiny_zoo.row["build"]
+    cfg["model"].update(
+        backbone="resnet50c",
+        backbone_kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in build["backbone_kwargs"].items()},
+        head_kwargs={"channels": build["channels"]},
+    )
+    config.write_text(yaml.safe_dump(cfg))
+    cli = train(["--config", str(config), f"--model.init_from=mmseg:{TINY_NAME}"])
+    report = cli.model.init_report
+    backbone = [k for k in cli.model.model.state_dict() if k.startswith("backbone.")]
+    assert set(backbone) <= set(report["loaded"]) and "head.convs.0.conv.weight" in report["loaded"]
+    assert {k.split()[0] for k in report["shape_mismatch"]} >= {"head.conv_seg.weight", "head.conv_seg.bias"}
+    assert len(tiny_zoo.requests) == 1
