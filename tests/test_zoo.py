@@ -221,6 +221,14 @@ def test_seg_checkpoint_url(hub_server, tmp_path):
     torch.testing.assert_close(model.state_dict(), net.state_dict())
     with pytest.raises(DownloadError, match="HTTP 404"):
         load_model(f"{hub_server.url}/missing.ckpt")
+    # a name without a hash is cached per URL: another run's best.ckpt is another file (the test server serves
+    # by file name, so the root's best.ckpt is each run's in turn)
+    infos = []
+    for run, classes in (("run0", 3), ("run1", 4)):
+        save_checkpoint(build_model(**dict(net.build_args, num_classes=classes)), hub_server.root / "best.ckpt")
+        infos.append(load_model(f"{hub_server.url}/{run}/best.ckpt")[1])
+    first, second = infos
+    assert (first.num_classes, second.num_classes) == (3, 4) and first.path != second.path
 
 
 def test_init_from_and_predict_take_mmseg_names(tiny_zoo, tmp_path):

@@ -2,7 +2,7 @@
 
 * Cache: ``torch.hub.get_dir() / 'checkpoints' / <file name of the URL>`` (``$TORCH_HOME/hub/checkpoints``,
   default ``~/.cache/torch/hub/checkpoints``), the folder torch.hub and timm use: a file found there is not
-  downloaded again.
+  downloaded again (a file name without a hash goes one folder deeper, keyed by its URL: :func:`cached_path`).
 * Integrity: a file name that carries a hash (``name-<8+ hex digits>.pth``, OpenMMLab's and torch.hub's
   convention) must have a SHA-256 starting with it (torch.hub's ``check_hash``). A mismatch deletes the file and
   says so; nothing unverified is ever loaded.
@@ -76,8 +76,13 @@ def hash_prefix(name: str) -> str | None:
 
 
 def cached_path(url: str) -> Path:
-    """Where :func:`download` keeps the file of ``url``."""
-    return cache_dir() / file_name(url)
+    """Where :func:`download` keeps the file of ``url``: ``<cache>/<file name>`` for a name with a hash (the same
+    file on any mirror), ``<cache>/by-url/<SHA-256 of the URL, 16 digits>/<file name>`` otherwise (two runs'
+    ``best.ckpt`` are different files)."""
+    name = file_name(url)
+    if hash_prefix(name) is not None:
+        return cache_dir() / name
+    return cache_dir() / "by-url" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
 
 
 def file_hash(path: Path) -> str:
