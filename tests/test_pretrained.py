@@ -15,9 +15,9 @@ import torch
 
 from seg.models import build_model
 from seg.models.backbone import TimmBackbone
+from seg.models.download import DownloadError, file_hash
 from seg.models.pretrained import OPEN_MMLAB_URLS, load_mmcv_resnet, mmcv_resnet_to_timm
 from seg.models.safe_load import CheckpointError
-from seg.zoo.download import DownloadError, file_hash
 
 GOLDEN = Path(__file__).parent / "data" / "mmseg" / "resnet_v1c.pt"
 

@@ -21,8 +21,8 @@ import seg.zoo.table as zoo_table
 from seg.data import ADE20KDataset
 from seg.loading import load_model, read_info
 from seg.models import HEADS, build_model, get_head, load_mmseg_checkpoint
+from seg.models.download import DownloadError, file_hash, hash_prefix
 from seg.models.pretrained import OPEN_MMLAB_URLS
-from seg.zoo.download import DownloadError, file_hash, hash_prefix
 from seg.zoo.hub import converted_path
 from seg.zoo.table import UnknownModelError, rows
 

@@ -64,8 +64,8 @@ def load_mmcv_resnet(body: nn.Module, path: str | Path) -> None:
 
 def open_mmlab_weights(name: str) -> Path:
     """The verified local file of mmcv's ImageNet weights for timm backbone ``name`` (downloaded once into the
-    torch hub cache; ``SEG_ZOO_URL_PREFIX`` replaces the URL's folder: :func:`seg.zoo.download.mirrored`)."""
-    from seg.zoo.download import download, mirrored
+    torch hub cache; ``SEG_ZOO_URL_PREFIX`` replaces the URL's folder: :func:`seg.models.download.mirrored`)."""
+    from .download import download, mirrored
 
     if name not in OPEN_MMLAB_URLS:
         raise ValueError(

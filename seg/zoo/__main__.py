@@ -62,10 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.head is not None:
                 get_head(args.head)  # an unknown head: the valid names
             return print_table(args.head, args.dataset)
-        from seg.loading import local_checkpoint
+        from .hub import ZOO_PREFIX, resolve
 
-        name = args.name if args.name.startswith("mmseg:") else f"mmseg:{args.name}"
-        print(local_checkpoint(name))
+        print(resolve(args.name if args.name.startswith(ZOO_PREFIX) else ZOO_PREFIX + args.name))
         return 0
     except ValueError as err:  # unknown head / model name, DownloadError (a CheckpointError): the message, no traceback
         print(f"error: {err}", file=sys.stderr)

@@ -3,7 +3,7 @@ once, cached. :func:`seg.loading.load_model` (and ``read_info``) call :func:`res
 command's ``--ckpt``, ``model.init_from``, ``seg.compare`` and the Python API accept them.
 
 * ``mmseg:<name>``: mmseg's own model name (``python -m seg.zoo list``). Its weights are downloaded into the torch
-  hub cache (:mod:`seg.zoo.download`: SHA-256 prefix checked), converted by ``seg.convert``'s code
+  hub cache (:mod:`seg.models.download`: SHA-256 prefix checked), converted by ``seg.convert``'s code
   (:func:`seg.convert.convert_mmseg`) with the row's head, backbone, class count, output stride, data set (class
   names, palette, test scale) and mmseg's test mode, and the seg checkpoint is cached beside the download
   (``<file stem>.seg.ckpt``): the next load reads it without touching the network.
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from seg.convert import convert_mmseg
+from seg.models.download import cached_path, download, locked, mirrored
 
-from .download import cached_path, download, locked, mirrored
 from .table import find, find_url
 
 __all__ = ["ZOO_PREFIX", "converted_path", "resolve"]
@@ -75,7 +75,7 @@ def resolve(source: str) -> Path:
 
     Raises:
         seg.zoo.table.UnknownModelError: an ``mmseg:`` name not in the table (with the closest names).
-        seg.zoo.download.DownloadError: offline / failed / cut-short download or a SHA-256 mismatch (with the
+        seg.models.download.DownloadError: offline / failed / cut-short download or a SHA-256 mismatch (with the
             commands that download and convert the file by hand).
     """
     if source.startswith(ZOO_PREFIX):

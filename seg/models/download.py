@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from seg.models.safe_load import CheckpointError
+from .safe_load import CheckpointError
 
 __all__ = [
     "DownloadError",
