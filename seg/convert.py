@@ -14,9 +14,44 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
+from seg.data.meta import dataset_meta
+from seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from seg.models import all_head_names, get_head
 from seg.models.mmseg import convert_mmseg_checkpoint
+
+__all__ = ["convert_mmseg", "main"]
+
+
+def convert_mmseg(
+    src: str | Path,
+    dst: str | Path,
+    head: str,
+    backbone: str,
+    num_classes: int,
+    dataset: str | None = None,
+    output_stride: int = 8,
+    eval: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Path:
+    """``python -m seg.convert mmseg``'s conversion, callable (``mmseg:`` zoo names convert through it too): the
+    mmseg checkpoint ``src`` as a seg checkpoint ``dst`` carrying the class names, palette and test scale of
+    ``dataset`` (None: the benchmark with ``num_classes`` classes), ImageNet normalisation and the evaluation
+    settings ``eval`` (mode, crop_size, stride ...). ``kwargs``: further ``build_model`` arguments (``aux``,
+    ``aux_channels``, ``backbone_kwargs``, head kwargs)."""
+    serving = {**dataset_meta(dataset, num_classes), "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "eval": eval}
+    return convert_mmseg_checkpoint(
+        src,
+        dst,
+        head=head,
+        backbone=backbone,
+        num_classes=num_classes,
+        serving=serving,
+        output_stride=output_stride,
+        **kwargs,
+    )
 
 
 def _json_dict(text: str) -> dict:
@@ -72,19 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     head_kwargs = dict(args.head_kwargs)
     if args.channels is not None:
         head_kwargs["channels"] = args.channels
-    from seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from seg.loading import dataset_meta
-
-    serving = {**dataset_meta(args.dataset, args.num_classes), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     try:
-        out = convert_mmseg_checkpoint(
+        out = convert_mmseg(
             args.src,
             args.dst,
             head=args.head,
             backbone=args.backbone,
             num_classes=args.num_classes,
+            dataset=args.dataset,
             aux=args.aux,
-            serving=serving,
             output_stride=args.output_stride,
             backbone_kwargs=args.backbone_kwargs,
             aux_channels=args.aux_channels,

@@ -44,6 +44,7 @@ from seg.layers.functional import export_mode
 from seg.loading import ModelInfo, load_model
 from seg.models import SegmentationModel
 from seg.models.inference import EvalSettings
+from seg.models.safe_load import CheckpointError
 from seg.training.tool_cli import config_data_section
 
 __all__ = [
@@ -333,7 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    model, info = load_model(args.ckpt)
+    try:
+        model, info = load_model(args.ckpt)  # a file, mmseg:<name> or a URL
+    except (CheckpointError, FileNotFoundError) as err:  # the message says what to do: no traceback
+        raise SystemExit(f"seg.export: {err}") from None
     data = config_data_section(args.config) if args.config else None
     meta = deploy_settings(info, data, {"eval_mode": args.mode, "crop_size": args.crop_size, "stride": args.stride})
     size = tuple(args.size or (meta["crop_size"] if meta["eval_mode"] == "slide" else EvalSettings.crop_size))

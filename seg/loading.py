@@ -15,6 +15,9 @@ Three kinds of file are read:
   resolved);
 * a ``seg.convert`` output written before it (``seg_model`` entry): the build arguments; class names of the
   benchmark with that many classes (19 Cityscapes, 150 ADE20K), else generic ones.
+
+A source may also be ``mmseg:<name>`` (mmseg's model zoo) or an ``http(s)://`` URL: :func:`local_checkpoint`
+downloads, verifies, converts and caches it (:mod:`seg.zoo.hub`) and the file is then read as above.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ from typing import Any
 
 from torch import nn
 
+from seg.data.meta import dataset_meta
 from seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from seg.models import build_model
 from seg.models.checkpoint import META_KEY, check_finite, checkpoint_meta, load_strict, network_state
 from seg.models.inference import EVAL_DEFAULTS
 from seg.models.safe_load import CheckpointError, read_checkpoint
 
-__all__ = ["ModelInfo", "dataset_meta", "load_model", "read_info"]
+__all__ = ["ModelInfo", "dataset_meta", "load_model", "local_checkpoint", "read_info"]
 
 # SegmentationModule arguments that describe the network (the rest are training or evaluation settings)
 _NETWORK_ARGS = ("backbone", "head", "num_classes", "output_stride", "aux", "backbone_kwargs")
@@ -107,34 +111,6 @@ def _hparams_from_build(build: dict[str, Any], eval: dict[str, Any]) -> dict[str
     }
 
 
-def dataset_meta(dataset: str | None, num_classes: int, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Class names, palette and test scale for a model of ``num_classes`` trained on ``dataset`` ('cityscapes',
-    'ade20k', 'folder' with the data settings ``data``; None: the benchmark with that many classes, 19 Cityscapes
-    or 150 ADE20K). Generic names (``class_0`` ...) and colours where they cannot be resolved on this machine."""
-    from seg.data import ADE20KDataset, CityscapesDataset
-    from seg.data.base import default_palette
-    from seg.data.datamodule import test_scale_of
-    from seg.data.folder import resolve_classes
-
-    data = dict(data or {})
-    known = {"cityscapes": CityscapesDataset, "ade20k": ADE20KDataset}
-    if dataset is None:
-        dataset = next((name for name, cls in known.items() if len(cls.CLASSES) == num_classes), None)
-    names: list[str] | None = None
-    palette: list[Any] = []
-    if dataset in known:
-        names, palette = list(known[dataset].CLASSES), list(known[dataset].PALETTE)
-    elif dataset == "folder":
-        try:
-            names, palette, _ = resolve_classes(data.get("root", "data/demo"), data.get("classes"), data.get("palette"))
-        except (OSError, ValueError):  # e.g. the data folder (its classes.json) is not on this machine
-            names = None
-    if names is None or len(names) != num_classes:
-        names, palette = [f"class_{i}" for i in range(num_classes)], default_palette(num_classes)
-    scale = test_scale_of({**data, "dataset": dataset}) if dataset is not None else None
-    return {"classes": names, "palette": palette, "test_scale": scale, "dataset": dataset}
-
-
 def _legacy_meta(ckpt: dict[str, Any], path: Path) -> tuple[dict[str, Any], str, dict[str, Any], dict[str, Any]]:
     """(meta, kind, module hparams, data hparams) of a checkpoint written before the ``seg`` entry existed."""
     from seg.data.datamodule import upgrade_data_hparams
@@ -200,22 +176,37 @@ def _info(ckpt: Any, path: Path) -> ModelInfo:
     )
 
 
+REMOTE_SOURCES = ("mmseg:", "http://", "https://")
+
+
+def local_checkpoint(source: str | Path) -> Path:
+    """The local file of a checkpoint source: a path as it is; ``mmseg:<name>`` (mmseg's model zoo, ``python -m
+    seg.zoo list``) or an ``http(s)://`` URL downloaded, verified, converted if it is an mmseg file and cached
+    (:func:`seg.zoo.hub.resolve`; raises a ``CheckpointError`` that says how to get the file by hand)."""
+    if isinstance(source, str) and source.startswith(REMOTE_SOURCES):
+        from seg.zoo.hub import resolve
+
+        return resolve(source)
+    return Path(source)
+
+
 def read_info(path: str | Path) -> ModelInfo:
-    """What :func:`load_model` would say about the checkpoint at ``path``, without building the model."""
-    path = Path(path)
+    """What :func:`load_model` would say about the checkpoint at ``path`` (a file, ``mmseg:<name>`` or a URL:
+    :func:`local_checkpoint`), without building the model."""
+    path = local_checkpoint(path)
     return _info(read_checkpoint(path, what="checkpoint"), path)
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     """The model of a seg checkpoint, built and loaded (every weight, strictly), in eval mode, and its
-    :class:`ModelInfo`.
+    :class:`ModelInfo`. ``path``: a file, or ``mmseg:<name>`` / an ``http(s)://`` URL (:func:`local_checkpoint`).
 
     Raises:
         FileNotFoundError: no such file.
         CheckpointError: not a readable seg checkpoint (the message says which kind of file it is and what to
             do), weights that do not fit the architecture it describes (every key listed), or NaN/Inf weights.
     """
-    path = Path(path)
+    path = local_checkpoint(path)
     ckpt = read_checkpoint(path, what="checkpoint")
     info = _info(ckpt, path)
     state = network_state(ckpt["state_dict"])

@@ -42,3 +42,18 @@ def offline_timm(monkeypatch):
     monkeypatch.setattr(builder, "load_state_dict_from_hf", offline)
     monkeypatch.setattr(builder, "load_state_dict_from_url", offline)
     monkeypatch.setattr(builder, "download_cached_file", offline, raising=False)
+
+
+@pytest.fixture
+def hub_server(tmp_path, monkeypatch):
+    """A 127.0.0.1 server standing in for download.openmmlab.com (tests/hub_server.py): every published URL is
+    redirected to it (``SEG_ZOO_URL_PREFIX``), and the torch hub cache is a fresh folder (``TORCH_HOME``)."""
+    from hub_server import HubServer
+
+    root = tmp_path / "served"
+    root.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    server = HubServer(root, tmp_path / "torch_home" / "hub" / "checkpoints")
+    monkeypatch.setenv("SEG_ZOO_URL_PREFIX", server.url)
+    yield server
+    server.close()

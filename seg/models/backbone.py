@@ -14,6 +14,9 @@ Weights:
     * ``None``: random init.
     * ``'imagenet'``: timm's default pretrained weights (downloaded or taken from the HF cache);
       offline without a cache this raises an error telling you to pass a local file.
+    * ``'open-mmlab'`` (``resnet50c`` / ``resnet101c``): mmcv's ImageNet ResNetV1c weights, the starting point of
+      every mmseg R50/R101 recipe (:mod:`seg.models.pretrained`), downloaded once into the torch hub cache and
+      verified against the SHA-256 prefix in their file name.
     * a path to a ``.pth`` / ``.pt`` / ``.bin`` / ``.safetensors`` file holding a timm state dict of
       the same model (classifier keys are ignored). Loading is strict: any other missing or
       unexpected key is an error (timm's own ``features_only`` loading only logs them, which would
@@ -68,7 +71,7 @@ class TimmBackbone(nn.Module):
     Args:
         name: timm model name, e.g. ``'resnet101c'``.
         output_stride: 8 or 16 (dilated last stages); 32 leaves the network undilated.
-        weights: ``None``, ``'imagenet'`` or a path to a local weight file (see module docstring).
+        weights: ``None``, ``'imagenet'``, ``'open-mmlab'`` or a path to a local weight file (see module docstring).
         model_kwargs: extra timm constructor arguments, e.g. ``dict(layers=(1, 1, 2, 2),
             channels=(8, 16, 32, 64), stem_width=8)`` for a tiny ResNet.
 
@@ -97,7 +100,12 @@ class TimmBackbone(nn.Module):
         if output_stride != 32:
             kwargs["output_stride"] = output_stride
 
-        pretrained, weights_path = resolve_weights(weights)
+        open_mmlab = isinstance(weights, str) and weights.lower() == "open-mmlab"
+        if open_mmlab:
+            from .pretrained import open_mmlab_weights
+
+            mmcv_file = open_mmlab_weights(name)  # before the build: an unknown pairing or offline fails at once
+        pretrained, weights_path = resolve_weights(None if open_mmlab else weights)
         try:
             self.body = timm.create_model(name, pretrained=pretrained, **kwargs)
         except TypeError as err:  # e.g. a model without output_stride support
@@ -111,6 +119,10 @@ class TimmBackbone(nn.Module):
             raise imagenet_weights_error(name, err) from err
         if weights_path is not None:
             load_weights_file(self.body, weights_path)
+        if open_mmlab:
+            from .pretrained import load_mmcv_resnet
+
+            load_mmcv_resnet(self.body, mmcv_file)
 
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.reductions: list[int] = list(self.body.feature_info.reduction())
@@ -141,7 +153,8 @@ def resolve_weights(weights: str | Path | None) -> tuple[bool, Path | None]:
     if path.suffix.lower() not in WEIGHT_SUFFIXES or not path.is_file():
         raise ValueError(
             f"weights={str(weights)!r} is neither None, 'imagenet' nor an existing weight file "
-            f"({', '.join(WEIGHT_SUFFIXES)})."
+            f"({', '.join(WEIGHT_SUFFIXES)}); 'open-mmlab' (mmcv's ImageNet ResNetV1c) is for the native heads on "
+            "resnet50c / resnet101c."
         )
     return False, path
 

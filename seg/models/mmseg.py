@@ -4,7 +4,8 @@ FCN, PSPNet, DeepLabV3 (``aspp``), DeepLabV3+ (``sep_aspp``), CCNet, DANet, Non-
 ISANet, DNLNet, ANN, OCRNet and UPerNet (``axial`` has no mmseg counterpart). Our heads keep mmseg's
 module names (``convs``, ``conv_cat``, ``conv_seg``, ``cca``, ``psp_modules``, ``aspp_modules``,
 ``object_context_block`` ...), and timm ``resnet50c`` / ``resnet101c`` are mmseg's ``ResNetV1c`` with the same
-block names, so the mapping is a short list of renames (``MMSEG_RENAMES``):
+block names, so the mapping is a short list of renames (``MMSEG_RENAMES``, in :mod:`seg.models.mmseg_keys`, which
+the ``weights: open-mmlab`` backbone init shares):
 
 ============================================  =============================================================
 mmseg                                         seg
@@ -27,13 +28,13 @@ mode; tests/test_mmseg_compat.py checks the logits against mmseg-generated golde
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .checkpoint import checkpoint_meta, load_strict, save_checkpoint
+from .mmseg_keys import MMSEG_RENAMES, convert_mmseg_state_dict
 from .safe_load import read_state_dict
 from .segmentation_model import SegmentationModel, build_model
 
@@ -50,35 +51,6 @@ MMSEG_HINT = (
     "Check --head, --backbone (resnet50c/resnet101c for mmseg ResNetV1c), --num-classes, the head width "
     "(channels) and whether the checkpoint has an auxiliary head."
 )
-
-# (regex, replacement) applied in order to every mmseg key.
-MMSEG_RENAMES: tuple[tuple[str, str], ...] = (
-    (r"^backbone\.stem\.7\.", "backbone.bn1."),
-    (r"^backbone\.stem\.([0-6])\.", r"backbone.conv1.\1."),
-    (r"^backbone\.", "backbone.body."),
-    (r"^decode_head\.0\.", "aux_head."),  # CascadeEncoderDecoder (OCRNet): stage 1 = our aux FCN head
-    (r"^decode_head\.1\.", "head."),  # ... stage 2 = the decode head (no mmseg head has a child named 0/1)
-    (r"^decode_head\.", "head."),
-    (r"^auxiliary_head\.", "aux_head."),
-    (r"\.gamma\.scale$", ".gamma"),
-    (r"\.pam\.(query|key|value)_project\.", r".pam.\1_conv."),
-    (r"\.(nl|dnl)_block\.(g|theta|phi)\.conv\.", r".\1_block.\2."),
-    (r"\.(nl|dnl)_block\.conv_out\.conv\.", r".\1_block.conv_out."),
-    (r"\.(nl|dnl)_block\.conv_out\.bn\.", r".\1_block.norm."),
-)
-
-
-def convert_mmseg_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename mmseg ``EncoderDecoder`` keys to ``SegmentationModel`` keys (see the module table)."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        new = key.removeprefix("module.")
-        for pattern, repl in MMSEG_RENAMES:
-            new = re.sub(pattern, repl, new)
-        if key.endswith(".gamma.scale") and value.ndim == 0:
-            value = value.reshape(1)  # mmcv Scale holds a 0-d parameter, our gammas are (1,)
-        out[new] = value
-    return out
 
 
 def read_mmseg_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

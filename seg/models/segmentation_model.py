@@ -111,7 +111,8 @@ def build_model(
         output_stride: 8 or 16 (dilated ResNet), 32 undilated (UPerNet's recipe).
         aux: add the auxiliary FCN head on stage 3 (mmseg: 256 channels, 1 conv, no concat); for
             ``'ocr'`` it is the cascade's first stage and required (mmseg: loss weight 0.4 as well).
-        weights: backbone weights: ``None``, ``'imagenet'`` or a local ``.pth`` / ``.safetensors`` file.
+        weights: backbone weights: ``None``, ``'open-mmlab'`` (mmseg's ImageNet ResNetV1c), ``'imagenet'`` (timm's) or a
+            local ``.pth`` / ``.safetensors`` file.
         backbone_kwargs: extra timm constructor arguments (e.g. tiny widths for tests).
         aux_channels: width of the auxiliary head.
         **head_kwargs: forwarded to the head class (e.g. ``channels=512``, ``attention='cbam'``,

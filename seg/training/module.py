@@ -65,7 +65,8 @@ class SegmentationModule(L.LightningModule):
         output_stride: backbone output stride (8 = the "-D8" recipes; 32 = undilated, UPerNet).
         aux: add the auxiliary FCN head on stage 3.
         aux_weight: loss weight of the auxiliary output (0.4); other outputs weigh 1.0.
-        weights: backbone weights: None (random), 'imagenet', or a local .pth/.safetensors path.
+        weights: backbone weights: None (random), 'open-mmlab' (mmseg's ImageNet ResNetV1c), 'imagenet' (timm's), or a
+            local .pth/.safetensors path.
         head_kwargs: extra keyword arguments of the head (e.g. ``{attention: cbam}``, ``{channels: 512}``).
         backbone_kwargs: extra timm constructor arguments of the backbone (e.g. narrow widths in tests).
         loss: 'ce', 'ohem' (threshold ``ohem_thresh``, at least ``ohem_min_kept`` pixels per image), smp's 'dice',

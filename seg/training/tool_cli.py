@@ -40,7 +40,12 @@ def tool_parser(
     """The parser: ``--ckpt``, ``--config``, the inference options, the tool's own arguments (``add_arguments``),
     then the ``--data.*`` and (``trainer``) ``--trainer.*`` sections, in that order in ``--help``."""
     parser = ArgumentParser(description=description, usage=usage)
-    parser.add_argument("--ckpt", type=str, required=True, help="a seg checkpoint (train.py's, or seg.convert output)")
+    parser.add_argument(
+        "--ckpt",
+        type=str,
+        required=True,
+        help="a seg checkpoint (train.py's, seg.convert output), mmseg:<name> or a URL",
+    )
     parser.add_argument(
         "-c",
         "--config",
