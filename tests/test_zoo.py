@@ -275,6 +275,12 @@ def test_init_from_and_predict_take_mmseg_names(tiny_zoo, tmp_path):
     assert mask.shape == (24, 40)
     palette = np.array(ADE20KDataset.PALETTE, dtype=np.uint8)
     assert np.array_equal(color, palette[mask])  # the data set's colours came with the checkpoint
+    # the Python API takes the same name: seg.predict's mask, the data set's classes
+    import seg
+
+    model = seg.load(f"mmseg:{TINY_NAME}", device="cpu")
+    assert np.array_equal(model.predict(str(tmp_path / "street.png")), mask)
+    assert model.classes == list(ADE20KDataset.CLASSES)
     assert len(tiny_zoo.requests) == 1
 
 
