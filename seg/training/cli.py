@@ -25,8 +25,9 @@ LightningCLI with ``run=False`` then ``trainer.fit``. What the CLI adds to a pla
   time, completed with the head's defaults, shown by ``--print_config``.
 * Always-on callbacks: :class:`~seg.training.checkpointing.SegCheckpoint` (section ``checkpoint``),
   :class:`~seg.training.resume.ExactResume` (RNG states and data position), ``RunSummary``,
-  ``ValImageLogger`` (W&B only), a one-line model summary and a progress bar (live on a terminal, plain lines in
-  a log file; :mod:`seg.training.console`).
+  ``ValImageLogger`` (W&B only), a one-line model summary and one progress bar for the run (live on a terminal,
+  plain lines in a log file; :mod:`seg.training.progress`). A finished run ends with a closing block: the result,
+  the files and the next commands (:func:`seg.training.summary.closing_block`).
 
 The evaluation/prediction commands' parser is :class:`seg.training.tool_cli.SegToolCLI`.
 """

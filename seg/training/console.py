@@ -64,8 +64,9 @@ def quiet_lightning(verbose: Optional[bool] = None) -> None:
     """What every seg command calls before it builds a Trainer (``train.py``, ``seg.evaluate``, and through them
     ``seg.compare``; ``seg.predict`` and ``seg.export`` build none).
 
-    Always drops Lightning's advertising tip (litlogger), its notice that seg's model summary replaces its own, and
-    its internal deprecation warning about pytree specs: none is about the user's run. Unless ``verbose`` (None:
+    Always drops Lightning's advertising tip (litlogger), its notice that seg's model summary replaces its own, its
+    internal deprecation warning about pytree specs and its warning that an epoch has fewer batches than the logging
+    interval (seg logs every N steps across epochs): none is about the user's run. Unless ``verbose`` (None:
     the ``SEG_VERBOSE`` environment variable, see :func:`verbose_requested`) also drops the start-up notices of
     :data:`STARTUP_NOTICES`; warnings (real problems) are never dropped. (Lightning logs its notices through the
     one ``rank_zero`` logger.)"""
@@ -73,6 +74,9 @@ def quiet_lightning(verbose: Optional[bool] = None) -> None:
     if not any(type(f) is _DropMessages for f in logger.filters):
         logger.addFilter(_DropMessages("litlogger", "Skipping setting a default `ModelSummary`"))
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    # Lightning's "The number of training batches (6) is smaller than the logging interval": not so for seg's runs,
+    # whose logging interval counts steps across epochs (a small folder dataset is logged every N steps all the same)
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval Trainer\(log_every_n_steps.*")
     verbose = verbose_requested() if verbose is None else verbose
     for name, parts in STARTUP_NOTICES.items():
         logger = logging.getLogger(name)
