@@ -41,6 +41,7 @@ def test_closing_block_reports_summary_json(tiny_data, tmp_path, capsys):
     out = capsys.readouterr().out
     block = _block(out)
     assert out.rstrip().endswith(block[-1])
+    assert not re.search(r"^step \d", out, flags=re.M)  # enable_progress_bar: false (tiny_config) still means none
     summary = json.loads((run / "summary.json").read_text())
     best, last = summary["best"], summary["last"]
     assert block[0].startswith("Training finished: 4 steps in 0:00:")
@@ -177,12 +178,15 @@ def test_wandb_summary_keeps_the_best_miou(tmp_path, monkeypatch):
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wb" / var.lower()))
     monkeypatch.delenv("WANDB_NAME", raising=False)
-    loggers = build_loggers(tmp_path / "run", "offline", identity=run_identity("danet", "resnet18", "demo", 7))
+    loggers = build_loggers(
+        tmp_path / "run", "offline", identity=run_identity("danet", "resnet18", "folder", "data/demo", seed=7)
+    )
     for step, value in enumerate((0.2, 0.5, 0.3)):
         loggers[1].log_metrics({"val/mIoU": value}, step=step)
     places = finish_wandb(loggers)
     (path,) = (tmp_path / "run/wandb").glob("offline-run-*/run-*.wandb")
     assert places == [f"W&B run danet-resnet18-s7 (offline); upload with: wandb sync {path.parent}"]
+    assert run_identity("danet", "resnet18", "folder", "data/demo", seed=7)["tags"][2] == "dataset:demo"
     summary = {}
     for record in _wait_for_exit_record(path):
         if record.WhichOneof("record_type") == "summary":

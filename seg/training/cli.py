@@ -216,20 +216,9 @@ class SegCLI(LightningCLI):
                 cfg.wandb,
                 cfg.wandb_project,
                 resume=cfg.ckpt_path is not None,
-                identity=run_identity(cfg.model.head, cfg.model.backbone, _dataset_name(cfg.data), _seed()),
+                identity=run_identity(cfg.model.head, cfg.model.backbone, cfg.data.dataset, cfg.data.root),
             )
         return super().instantiate_trainer(**kwargs)
-
-
-def _dataset_name(data: Any) -> str:
-    """``cityscapes`` / ``ade20k``, or a folder dataset's folder name (``demo``, ``custom``)."""
-    return Path(str(data.root)).name if data.dataset == "folder" else str(data.dataset)
-
-
-def _seed() -> Optional[int]:
-    """The run's seed (LightningCLI's ``seed_everything`` has run): None when unseeded."""
-    seed = os.environ.get("PL_GLOBAL_SEED")
-    return int(seed) if seed is not None else None
 
 
 def check_model(head: str, backbone: str, output_stride: int) -> None:

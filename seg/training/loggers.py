@@ -69,12 +69,21 @@ def resolve_wandb_mode(mode: WandbMode) -> Literal["online", "offline", "off"]:
     return "online" if wandb_logged_in() else "offline"
 
 
-def run_identity(head: str, backbone: str, dataset: Optional[str], seed: Optional[int]) -> dict[str, Any]:
+def run_identity(
+    head: str, backbone: str, dataset: str, root: Optional[str] = None, seed: Optional[int] = None
+) -> dict[str, Any]:
     """How a training run appears in W&B: the name ``<head>-<backbone>-s<seed>`` (``-s<seed>`` left out when the
     run is not seeded), tags ``head:H``, ``backbone:B``, ``dataset:D``, ``seed:S`` to filter and group by, and
-    the seed at the top level of the config (Lightning logs the model's and data's arguments there too)."""
-    tags = [f"head:{head}", f"backbone:{backbone}"]
-    tags += [f"dataset:{dataset}"] if dataset else []
+    the seed at the top level of the config (Lightning logs the model's and data's arguments there too).
+
+    dataset, root: the data section's; a folder dataset is named after its folder (``demo``, ``custom``).
+    seed: None = the seed of Lightning's ``seed_everything`` (``PL_GLOBAL_SEED``, set before the loggers are
+    built), if any."""
+    if dataset == "folder" and root:
+        dataset = Path(str(root)).name
+    if seed is None and os.environ.get("PL_GLOBAL_SEED") is not None:
+        seed = int(os.environ["PL_GLOBAL_SEED"])
+    tags = [f"head:{head}", f"backbone:{backbone}", f"dataset:{dataset}"]
     tags += [f"seed:{seed}"] if seed is not None else []
     name = f"{head}-{backbone}" + (f"-s{seed}" if seed is not None else "")
     return {"name": name, "tags": [t[:64] for t in tags], "config": {"seed": seed}}  # W&B tags: 64 chars at most
