@@ -242,3 +242,10 @@ def test_custom_cpu_config_trains_on_a_folder_dataset(tmp_path):
     )
     assert cli.trainer.global_step == 2 and cli.model.hparams.backbone == raw["model"]["backbone"]
     assert (tmp_path / "run/checkpoints/best.ckpt").is_file()
+
+
+def test_readme_cpu_wheel_line_pins_the_constraints_versions():
+    """The README's CPU-only install line names the torch / torchvision versions of constraints.txt."""
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line[:60])
+    (line,) = [x for x in (ROOT / "README.md").read_text().splitlines() if "download.pytorch.org/whl/cpu" in x]
+    assert f"torch=={pins['torch']} torchvision=={pins['torchvision']} --index-url" in line
