@@ -195,3 +195,30 @@ def bomb_png(width: int = 12000, height: int = 12000) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(4096))) + chunk(b"IEND", b"")
     )
+
+
+def wandb_records(path: Path) -> list:
+    """The records of an offline W&B run file (``run-*.wandb``) as ``wandb_internal_pb2.Record`` messages, read
+    without wandb's reader: the file is a LevelDB-style log (a 7-byte header, then 32 KiB blocks of chunks with a
+    7-byte header: CRC32, little-endian length, type 1 full / 2 first / 3 middle / 4 last)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, records, pos, parts = Path(path).read_bytes(), [], 7, b""
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pos += 7
+        if length == 0 and kind == 0:  # zero padding up to the next block
+            pos += left - 7
+            continue
+        parts += data[pos : pos + length]
+        pos += length
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(parts)
+            records.append(record)
+            parts = b""
+    return records

@@ -14,8 +14,9 @@ from helpers import ROOT, run_cmd, tiny_config
 
 from seg.models import HEADS, head_signature
 from seg.training.cli import main, take_print_config
-from seg.training.console import TextProgressBar, progress_bar
+from seg.training.console import progress_bar
 from seg.training.head_args import HeadArgumentError, typed_head_kwargs
+from seg.training.progress import TextProgressBar
 
 
 def _exit_message(capsys, args: list[str]) -> str:
@@ -92,8 +93,9 @@ def test_tool_help_lists_its_own_options_first():
 
 
 def test_log_file_gets_plain_progress_lines(tiny_data, tmp_path):
-    """Not a terminal: one line per log_every_n_steps steps and per validation, the model summary in one line, no
-    FLOPs column, no litlogger tip, no Rich box drawing."""
+    """Not a terminal: one line per log_every_n_steps steps (loss, lr, the last mIoU in %, the run's ETA; no epoch in
+    an iteration-based run) and per validation, the model summary in one line, no FLOPs column, no litlogger tip,
+    no Rich box drawing, none of Lightning's start-up notices (seed, accelerators), and the closing block last."""
     config = tiny_config(
         tmp_path / "cfg.yaml",
         tiny_data,
@@ -106,12 +108,17 @@ def test_log_file_gets_plain_progress_lines(tiny_data, tmp_path):
     )
     proc = run_cmd(["train.py", "--config", str(config)])
     text = proc.stdout + proc.stderr
-    steps = re.findall(r"^step (\d+)/4 \| epoch \d+ \| .*train/loss [0-9.]+", text, flags=re.M)
+    steps = re.findall(
+        r"^step (\d+)/4 \| loss [0-9.]+ \| lr [0-9.e-]+ \| .*it/s \| eta \d:\d\d:\d\d$", text, flags=re.M
+    )
     assert steps == ["2", "4"], text
-    assert re.findall(r"^validation at step (\d+): val/mIoU [0-9.]+", text, flags=re.M) == ["2", "4"]
+    assert re.search(r"^step 4/4 \| .*\| mIoU [0-9.]+% \|", text, flags=re.M), text  # step 2's validation
+    assert re.findall(r"^validation at step (\d+): mIoU [0-9.]+%$", text, flags=re.M) == ["2", "4"]
     assert re.search(r"^model: [0-9.]+ [KM] parameters.*backbone .*head .*aux_head", text, flags=re.M), text
-    for noise in ("FLOPs", "litlogger", "━", "┃", "LeafSpec", "args parameter is intended"):
-        assert noise not in text, noise
+    noise = ("FLOPs", "litlogger", "━", "┃", "LeafSpec", "args parameter is intended", "v_num", "epoch")
+    for word in (*noise, "Seed set to", "GPU available", "TPU available", "Trainer.fit` stopped"):
+        assert word not in text, word
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("  python -m seg.export --ckpt")
 
 
 def test_progress_bar_choice():

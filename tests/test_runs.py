@@ -128,7 +128,8 @@ def test_wandb_off_in_yaml_is_off(tiny_data, tmp_path, capsys):
 
 def test_wandb_output_in_a_log_file_is_plain(tiny_data, tmp_path):
     """An offline W&B run whose output goes to a file: W&B's lines are there, without terminal colour codes and
-    without the `anonymous` warning every run used to print."""
+    without the `anonymous` warning every run used to print; W&B's closing lines are quiet, and the closing block
+    (last) says how to upload the run."""
     cfg = tiny_config(tmp_path / "cfg.yaml", tiny_data, tmp_path / "run", max_steps=1)
     env = {k: v for k, v in _env().items() if not k.startswith("WANDB_")}
     env.update({v: str(tmp_path / "wb" / v.lower()) for v in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")})
@@ -143,7 +144,12 @@ def test_wandb_output_in_a_log_file_is_plain(tiny_data, tmp_path):
     )
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-3000:]
-    assert "Find logs at" in text  # W&B did print its closing lines
+    assert "Run data is saved locally" in text  # W&B did print its lines
+    assert "Run history" not in text and "Run summary" not in text  # its closing tables are quiet
+    last = proc.stdout.rstrip().splitlines()
+    assert any(
+        re.match(r"  W&B run fcn-resnet18-s0 \(offline\); upload with: wandb sync .*/run/wandb/", x) for x in last
+    )
     assert "\x1b[" not in text, [line for line in text.splitlines() if "\x1b[" in line]
     assert "anonymous" not in text
 

@@ -257,25 +257,6 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
     assert resolve_wandb_mode("offline") == "offline" and resolve_wandb_mode("off") == "off"
 
 
-@pytest.mark.parametrize("max_epochs,max_steps,expected", [(-1, 500, "Epoch 3 (max 500 iters)"), (10, -1, "Epoch 3/9")])
-def test_progress_bar_epoch_label(max_epochs, max_steps, expected):
-    import lightning as L
-
-    from seg.training.console import SegProgressBar
-
-    bar = SegProgressBar()
-    trainer = L.Trainer(
-        max_epochs=max_epochs,
-        max_steps=max_steps,
-        callbacks=[bar],
-        logger=False,
-        enable_checkpointing=False,
-        accelerator="cpu",
-    )
-    bar.setup(trainer, None, "fit")
-    assert bar._get_train_description(3).strip() == expected
-
-
 def test_predict_labels_equals_argmax_of_probabilities():
     from seg.models import build_model
 

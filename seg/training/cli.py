@@ -25,8 +25,9 @@ LightningCLI with ``run=False`` then ``trainer.fit``. What the CLI adds to a pla
   time, completed with the head's defaults, shown by ``--print_config``.
 * Always-on callbacks: :class:`~seg.training.checkpointing.SegCheckpoint` (section ``checkpoint``),
   :class:`~seg.training.resume.ExactResume` (RNG states and data position), ``RunSummary``,
-  ``ValImageLogger`` (W&B only), a one-line model summary and a progress bar (live on a terminal, plain lines in
-  a log file; :mod:`seg.training.console`).
+  ``ValImageLogger`` (W&B only), a one-line model summary and one progress bar for the run (live on a terminal,
+  plain lines in a log file; :mod:`seg.training.progress`). A finished run ends with a closing block: the result,
+  the files and the next commands (:func:`seg.training.summary.closing_block`).
 
 The evaluation/prediction commands' parser is :class:`seg.training.tool_cli.SegToolCLI`.
 """
@@ -59,12 +60,12 @@ from .config_scan import ConfigCodeError, check_arguments, check_object
 from .console import SegModelSummary, progress_bar, quiet_lightning
 from .head_args import HeadArgumentError, typed_head_kwargs
 from .interrupt import RunStopped, StopOnSignal, resume_command
-from .loggers import ValImageLogger, build_loggers, finish_wandb, wandb_mode
+from .loggers import ValImageLogger, build_loggers, finish_wandb, run_identity, wandb_mode
 from .module import DivergenceError, SegmentationModule
 from .resume import ExactResume
 from .resume_config import ApplyNewSettings, ResumeConfigError, check_resume, resume_path
 from .run_lock import RunDirBusy, RunLock, release_all
-from .summary import RunSummary, ValidateAtEnd
+from .summary import RunSummary, ValidateAtEnd, run_closing_block
 
 
 def _cuda_bf16() -> bool:
@@ -211,7 +212,11 @@ class SegCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         if tcfg.logger is None or tcfg.logger is True:
             kwargs["logger"] = build_loggers(
-                tcfg.default_root_dir, cfg.wandb, cfg.wandb_project, resume=cfg.ckpt_path is not None
+                tcfg.default_root_dir,
+                cfg.wandb,
+                cfg.wandb_project,
+                resume=cfg.ckpt_path is not None,
+                identity=run_identity(cfg.model.head, cfg.model.backbone, cfg.data.dataset, cfg.data.root),
             )
         return super().instantiate_trainer(**kwargs)
 
@@ -311,7 +316,9 @@ def main(args: Any = None) -> SegCLI:
         for callback in cli.trainer.callbacks if cli is not None else []:
             if isinstance(callback, StopOnSignal):
                 callback.restore()
-    _finish_wandb(cli, 0)
+    wandb_runs = _finish_wandb(cli, 0)  # W&B's closing lines first: the result is the last thing on screen
+    if rank_zero_only.rank == 0:
+        print(run_closing_block(cli.trainer, cli.datamodule, wandb_runs), flush=True)
     return cli
 
 
@@ -324,10 +331,9 @@ def _stopped(cli: Optional[SegCLI], err: BaseException) -> Optional[RunStopped]:
     return found
 
 
-def _finish_wandb(cli: Optional[SegCLI], exit_code: int) -> None:
+def _finish_wandb(cli: Optional[SegCLI], exit_code: int) -> list[str]:
     trainer = getattr(cli, "trainer", None)
-    if trainer is not None:
-        finish_wandb(trainer.loggers, exit_code)
+    return finish_wandb(trainer.loggers, exit_code) if trainer is not None else []
 
 
 def _small_batch_error(cli: Optional[SegCLI], err: Exception) -> Optional[TrainingBatchError]:

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 WandbMode = Literal["auto", "online", "offline", "off"]
@@ -69,6 +69,26 @@ def resolve_wandb_mode(mode: WandbMode) -> Literal["online", "offline", "off"]:
     return "online" if wandb_logged_in() else "offline"
 
 
+def run_identity(
+    head: str, backbone: str, dataset: str, root: Optional[str] = None, seed: Optional[int] = None
+) -> dict[str, Any]:
+    """How a training run appears in W&B: the name ``<head>-<backbone>-s<seed>`` (``-s<seed>`` left out when the
+    run is not seeded), tags ``head:H``, ``backbone:B``, ``dataset:D``, ``seed:S`` to filter and group by, and
+    the seed at the top level of the config (Lightning logs the model's and data's arguments there too).
+
+    dataset, root: the data section's; a folder dataset is named after its folder (``demo``, ``custom``).
+    seed: None = the seed of Lightning's ``seed_everything`` (``PL_GLOBAL_SEED``, set before the loggers are
+    built), if any."""
+    if dataset == "folder" and root:
+        dataset = Path(str(root)).name
+    if seed is None and os.environ.get("PL_GLOBAL_SEED") is not None:
+        seed = int(os.environ["PL_GLOBAL_SEED"])
+    tags = [f"head:{head}", f"backbone:{backbone}", f"dataset:{dataset}"]
+    tags += [f"seed:{seed}"] if seed is not None else []
+    name = f"{head}-{backbone}" + (f"-s{seed}" if seed is not None else "")
+    return {"name": name, "tags": [t[:64] for t in tags], "config": {"seed": seed}}  # W&B tags: 64 chars at most
+
+
 def build_loggers(
     run_dir: str | Path,
     wandb: WandbMode = "auto",
@@ -76,16 +96,23 @@ def build_loggers(
     name: Optional[str] = None,
     resume: bool = False,
     group: Optional[str] = None,
+    identity: Optional[dict[str, Any]] = None,
+    job_type: str = "train",
 ) -> list[Logger]:
     """CSV (``<run_dir>/csv/version_N/metrics.csv``, one version per launch) + W&B (``<run_dir>/wandb``).
 
-    group: W&B group (runs of one comparison); None = ``WANDB_RUN_GROUP`` if set."""
+    name: the W&B run name; None = ``WANDB_NAME`` if set, else ``identity``'s name, else the run folder's name.
+    group: W&B group (runs of one comparison); None = ``WANDB_RUN_GROUP`` if set.
+    identity: :func:`run_identity` (name, tags, config entries) of the run.
+    job_type: W&B job type (``train``).
+
+    W&B's summary keeps the *best* ``val/mIoU`` (``define_metric(summary="max")``), not the last, and W&B prints
+    only what matters (``quiet``; ``SEG_VERBOSE=1`` gives its full output)."""
     run_dir = Path(run_dir)
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv")]
     mode = resolve_wandb_mode(wandb)
     if mode == "off":
         return loggers
-    from lightning.pytorch.loggers import WandbLogger
 
     # W&B only creates the run on rank 0; a resumed launch (ckpt_path) continues the previous W&B run.
     id_file = run_dir / "wandb_id"
@@ -95,14 +122,23 @@ def build_loggers(
         if rank_zero_only.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             id_file.write_text(run_id)
-    logger = WandbLogger(
+    import wandb as wandb_lib
+
+    from .console import verbose_requested
+
+    identity = identity or {}
+    logger = SegWandbLogger(
         project=project,
-        name=name or run_dir.name,
+        name=name or os.environ.get("WANDB_NAME") or identity.get("name") or run_dir.name,
         save_dir=str(run_dir),
         id=run_id,
         resume="allow",
         offline=(mode == "offline"),
         group=group or os.environ.get("WANDB_RUN_GROUP") or None,
+        tags=identity.get("tags") or None,
+        job_type=job_type,
+        config=identity.get("config") or None,
+        settings=wandb_lib.Settings(quiet=not verbose_requested()),
     )
     # Lightning always passes `anonymous` (None unless asked), and wandb >= 0.19 warns on every run that the
     # setting has no effect: leave it out
@@ -116,18 +152,41 @@ def build_loggers(
     return loggers
 
 
-def finish_wandb(loggers: list[Logger], exit_code: int = 0) -> None:
+def finish_wandb(loggers: list[Logger], exit_code: int = 0) -> list[str]:
     """End the W&B runs of ``loggers`` that were started (rank 0's), marking a non-zero ``exit_code`` as failed.
+    Returns where each run is: its URL (online) or the ``wandb sync`` command that uploads it (offline), for the
+    closing block of train.py.
 
     Why here and not at interpreter exit: wandb's exit hook prints its closing lines (the sync command, the log
     folder) with terminal colours even into a log file; ``finish()`` prints them through ``click``, which drops the
     colours when the output is not a terminal."""
-    from lightning.pytorch.loggers import WandbLogger
 
+    places = []
     for logger in loggers:
         run = getattr(logger, "_experiment", None) if isinstance(logger, WandbLogger) else None
         if run is not None and hasattr(run, "finish"):
+            offline = run.settings.mode in ("offline", "dryrun")
+            sync_dir = getattr(run.settings, "sync_dir", None)
+            url = None if offline else getattr(run, "url", None)
             run.finish(exit_code=exit_code)
+            if url:
+                places.append(f"W&B run {run.name}: {url}")
+            elif sync_dir:
+                places.append(f"W&B run {run.name} (offline); upload with: wandb sync {sync_dir}")
+    return places
+
+
+class SegWandbLogger(WandbLogger):
+    """Lightning's W&B logger whose run keeps the best ``val/mIoU`` in its summary (the metric is defined on the
+    global step, as Lightning defines every metric)."""
+
+    @property
+    def experiment(self) -> Any:
+        first = self._experiment is None
+        run = super().experiment
+        if first and rank_zero_only.rank == 0 and hasattr(run, "define_metric"):
+            run.define_metric("val/mIoU", step_metric="trainer/global_step", step_sync=True, summary="max")
+        return run
 
 
 class ValImageLogger(L.Callback):
@@ -140,7 +199,6 @@ class ValImageLogger(L.Callback):
 
     @staticmethod
     def _wandb_loggers(trainer: L.Trainer) -> list[Any]:
-        from lightning.pytorch.loggers import WandbLogger
 
         return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
 
