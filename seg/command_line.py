@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, NoReturn, Optional, Sequence
 
 __all__ = [
+    "ArgParser",
     "HELP_ALL",
     "REMOTE_CHECKPOINTS",
     "UsageError",
@@ -244,3 +245,42 @@ def check_input_path(value: str, prog: str, argv: Sequence[str], example: str) -
         "try: " + command(prog, argv, {value: guess}) if guess else f"give a folder of images or one image: {example}"
     )
     raise UsageError(f"input {value} does not exist", hint)
+
+
+class _HelpAll(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        text = getattr(parser, "reference", "")
+        parser.exit(0, (text.strip() + "\n\n" if text else "") + parser.format_help())
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with the convention: old spellings rewritten before parsing (:func:`normalize_argv`, for the
+    ``pairs`` options too), ``--help_all`` (``reference``, e.g. the module docstring, then every option), and
+    two-line errors naming the closest valid flag."""
+
+    def __init__(self, *args, reference: str = "", pairs: Sequence[str] = (), **kwargs) -> None:  # noqa: ANN002
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.reference, self.pairs = reference, tuple(pairs)
+        self.add_argument("--help_all", action=_HelpAll, help="the full reference: what the command does, in detail")
+
+    def flags(self) -> set[str]:
+        return {s for a in self._actions for s in a.option_strings}
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201
+        argv = list(sys.argv[1:] if args is None else args)
+        argv = normalize_argv(argv, self.flags() | {"--help-all"}, self.prog, self.pairs)
+        argv = ["--help_all" if a == "--help-all" else a for a in argv]
+        return super().parse_known_args(argv, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"the options: {self.prog} --help"
+        if message.startswith("unrecognized arguments:"):
+            unknown = message.partition(":")[2].split()
+            guess = closest(unknown[0].partition("=")[0], self.flags()) if unknown else None
+            if guess is not None:
+                message += f" (did you mean {guess}?)"
+        usage_exit(UsageError(message, hint))
