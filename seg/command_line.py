@@ -85,9 +85,10 @@ def _number(text: str) -> bool:
 
 
 def _known(name: str, known: set[str]) -> bool:
-    """``name`` is an option, or a key below one (``--model.head_kwargs.channels``, ``--data.classes+``)."""
+    """``name`` is an option, or a key below a dotted one (``--model.head_kwargs.channels``, ``--data.classes+``;
+    not below a section's own config flag, ``--model``)."""
     name = name.rstrip("+")
-    return name in known or any(name.startswith(k + ".") for k in known)
+    return name in known or any(name.startswith(k + ".") for k in known if "." in k)
 
 
 def normalize_argv(argv: Sequence[str], known: Iterable[str], prog: str, pairs: Iterable[str] = ()) -> list[str]:
@@ -186,8 +187,8 @@ def help_screen(usage: str, description: str, rows: Sequence[tuple[str, str]], f
     width, indent = 100, 32
     lines = [f"usage: {usage}", "", *textwrap.wrap(description, width), ""]
     for flags, text in rows:
-        if not flags:  # a section heading
-            lines += ["", text]
+        if not flags:  # a section heading (or, empty, a blank line)
+            lines += ["", text] if text else [""]
             continue
         first = f"  {flags}"
         body = textwrap.wrap(text, width - indent) or [""]
