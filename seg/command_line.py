@@ -254,7 +254,8 @@ class _HelpAll(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
         text = getattr(parser, "reference", "")
-        parser.exit(0, (text.strip() + "\n\n" if text else "") + parser.format_help())
+        sys.stdout.write((text.strip() + "\n\n" if text else "") + parser.format_help())
+        parser.exit(0)
 
 
 class ArgParser(argparse.ArgumentParser):

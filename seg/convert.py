@@ -37,6 +37,7 @@ def build_parser() -> ArgParser:
         "mmseg",
         help="mmsegmentation checkpoint of any head with an mmseg counterpart (--head)",
         description="Convert an mmsegmentation checkpoint (python -m seg.convert --help_all: the details).",
+        reference=__doc__,
     )
     mm.add_argument("src", help="mmseg checkpoint (.pth)")
     mm.add_argument("dst", help="seg checkpoint to write (.ckpt)")

@@ -80,17 +80,6 @@ def test_short_head_names_train_with_typed_kwargs(tiny_data, tmp_path):
     assert saved["model"]["head_kwargs"] == typed_head_kwargs("ccnet", {"channels": 8, "recurrence": 1})
 
 
-def test_tool_help_lists_its_own_options_first():
-    out = run_cmd(["-m", "seg.evaluate", "--help"]).stdout
-    first_trainer = out.index("--trainer.accelerator")
-    for opt in ("--ckpt", "--mode", "--scales", "--output", "--split"):
-        assert out.index(opt) < first_trainer, opt
-    assert out.splitlines()[0].startswith("usage: python -m seg.evaluate --ckpt")
-    assert "--model." not in out and "--trainer.max_steps" not in out  # the model comes from the checkpoint
-    out = run_cmd(["-m", "seg.predict", "--help"]).stdout
-    assert out.index("--out") < out.index("--data.dataset") and "--trainer.devices" not in out
-
-
 def test_log_file_gets_plain_progress_lines(tiny_data, tmp_path):
     """Not a terminal: one line per log_every_n_steps steps and per validation, the model summary in one line, no
     FLOPs column, no litlogger tip, no Rich box drawing."""

@@ -103,7 +103,7 @@ def colour_onnx(tmp_path_factory) -> Path:
 
 
 def read_label(path: Path) -> np.ndarray:
-    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return np.asarray(Image.open(path))  # predicted masks are palette PNGs: PIL gives the indices
 
 
 # ------------------------------------------------------------------------------------------------

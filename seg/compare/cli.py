@@ -16,7 +16,7 @@ from .report import log_wandb_summary, markdown, plot
 from .runs import RunFailed, load_run, train_runs
 from .stats import summarize
 
-__all__ = ["compare", "main"]
+__all__ = ["build_parser", "compare", "main"]
 
 
 def compare(
@@ -52,13 +52,9 @@ def _wandb_arg(extra: list[str]) -> tuple[str, str]:
     return mode, project
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+def build_parser() -> ArgParser:
+    """The command line (its own options; the rest goes to every train.py)."""
     package_doc = sys.modules[__package__].__doc__  # the package docstring (its parent is always imported first)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
     p = ArgParser(
         prog="python -m seg.compare",
         description="\n\n".join(package_doc.split("\n\n")[:5]),  # what it does, and its two forms
@@ -90,6 +86,16 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         action="store_false",
         help="fail instead of evaluating runs that lack per_image.npz",
     )
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    p = build_parser()
     args, unknown = p.parse_known_args(argv)
     extra = unknown + extra  # e.g. --trainer.max_steps=300 goes to every train.py
     if args.seeds < 1:

@@ -134,8 +134,8 @@ def head_switch_hint(argv: Sequence[str], model: Any) -> Optional[str]:
     if option_value(argv, "--model.head") is None:
         return None
     head = model.head
-    fix = {"head_kwargs": {}, **config_overrides(head, model.output_stride)}
     try:
+        fix = {"head_kwargs": {}, **config_overrides(head, model.output_stride)}
         typed_head_kwargs(head, {})
         get_head(head).check(model.backbone, fix.get("output_stride", model.output_stride))
     except (HeadArgumentError, ValueError):
@@ -152,6 +152,6 @@ def head_switch_hint(argv: Sequence[str], model: Any) -> Optional[str]:
             skip = "=" not in arg
             continue
         kept.append(arg)
-    flags = [f"--model.head_kwargs='{{}}'"]
+    flags = ["--model.head_kwargs='{}'"]
     flags += [f"--model.{k}={str(v).lower()}" for k, v in fix.items() if k != "head_kwargs" and getattr(model, k) != v]
     return f"to start {head} from its own defaults: {command(PROG, kept)} {' '.join(flags)}"
