@@ -2,7 +2,7 @@
 
 For an image ``name.ext`` the outputs are ``name.png`` (class-index mask: an 8-bit palette PNG, "P" mode, whose
 pixel values are the class indices and whose palette holds the class colours, as VOC / mmseg masks: PIL
-``np.array(Image.open(p))`` and ``seg.data.read_mask`` read the indices, an image viewer shows the colours;
+``np.array(Image.open(p))`` and ``seg.data.base.read_mask`` read the indices, an image viewer shows the colours;
 OpenCV's ``imread`` expands every palette to colours, with no flag to keep the indices), ``name_color.png``
 (palette colours, RGB) and ``name_overlay.jpg`` (colours blended over the image). Every output folder also gets
 ``legend.png``: each class's colour swatch and name (`write_legend`). Two inputs that would write the same file
