@@ -4,6 +4,7 @@ the tools' own options first in --help, plain progress lines in a log file, no L
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 import io
 import re
 import warnings
@@ -190,6 +191,10 @@ def test_predict_writes_a_legend_of_the_classes(tmp_path):
     for i, colour in enumerate(palette):  # row i's swatch (6 px margin, 18 px rows, 28 px swatch) in class i's colour
         assert tuple(legend[6 + 18 * i + 9, 6 + 14]) == colour, i
     assert (legend[:, 40:] < 128).any()  # the names are drawn right of the swatches
+    from seg.deploy.outputs import output_stems
+
+    stems = output_stems([Path("in/legend.jpg"), Path("in/a.png")])  # its mask would overwrite the legend
+    assert stems == {Path("in/legend.jpg"): "legend.jpg", Path("in/a.png"): "a"}
     many = Image.open(write_legend(tmp_path / "l.png", None, [(0, 0, 0)] * 150))
     assert many.width > 4 * legend.shape[1] // 2 and many.height < 40 * 18  # 150 classes: several columns
 

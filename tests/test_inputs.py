@@ -242,7 +242,10 @@ def test_stem_collisions_get_distinct_outputs(path, colour_onnx, request, tmp_pa
     assert sorted(p.name for p in written) == ["x.jpg.png", "x.png.png", "y.png"]
     expected = {"x.jpg": "x.jpg", "x.png": "x.png", "y.webp": "y"}
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{stem}{tail}" for stem in expected.values() for tail in (".png", "_color.png", "_overlay.jpg")
+        [
+            "legend.png",
+            *(f"{stem}{tail}" for stem in expected.values() for tail in (".png", "_color.png", "_overlay.jpg")),
+        ]
     )
     if path == "onnx":  # each mask is its own input's: red -> 0, blue -> 2, green -> 1
         for name, stem in expected.items():

@@ -49,8 +49,9 @@ def _outputs(stem: str) -> tuple[str, str, str]:
 
 def output_stems(images: Sequence[Path]) -> dict[Path, str]:
     """The name each image's outputs start with: its stem, or its whole file name for images whose outputs would
-    otherwise meet another's (``x.jpg`` / ``x.png``; also ``x.jpg`` / ``x_color.png``). Names are compared
-    case-blind, as macOS and Windows file systems do. Whole names never meet: each ends in its own extension."""
+    otherwise meet another's (``x.jpg`` / ``x.png``; also ``x.jpg`` / ``x_color.png``) or the folder's
+    ``legend.png`` (an input ``legend.jpg``). Names are compared case-blind, as macOS and Windows file systems do.
+    Whole names never meet: each ends in its own extension."""
     whole: set[Path] = set()
     while True:
         stems = {p: p.name if p in whole else p.stem for p in images}
@@ -59,6 +60,7 @@ def output_stems(images: Sequence[Path]) -> dict[Path, str]:
             for name in _outputs(stem):
                 owners[name.casefold()].add(path)
         clashing = {p for paths in owners.values() if len(paths) > 1 for p in paths} - whole
+        clashing |= owners.get(LEGEND, set()) - whole
         if not clashing:
             return stems
         whole |= clashing
