@@ -4,10 +4,10 @@ the tools' own options first in --help, plain progress lines in a log file, no L
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 import io
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 import yaml
