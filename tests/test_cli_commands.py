@@ -184,6 +184,12 @@ def test_predict_missing_input_fails_before_loading_the_model(tmp_path):
     (tmp_path / "imgs").mkdir()
     proc = run_cmd_without_torch(["--onnx", str(tmp_path / "nope.onnx"), str(tmp_path / "imgs"), "--out", "o"])
     assert "nope.onnx does not exist" in _two_lines(proc)[0]
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "imgs/a.png"), np.zeros((4, 4, 3), np.uint8))
+    proc = run_cmd_without_torch(["--onnx", str(tmp_path / "model.onnx"), str(tmp_path / "imgs"), "--out", "o"])
+    assert "is not a model ONNX Runtime can load" in _two_lines(proc)[0]
 
 
 def test_ckpt_folder_names_the_checkpoint_inside(tmp_path, capsys):

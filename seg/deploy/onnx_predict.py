@@ -70,7 +70,13 @@ class OnnxSegmenter:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001  ONNX Runtime raises its own types (InvalidProtobuf, Fail, ...)
+            raise ValueError(
+                f"--onnx {path} is not a model ONNX Runtime can load ({str(err).splitlines()[0][:200]}); write one "
+                "with python -m seg.export --format onnx"
+            ) from err
         self.meta = decode(self.session.get_modelmeta().custom_metadata_map, str(path))
         self.meta.update({k: v for k, v in (overrides or {}).items() if v is not None})
         self.input_name = self.session.get_inputs()[0].name
@@ -182,16 +188,20 @@ def build_parser() -> ArgParser:
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
-    args = build_parser().parse_args(argv)
-    seg = OnnxSegmenter(
-        args.onnx,
-        threads=args.threads,
-        overrides={
-            "eval_mode": args.mode,
-            "crop_size": None if args.crop_size is None else list(args.crop_size),
-            "stride": None if args.stride is None else list(args.stride),
-        },
-    )
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        seg = OnnxSegmenter(
+            args.onnx,
+            threads=args.threads,
+            overrides={
+                "eval_mode": args.mode,
+                "crop_size": None if args.crop_size is None else list(args.crop_size),
+                "stride": None if args.stride is None else list(args.stride),
+            },
+        )
+    except (ValueError, OSError) as err:  # not an ONNX file, no seg metadata, a bad setting: two lines
+        parser.error(str(err))
     images = list_images(Path(args.input))
     return predict_images(
         images,
