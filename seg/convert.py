@@ -1,7 +1,7 @@
 """Convert foreign checkpoints into seg checkpoints.
 
     python -m seg.convert mmseg ccnet_r101-d8_cityscapes.pth ccnet_r101.ckpt \\
-        --head ccnet --backbone resnet101c --num-classes 19
+        --head ccnet --backbone resnet101c --num_classes 19
 
 reads an mmsegmentation checkpoint of any head with an mmseg counterpart (ResNetV1c = timm ``resnet50c`` /
 ``resnet101c``), checks that every key fits (a mismatch lists the keys), and writes a self-describing seg
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from seg.command_line import ArgParser
 from seg.data.meta import dataset_meta
 from seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from seg.models import all_head_names, get_head
@@ -64,17 +65,22 @@ def _json_dict(text: str) -> dict:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m seg.convert", description=__doc__.split("\n")[0])
+def build_parser() -> ArgParser:
+    parser = ArgParser(prog="python -m seg.convert", description=__doc__.split("\n")[0], reference=__doc__)
     sub = parser.add_subparsers(dest="source", required=True)
-    mm = sub.add_parser("mmseg", help="mmsegmentation checkpoint of any head with an mmseg counterpart (--head)")
+    mm = sub.add_parser(
+        "mmseg",
+        help="mmsegmentation checkpoint of any head with an mmseg counterpart (--head)",
+        description="Convert an mmsegmentation checkpoint (python -m seg.convert --help_all: the details).",
+        reference=__doc__,
+    )
     mm.add_argument("src", help="mmseg checkpoint (.pth)")
     mm.add_argument("dst", help="seg checkpoint to write (.ckpt)")
     mm.add_argument("--head", required=True, choices=[h for h in all_head_names() if get_head(h).mmseg])
     mm.add_argument("--backbone", required=True, help="timm name: resnet50c / resnet101c for mmseg ResNetV1c")
-    mm.add_argument("--num-classes", type=int, required=True, help="19 Cityscapes, 150 ADE20K")
+    mm.add_argument("--num_classes", type=int, required=True, help="19 Cityscapes, 150 ADE20K")
     mm.add_argument(
-        "--output-stride",
+        "--output_stride",
         type=int,
         default=8,
         choices=[8, 16, 32],
@@ -83,22 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument(
         "--channels", type=int, default=None, help="decode head width (default: the head's, 512; EMANet 256)"
     )
-    mm.add_argument("--aux-channels", type=int, default=256, help="auxiliary head width")
+    mm.add_argument("--aux_channels", type=int, default=256, help="auxiliary head width")
+    mm.add_argument("--aux", action="store_const", const=True, default=None, help="keep the auxiliary head")
     mm.add_argument(
-        "--aux",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="keep the auxiliary head (default: when the checkpoint has one)",
+        "--no_aux", dest="aux", action="store_const", const=False, help="drop it (default: keep it when present)"
     )
     mm.add_argument(
         "--dataset",
         choices=["cityscapes", "ade20k"],
         default=None,
         help="the benchmark it was trained on: its class names, palette and test scale go into the file "
-        "(default: the one with --num-classes classes, 19 cityscapes, 150 ade20k; otherwise generic names)",
+        "(default: the one with --num_classes classes, 19 cityscapes, 150 ade20k; otherwise generic names)",
     )
-    mm.add_argument("--backbone-kwargs", type=_json_dict, default=None, help="extra timm kwargs, JSON")
-    mm.add_argument("--head-kwargs", type=_json_dict, default={}, help="extra head kwargs, JSON")
+    mm.add_argument("--backbone_kwargs", type=_json_dict, default=None, help="extra timm kwargs, JSON")
+    mm.add_argument("--head_kwargs", type=_json_dict, default={}, help="extra head kwargs, JSON")
     return parser
 
 

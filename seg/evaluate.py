@@ -29,6 +29,7 @@ from seg.loading import REMOTE_SOURCES
 from seg.training.console import progress_bar, quiet_lightning
 from seg.training.summary import count_parameters
 from seg.training.tool_cli import (
+    INFERENCE_HELP,
     ToolError,
     build_module,
     module_hparams,
@@ -44,10 +45,7 @@ DESCRIPTION = (
     "Evaluate a checkpoint: mIoU, aAcc, mAcc and per-class IoU/Acc on the val (or --split) set, written to "
     "metrics.json. The model and its settings come from the checkpoint; --data.* change the data settings."
 )
-USAGE = (
-    "python -m seg.evaluate --ckpt CKPT [--mode whole|slide] [--scales ...] [--flip true] [--output FILE] "
-    "[--config C] [--data.KEY=V ...] [--trainer.KEY=V ...]"
-)
+USAGE = "python -m seg.evaluate --ckpt CKPT [--output FILE] [--mode slide] [--data.KEY=V ...] [--trainer.KEY=V ...]"
 
 
 def _own_arguments(parser) -> None:
@@ -115,7 +113,7 @@ def evaluate_checkpoint(
         benchmark=True,
     )
     params = count_parameters(module.model)  # before BatchNorm folding (--optimize) removes the BN parameters
-    optimize_for(module, pl_trainer.strategy.root_device, optimize, bf16)
+    bf16 = optimize_for(module, pl_trainer.strategy.root_device, optimize, bf16)  # fp32 where bf16 is emulated
     t0 = time.perf_counter()
     pl_trainer.test(module, datamodule=dm, verbose=False)
     seconds = time.perf_counter() - t0
@@ -154,9 +152,28 @@ def _test_scale(dm) -> list[int] | None:
     return list(scale) if scale is not None else None
 
 
+HELP = [
+    "--ckpt CKPT",
+    "--config FILE",
+    "--output FILE",
+    "--split NAME",
+    *INFERENCE_HELP,
+    "# data (default: the data the checkpoint was trained on)",
+    "--data.root DIR",
+    "--data.dataset folder|cityscapes|ade20k",
+    "--data.num_workers N",
+    "--data.val_batch_size N",
+    "# processes",
+    "--trainer.devices N",
+    "--trainer.accelerator cpu|gpu|auto",
+    "--trainer.strategy auto|ddp",
+    "--trainer.precision 32-true|bf16-mixed",
+]
+
+
 def main(args: Optional[list[str]] = None) -> dict[str, Any]:
-    parser = tool_parser(DESCRIPTION, USAGE, _own_arguments)
-    ns, info = parse_tool_args(parser, args)
+    parser = tool_parser("python -m seg.evaluate", DESCRIPTION, USAGE, _own_arguments)
+    ns, info = parse_tool_args(parser, args, HELP)
     data = ns.data.as_dict()
     if ns.split is not None:
         data["test_split"] = ns.split

@@ -1,14 +1,15 @@
 """Export a model for deployment: ONNX, TorchScript or a ``torch.export`` program, checked against PyTorch.
 
-    python -m seg.export --ckpt K --format onnx|torchscript|exported --out FILE [--size H W] [--dynamic]
-        [--opset N] [--argmax] [--with-normalize] [--config C] [--mode whole|slide] [--crop-size H W] [--stride H W]
+    python -m seg.export --ckpt K --format onnx|torchscript|exported --out FILE [--size=[H,W]] [--dynamic]
+        [--opset N] [--argmax] [--with_normalize] [--config C] [--mode whole|slide] [--crop_size=[H,W]]
+        [--stride=[H,W]]
 
 ``K`` is any seg checkpoint (train.py's ``best.ckpt`` / ``last.ckpt``, ``python -m seg.convert`` output), read by
 :func:`seg.load_model`: the model and its serving settings come from it (``--config`` replaces the data ones).
 The graph is the eval-mode network, one tensor in and one out:
 
 * input: float32 (B, 3, H, W) normalised with the file's ``mean``/``std`` (0-255 RGB:
-  ``(rgb - mean) / std``); with ``--with-normalize`` uint8 RGB (B, H, W, 3), normalised inside.
+  ``(rgb - mean) / std``); with ``--with_normalize`` uint8 RGB (B, H, W, 3), normalised inside.
 * output: logits (B, num_classes, H, W) at input resolution; with ``--argmax`` int64 class indices (B, H, W).
 
 ``--dynamic`` makes batch, H and W symbolic (otherwise the graph is checked at ``--size`` only). The
@@ -27,8 +28,8 @@ file ``seg_deploy.json`` of TorchScript / ``torch.export`` archives (``seg.deplo
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seg.command_line import ArgParser, UsageError, check_checkpoint_path, hw, usage_exit
 from seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from seg.deploy import metadata as deploy_meta
 from seg.layers.functional import export_mode
@@ -45,7 +47,7 @@ from seg.loading import ModelInfo, load_model
 from seg.models import SegmentationModel
 from seg.models.inference import EvalSettings
 from seg.models.safe_load import CheckpointError
-from seg.training.tool_cli import config_data_section
+from seg.training.tool_cli import ToolError, config_data_section
 
 __all__ = [
     "DeployModel",
@@ -60,6 +62,7 @@ __all__ = [
     "verify_export",
 ]
 
+PROG = "python -m seg.export"
 FORMATS = ("onnx", "torchscript", "exported")
 Format = Literal["onnx", "torchscript", "exported"]
 
@@ -227,7 +230,7 @@ def run_exported(fmt: Format, path: str | Path) -> Any:
             import onnxruntime as ort
         except ImportError as err:
             raise ImportError(
-                "verifying an ONNX export needs onnxruntime: pip install -e '.[export]' (or pass --no-verify)"
+                "verifying an ONNX export needs onnxruntime: pip install -e '.[export]' (or pass --no_verify)"
             ) from err
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
@@ -279,12 +282,12 @@ def second_size(size: tuple[int, int]) -> tuple[int, int]:
 # command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m seg.export",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.split("\n")[2:]),
+def build_parser() -> ArgParser:
+    p = ArgParser(
+        prog=PROG,
+        description=__doc__.split("\n")[0] + " Sizes are (H, W), written =[H,W].",
+        reference=__doc__,
+        pairs=("--size", "--crop_size", "--stride"),
     )
     p.add_argument("--ckpt", required=True, help="training checkpoint, or seg checkpoint (seg.convert output)")
     p.add_argument(
@@ -296,11 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="file to write")
     p.add_argument(
         "--size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
+        type=hw,
+        metavar="[H,W]",
         default=None,
-        help="input size the graph is traced (and checked) at (default: the slide crop, else 512 1024)",
+        help="input size the graph is traced (and checked) at (default: the slide crop, else [512,1024])",
     )
     p.add_argument("--dynamic", action="store_true", help="symbolic batch, H and W (checked at a second size)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's; 20 with torch 2.14.1)")
@@ -311,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(seg.predict --onnx then runs whole images only and resizes labels by nearest neighbour)",
     )
     p.add_argument(
-        "--with-normalize", action="store_true", help="bake mean/std in: the input is uint8 RGB (B, H, W, 3)"
+        "--with_normalize", action="store_true", help="bake mean/std in: the input is uint8 RGB (B, H, W, 3)"
     )
     p.add_argument(
         "--config",
@@ -320,25 +322,30 @@ def build_parser() -> argparse.ArgumentParser:
         "scale (only that section is read)",
     )
     p.add_argument("--mode", choices=["whole", "slide"], default=None, help="inference mode recorded in the file")
-    p.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide crop (H, W)")
-    p.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide stride (H, W)")
+    p.add_argument("--crop_size", type=hw, metavar="[H,W]", default=None, help="slide crop")
+    p.add_argument("--stride", type=hw, metavar="[H,W]", default=None, help="slide stride")
     p.add_argument(
-        "--verify",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the file and compare with PyTorch (default: on)",
+        "--no_verify",
+        dest="verify",
+        action="store_false",
+        help="skip running the written file and comparing it with PyTorch (done by default)",
     )
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest relative difference to PyTorch allowed")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # before anything is loaded: two lines (what is wrong, what to type), no traceback
+        check_checkpoint_path(args.ckpt, PROG, list(sys.argv[1:] if argv is None else argv))
+    except UsageError as err:
+        usage_exit(err)
     try:
-        model, info = load_model(args.ckpt)  # a file, mmseg:<name> or a URL
-    except (CheckpointError, FileNotFoundError) as err:  # the message says what to do: no traceback
-        raise SystemExit(f"seg.export: {err}") from None
-    data = config_data_section(args.config) if args.config else None
+        model, info = load_model(args.ckpt)
+        data = config_data_section(args.config) if args.config else None
+    except (CheckpointError, ToolError, OSError) as err:
+        parser.error(str(err))
     meta = deploy_settings(info, data, {"eval_mode": args.mode, "crop_size": args.crop_size, "stride": args.stride})
     size = tuple(args.size or (meta["crop_size"] if meta["eval_mode"] == "slide" else EvalSettings.crop_size))
     deploy = DeployModel(model, meta["mean"], meta["std"], normalize=args.with_normalize, argmax=args.argmax)

@@ -1,11 +1,12 @@
 """Predict masks for a folder of images.
 
-PyTorch:      ``python -m seg.predict --ckpt K INPUT --out DIR [--mode slide] [--scales ...] [--flip true]``
-ONNX Runtime: ``python -m seg.predict --onnx FILE INPUT --out DIR [--mode slide] [--crop_size H W] [--stride H W]``
+PyTorch:      ``python -m seg.predict --ckpt K INPUT --out DIR [--mode slide] [--scales=[...]] [--flip true]``
+ONNX Runtime: ``python -m seg.predict --onnx FILE INPUT --out DIR [--mode slide] [--crop_size=[H,W]] [--stride=[H,W]]``
 
 For every image ``name.ext`` in INPUT (``seg.deploy.images.IMAGE_EXTENSIONS``: png, jpg, jpeg, tif, tiff, bmp,
-webp, the list training reads), writes ``DIR/name.png`` (class-index mask), ``DIR/name_color.png`` (palette
-colours) and ``DIR/name_overlay.jpg`` (colours blended over the image). Two inputs with one stem (``x.jpg`` and
+webp, the list training reads), writes ``DIR/name.png`` (class-index mask as a palette PNG: indices in PIL and
+seg, the class colours in a viewer), ``DIR/name_color.png`` (palette colours) and ``DIR/name_overlay.jpg``
+(colours blended over the image), and once ``DIR/legend.png`` (class names and colours). Two inputs with one stem (``x.jpg`` and
 ``x.png``) would overwrite each other: both are then named after their whole file name, ``x.jpg.png``,
 ``x.jpg_color.png``, ``x.jpg_overlay.jpg`` and ``x.png.png``, ... (the name still says which input it is, and
 stripping the last ``.png`` gives the input's name).
@@ -17,7 +18,8 @@ before the argmax (the evaluation protocol). ``--mode slide``, ``--scales`` and 
 ``seg.evaluate``. Classes, palette, normalisation and test scale come from the checkpoint; ``--config`` /
 ``--data.*`` replace them with those of a data configuration.
 
-An image that cannot be read (empty, corrupt, or above ``--max-pixels``, read from its header before decoding;
+A missing INPUT or ``--ckpt`` / ``--onnx`` file is reported before anything is loaded (two lines: what is wrong,
+what to type). An image that cannot be read (empty, corrupt, or above ``--max_pixels``, read from its header before decoding;
 default 89.5 MP, PIL's decompression-bomb limit) is skipped with a warning; every other prediction is written,
 and the command then exits with status 1, listing the skipped files.
 
@@ -31,6 +33,15 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from seg.command_line import (
+    UsageError,
+    check_checkpoint_path,
+    check_input_path,
+    normalize_argv,
+    option_value,
+    positionals,
+    usage_exit,
+)
 from seg.deploy.images import MAX_PIXELS, MAX_PIXELS_HELP, list_images
 from seg.deploy.outputs import SkippedImages, predict_images
 
@@ -40,7 +51,11 @@ DESCRIPTION = (
     "Predict masks for a folder of images (or one image): a label PNG, a colour PNG and an overlay per image. "
     "The model and its classes, palette and normalisation come from the checkpoint."
 )
-USAGE = "python -m seg.predict INPUT --out DIR --ckpt CKPT [--mode whole|slide] [--scales ...] [--device cuda|cpu]"
+PROG = "python -m seg.predict"
+USAGE = f"{PROG} --ckpt CKPT INPUT --out DIR [--mode slide] [--device cuda|cpu]   (or --onnx FILE instead of --ckpt)"
+EXAMPLE = f"{PROG} --ckpt runs/quickstart/checkpoints/best.ckpt path/to/images --out predictions/"
+HELP = ["input", "--out DIR", "--ckpt CKPT", "--onnx FILE", "--device cuda|cpu", "--alpha A"]  # + inference
+HELP_DATA = ["# classes, palette, normalisation (default: the checkpoint's)", "--config FILE", "--data.classes=[...]"]
 
 
 def _own_arguments(parser) -> None:
@@ -48,17 +63,17 @@ def _own_arguments(parser) -> None:
     parser.add_argument("--out", type=str, required=True, help="output folder")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     parser.add_argument("--device", type=Optional[str], default=None, help="cuda/cpu (default: cuda if any)")
-    parser.add_argument("--max-pixels", "--max_pixels", type=int, default=MAX_PIXELS, help=MAX_PIXELS_HELP)
+    parser.add_argument("--max_pixels", type=int, default=MAX_PIXELS, help=MAX_PIXELS_HELP)
     parser.add_argument(
         "--onnx",
         type=Optional[str],
         default=None,
-        help="run an exported .onnx instead (no PyTorch): python -m seg.predict --onnx FILE INPUT --out DIR; see "
+        help="run an exported .onnx instead of --ckpt (numpy + ONNX Runtime, no PyTorch); its options: "
         "python -m seg.predict --onnx x --help",
     )
 
 
-def _main_torch(args: Optional[list[str]]) -> list[Path]:
+def _main_torch(args: list[str], command_line: bool) -> list[Path]:
     import numpy as np
     import torch
 
@@ -66,6 +81,7 @@ def _main_torch(args: Optional[list[str]]) -> list[Path]:
     from seg.models.inference import is_tta
     from seg.segmenter import eval_transform, predict_rgb
     from seg.training.tool_cli import (
+        INFERENCE_HELP,
         build_module,
         data_given,
         module_hparams,
@@ -74,9 +90,9 @@ def _main_torch(args: Optional[list[str]]) -> list[Path]:
         tool_parser,
     )
 
-    parser = tool_parser(DESCRIPTION, USAGE, _own_arguments, trainer=False)
-    ns, info = parse_tool_args(parser, args)
-    images = list_images(Path(ns.input))  # before the (slow) model build: a wrong path fails at once
+    parser = tool_parser(PROG, DESCRIPTION, USAGE, _own_arguments, trainer=False)
+    ns, info = parse_tool_args(parser, args, [*HELP, *INFERENCE_HELP, *HELP_DATA], command_line=command_line)
+    images = list_images(Path(ns.input))  # checked by main() before anything was loaded
     module, info = build_module(ns.ckpt, module_hparams(ns, info))
     settings = module.eval_settings
     if data_given(args):  # the data configuration's classes, palette, normalisation and test scale
@@ -84,9 +100,10 @@ def _main_torch(args: Optional[list[str]]) -> list[Path]:
         if is_tta(settings.scales, settings.flip):
             data["val_mode"] = "full"  # TTA scales the original image (mmseg TestTimeAug)
         dm = SegDataModule(**data)
-        transform, palette = dm.eval_transform, dm.palette
+        transform, palette, classes = dm.eval_transform, dm.palette, list(dm.classes)
     else:  # the checkpoint's
         transform, palette = eval_transform(info, settings), info.palette
+        classes = list(info.classes)
     device = torch.device(ns.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     module.to(device).eval()
     optimize_for(module, device, ns.optimize, ns.bf16)  # CPU: BN folded, channels_last (--optimize), bf16
@@ -94,16 +111,38 @@ def _main_torch(args: Optional[list[str]]) -> list[Path]:
     def predict(rgb: np.ndarray) -> np.ndarray:  # the Python API's prediction too (seg.load(...).predict)
         return predict_rgb(module.logits, [rgb], transform, settings, device)[0].byte().cpu().numpy()
 
-    return predict_images(images, Path(ns.out), predict, palette, ns.alpha, ns.max_pixels)
+    return predict_images(images, Path(ns.out), predict, palette, ns.alpha, ns.max_pixels, classes=classes)
+
+
+def check_inputs(argv: list[str]) -> None:
+    """What can be checked before torch or the model is loaded: the model file (``--ckpt`` / ``--onnx``) and the
+    images (``INPUT``, the first positional argument); ends the process with two lines (what is wrong, what to
+    type) if one is missing."""
+    found = positionals(argv, ("--crop_size", "--stride"))
+    ckpt, onnx = option_value(argv, "--ckpt"), option_value(argv, "--onnx")
+    try:
+        if onnx is not None:
+            check_checkpoint_path(onnx, PROG, argv, "--onnx", ".onnx")
+        elif ckpt is not None:
+            check_checkpoint_path(ckpt, PROG, argv)
+        if found:
+            check_input_path(found[0], PROG, argv, EXAMPLE)
+            list_images(Path(found[0]))
+    except FileNotFoundError as err:
+        usage_exit(UsageError(str(err), f"give a folder of images or one image: {EXAMPLE}"))
+    except UsageError as err:
+        usage_exit(err)
 
 
 def main(args: Optional[list[str]] = None) -> list[Path]:
-    argv = list(sys.argv[1:] if args is None else args)
+    argv = normalize_argv(list(sys.argv[1:] if args is None else args), (), PROG, ("--crop_size", "--stride"))
+    if not any(a in ("-h", "--help", "--help_all", "--help-all") for a in argv):
+        check_inputs(argv)
     if any(a == "--onnx" or a.startswith("--onnx=") for a in argv):
         from seg.deploy.onnx_predict import main as onnx_main
 
         return onnx_main(argv)
-    return _main_torch(args)
+    return _main_torch(argv, command_line=args is None)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def model(files) -> seg.Segmenter:
 
 
 def read_label(path: Path) -> np.ndarray:
-    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return np.asarray(Image.open(path))  # a palette PNG: PIL reads the indices (OpenCV would give the colours)
 
 
 @pytest.mark.parametrize("settings", ["checkpoint", "slide+tta"])

@@ -98,9 +98,9 @@ def test_convert_command_refuses_crafted_file(crafted, tmp_path, capsys):
             "fcn",
             "--backbone",
             "resnet18",
-            "--num-classes",
+            "--num_classes",
             "3",
-            "--backbone-kwargs",
+            "--backbone_kwargs",
             '{"layers": [1, 1, 1, 1]}',
         ]
     )

@@ -7,6 +7,7 @@ import inspect
 import io
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 import yaml
@@ -81,17 +82,6 @@ def test_short_head_names_train_with_typed_kwargs(tiny_data, tmp_path):
     assert saved["model"]["head_kwargs"] == typed_head_kwargs("ccnet", {"channels": 8, "recurrence": 1})
 
 
-def test_tool_help_lists_its_own_options_first():
-    out = run_cmd(["-m", "seg.evaluate", "--help"]).stdout
-    first_trainer = out.index("--trainer.accelerator")
-    for opt in ("--ckpt", "--mode", "--scales", "--output", "--split"):
-        assert out.index(opt) < first_trainer, opt
-    assert out.splitlines()[0].startswith("usage: python -m seg.evaluate --ckpt")
-    assert "--model." not in out and "--trainer.max_steps" not in out  # the model comes from the checkpoint
-    out = run_cmd(["-m", "seg.predict", "--help"]).stdout
-    assert out.index("--out") < out.index("--data.dataset") and "--trainer.devices" not in out
-
-
 def test_log_file_gets_plain_progress_lines(tiny_data, tmp_path):
     """Not a terminal: one line per log_every_n_steps steps (loss, lr, the last mIoU in %, the run's ETA; no epoch in
     an iteration-based run) and per validation, the model summary in one line, no FLOPs column, no litlogger tip,
@@ -160,3 +150,99 @@ def test_smp_heads_are_typed_and_checked_at_parse_time(capsys):
         capsys, [*quick[:-1], "--model.head=smp:DPT", "--model.head_kwargs={}", "--model.output_stride=32"]
     )
     assert "Vision Transformer" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# predictions people look at: palette PNG masks and a legend (seg.deploy.outputs, both predict paths)
+
+
+def test_index_masks_are_palette_pngs_read_as_indices(tmp_path):
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from seg.data.base import read_mask
+    from seg.deploy.outputs import write_prediction
+
+    palette = [(10, 20, 30), (200, 0, 0), (0, 200, 0), (255, 255, 255)]
+    label = np.random.default_rng(0).integers(0, 4, (23, 31)).astype(np.uint8)
+    rgb = np.zeros((23, 31, 3), np.uint8)
+    path = write_prediction(tmp_path, "x", rgb, label, palette)
+    with Image.open(path) as im:
+        assert im.mode == "P" and im.getpalette()[: 3 * len(palette)] == [c for rgb in palette for c in rgb]
+        np.testing.assert_array_equal(np.asarray(im), label)  # PIL: the indices
+    np.testing.assert_array_equal(read_mask(path), label)  # seg's own reader (training, seg.data.check)
+    # OpenCV expands every palette PNG to colours (it has no flag that keeps indices): the class colours
+    np.testing.assert_array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[..., ::-1], np.asarray(palette)[label])
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "x_color.png"))[..., ::-1], np.asarray(palette)[label])
+
+
+def test_predict_writes_a_legend_of_the_classes(tmp_path):
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from seg.deploy.outputs import predict_images, write_legend
+
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in/a.png"), np.zeros((8, 9, 3), np.uint8))
+    palette = [(255, 0, 0), (0, 0, 255), (0, 128, 0)]
+    predict_images(
+        [tmp_path / "in/a.png"],
+        tmp_path / "out",
+        lambda x: np.zeros(x.shape[:2], np.uint8),
+        palette,
+        classes=["road", "sky", "tree"],
+    )
+    legend = np.asarray(Image.open(tmp_path / "out/legend.png").convert("RGB"))
+    for i, colour in enumerate(palette):  # row i's swatch (6 px margin, 18 px rows, 28 px swatch) in class i's colour
+        assert tuple(legend[6 + 18 * i + 9, 6 + 14]) == colour, i
+    assert (legend[:, 40:] < 128).any()  # the names are drawn right of the swatches
+    from seg.deploy.outputs import output_stems
+
+    stems = output_stems([Path("in/legend.jpg"), Path("in/a.png")])  # its mask would overwrite the legend
+    assert stems == {Path("in/legend.jpg"): "legend.jpg", Path("in/a.png"): "a"}
+    many = Image.open(write_legend(tmp_path / "l.png", None, [(0, 0, 0)] * 150))
+    assert many.width > 4 * legend.shape[1] // 2 and many.height < 40 * 18  # 150 classes: several columns
+
+
+# ------------------------------------------------------------------------------------------------
+# --bf16 on a CPU without native bf16
+
+
+def test_cpu_bf16_detection_from_flags():
+    from seg.training.tool_cli import cpu_native_bf16
+
+    epyc = {"sse2", "avx2", "fma"}  # a 2-core AMD EPYC without AVX-512: bf16 emulated, measured 8.5x slower
+    assert cpu_native_bf16(epyc, "AVX2")[0] is False
+    assert cpu_native_bf16(epyc | {"avx512f", "avx512_bf16"}, "AVX512")[0] is True
+    assert cpu_native_bf16(epyc | {"avx512f", "amx_bf16"}, "AVX512")[0] is True
+    assert cpu_native_bf16(epyc | {"avx512f"}, "AVX512")[0] is False  # Skylake-SP: AVX-512 without BF16
+    assert cpu_native_bf16(epyc | {"avx512_bf16"}, "AVX2")[0] is False  # ATEN_CPU_CAPABILITY=avx2: no such kernels
+    assert cpu_native_bf16({"fp", "asimd", "bf16"}, "SVE256")[0] is True  # Arm (Graviton3)
+    assert cpu_native_bf16({"fp", "asimd"}, "DEFAULT")[0] is False
+
+
+def test_cpuinfo_flags_are_read(tmp_path):
+    from seg.training.tool_cli import _cpuinfo_flags
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 avx512_bf16\n\nprocessor\t: 1\n")
+    assert _cpuinfo_flags(str(info)) == {"fpu", "sse2", "avx2", "avx512_bf16"}
+    assert _cpuinfo_flags(str(tmp_path / "none")) is None
+
+
+def test_bf16_falls_back_to_fp32_with_one_line(monkeypatch, capsys):
+    from seg.training import tool_cli
+
+    monkeypatch.delenv("SEG_FORCE_BF16", raising=False)
+    monkeypatch.setattr(tool_cli, "cpu_native_bf16", lambda: (False, "neither avx512_bf16 nor amx_bf16; x"))
+    assert tool_cli.use_bf16("cpu", True) is False
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no native bf16" in err[0] and "running fp32" in err[0] and "SEG_FORCE_BF16=1" in err[0]
+    assert tool_cli.use_bf16("cpu", False) is False and tool_cli.use_bf16("cuda", True) is True
+    monkeypatch.setenv("SEG_FORCE_BF16", "1")
+    assert tool_cli.use_bf16("cpu", True) is True
+    monkeypatch.setattr(tool_cli, "cpu_native_bf16", lambda: (True, "avx512_bf16"))
+    monkeypatch.delenv("SEG_FORCE_BF16")
+    assert tool_cli.use_bf16("cpu", True) is True and capsys.readouterr().err == ""

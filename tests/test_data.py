@@ -90,7 +90,7 @@ def test_check_reports_unknown_colours_per_file(tmp_path, capsys):
     assert check_main(args) == 1
     out = capsys.readouterr().out
     assert "1 problem(s)" in out and "masks/a.png: 20 pixels" in out and "(224, 224, 192): 10 px" in out
-    assert check_main(args + ["--ignore-colors", "1,2,3;224,224,192"]) == 0
+    assert check_main(args + ["--ignore_colors", "1,2,3;224,224,192"]) == 0
     assert "no problems found" in capsys.readouterr().out
 
 
@@ -264,7 +264,7 @@ def test_check_clean_split(tmp_path, capsys):
     folder_tree(tmp_path, n=2, values=[0, 1, 1, 255], classes=["a", "b", "c"])
     # 'c' absent while a quarter of every mask is an ignore region: what 0/255 masks look like
     # (tests/test_data_labels.py), unless the split really lacks 'c'
-    rc = check_main(["--root", str(tmp_path), "--split", "train", "--allow-missing-classes"])
+    rc = check_main(["--root", str(tmp_path), "--split", "train", "--allow_missing_classes"])
     out = capsys.readouterr().out
     assert rc == 0 and "no problems found" in out
     import re

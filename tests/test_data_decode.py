@@ -194,7 +194,7 @@ def test_cache_cli_fills_every_split(tmp_path, capsys):
     folder_tree(tmp_path / "d", "train", n=2, classes=["a", "b", "c"])
     folder_tree(tmp_path / "d", "val", n=1, classes=["a", "b", "c"])
     cache_main(
-        ["--dataset", "folder", "--root", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c"), "--workers", "0"]
+        ["--dataset", "folder", "--root", str(tmp_path / "d"), "--cache_dir", str(tmp_path / "c"), "--workers", "0"]
     )
     out = capsys.readouterr().out
     assert "train: 2 samples" in out and "val: 1 samples" in out

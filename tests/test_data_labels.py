@@ -52,16 +52,16 @@ def test_check_flags_0_255_binary_masks_with_the_label_map_fix(tmp_path, capsys)
     assert check_main(["--root", str(root), "--split", "train"]) == 1
     out = capsys.readouterr().out
     assert "class 'lesion' (1) has no pixel in the 5 mask(s) read" in out
-    assert "data.label_map: {255: 1}" in out and "--label-map 255:1" in out
+    assert "data.label_map: {255: 1}" in out and "--label_map 255:1" in out
     assert "--data.allow_missing_classes=true" in out and f"{root}/train/masks/s" in out
     assert "no problems found" not in out
 
-    assert check_main(["--root", str(root), "--split", "train", "--label-map", "255:1"]) == 0
+    assert check_main(["--root", str(root), "--split", "train", "--label_map", "255:1"]) == 0
     out = capsys.readouterr().out
     lesion = sum(int((m == 255).sum()) for m in stored_masks(root, "train"))
     line = next(row for row in out.splitlines() if " lesion " in row)
     assert line.split()[0] == "1" and line.endswith(f"({lesion} px)") and "no problems found" in out
-    assert check_main(["--root", str(root), "--split", "train", "--allow-missing-classes"]) == 0
+    assert check_main(["--root", str(root), "--split", "train", "--allow_missing_classes"]) == 0
 
 
 def test_check_flags_a_thin_class_hidden_beside_a_single_labelled_class(tmp_path, capsys):

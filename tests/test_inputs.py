@@ -103,7 +103,7 @@ def colour_onnx(tmp_path_factory) -> Path:
 
 
 def read_label(path: Path) -> np.ndarray:
-    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return np.asarray(Image.open(path))  # predicted masks are palette PNGs: PIL gives the indices
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,7 +242,10 @@ def test_stem_collisions_get_distinct_outputs(path, colour_onnx, request, tmp_pa
     assert sorted(p.name for p in written) == ["x.jpg.png", "x.png.png", "y.png"]
     expected = {"x.jpg": "x.jpg", "x.png": "x.png", "y.webp": "y"}
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{stem}{tail}" for stem in expected.values() for tail in (".png", "_color.png", "_overlay.jpg")
+        [
+            "legend.png",
+            *(f"{stem}{tail}" for stem in expected.values() for tail in (".png", "_color.png", "_overlay.jpg")),
+        ]
     )
     if path == "onnx":  # each mask is its own input's: red -> 0, blue -> 2, green -> 1
         for name, stem in expected.items():
@@ -272,7 +275,7 @@ def test_predict_onnx_skips_bad_files_writes_the_rest_and_exits_1(colour_onnx, t
     assert "wrote 2 masks" in proc.stdout and "no PyTorch" in proc.stdout
     err = proc.stderr
     assert f"warning: skipping {tmp_path / 'in/b.png'}: empty file" in err
-    assert f"warning: skipping {tmp_path / 'in/c.png'}: 12000x12000" in err and "--max-pixels 144000000" in err
+    assert f"warning: skipping {tmp_path / 'in/c.png'}: 12000x12000" in err and "--max_pixels 144000000" in err
     assert "2 of 4 images could not be read" in err and "Traceback" not in err
     for stem in ("a", "d"):
         assert (read_label(tmp_path / f"out/{stem}.png") == 1).all()
@@ -291,22 +294,22 @@ def test_predict_torch_skips_bad_files_and_writes_the_rest(trained_run, tmp_path
 
 
 def test_max_pixels_flag_sets_the_limit_on_both_paths(colour_onnx, trained_run, tmp_path):
-    """A 10 x 14 image is 140 pixels: refused under --max-pixels 139 (naming the file, its size and the flag),
+    """A 10 x 14 image is 140 pixels: refused under --max_pixels 139 (naming the file, its size and the flag),
     predicted under 140."""
     folder = tmp_path / "in"
     write_photo(folder / "a.png", np.zeros((10, 14, 3), np.uint8), 1)
     ckpt = str(trained_run / "checkpoints/best.ckpt")
     runs = {
         "onnx": lambda out, limit: onnx_predict.main(
-            ["--onnx", str(colour_onnx), str(folder), "--out", str(out), "--max-pixels", limit]
+            ["--onnx", str(colour_onnx), str(folder), "--out", str(out), "--max_pixels", limit]
         ),
         "torch": lambda out, limit: predict_cmd.main(
-            ["--ckpt", ckpt, str(folder), "--out", str(out), "--max-pixels", limit]
+            ["--ckpt", ckpt, str(folder), "--out", str(out), "--max_pixels", limit]
         ),
     }
     for name, run in runs.items():
         with pytest.raises(
-            RuntimeError, match=r"a.png: 14x10 \(W x H\) = 140 pixels, more than --max-pixels 139 .*: --max-pixels 140"
+            RuntimeError, match=r"a.png: 14x10 \(W x H\) = 140 pixels, more than --max_pixels 139 .*: --max_pixels 140"
         ):
             run(tmp_path / f"{name}_139", "139")
         assert [p.name for p in run(tmp_path / f"{name}_140", "140")] == ["a.png"]

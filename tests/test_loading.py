@@ -69,7 +69,7 @@ def test_copied_checkpoint_works_with_every_command(trained_run, tmp_path):
     written = predict_cmd.main(["--ckpt", str(copy), str(images), "--out", str(tmp_path / "pred")])
     assert len(written) == best["num_images"]
     out = export_cmd.main(
-        ["--ckpt", str(copy), "--format", "exported", "--out", str(tmp_path / "m.pt2"), "--size", "48", "48"]
+        ["--ckpt", str(copy), "--format", "exported", "--out", str(tmp_path / "m.pt2"), "--size=[48,48]"]
     )
     assert out["checks"][0]["rel"] <= 1e-4
     # from another directory, as a user would type it

@@ -207,7 +207,7 @@ def test_ocr_needs_its_first_stage(zoo, tmp_path):
 
 
 def test_convert_command_for_uper_at_output_stride_32(golden, zoo, tmp_path):
-    """``python -m seg.convert mmseg ... --head uper --output-stride 32`` (its main(), in process)."""
+    """``python -m seg.convert mmseg ... --head uper --output_stride 32`` (its main(), in process)."""
     from seg.convert import main
 
     bk = zoo["seg_kwargs"]["backbone_kwargs"]
@@ -220,15 +220,15 @@ def test_convert_command_for_uper_at_output_stride_32(golden, zoo, tmp_path):
         "uper",
         "--backbone",
         "resnet50c",
-        "--num-classes",
+        "--num_classes",
         "3",
-        "--output-stride",
+        "--output_stride",
         "32",
         "--channels",
         "4",
-        "--aux-channels",
+        "--aux_channels",
         "4",
-        "--backbone-kwargs",
+        "--backbone_kwargs",
         json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in bk.items()}),
     ]
     assert main(argv) == 0
@@ -237,7 +237,7 @@ def test_convert_command_for_uper_at_output_stride_32(golden, zoo, tmp_path):
     with torch.no_grad():
         low = model(golden["input"], resize=False)["out"]
     assert rel_err(low, zoo["heads"]["uper"]["logits"]) <= RTOL
-    assert main(argv[:-2] + ["--backbone-kwargs", json.dumps({**json.loads(argv[-1]), "stem_width": 8})]) == 2
+    assert main(argv[:-2] + ["--backbone_kwargs", json.dumps({**json.loads(argv[-1]), "stem_width": 8})]) == 2
 
 
 def test_key_renames():
@@ -301,13 +301,13 @@ def test_convert_command_round_trip(golden, tmp_path):
         "ccnet",
         "--backbone",
         "resnet50c",
-        "--num-classes",
+        "--num_classes",
         "3",
         "--channels",
         "8",
-        "--aux-channels",
+        "--aux_channels",
         "4",
-        "--backbone-kwargs",
+        "--backbone_kwargs",
         '{"layers": %s, "channels": %s, "stem_width": %d}'
         % (list(bk["layers"]), list(bk["channels"]), bk["stem_width"]),
     ]
@@ -325,7 +325,7 @@ def test_convert_command_round_trip(golden, tmp_path):
     assert rel_err(out, golden["heads"]["ccnet"]["logits"]) <= RTOL
     # the same builder the training code uses rebuilds the architecture from the stored arguments
     assert build_model(**build).state_dict().keys() == model.state_dict().keys()
-    # a wrong --num-classes fails with the listed mismatch and a non-zero exit code, writing nothing
+    # a wrong --num_classes fails with the listed mismatch and a non-zero exit code, writing nothing
     bad_dst = tmp_path / "bad.ckpt"
     bad_cmd = cmd[:5] + [str(bad_dst)] + cmd[6:11] + ["5"] + cmd[12:]
     bad = subprocess.run(bad_cmd, capture_output=True, text=True, timeout=300)

@@ -82,15 +82,19 @@ def test_closing_block_lists_the_best_and_worst_of_many_classes(tmp_path):
     assert "no validation ran" in text and "Next:" not in text
 
 
-def test_next_commands_parse_with_the_tools_own_parsers(tmp_path):
+def test_next_commands_parse_with_the_tools_own_parsers(tmp_path, capsys):
     """Every suggested command is accepted by the tool it names (flag spellings kept in step with the tools)."""
     from seg import evaluate, export, predict
     from seg.training.tool_cli import tool_parser
 
     evaluate_cmd, predict_cmd, export_cmd = next_commands("runs/a b/best.ckpt", "runs/a b", "data/x/val/images")
     parsers = {
-        "seg.evaluate": tool_parser(evaluate.DESCRIPTION, evaluate.USAGE, evaluate._own_arguments),
-        "seg.predict": tool_parser(predict.DESCRIPTION, predict.USAGE, predict._own_arguments, trainer=False),
+        "seg.evaluate": tool_parser(
+            "python -m seg.evaluate", evaluate.DESCRIPTION, evaluate.USAGE, evaluate._own_arguments
+        ),
+        "seg.predict": tool_parser(
+            predict.PROG, predict.DESCRIPTION, predict.USAGE, predict._own_arguments, trainer=False
+        ),
     }
     for cmd in (evaluate_cmd, predict_cmd):
         argv = shlex.split(cmd)
@@ -99,6 +103,7 @@ def test_next_commands_parse_with_the_tools_own_parsers(tmp_path):
     assert parsers["seg.predict"].parse_args(shlex.split(predict_cmd)[3:]).input == "data/x/val/images"
     ns = export.build_parser().parse_args(shlex.split(export_cmd)[3:])
     assert (ns.ckpt, ns.format, ns.out) == ("runs/a b/best.ckpt", "onnx", "runs/a b/model.onnx")
+    assert capsys.readouterr().err == ""  # no renamed-flag notes: the commands use the one convention
 
 
 class _Terminal(io.StringIO):

@@ -90,7 +90,7 @@ def test_list_command(capsys):
     assert main(["list", "--head", "dant"]) == 2 and "Did you mean danet" in capsys.readouterr().err
 
 
-def test_unknown_name_lists_close_ones():
+def test_unknown_name_lists_close_ones(capsys):
     with pytest.raises(
         UnknownModelError,
         match=r"(?s)Close names: mmseg:danet_r50-d8_4xb2-40k_cityscapes-512x1024.*"
@@ -99,8 +99,10 @@ def test_unknown_name_lists_close_ones():
         load_model("mmseg:danet_r50-d8_4xb2-40k_cityscape-512x1024")
     from seg.export import main as export
 
-    with pytest.raises(SystemExit, match=r"seg.export: mmseg:danet_r50 is not.*Close names: mmseg:danet_r50-d8_"):
+    with pytest.raises(SystemExit) as stop:
         export(["--ckpt", "mmseg:danet_r50", "--out", "x.pt", "--format", "torchscript"])
+    assert stop.value.code == 2  # a usage error: two lines, no traceback
+    assert re.search(r"mmseg:danet_r50 is not.*Close names: mmseg:danet_r50-d8_", capsys.readouterr().err)
 
 
 # --------------------------------------------------------------------------------------- a tiny published checkpoint
@@ -210,7 +212,7 @@ def test_offline_error_says_how_to_get_the_file(tiny_zoo, monkeypatch):
     msg = str(err.value)
     assert f"{tiny_zoo.dead_url}/{tiny_zoo.file.name}" in msg and "offline" in msg
     assert f"curl -L -C - -o {tiny_zoo.cache / tiny_zoo.file.name}" in msg and "wget -c -O" in msg
-    assert "python -m seg.convert mmseg" in msg and "--head fcn --backbone resnet50c --num-classes 150" in msg
+    assert "python -m seg.convert mmseg" in msg and "--head fcn --backbone resnet50c --num_classes 150" in msg
     # what the message says: the file copied by hand to the cache path is verified, converted and used, offline
     (tiny_zoo.cache / tiny_zoo.file.name).write_bytes(tiny_zoo.file.read_bytes())
     model, info = load_model(f"mmseg:{TINY_NAME}")
@@ -307,3 +309,24 @@ def test_train_init_from_mmseg_name(tiny_zoo, tiny_data, tmp_path):
     assert set(backbone) <= set(report["loaded"]) and "head.convs.0.conv.weight" in report["loaded"]
     assert {k.split()[0] for k in report["shape_mismatch"]} >= {"head.conv_seg.weight", "head.conv_seg.bias"}
     assert len(tiny_zoo.requests) == 1
+
+
+def test_the_manual_convert_command_parses_with_seg_convert(capsys):
+    """The offline error's ``seg.convert`` command is spelt as the command takes it (no renamed-flag notes)."""
+    import shlex
+
+    from seg.convert import build_parser
+    from seg.zoo.hub import _convert_command
+
+    row = next(r for r in zoo_table._table()["rows"] if r["head"] == "uper")
+    words = shlex.split(_convert_command(row, Path("/tmp/x.pth")))
+    assert words[:3] == ["python", "-m", "seg.convert"]
+    ns = build_parser().parse_args(words[3:])
+    assert (ns.head, ns.backbone, ns.num_classes, ns.output_stride, ns.dataset) == (
+        "uper",
+        row["backbone"],
+        row["num_classes"],
+        row["output_stride"],
+        row["dataset"],
+    )
+    assert capsys.readouterr().err == ""

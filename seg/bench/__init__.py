@@ -13,9 +13,9 @@ Three parts, printed as tables and written as JSON + Markdown (default: cores + 
   autocast, channels_last, cuDNN benchmark, fused attention, the training loss of ``train.py``:
   fused resize + cross-entropy). Also whole-image inference memory (1024x2048) and the fraction of
   the GPU's dense bf16 FLOP/s the training step reaches.
-* **infer** - per head, whole-image inference of one image (R50-D8, 512x1024; ``--infer-size``): the model as
+* **infer** - per head, whole-image inference of one image (R50-D8, 512x1024; ``--infer_size``): the model as
   built (fp32, NCHW, BN unfused) against ``seg.models.optimize_for_inference`` (BN folded into the convs,
-  channels_last, ``F.interpolate`` logit resize on CPU; ``--no-fuse-bn``, ``--no-channels-last``, ``--bf16``),
+  channels_last, ``F.interpolate`` logit resize on CPU; ``--no_fuse_bn``, ``--no_channels_last``, ``--bf16``),
   ms per image and peak memory, with the largest logit difference and the argmax agreement of the two
   (``run_infer_opt_case``). Against mmseg itself: ``scripts/cpu_inference_vs_mmseg.py``.
 

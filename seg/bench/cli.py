@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from seg.command_line import ArgParser, hw
 from seg.data.transforms import CITYSCAPES_CROP
 from seg.models import all_head_names, get_head
 
@@ -133,8 +133,10 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m seg.bench", description="Speed and memory of seg's attention cores and whole models."
+    p = ArgParser(
+        prog="python -m seg.bench",
+        description="Speed and memory of seg's attention cores and whole models.",
+        pairs=("--crop", "--infer_size"),
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
@@ -147,13 +149,13 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="default: cores models on CUDA, infer on CPU (with --onnx: onnx only). infer: per head, "
         "whole-image inference of the plain model vs seg.models.optimize_for_inference "
-        "(size: --infer-size, default 512 1024; levers: --no-fuse-bn, --no-channels-last, --bf16)",
+        "(size: --infer_size, default [512,1024]; levers: --no_fuse_bn, --no_channels_last, --bf16)",
     )
     p.add_argument(
         "--onnx",
         action="store_true",
-        help="ONNX Runtime (CPU) whole-image latency per head beside PyTorch's (size: --infer-size, "
-        "default 512 1024; needs pip install -e '.[export]')",
+        help="ONNX Runtime (CPU) whole-image latency per head beside PyTorch's (size: --infer_size, "
+        "default [512,1024]; needs pip install -e '.[export]')",
     )
     p.add_argument(
         "--heads",
@@ -175,21 +177,13 @@ def main(argv: list[str] | None = None) -> None:
         "--backbone", default=None, help="timm backbone of the model cases (default resnet50c; quick: resnet18)"
     )
     p.add_argument("--batch", type=int, default=None, help="training batch size (default 8; quick: 2)")
+    p.add_argument("--crop", type=hw, metavar="[H,W]", default=None, help="training crop ([512,1024]; quick: [64,128])")
     p.add_argument(
-        "--crop",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
+        "--infer_size",
+        type=hw,
+        metavar="[H,W]",
         default=None,
-        help="training crop (default 512 1024; quick: 64 128)",
-    )
-    p.add_argument(
-        "--infer-size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        default=None,
-        help="whole-image inference size (default 1024 2048; quick: 128 256)",
+        help="whole-image inference size (default [1024,2048]; quick: [128,256])",
     )
     p.add_argument(
         "--bf16",
@@ -198,13 +192,13 @@ def main(argv: list[str] | None = None) -> None:
         "in the infer part, the optimised model runs under bf16 autocast",
     )
     p.add_argument(
-        "--no-fuse-bn",
+        "--no_fuse_bn",
         dest="fuse_bn",
         action="store_false",
         help="infer part: do not fold BatchNorm into the convolutions",
     )
     p.add_argument(
-        "--no-channels-last",
+        "--no_channels_last",
         dest="channels_last",
         action="store_false",
         help="infer part: keep NCHW (no channels_last / oneDNN NHWC convolutions)",

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from seg.command_line import ArgParser
 from seg.io import write_json
 from seg.models import all_head_names
 
@@ -15,7 +16,7 @@ from .report import log_wandb_summary, markdown, plot
 from .runs import RunFailed, load_run, train_runs
 from .stats import summarize
 
-__all__ = ["compare", "main"]
+__all__ = ["build_parser", "compare", "main"]
 
 
 def compare(
@@ -51,17 +52,15 @@ def _wandb_arg(extra: list[str]) -> tuple[str, str]:
     return mode, project
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+def build_parser() -> ArgParser:
+    """The command line (its own options; the rest goes to every train.py)."""
     package_doc = sys.modules[__package__].__doc__  # the package docstring (its parent is always imported first)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
-    p = argparse.ArgumentParser(
+    p = ArgParser(
         prog="python -m seg.compare",
-        description=package_doc,
+        description="\n\n".join(package_doc.split("\n\n")[:5]),  # what it does, and its two forms
+        epilog="python -m seg.compare --help_all: the method (evaluation pass, interval, cost, W&B) and the heads.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        reference=f"{package_doc}\nHeads (--heads): {' '.join(all_head_names())}",
     )
     p.add_argument("runs", nargs="*", help="train.py run directories to compare")
     p.add_argument("--out", default=None, help="output folder (default: . or runs/compare with --train)")
@@ -73,8 +72,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         choices=all_head_names(),
         default=["fcn", "ccnet", "danet", "nonlocal", "axial"],
         metavar="HEAD",
-        help="heads to train with --train (default: fcn ccnet danet nonlocal axial; "
-        f"any of {' '.join(all_head_names())}; smp architectures train with their own defaults)",
+        help="heads to train with --train (default: fcn ccnet danet nonlocal axial; any of seg's heads and "
+        "smp:<Architecture>, listed by --help_all)",
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds per head with --train: 0 .. N-1 (default 3)")
     p.add_argument("--baseline", default="fcn", help="head the others are compared to (default fcn)")
@@ -82,11 +81,21 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--confidence", type=float, default=0.95, help="interval coverage (default 0.95)")
     p.add_argument("--group", default=None, help="W&B group of the runs (default: <out folder>-<timestamp>)")
     p.add_argument(
-        "--no-evaluate",
+        "--no_evaluate",
         dest="evaluate",
         action="store_false",
         help="fail instead of evaluating runs that lack per_image.npz",
     )
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    p = build_parser()
     args, unknown = p.parse_known_args(argv)
     extra = unknown + extra  # e.g. --trainer.max_steps=300 goes to every train.py
     if args.seeds < 1:

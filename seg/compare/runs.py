@@ -96,7 +96,7 @@ def load_run(run_dir: str | Path, evaluate: bool = True) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / "per_image.npz").is_file() or not (run_dir / "eval.json").is_file():
         if not evaluate:
-            raise FileNotFoundError(f"{run_dir}: no per_image.npz / eval.json; run without --no-evaluate")
+            raise FileNotFoundError(f"{run_dir}: no per_image.npz / eval.json; run without --no_evaluate")
         evaluate_run(run_dir)
     ev = json.loads((run_dir / "eval.json").read_text())
     with np.load(run_dir / "per_image.npz") as z:

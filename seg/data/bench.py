@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 import torch
 
+from seg.command_line import ArgParser
+
 
 def fake_scene(seed: int = 0, size: tuple[int, int] = (1024, 2048)) -> tuple[np.ndarray, np.ndarray]:
     """A street-scene stand-in of `size` (H, W): (HxWx3 uint8 RGB image, HxW uint8 Cityscapes label ids).
@@ -96,10 +98,10 @@ def _rate(f: Callable[[int], object], iters: int) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> None:
     from .transforms import CITYSCAPES_CROP
 
-    p = argparse.ArgumentParser(prog="python -m seg.data.bench", description=__doc__.split("\n")[0])
+    p = ArgParser(prog="python -m seg.data.bench", description=__doc__.split("\n")[0])
     p.add_argument("--iters", type=int, default=30, help="samples timed per measurement")
     p.add_argument("--workers", type=int, default=0, help="also measure a DataLoader with this many workers")
-    p.add_argument("--batch-size", type=int, default=8, help="DataLoader batch size")
+    p.add_argument("--batch_size", type=int, default=8, help="DataLoader batch size")
     p.add_argument("--crop", type=int, nargs=2, default=CITYSCAPES_CROP, metavar=("H", "W"))
     p.add_argument(
         "--encoder",

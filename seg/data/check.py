@@ -4,11 +4,11 @@
     python -m seg.data.check --dataset cityscapes --root /data/cityscapes --split val
     python -m seg.data.check --dataset folder --root my_data --split train --classes bg,road,car \
         --palette "0,0,0;128,64,128;0,0,142"
-    python -m seg.data.check --dataset folder --root lesions --split train --label-map 255:1   # 0/255 masks
+    python -m seg.data.check --dataset folder --root lesions --split train --label_map 255:1   # 0/255 masks
 
 Exit code 0 when the split is clean, 1 when any problem was found (each printed with its file). Besides broken
 files, the labels themselves (`seg.data.labels`): a split without any labelled pixel, and a class that looks
-hidden as ignore (binary masks exported as 0/255 without ``--label-map 255:1``).
+hidden as ignore (binary masks exported as 0/255 without ``--label_map 255:1``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from seg.command_line import ArgParser
 
 from .base import IGNORE_INDEX, DataError, SegDataset
 from .labels import LabelStats, label_problems
@@ -127,13 +129,13 @@ def exif_orientation_problems(dataset: SegDataset, limit: int | None = None) -> 
 
 
 def _label_map(text: str | None) -> dict[int, int] | None:
-    """``--label-map "255:1,0:255"`` -> {255: 1, 0: 255}."""
+    """``--label_map "255:1,0:255"`` -> {255: 1, 0: 255}."""
     if not text:
         return None
     try:
         return {int(k): int(v) for k, v in (pair.split(":") for pair in text.split(","))}
     except ValueError:
-        raise DataError(f'--label-map {text!r}: expected "stored:class" pairs, e.g. "255:1" or "0:255,255:1"') from None
+        raise DataError(f'--label_map {text!r}: expected "stored:class" pairs, e.g. "255:1" or "0:255,255:1"') from None
 
 
 def _palette(text: str | None) -> list[tuple[int, int, int]] | None:
@@ -149,7 +151,7 @@ def build(args: argparse.Namespace) -> SegDataset:
 
     label_map = _label_map(args.label_map)
     if args.reduce_zero_label and args.dataset != "folder":
-        raise DataError("--reduce-zero-label is for folder datasets (ADE20K's masks are read that way already)")
+        raise DataError("--reduce_zero_label is for folder datasets (ADE20K's masks are read that way already)")
     if args.dataset == "folder":
         classes = args.classes.split(",") if args.classes else None
         return FolderDataset(
@@ -173,34 +175,34 @@ def build(args: argparse.Namespace) -> SegDataset:
 def _add_label_arguments(p: argparse.ArgumentParser) -> None:
     """The label mapping, as train.py's data.label_map / data.reduce_zero_label / data.allow_missing_classes."""
     p.add_argument(
-        "--label-map",
+        "--label_map",
         help='stored mask value -> class index or 255, "255:1" or "0:255,255:1" (as data.label_map: {255: 1})',
     )
     p.add_argument(
-        "--reduce-zero-label",
+        "--reduce_zero_label",
         action="store_true",
         help="folder: masks store 0 for unlabelled and class k as k+1 (as data.reduce_zero_label)",
     )
     p.add_argument(
-        "--allow-missing-classes",
+        "--allow_missing_classes",
         action="store_true",
         help="a class without pixels while ignore covers regions is not a problem (as data.allow_missing_classes)",
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m seg.data.check", description=__doc__.split("\n")[0])
+    p = ArgParser(prog="python -m seg.data.check", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", choices=["folder", "cityscapes", "ade20k"], default="folder")
     p.add_argument("--root", required=True)
     p.add_argument("--split", default="train")
     p.add_argument("--classes", help="folder: comma-separated class names (default: {root}/classes.json)")
     p.add_argument("--palette", help='folder: colour masks, "r,g,b;r,g,b;..." one per class')
     p.add_argument(
-        "--ignore-colors",
+        "--ignore_colors",
         help='folder: colours meaning ignore in colour masks, "r,g,b;r,g,b" (default: "ignore_colors" of classes.json)',
     )
-    p.add_argument("--ignore-index", type=int, default=IGNORE_INDEX, help="folder: mask value meaning ignore")
-    p.add_argument("--label-train-ids", action="store_true", help="cityscapes: read *_labelTrainIds.png")
+    p.add_argument("--ignore_index", type=int, default=IGNORE_INDEX, help="folder: mask value meaning ignore")
+    p.add_argument("--label_train_ids", action="store_true", help="cityscapes: read *_labelTrainIds.png")
     p.add_argument("--limit", type=int, help="check only the first N samples")
     _add_label_arguments(p)
     args = p.parse_args(argv)

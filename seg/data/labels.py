@@ -116,11 +116,11 @@ def hidden_class_problem(stats: LabelStats, dataset: SegDataset) -> str | None:
         fix = (
             f"Masks exported as 0/{v} mean {v} = {name!r}, which seg reads as ignore: never trained, never scored "
             f"(val/mIoU would be that of the other classes alone, e.g. 1.0). Map it: data.label_map: {{{v}: {k}}} "
-            f"(train.py --data.label_map='{{{v}: {k}}}'; python -m seg.data.check ... --label-map {v}:{k}). "
+            f"(train.py --data.label_map='{{{v}: {k}}}'; python -m seg.data.check ... --label_map {v}:{k}). "
         )
     return (
         head + fix + "If the split really has no such pixels, pass --data.allow_missing_classes=true "
-        "(python -m seg.data.check: --allow-missing-classes)."
+        "(python -m seg.data.check: --allow_missing_classes)."
     )
 
 

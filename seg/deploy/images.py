@@ -31,7 +31,7 @@ __all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_PIXELS_HELP", "ImageError", "d
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")  # datasets and seg.predict
 # PIL's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, a quarter GiB of 24-bit pixels): a 108 MP phone photo
-# needs --max-pixels, a 50 MP one does not. Prediction also holds float logits of this many pixels per class.
+# needs --max_pixels, a 50 MP one does not. Prediction also holds float logits of this many pixels per class.
 MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # 89,478,485
 MAX_PIXELS_HELP = (
     f"refuse images with more pixels (W x H, read from the file's header before decoding; default {MAX_PIXELS}, "
@@ -60,8 +60,8 @@ def list_images(path: Path) -> list[Path]:
 
 def _too_large(name: str | Path, height: int, width: int, max_pixels: int) -> ImageError:
     return ImageError(
-        f"{name}: {width}x{height} (W x H) = {width * height} pixels, more than --max-pixels {max_pixels} allows "
-        f"(a guard against decompression bombs); if the image is genuine, raise it: --max-pixels {width * height}"
+        f"{name}: {width}x{height} (W x H) = {width * height} pixels, more than --max_pixels {max_pixels} allows "
+        f"(a guard against decompression bombs); if the image is genuine, raise it: --max_pixels {width * height}"
     )
 
 

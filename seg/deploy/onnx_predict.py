@@ -1,7 +1,7 @@
 """Segmentation with an exported ONNX model on numpy + ONNX Runtime: ``python -m seg.predict --onnx``.
 
-    python -m seg.predict --onnx model.onnx IMAGES --out DIR [--mode whole|slide] [--crop_size H W]
-        [--stride H W] [--alpha 0.5] [--threads N] [--max-pixels N]
+    python -m seg.predict --onnx model.onnx IMAGES --out DIR [--mode whole|slide] [--crop_size=[H,W]]
+        [--stride=[H,W]] [--alpha 0.5] [--threads N] [--max_pixels N]
 
 No torch import anywhere on this path. Every setting (normalisation, evaluation resize, whole / slide,
 crop, stride, scales, flip, palette) comes from the file's metadata (``seg.deploy.metadata``), so the
@@ -13,12 +13,13 @@ pipeline step by step (``seg.models.inference.predict_probs``), with the shared 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
+
+from seg.command_line import ArgParser, hw
 
 from .geometry import is_tta, rescale_size, slide_windows, tta_size
 from .images import MAX_PIXELS, MAX_PIXELS_HELP, list_images
@@ -69,7 +70,13 @@ class OnnxSegmenter:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001  ONNX Runtime raises its own types (InvalidProtobuf, Fail, ...)
+            raise ValueError(
+                f"--onnx {path} is not a model ONNX Runtime can load ({str(err).splitlines()[0][:200]}); write one "
+                "with python -m seg.export --format onnx"
+            ) from err
         self.meta = decode(self.session.get_modelmeta().custom_metadata_map, str(path))
         self.meta.update({k: v for k, v in (overrides or {}).items() if v is not None})
         self.input_name = self.session.get_inputs()[0].name
@@ -161,38 +168,48 @@ class OnnxSegmenter:
         return probs.argmax(axis=0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m seg.predict --onnx", description=__doc__.split("\n")[0])
+def build_parser() -> ArgParser:
+    p = ArgParser(
+        prog="python -m seg.predict --onnx",
+        description=__doc__.split("\n")[0],
+        reference=__doc__,
+        pairs=("--crop_size", "--stride"),
+    )
     p.add_argument("--onnx", required=True, help="model written by python -m seg.export --format onnx")
     p.add_argument("input", help="folder of images (or one image)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--mode", choices=["whole", "slide"], default=None, help="inference mode (default: the file's)")
-    p.add_argument(
-        "--crop_size",
-        "--crop-size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        default=None,
-        help="slide crop (default: the file's)",
-    )
-    p.add_argument(
-        "--stride", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide stride (default: the file's)"
-    )
+    p.add_argument("--crop_size", type=hw, metavar="[H,W]", default=None, help="slide crop (default: the file's)")
+    p.add_argument("--stride", type=hw, metavar="[H,W]", default=None, help="slide stride (default: the file's)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
-    p.add_argument("--max-pixels", "--max_pixels", type=int, default=MAX_PIXELS, help=MAX_PIXELS_HELP)
+    p.add_argument("--max_pixels", type=int, default=MAX_PIXELS, help=MAX_PIXELS_HELP)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
-    args = build_parser().parse_args(argv)
-    seg = OnnxSegmenter(
-        args.onnx,
-        threads=args.threads,
-        overrides={"eval_mode": args.mode, "crop_size": args.crop_size, "stride": args.stride},
-    )
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        seg = OnnxSegmenter(
+            args.onnx,
+            threads=args.threads,
+            overrides={
+                "eval_mode": args.mode,
+                "crop_size": None if args.crop_size is None else list(args.crop_size),
+                "stride": None if args.stride is None else list(args.stride),
+            },
+        )
+    except (ValueError, OSError) as err:  # not an ONNX file, no seg metadata, a bad setting: two lines
+        parser.error(str(err))
     images = list_images(Path(args.input))
     return predict_images(
-        images, Path(args.out), seg.predict, seg.palette, args.alpha, args.max_pixels, " (ONNX Runtime, no PyTorch)"
+        images,
+        Path(args.out),
+        seg.predict,
+        seg.palette,
+        args.alpha,
+        args.max_pixels,
+        " (ONNX Runtime, no PyTorch)",
+        classes=seg.meta.get("classes"),
     )

@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 MMSEG_HINT = (
-    "Check --head, --backbone (resnet50c/resnet101c for mmseg ResNetV1c), --num-classes, the head width "
+    "Check --head, --backbone (resnet50c/resnet101c for mmseg ResNetV1c), --num_classes, the head width "
     "(channels) and whether the checkpoint has an auxiliary head."
 )
 

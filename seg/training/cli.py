@@ -50,6 +50,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from seg.command_line import UsageError, usage_exit
 from seg.data import SegDataModule
 from seg.data.base import DataError
 from seg.models.inference import is_tta
@@ -66,6 +67,7 @@ from .resume import ExactResume
 from .resume_config import ApplyNewSettings, ResumeConfigError, check_resume, resume_path
 from .run_lock import RunDirBusy, RunLock, release_all
 from .summary import RunSummary, ValidateAtEnd, run_closing_block
+from .train_args import head_switch_hint, prepare_argv
 
 
 def _cuda_bf16() -> bool:
@@ -116,7 +118,8 @@ class SegCLI(LightningCLI):
             if isinstance(args, (dict, Namespace)):
                 check_object(args.as_dict() if isinstance(args, Namespace) else args)
             else:
-                argv, print_flags = take_print_config(list(sys.argv[1:] if args is None else args))
+                argv = prepare_argv(parser, list(sys.argv[1:] if args is None else args))  # help, fit, typos
+                argv, print_flags = take_print_config(argv)
                 check_arguments(argv)
         except ConfigCodeError as err:
             parser.error(str(err))
@@ -129,6 +132,9 @@ class SegCLI(LightningCLI):
             cfg.model.head_kwargs = typed_head_kwargs(cfg.model.head, cfg.model.head_kwargs)
             check_model(cfg.model.head, cfg.model.backbone, cfg.model.output_stride)
         except (HeadArgumentError, ValueError) as err:
+            hint = None if isinstance(args, (dict, Namespace)) else head_switch_hint(argv, cfg.model)
+            if hint is not None:
+                usage_exit(UsageError(str(err), hint))
             parser.error(str(err))
         self.config = cfg
         if print_flags is not None:

@@ -13,33 +13,64 @@ settings, with the checkpoint as the source of truth.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, NoReturn, Optional, Sequence
 
 import torch
 import yaml
 from jsonargparse import ArgumentParser, Namespace
 
+from seg.command_line import (
+    HELP_ALL,
+    UsageError,
+    check_checkpoint_path,
+    check_flags,
+    help_screen,
+    normalize_argv,
+    usage_exit,
+)
 from seg.data import SegDataModule
 from seg.loading import ModelInfo, load_model, read_info
 from seg.models.safe_load import CheckpointError
 
 from .module import SegmentationModule
 
-__all__ = ["ToolError", "build_module", "optimize_for", "parse_tool_args", "tool_parser"]
+__all__ = [
+    "ToolError",
+    "build_module",
+    "cpu_native_bf16",
+    "optimize_for",
+    "use_bf16",
+    "parse_tool_args",
+    "tool_parser",
+]
+
+PAIRS = ("--crop_size", "--stride")  # (H, W) options: [H,W] values (two bare numbers: see seg.command_line)
 
 
 class ToolError(ValueError):
     """A user error of a tool's arguments (the message says what to pass instead)."""
 
 
+class ToolParser(ArgumentParser):
+    """jsonargparse's parser with the convention's two-line errors: ``error: ...`` and where the options are
+    (jsonargparse's own tip names the module file, ``evaluate.py --help``, which is no command)."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        usage_exit(UsageError(message.strip(), f"the options: {self.prog} --help (all of them: --help_all)"))
+
+
 def tool_parser(
-    description: str, usage: str, add_arguments: Callable[[ArgumentParser], None], trainer: bool = True
+    prog: str, description: str, usage: str, add_arguments: Callable[[ArgumentParser], None], trainer: bool = True
 ) -> ArgumentParser:
     """The parser: ``--ckpt``, ``--config``, the inference options, the tool's own arguments (``add_arguments``),
-    then the ``--data.*`` and (``trainer``) ``--trainer.*`` sections, in that order in ``--help``."""
-    parser = ArgumentParser(description=description, usage=usage)
+    then the ``--data.*`` and (``trainer``) ``--trainer.*`` sections, in that order in ``--help_all``."""
+    parser = ToolParser(prog=prog, description=description, usage=usage)
     parser.add_argument(
         "--ckpt",
         type=str,
@@ -63,11 +94,11 @@ def tool_parser(
         "--scales",
         type=Optional[list[float]],
         default=None,
-        help="test-time scale factors of the original image size (mmseg TestTimeAug), e.g. [0.5,0.75,1.0,1.25,1.5,1.75]",
+        help="test-time scale factors of the original image size (mmseg TestTimeAug), e.g. =[0.5,0.75,1.0,1.25,1.5]",
     )
     parser.add_argument("--flip", type=Optional[bool], default=None, help="add horizontal flips")
-    parser.add_argument("--crop_size", type=Optional[tuple[int, int]], default=None, help="slide crop (H, W)")
-    parser.add_argument("--stride", type=Optional[tuple[int, int]], default=None, help="slide stride (H, W)")
+    parser.add_argument("--crop_size", type=Optional[tuple[int, int]], default=None, help="slide crop, =[H,W]")
+    parser.add_argument("--stride", type=Optional[tuple[int, int]], default=None, help="slide stride, =[H,W]")
     parser.add_argument(
         "--optimize",
         type=bool,
@@ -79,7 +110,8 @@ def tool_parser(
         "--bf16",
         type=bool,
         default=False,
-        help="on CPU: bf16 weights and autocast, about 2x faster on CPUs with AVX512-BF16 or AMX; logits change by "
+        help="on CPU: bf16 weights and autocast, about 2x faster on CPUs with native bf16 (AVX512-BF16 or AMX); "
+        "elsewhere ~8x slower, so seg runs fp32 there and says so (SEG_FORCE_BF16=1 keeps bf16); logits change by "
         "bf16 rounding (on GPU use --trainer.precision=bf16-mixed)",
     )
     add_arguments(parser)
@@ -120,18 +152,101 @@ def _data_defaults(parser: ArgumentParser, info: ModelInfo, config: Optional[str
     return {f"data.{k}": v for k, v in data.items()}
 
 
-def parse_tool_args(parser: ArgumentParser, args: Optional[list[str]] = None) -> tuple[Namespace, ModelInfo | None]:
+INFERENCE_HELP = [
+    "# inference (default: the checkpoint's settings)",
+    "--mode whole|slide",
+    "--scales =[S,...]",
+    "--flip true|false",
+    "--crop_size =[H,W]",
+    "--stride =[H,W]",
+    "--bf16 true|false",
+]
+HELP_TEXTS = {
+    "--ckpt": "the checkpoint: train.py's best.ckpt / last.ckpt, or a seg.convert output",
+    "--config": "a train.py YAML: its data section replaces the checkpoint's data settings",
+    "--scales": "test-time scale factors of the original image size (mmseg TestTimeAug)",
+    "--bf16": "CPU bf16 (~2x faster with AVX512-BF16 or AMX; without them seg runs fp32 and says so)",
+    "--data.root": "where the data is (default: where the checkpoint's training data was)",
+    "--data.dataset": "the dataset type",
+    "--data.classes": "class names, =[a,b,...] (folder datasets)",
+    "--data.num_workers": "DataLoader workers",
+    "--data.val_batch_size": "images per batch (1: no padding, mmseg's choice)",
+    "--trainer.devices": "number of devices (processes)",
+    "--trainer.accelerator": "where to run",
+    "--trainer.strategy": "ddp with several devices (the numbers do not change)",
+    "--trainer.precision": "default: bf16-mixed on a GPU with bf16, else 32-true",
+    "--crop_size": "slide window size",
+    "--stride": "slide window step",
+}
+
+
+def help_rows(parser: ArgumentParser, specs: Sequence[str], texts: dict[str, str]) -> list[tuple[str, str]]:
+    """``--help`` rows for ``specs``: ``"--flag METAVAR"`` (the flag's text from ``texts``, else its ``help``),
+    ``"# heading"``, or a positional's name. Every flag must be one of ``parser``'s (a KeyError otherwise)."""
+    by_flag = {s: a for a in parser._actions for s in a.option_strings}
+    by_flag.update({a.dest: a for a in parser._actions if not a.option_strings})
+    rows = []
+    for spec in specs:
+        if spec.startswith("#"):
+            rows.append(("", spec[1:].strip() + ":"))
+            continue
+        flag = re.match(r"[^ =]+", spec).group()
+        metavar = spec[len(flag) :].strip()
+        action = by_flag[flag]
+        shown = ", ".join(o for o in action.option_strings if not o.endswith("+")) or flag
+        text = texts.get(flag) or re.sub(r"\s*\(type: .*", "", action.help or "").replace("``", "")
+        rows.append((shown + ("" if metavar.startswith("=") or not metavar else " ") + metavar, text))
+    return rows
+
+
+def short_help(parser: ArgumentParser, specs: Sequence[str], texts: dict[str, str]) -> str:
+    """The tool's ``--help``: its usage, description and ``specs`` options; ``--help_all`` lists every option."""
+    rows = help_rows(parser, specs, {**HELP_TEXTS, **texts})
+    rows += [("-h, --help", "this help"), ("--help_all", "every option (all --data.* keys, --optimize, ...)")]
+    footer = (
+        "Flags are spelt with underscores (--crop_size); lists and (H, W) sizes are list values (--crop_size="
+        "[512,1024]). The model and its classes, palette, normalisation and evaluation settings come from --ckpt."
+    )
+    return help_screen(parser.usage, parser.description or "", rows, footer)
+
+
+def parse_tool_args(
+    parser: ArgumentParser,
+    args: Optional[list[str]] = None,
+    help_specs: Sequence[str] = (),
+    help_texts: Optional[dict[str, str]] = None,
+    command_line: Optional[bool] = None,
+) -> tuple[Namespace, ModelInfo | None]:
     """Parse ``args`` (``None``: ``sys.argv[1:]``) with the checkpoint's data settings as the ``--data.*`` defaults
-    (replaced by ``--config``'s data section). Returns the namespace and the checkpoint's :class:`ModelInfo`
-    (None only for ``--help``). From the command line a user error ends the process with one ``error:`` line."""
-    command_line = args is None
+    (replaced by ``--config``'s data section). Returns the namespace and the checkpoint's :class:`ModelInfo`.
+
+    Before the checkpoint is read: old spellings are rewritten (:func:`seg.command_line.normalize_argv`),
+    ``--help`` prints the ``help_specs`` options and ``--help_all`` every one (both exit 0), and an unknown flag or
+    a missing / folder ``--ckpt`` ends the process with two lines (what is wrong, what to type; exit status 2).
+    A bad checkpoint or data section is raised when ``args`` is given (unless ``command_line``), else also ends
+    with an ``error:`` line."""
+    command_line = args is None if command_line is None else command_line
     argv = list(sys.argv[1:] if args is None else args)
+    flags = {s for a in parser._actions for s in a.option_strings}
+    argv = normalize_argv(argv, flags, parser.prog, PAIRS)
+    if any(a in ("-h", "--help") for a in argv):
+        sys.stdout.write(short_help(parser, help_specs, help_texts or {}))
+        raise SystemExit(0)
+    if any(a in HELP_ALL for a in argv):
+        parser.print_help()
+        raise SystemExit(0)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--ckpt")
     pre.add_argument("-c", "--config")
     known, _ = pre.parse_known_args(argv)
+    try:
+        check_flags(argv, flags, parser.prog)
+        if known.ckpt is not None:
+            check_checkpoint_path(known.ckpt, parser.prog, argv)
+    except UsageError as err:
+        usage_exit(err)
     info = None
-    if known.ckpt is not None and not any(a in ("-h", "--help") for a in argv):
+    if known.ckpt is not None:
         try:
             info = read_info(known.ckpt)
             parser.set_defaults(_data_defaults(parser, info, known.config))
@@ -174,17 +289,70 @@ def build_module(ckpt: str | Path, hparams: dict[str, Any] | None = None) -> tup
     return module.eval(), info
 
 
-def optimize_for(module: SegmentationModule, device: Any, optimize: bool, bf16: bool) -> None:
+FORCE_BF16 = "SEG_FORCE_BF16"  # =1: --bf16 on CPU even without native bf16
+
+
+def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> Optional[set[str]]:
+    """The CPU feature flags of Linux's ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``); None elsewhere."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return None
+
+
+def cpu_native_bf16(flags: Optional[set[str]] = None, capability: Optional[str] = None) -> tuple[Optional[bool], str]:
+    """Whether this CPU computes bf16 natively, so that ``--bf16`` pays off: ``(native, what)``.
+
+    x86 needs AVX512-BF16 or AMX-BF16 (cpuinfo ``avx512_bf16`` / ``amx_bf16``) and PyTorch's AVX512 kernels
+    (``torch.backends.cpu.get_cpu_capability()``); without them bf16 is emulated, measured 8.5x slower than fp32
+    (docs/benchmarks.md). Arm needs the ``bf16`` feature. ``native`` is None where the flags cannot be read (not
+    Linux): seg then does what was asked. ``flags`` / ``capability`` default to this machine's (tests pass them)."""
+    flags = _cpuinfo_flags() if flags is None else flags
+    capability = torch.backends.cpu.get_cpu_capability() if capability is None else capability
+    if flags is None:
+        return None, f"CPU features unknown (PyTorch kernels: {capability})"
+    if "sse2" in flags:  # x86
+        native = bool({"avx512_bf16", "amx_bf16"} & flags) and capability.startswith("AVX512")
+        have = ", ".join(sorted({"avx512_bf16", "amx_bf16"} & flags)) or "neither avx512_bf16 nor amx_bf16"
+        return native, f"{have}; PyTorch kernels: {capability}"
+    return "bf16" in flags, f"{'bf16' if 'bf16' in flags else 'no bf16'} feature; PyTorch kernels: {capability}"
+
+
+def use_bf16(device: Any, bf16: bool) -> bool:
+    """``--bf16`` as it will run on ``device``: on a CPU without native bf16 it falls back to fp32 with one line on
+    stderr saying why, unless ``SEG_FORCE_BF16=1``."""
+    if not bf16 or torch.device(device).type != "cpu" or os.environ.get(FORCE_BF16, "") == "1":
+        return bf16
+    native, what = cpu_native_bf16()
+    if native is False:
+        print(
+            f"--bf16: this CPU has no native bf16 ({what}), where bf16 runs ~8x slower than fp32: running fp32 "
+            f"(set {FORCE_BF16}=1 to keep bf16)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return False
+    return True
+
+
+def optimize_for(module: SegmentationModule, device: Any, optimize: bool, bf16: bool) -> bool:
     """Applies ``--optimize`` / ``--bf16`` to ``module.model`` for inference on ``device`` (CPU only: on GPU the
-    trainer's precision and cuDNN decide)."""
+    trainer's precision and cuDNN decide). Returns whether bf16 is used (:func:`use_bf16`)."""
     from seg.models.optimize import optimize_for_inference
 
     device = torch.device(device)
+    bf16 = use_bf16(device, bf16)
     if device.type != "cpu" or not (optimize or bf16):
-        return
+        return bf16
     module.model = optimize_for_inference(
         module.model, device, fuse_bn=optimize, channels_last=optimize, bf16=bf16, inplace=True
     )
+    return bf16
 
 
 def tta_val_mode(hparams: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def converted_path(url: str) -> Path:
 def _convert_command(row: dict[str, Any], raw: Path) -> str:
     return (
         f"python -m seg.convert mmseg {raw} {row['name']}.ckpt --head {row['head']} --backbone {row['backbone']} "
-        f"--num-classes {row['num_classes']} --output-stride {row['output_stride']} --dataset {row['dataset']}"
+        f"--num_classes {row['num_classes']} --output_stride {row['output_stride']} --dataset {row['dataset']}"
     )
 
 

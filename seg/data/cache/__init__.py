@@ -5,7 +5,7 @@ PNG decoding is most of a training sample's CPU cost (~26 ms for a 2048x1024 Cit
 (lossless by construction; masks exactly as stored, before the label mapping, which still runs and checks
 every sample), so reading one costs a file read:
 
-    python -m seg.data.cache --dataset cityscapes --root /datasets/cityscapes --cache-dir /fast/seg_cache
+    python -m seg.data.cache --dataset cityscapes --root /datasets/cityscapes --cache_dir /fast/seg_cache
     python train.py ... --data.cache_dir /fast/seg_cache      # or fill it lazily during the first epoch
 
 (the command is `seg/data/cache/__main__.py`).

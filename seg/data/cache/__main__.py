@@ -1,15 +1,16 @@
 """Fill the decode cache (`seg.data.cache`) of a dataset's splits ahead of training, on all cores.
 
-python -m seg.data.cache --dataset cityscapes --root /datasets/cityscapes --cache-dir /fast/seg_cache
+python -m seg.data.cache --dataset cityscapes --root /datasets/cityscapes --cache_dir /fast/seg_cache
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 from torch.utils.data import DataLoader, Dataset
+
+from seg.command_line import ArgParser
 
 from ..base import SegDataset
 from ..datamodule import DEFAULT_SCALES, SegDataModule
@@ -31,12 +32,12 @@ class _Fill(Dataset):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m seg.data.cache", description=__doc__.split("\n")[0])
+    p = ArgParser(prog="python -m seg.data.cache", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", choices=sorted(DEFAULT_SCALES), default="folder")
     p.add_argument("--root", required=True, help="dataset root (as data.root)")
-    p.add_argument("--cache-dir", required=True, help="cache folder (as data.cache_dir)")
+    p.add_argument("--cache_dir", required=True, help="cache folder (as data.cache_dir)")
     p.add_argument("--split", nargs="+", default=["train", "val"], help="splits to fill (default: train val)")
-    p.add_argument("--label-train-ids", action="store_true", help="cityscapes: *_labelTrainIds.png masks")
+    p.add_argument("--label_train_ids", action="store_true", help="cityscapes: *_labelTrainIds.png masks")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes")
     args = p.parse_args(argv)
 
