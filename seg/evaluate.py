@@ -27,7 +27,7 @@ from seg.evaluation import Scores
 from seg.io import write_json
 from seg.loading import REMOTE_SOURCES
 from seg.training.console import progress_bar, quiet_lightning
-from seg.training.summary import count_parameters
+from seg.training.summary import class_rows, count_parameters, percent
 from seg.training.tool_cli import (
     INFERENCE_HELP,
     ToolError,
@@ -194,9 +194,11 @@ def main(args: Optional[list[str]] = None) -> dict[str, Any]:
         out = Path(ns.output) if ns.output else default_output(ns.ckpt)
         write_json(result, out)
         print(
-            f"mIoU {result['mIoU']:.4f}  aAcc {result['aAcc']:.4f}  mAcc {result['mAcc']:.4f}  "
+            f"mIoU {percent(result['mIoU'])}%  aAcc {percent(result['aAcc'])}%  mAcc {percent(result['mAcc'])}%  "
             f"({result['num_images']} images, {result['world_size']} process(es)) -> {out}"
         )
+        title, rows = class_rows(result)  # the table train.py's closing block shows
+        print(f"{title}:\n" + "\n".join(f"  {row}" for row in rows))
     return result
 
 

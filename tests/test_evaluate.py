@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -22,9 +23,14 @@ from seg.training.tool_cli import build_module
 IMAGENET_MEAN, IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # mmseg's data_preprocessor
 
 
-def test_evaluate_writes_metrics_json(trained_run):
+def test_evaluate_writes_metrics_json(trained_run, capsys):
     result = evaluate_cmd.main(["--ckpt", str(trained_run / "checkpoints/best.ckpt")])  # settings from the checkpoint
     metrics = json.loads((trained_run / "metrics.json").read_text())  # default output: <run_dir>/metrics.json
+    printed = capsys.readouterr().out  # in % as train.py's closing block (mmseg's unit), with the per-class table
+    assert f"mIoU {100 * metrics['mIoU']:.2f}%  aAcc {100 * metrics['aAcc']:.2f}%" in printed
+    for name, iou in metrics["per_class_IoU"].items():
+        shown = "-" if iou is None else f"{100 * iou:.2f}"
+        assert re.search(rf"^  {name} +{re.escape(shown)} ", printed, re.M), name
     assert metrics["mIoU"] == result["mIoU"]
     assert set(metrics["per_class_IoU"]) == {"sand", "grass", "concrete", "lake", "pool"}
     assert metrics["num_images"] == 7 and metrics["mode"] == "whole"

@@ -349,11 +349,12 @@ def test_ctrl_c_at_a_validation_step_validates_saves_and_resumes_exactly(referen
         return train_step(self, batch, batch_idx)
 
     monkeypatch.setattr(SegmentationModule, "training_step", interrupted)
+    before = signal.getsignal(signal.SIGINT)  # Python's default_int_handler; SIG_IGN in a shell's background job
     with pytest.raises(SystemExit) as stop:
         main(["--config", str(cfg), *COMMON])
     assert stop.value.code == 130
     assert stop.value.message == f"stopped by SIGINT at step 4 of 8: saved {tmp_path}/run/checkpoints/last.ckpt"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back: Ctrl-C works again afterwards
     assert _ckpt(tmp_path / "run/checkpoints/last.ckpt")["global_step"] == 4
     assert json.loads((tmp_path / "run/summary.json").read_text())["last"]["step"] == 4  # validated first
     monkeypatch.setattr(SegmentationModule, "training_step", train_step)

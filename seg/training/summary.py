@@ -139,14 +139,16 @@ def _shown(path: str | Path) -> str:
     return rel if not rel.startswith("..") else str(Path(path).resolve())
 
 
-def _percent(value: Optional[float]) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+def percent(value: Optional[float]) -> str:
+    """A 0-1 score in % (mmseg's unit), two decimals; '-' for None or NaN (a class absent from the split)."""
+    return "-" if value is None or value != value else f"{100 * value:.2f}"
 
 
-def _class_rows(best: dict[str, Any]) -> tuple[str, list[str]]:
-    """The per-class table of a validation: every class when there are at most ``ALL_CLASSES_UP_TO``, else the
+def class_rows(best: dict[str, Any]) -> tuple[str, list[str]]:
+    """The per-class table of a validation (``summary.json``'s ``best``) or an evaluation (``metrics.json``): every class when there are at most ``ALL_CLASSES_UP_TO``, else the
     ``TOP_BOTTOM`` highest and lowest IoU (classes without an IoU, absent from the split, are counted)."""
     iou, acc = best.get("per_class_IoU") or {}, best.get("per_class_Acc") or {}
+    iou = {n: None if v is None or v != v else v for n, v in iou.items()}  # NaN (in memory) as None (in JSON)
     names = list(iou)
     title = "per-class IoU / Acc (%)"
     if len(names) > ALL_CLASSES_UP_TO:
@@ -158,7 +160,7 @@ def _class_rows(best: dict[str, Any]) -> tuple[str, list[str]]:
     width = max([5] + [len(n) for n in names])
     rows = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}"]
     for n in names:
-        rows.append("..." if n == "..." else f"{n:<{width}}  {_percent(iou[n]):>6}  {_percent(acc.get(n)):>6}")
+        rows.append("..." if n == "..." else f"{n:<{width}}  {percent(iou[n]):>6}  {percent(acc.get(n)):>6}")
     return title, rows
 
 
@@ -185,11 +187,11 @@ def closing_block(
         lines.append("  no validation ran: no metrics, no best.ckpt (set trainer.val_check_interval)")
     else:
         lines.append(
-            f"  val mIoU  best {_percent(best['mIoU'])}% at step {best.get('step')}, "
-            f"last {_percent(last['mIoU'])}% at step {last.get('step')}  "
-            f"(aAcc {_percent(best.get('aAcc'))}%, mAcc {_percent(best.get('mAcc'))}% at the best)"
+            f"  val mIoU  best {percent(best['mIoU'])}% at step {best.get('step')}, "
+            f"last {percent(last['mIoU'])}% at step {last.get('step')}  "
+            f"(aAcc {percent(best.get('aAcc'))}%, mAcc {percent(best.get('mAcc'))}% at the best)"
         )
-        title, rows = _class_rows(best)
+        title, rows = class_rows(best)
         lines.append(f"  {title}, step {best.get('step')}:")
         lines += [f"    {row}" for row in rows]
     ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else run_dir / "checkpoints"
