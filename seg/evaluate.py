@@ -22,10 +22,10 @@ from typing import Any, Optional
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from seg.command_line import REMOTE_CHECKPOINTS
 from seg.data import SegDataModule
 from seg.evaluation import Scores
 from seg.io import write_json
-from seg.loading import REMOTE_SOURCES
 from seg.training.console import progress_bar, quiet_lightning
 from seg.training.summary import class_rows, count_parameters, percent
 from seg.training.tool_cli import (
@@ -58,7 +58,7 @@ def _own_arguments(parser) -> None:
 def default_output(ckpt: str | Path) -> Path:
     """``<run_dir>/metrics.json`` for ``<run_dir>/checkpoints/X.ckpt``, else ``metrics.json`` beside the file
     (in the current folder for ``mmseg:<name>`` and URLs)."""
-    if str(ckpt).startswith(REMOTE_SOURCES):
+    if str(ckpt).startswith(REMOTE_CHECKPOINTS):
         return Path("metrics.json")
     p = Path(ckpt).resolve()
     return (p.parent.parent if p.parent.name == "checkpoints" else p.parent) / "metrics.json"

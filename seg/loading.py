@@ -28,6 +28,7 @@ from typing import Any
 
 from torch import nn
 
+from seg.command_line import REMOTE_CHECKPOINTS  # mmseg:<name>, http(s)://: resolved by seg.zoo.hub
 from seg.data.meta import dataset_meta
 from seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from seg.models import build_model
@@ -176,14 +177,11 @@ def _info(ckpt: Any, path: Path) -> ModelInfo:
     )
 
 
-REMOTE_SOURCES = ("mmseg:", "http://", "https://")
-
-
 def local_checkpoint(source: str | Path) -> Path:
     """The local file of a checkpoint source: a path as it is; ``mmseg:<name>`` (mmseg's model zoo, ``python -m
     seg.zoo list``) or an ``http(s)://`` URL downloaded, verified, converted if it is an mmseg file and cached
     (:func:`seg.zoo.hub.resolve`; raises a ``CheckpointError`` that says how to get the file by hand)."""
-    if isinstance(source, str) and source.startswith(REMOTE_SOURCES):
+    if isinstance(source, str) and source.startswith(REMOTE_CHECKPOINTS):
         from seg.zoo.hub import resolve
 
         return resolve(source)
