@@ -53,6 +53,13 @@ def _own_arguments(parser) -> None:
         "--output", type=Optional[str], default=None, help="metrics.json path (default: <run_dir>/metrics.json)"
     )
     parser.add_argument("--split", type=Optional[str], default=None, help="split to evaluate (default: val)")
+    parser.add_argument(
+        "--report",
+        type=Optional[str],
+        default=None,
+        help="also write a report folder: report.html, charts, confusion.csv, report.json (seg.report)",
+    )
+    parser.add_argument("--report_worst", type=int, default=8, help="worst images shown in the report (default 8)")
 
 
 def default_output(ckpt: str | Path) -> Path:
@@ -71,6 +78,8 @@ def evaluate_checkpoint(
     trainer: dict[str, Any] | None = None,
     optimize: bool = True,
     bf16: bool = False,
+    report: str | Path | None = None,
+    report_worst: int = 8,
 ) -> tuple[dict[str, Any], Scores]:
     """Evaluate checkpoint ``ckpt`` on its test split: ``(result, scores)``.
 
@@ -80,6 +89,8 @@ def evaluate_checkpoint(
         hparams: evaluation settings that replace the checkpoint's (``eval_mode``, ``eval_scales`` ...).
         trainer: Trainer arguments (devices, strategy, accelerator, precision, enable_progress_bar).
         optimize, bf16: the CPU inference levers (:func:`seg.training.tool_cli.optimize_for`).
+        report: a folder for the report of this same pass (:mod:`seg.report`; written by rank 0), or None.
+        report_worst: images in the report's worst-image list.
 
     Returns:
         ``result``: what ``metrics.json`` holds; ``scores``: the synced :class:`seg.evaluation.Scores` (confusion
@@ -101,6 +112,12 @@ def evaluate_checkpoint(
             f"({info.path}): evaluate on the data it was trained for (--config / --data.*)"
         )
     module.class_names = list(dm.classes)
+    if report is not None:
+        if report_worst < 0:
+            raise ToolError(f"--report_worst {report_worst}: give a number of images >= 0")
+        from seg.report.collect import ReportCollector
+
+        module.report_collector = ReportCollector(report_worst, ignore_index=hp.ignore_index)
     tcfg = {"accelerator": "auto", "devices": 1, "precision": "32-true", "enable_progress_bar": True, **(trainer or {})}
     show_bar = tcfg.pop("enable_progress_bar")
     pl_trainer = Trainer(
@@ -135,6 +152,7 @@ def evaluate_checkpoint(
         "stride": list(hp.eval_stride) if slide else None,
         "ckpt": str(ckpt),
         "split": dm.test_split,
+        "data_root": str(dm.root),
         "world_size": pl_trainer.world_size,
         "backbone": info.backbone,
         "head": info.head,
@@ -142,6 +160,21 @@ def evaluate_checkpoint(
         "optimize": bool(optimize),
         "bf16": bool(bf16),
     }
+    if report is not None:
+        result["ECE"] = module.report_collector.calibration.ece
+        result["report"] = str(Path(report) / "report.html")
+        if rank_zero_only.rank == 0:
+            from seg.report.page import write_report
+
+            write_report(
+                report,
+                result,
+                module.scores["test"],
+                module.report_collector,
+                dm.classes,
+                info.palette,
+                hp.ignore_index,
+            )
     return result, module.scores["test"]
 
 
@@ -157,6 +190,8 @@ HELP = [
     "--config FILE",
     "--output FILE",
     "--split NAME",
+    "--report DIR",
+    "--report_worst K",
     *INFERENCE_HELP,
     "# data (default: the data the checkpoint was trained on)",
     "--data.root DIR",
@@ -185,6 +220,8 @@ def main(args: Optional[list[str]] = None) -> dict[str, Any]:
             trainer=ns.trainer.as_dict(),
             optimize=ns.optimize,
             bf16=ns.bf16,
+            report=ns.report,
+            report_worst=ns.report_worst,
         )
     except ToolError as err:
         if args is not None:
@@ -199,6 +236,8 @@ def main(args: Optional[list[str]] = None) -> dict[str, Any]:
         )
         title, rows = class_rows(result)  # the table train.py's closing block shows
         print(f"{title}:\n" + "\n".join(f"  {row}" for row in rows))
+        if ns.report is not None:
+            print(f"report (ECE {percent(result['ECE'])}%): {result['report']}")
     return result
 
 

@@ -28,7 +28,15 @@ from torch import Tensor
 
 from seg.models.inference import EvalSettings, predict_labels
 
-__all__ = ["Scores", "metrics_from_confmat", "predict_batch"]
+__all__ = [
+    "Scores",
+    "class_iou_interval",
+    "image_weights",
+    "iou_from_counts",
+    "metrics_from_confmat",
+    "miou_from_counts",
+    "predict_batch",
+]
 
 
 def _shapes(sizes: Tensor | None, default: Sequence[int], batch: int) -> list[tuple[int, int]]:
@@ -38,9 +46,12 @@ def _shapes(sizes: Tensor | None, default: Sequence[int], batch: int) -> list[tu
     return [(int(h), int(w)) for h, w in sizes.tolist()]
 
 
-def predict_batch(fn: Callable[[Tensor], Tensor], batch: dict[str, Any], settings: EvalSettings) -> Tensor:
+def predict_batch(
+    fn: Callable[[Tensor], Tensor], batch: dict[str, Any], settings: EvalSettings, confidence: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
     """Predictions (B, H, W) in the layout of ``batch['mask']``: each image's at its ground truth's original size,
-    ``ignore_index`` where the mask is padding.
+    ``ignore_index`` where the mask is padding. ``confidence=True``: ``(predictions, confidence)``, the second
+    each pixel's largest class probability (B, H, W) float32, 0 on padding (:func:`predict_labels`).
 
     ``fn`` maps normalised images (B, 3, h, w) to logits at input resolution. ``batch['img_shape']`` /
     ``batch['ori_shape']`` (B, 2) give each sample's unpadded image and mask sizes (absent: the full tensors). A
@@ -53,16 +64,24 @@ def predict_batch(fn: Callable[[Tensor], Tensor], batch: dict[str, Any], setting
     ori_shapes = _shapes(batch.get("ori_shape"), masks.shape[-2:], b)
     if len(set(img_shapes)) == 1 and len(set(ori_shapes)) == 1:
         (h, w), (oh, ow) = img_shapes[0], ori_shapes[0]
-        preds = predict_labels(fn, images[..., :h, :w], settings, (oh, ow))  # (B, oh, ow)
+        res = predict_labels(fn, images[..., :h, :w], settings, (oh, ow), confidence)  # (B, oh, ow)
         if (oh, ow) == tuple(masks.shape[-2:]):
-            return preds
-        out = masks.new_full(masks.shape, settings.ignore_index)
-        out[:, :oh, :ow] = preds
-        return out
+            return res
+        runs = [(slice(None), res)]
+    else:
+        runs = [
+            (slice(i, i + 1), predict_labels(fn, images[i : i + 1, :, :h, :w], settings, (oh, ow), confidence))
+            for i, ((h, w), (oh, ow)) in enumerate(zip(img_shapes, ori_shapes))
+        ]
     out = masks.new_full(masks.shape, settings.ignore_index)
-    for i, ((h, w), (oh, ow)) in enumerate(zip(img_shapes, ori_shapes)):
-        out[i, :oh, :ow] = predict_labels(fn, images[i : i + 1, :, :h, :w], settings, (oh, ow))[0]
-    return out
+    conf = torch.zeros(masks.shape, dtype=torch.float32, device=masks.device) if confidence else None
+    for rows, res in runs:
+        labels, c = res if confidence else (res, None)
+        oh, ow = labels.shape[-2:]
+        out[rows, :oh, :ow] = labels
+        if conf is not None:
+            conf[rows, :oh, :ow] = c
+    return (out, conf) if conf is not None else out
 
 
 def metrics_from_confmat(confmat: Tensor) -> dict[str, Tensor]:
@@ -114,8 +133,9 @@ class Scores:
     def num_images(self) -> int:
         return len(self._paths)
 
-    def update(self, preds: Tensor, target: Tensor, paths: Sequence[str] | None = None) -> None:
-        """Add a batch: ``preds`` and ``target`` (B, H, W) labels; ``target`` may hold ``ignore_index``."""
+    def update(self, preds: Tensor, target: Tensor, paths: Sequence[str] | None = None) -> Tensor:
+        """Add a batch: ``preds`` and ``target`` (B, H, W) labels; ``target`` may hold ``ignore_index``. Returns
+        the batch's per-image counts (B, 3, C): true positives, ground truth and predicted pixels per class."""
         if preds.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(preds.shape)} != target shape {tuple(target.shape)}")
         c = self.num_classes
@@ -134,6 +154,7 @@ class Scores:
         self.confmat = cm.sum(0) if self.confmat is None else self.confmat + cm.sum(0)
         self._counts.append(torch.stack([cm.diagonal(dim1=1, dim2=2), cm.sum(2), cm.sum(1)], dim=1))  # (B, 3, C)
         self._paths += [str(p) for p in paths] if paths is not None else [f"#{len(self._paths) + i}" for i in range(b)]
+        return self._counts[-1]
 
     def sync(self, device: torch.device | str | None = None) -> "Scores":
         """Sum the confusion matrices and gather the per-image counts of every process (a no-op without
@@ -168,3 +189,49 @@ class Scores:
             "per_class_Acc": dict(zip(names, res["Acc"].tolist())),
             "num_images": len(self.paths),
         }
+
+
+# -- statistics of the per-image counts (seg.compare's bootstrap and seg.report's intervals) -------------------
+def iou_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Per-class IoU (..., C) from counts (..., 3, C) (tp, gt, pred): NaN where a class is in neither."""
+    tp, gt, pred = counts[..., 0, :], counts[..., 1, :], counts[..., 2, :]
+    union = (gt + pred - tp).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
+
+
+def miou_from_counts(counts: np.ndarray) -> np.ndarray:
+    """mIoU from summed counts (..., 3, C) -> (...): NaN-IoU classes (no GT, no prediction) left out; NaN where
+    every class is."""
+    iou = iou_from_counts(counts)
+    out = np.full(iou.shape[:-1], np.nan)
+    ok = ~np.isnan(iou).all(-1)
+    out[ok] = np.nanmean(iou[ok], axis=-1)
+    return out
+
+
+def image_weights(image_idx: np.ndarray, n_images: int) -> np.ndarray:
+    """How often each image is drawn (samples, N) float64, from resampled image indices (samples, N)."""
+    return np.stack([np.bincount(r, minlength=n_images) for r in image_idx]).astype(np.float64)
+
+
+def class_iou_interval(
+    counts: np.ndarray, samples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval over images of each class's dataset-level IoU: ``(low, high)`` (C,) each.
+
+    counts: (N, 3, C) per image; each resample draws N images with replacement and recomputes the IoU from the
+    summed counts. NaN where the class is absent from (nearly) every resample."""
+    n = counts.shape[0]
+    if n == 0:
+        nan = np.full(counts.shape[-1], np.nan)
+        return nan, nan.copy()
+    idx = np.random.default_rng(seed).integers(0, n, (samples, n))
+    summed = np.einsum("bn,nkc->bkc", image_weights(idx, n), counts.astype(np.float64))  # (samples, 3, C)
+    iou = iou_from_counts(summed)  # (samples, C)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.full(iou.shape[1], np.nan), np.full(iou.shape[1], np.nan)
+    ok = (~np.isnan(iou)).mean(0) >= 0.5  # a class seen in fewer than half the resamples has no interval
+    if ok.any():
+        low[ok], high[ok] = np.nanquantile(iou[:, ok], [alpha, 1 - alpha], axis=0)
+    return low, high

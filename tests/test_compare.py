@@ -16,7 +16,7 @@ from helpers import tiny_config, write_mask, write_rgb
 
 from seg.compare import cli, report, stats
 from seg.evaluate import main as evaluate_cmd_main
-from seg.evaluation import Scores, metrics_from_confmat
+from seg.evaluation import Scores, metrics_from_confmat, miou_from_counts
 from seg.training.loggers import build_loggers
 
 
@@ -51,7 +51,7 @@ def test_per_image_counts_sum_to_confusion_matrix_metrics():
     keep = target != 255
     cm.index_put_((target[keep], preds[keep]), torch.ones(int(keep.sum()), dtype=torch.long), accumulate=True)
     assert torch.equal(scores.confmat, cm)
-    assert stats.miou_from_counts(counts.sum(0)) == pytest.approx(float(metrics_from_confmat(cm)["mIoU"]), abs=1e-12)
+    assert miou_from_counts(counts.sum(0)) == pytest.approx(float(metrics_from_confmat(cm)["mIoU"]), abs=1e-12)
 
 
 def test_bootstrap_matches_loop_implementation():
@@ -81,7 +81,7 @@ def test_identical_heads_within_noise_and_clear_differences_detected():
     assert res["better"]["verdict"] == "better" and res["better"]["ci_low"] > 0
     assert res["worse"]["verdict"] == "worse" and res["worse"]["ci_high"] < 0
     assert res["fcn"]["verdict"] == "baseline"
-    point = np.mean(stats.miou_from_counts(better.sum(1))) - np.mean(stats.miou_from_counts(base.sum(1)))
+    point = np.mean(miou_from_counts(better.sum(1))) - np.mean(miou_from_counts(base.sum(1)))
     assert res["better"]["diff"] == pytest.approx(point)
     with pytest.raises(ValueError, match="baseline head 'x'"):
         stats.compare_to_baseline({"fcn": base}, "x")

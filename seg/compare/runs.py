@@ -91,7 +91,7 @@ def load_run(run_dir: str | Path, evaluate: bool = True) -> dict[str, Any]:
     """One run: head, seed, mIoU and per-class IoU (from its per-image counts), costs; runs the evaluation pass
     first when ``per_image.npz`` / ``eval.json`` are missing and ``evaluate``. Needs only the run's
     ``checkpoints/last.ckpt``; ``summary.json`` and ``compare_train.json`` add training costs when present."""
-    from .stats import miou_from_counts
+    from seg.evaluation import miou_from_counts
 
     run_dir = Path(run_dir)
     if not (run_dir / "per_image.npz").is_file() or not (run_dir / "eval.json").is_file():

@@ -1,5 +1,6 @@
-"""The statistics of a comparison: mIoU from per-image counts, the paired hierarchical bootstrap, and the
-summary (``compare.json``'s content). Pure numpy; see the package docstring for the procedure."""
+"""The statistics of a comparison: the paired hierarchical bootstrap over the per-image counts (their mIoU and
+resampling weights from :mod:`seg.evaluation`), and the summary (``compare.json``'s content). Numpy only; see the
+package docstring for the procedure."""
 
 from __future__ import annotations
 
@@ -8,21 +9,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["VERDICTS", "bootstrap_draws", "bootstrap_miou", "compare_to_baseline", "miou_from_counts", "summarize"]
+from seg.evaluation import image_weights, miou_from_counts
+
+__all__ = ["VERDICTS", "bootstrap_draws", "bootstrap_miou", "compare_to_baseline", "summarize"]
 
 VERDICTS = ("better", "worse", "within noise")
-
-
-def miou_from_counts(counts: np.ndarray) -> np.ndarray:
-    """mIoU from summed counts (..., 3, C) -> (...): NaN-IoU classes (no GT, no prediction) left out."""
-    tp, gt, pred = counts[..., 0, :], counts[..., 1, :], counts[..., 2, :]
-    union = (gt + pred - tp).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
-    out = np.full(iou.shape[:-1], np.nan)
-    ok = ~np.isnan(iou).all(-1)
-    out[ok] = np.nanmean(iou[ok], axis=-1)
-    return out
 
 
 def bootstrap_draws(
@@ -42,7 +33,7 @@ def bootstrap_miou(counts: np.ndarray, image_idx: np.ndarray, seed_idx: np.ndarr
     counts: (S, N, 3, C) per seed and image; image_idx: (samples, N); seed_idx: (samples, S).
     """
     s, n = counts.shape[:2]
-    w_img = np.stack([np.bincount(r, minlength=n) for r in image_idx]).astype(np.float64)  # (samples, N)
+    w_img = image_weights(image_idx, n)  # (samples, N)
     w_seed = np.stack([np.bincount(r, minlength=s) for r in seed_idx]).astype(np.float64)  # (samples, S)
     summed = np.einsum("bn,snkc->bskc", w_img, counts.astype(np.float64))  # (samples, S, 3, C)
     per_seed = miou_from_counts(summed)  # (samples, S)

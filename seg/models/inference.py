@@ -150,16 +150,26 @@ def predict_probs(
 
 
 def predict_labels(
-    fn: LogitsFn, images: Tensor, settings: EvalSettings, out_size: Sequence[int] | None = None
-) -> Tensor:
+    fn: LogitsFn,
+    images: Tensor,
+    settings: EvalSettings,
+    out_size: Sequence[int] | None = None,
+    confidence: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Predicted class per pixel (B, *out_size) of ``images`` (B, 3, h, w) with ``settings``; ``out_size`` is the
     original image size the logits are resized to before the argmax (default: the input's), see
-    :func:`predict_probs`."""
+    :func:`predict_probs`.
+
+    ``confidence=True`` returns ``(labels, confidence)``: the same labels and each pixel's largest class
+    probability (B, *out_size) float32 (with test-time scales/flip: of the averaged probabilities)."""
     size = tuple(int(v) for v in (out_size if out_size is not None else images.shape[-2:]))
-    if settings.single_pass:  # argmax(softmax(z)) == argmax(z): no (B, C, H, W) softmax
-        return resize_logits(fn(images), size).argmax(dim=1)
+    if settings.single_pass:  # argmax(softmax(z)) == argmax(z): no (B, C, H, W) softmax unless asked
+        logits = resize_logits(fn(images), size)
+        labels = logits.argmax(dim=1)
+        return (labels, logits.softmax(dim=1).amax(dim=1)) if confidence else labels
     s = settings
-    return predict_probs(fn, images, s.num_classes, s.mode, s.crop_size, s.stride, s.scales, s.flip, size).argmax(1)
+    probs = predict_probs(fn, images, s.num_classes, s.mode, s.crop_size, s.stride, s.scales, s.flip, size)
+    return (probs.argmax(1), probs.amax(1)) if confidence else probs.argmax(1)
 
 
 def predict_logits(

@@ -165,6 +165,8 @@ class SegmentationModule(L.LightningModule):
         self.scores = {stage: Scores(num_classes, ignore_index) for stage in ("val", "test")}
         self.class_names: list[str] = [f"class_{i}" for i in range(num_classes)]
         self.last_metrics: dict[str, dict[str, Any]] = {}  # stage -> python floats, for callbacks/commands
+        # seg.evaluate --report: a seg.report.collect.ReportCollector fed by the test stage (None: nothing extra)
+        self.report_collector: Any = None
 
     @classmethod
     def from_model(cls, model: nn.Module, **hparams: Any) -> "SegmentationModule":
@@ -252,8 +254,14 @@ class SegmentationModule(L.LightningModule):
                 self._diverged(f"{len(bad)} weight/statistics tensors hold NaN/Inf ({', '.join(bad[:3])})")
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> Tensor:
-        preds = predict_batch(self.logits, batch, self.eval_settings)  # (B, H, W) at the original mask size
-        self.scores[stage].update(preds, batch["mask"], batch.get("path"))  # padding is ignore: never counted
+        report = self.report_collector if stage == "test" else None
+        if report is None:
+            preds = predict_batch(self.logits, batch, self.eval_settings)  # (B, H, W) at the original mask size
+        else:  # the report also needs each pixel's top probability (softmax computed only then)
+            preds, confidence = predict_batch(self.logits, batch, self.eval_settings, confidence=True)
+        counts = self.scores[stage].update(preds, batch["mask"], batch.get("path"))  # padding: ignore, not counted
+        if report is not None:
+            report.update(preds, confidence, batch, counts)
         return preds
 
     def on_validation_epoch_start(self) -> None:
@@ -261,6 +269,8 @@ class SegmentationModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.scores["test"].reset()
+        if self.report_collector is not None:
+            self.report_collector.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         return {"preds": self._eval_step(batch, "val")}
@@ -309,6 +319,8 @@ class SegmentationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
+        if self.report_collector is not None:
+            self.report_collector.sync(self.device)  # every rank, as Scores.sync
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
