@@ -1,11 +1,14 @@
 """Evaluate a checkpoint: ``python -m seg.evaluate --ckpt K [--mode whole|slide] [--scales ...] [--flip true]
-[--output metrics.json] [--config C] [--data.KEY=V ...] [--trainer.devices=2 --trainer.strategy=ddp]``.
+[--output metrics.json] [--report DIR [--report_worst K]] [--config C] [--data.KEY=V ...]
+[--trainer.devices=2 --trainer.strategy=ddp]``.
 
 Writes ``metrics.json`` (mIoU, aAcc, mAcc, per-class IoU/Acc, images, images/s, inference settings); by default
 next to the run (``<run_dir>/metrics.json`` for ``<run_dir>/checkpoints/X.ckpt``, else beside the file). The model
 and its settings come from the checkpoint alone; the data settings default to those it was trained with. The
 confusion matrix is summed over ranks and the test sampler never pads, so the numbers are the same with any number
-of processes.
+of processes. ``--report DIR`` also writes, from the same pass, :mod:`seg.report`'s folder: ``report.html``
+(confusions, per-class IoU with bootstrap intervals, per-image mIoU, the K worst images, calibration/ECE),
+``report.json`` and ``confusion.csv``.
 
 Protocol (mmseg 1.x): the image is resized to the data's test scale (``data.val_mode: resize``), the ground truth
 keeps its original size, and the logits are resized bilinearly to it before scoring (per image, on every rank).
@@ -97,6 +100,10 @@ def evaluate_checkpoint(
         matrix, per-image counts and paths), identical on every rank.
     """
     quiet_lightning()
+    if report is not None and Path(report).exists() and not Path(report).is_dir():
+        raise ToolError(f"--report {report} is a file: give a folder for the report (created if missing)")
+    if report_worst < 0:
+        raise ToolError(f"--report_worst {report_worst}: give a number of images >= 0")
     module, info = build_module(ckpt, hparams)
     hp = module.hparams
     data = tta_val_mode(dict(hp), dict(info.data if data is None else data))
@@ -113,8 +120,6 @@ def evaluate_checkpoint(
         )
     module.class_names = list(dm.classes)
     if report is not None:
-        if report_worst < 0:
-            raise ToolError(f"--report_worst {report_worst}: give a number of images >= 0")
         from seg.report.collect import ReportCollector
 
         module.report_collector = ReportCollector(report_worst, ignore_index=hp.ignore_index)

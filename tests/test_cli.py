@@ -311,7 +311,8 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_data, tmp_path):
     run_cmd(["train.py", "--config", str(cfg), "--trainer.devices=2", "--trainer.strategy=ddp"])
     ddp_val = json.loads((tmp_path / "run/summary.json").read_text())["last"]
     ckpt = tmp_path / "run/checkpoints/last.ckpt"
-    run_cmd(["-m", "seg.evaluate", "--config", str(cfg), "--ckpt", str(ckpt), "--output", str(tmp_path / "one.json")])
+    one_args = ["--output", str(tmp_path / "one.json"), "--report", str(tmp_path / "rep1")]
+    run_cmd(["-m", "seg.evaluate", "--config", str(cfg), "--ckpt", str(ckpt), *one_args])
     run_cmd(
         [
             "-m",
@@ -322,6 +323,8 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_data, tmp_path):
             str(ckpt),
             "--output",
             str(tmp_path / "two.json"),
+            "--report",
+            str(tmp_path / "rep2"),
             "--trainer.devices=2",
             "--trainer.strategy=ddp",
             "--trainer.accelerator=cpu",
@@ -334,3 +337,9 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_data, tmp_path):
     for key in ("mIoU", "aAcc", "mAcc"):
         assert one[key] == two[key] == ddp_val[key], key
     assert one["per_class_IoU"] == two["per_class_IoU"]
+    # seg.evaluate --report: the same report from 2 processes (confusion, intervals, worst images, calibration)
+    rep1, rep2 = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("rep1", "rep2"))
+    for key in ("mIoU", "per_class", "per_image", "confusion", "worst"):
+        assert rep1[key] == rep2[key], key
+    assert rep1["calibration"]["count"] == rep2["calibration"]["count"]
+    assert rep2["ECE"] == pytest.approx(rep1["ECE"], abs=1e-9)  # fp32 probabilities of other batch pairings

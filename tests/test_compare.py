@@ -156,6 +156,14 @@ def test_compare_trains_heads_x_seeds(tiny_data, tmp_path, monkeypatch):
     assert logged["init"]["group"] == "g1" and logged["init"]["name"] == "g1/summary" and logged["finished"]
     columns, rows = logged["compare/table"]
     assert sorted(r[0] for r in rows) == ["danet", "fcn"] and columns[:4] == ["head", "n", "mIoU_mean", "mIoU_std"]
+    # every run's seg.evaluate --report: its folder, ECE and two charts in the summary
+    columns, rows = logged["compare/runs"]
+    assert columns[-1] == "ECE" and len(rows) == 4 and all(0 <= r[-1] <= 1 for r in rows)
+    for r in data["runs"]:
+        rep = json.loads((out / r["name"] / "report/report.json").read_text())
+        assert rep["mIoU"] == pytest.approx(r["mIoU"], abs=1e-9) and rep["ECE"] == r["ECE"]
+        for chart in ("confusion", "reliability"):
+            assert logged[f"report/{r['name']}/{chart}"] == str(out / r["name"] / f"report/{chart}.png")
 
 
 def test_compare_scores_resize_mode_data_as_evaluate_and_validation(tmp_path):

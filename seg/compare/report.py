@@ -175,7 +175,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def log_wandb_summary(result: dict[str, Any], out: Path, group: str, project: str, mode: str) -> None:
-    """The comparison's summary table and chart, logged once as run ``<group>/summary`` of W&B group ``group``."""
+    """The comparison's summary table and chart, logged once as run ``<group>/summary`` of W&B group ``group``;
+    with each run's ECE and its report's confusion and reliability charts (``report/<run>/...``)."""
     from seg.training.loggers import resolve_wandb_mode
 
     mode = resolve_wandb_mode(mode)  # type: ignore[arg-type]
@@ -227,12 +228,20 @@ def log_wandb_summary(result: dict[str, Any], out: Path, group: str, project: st
         mode=mode,
         config={"baseline": result["baseline"], **result["bootstrap"]},
     )
+    logged = {
+        "compare/table": wandb.Table(columns=cols, data=rows),
+        "compare/chart": wandb.Image(str(out / "compare.png")),
+        "compare/runs": wandb.Table(
+            columns=["run", "head", "seed", "mIoU", "ECE"],
+            data=[[r["name"], r["head"], r["seed"], r["mIoU"], r.get("ECE")] for r in result["runs"]],
+        ),
+    }
+    for r in result["runs"]:
+        folder = Path(r["report"]).parent if r.get("report") else None
+        for chart in ("confusion", "reliability"):
+            if folder is not None and (folder / f"{chart}.png").is_file():
+                logged[f"report/{r['name']}/{chart}"] = wandb.Image(str(folder / f"{chart}.png"))
     try:
-        run.log(
-            {
-                "compare/table": wandb.Table(columns=cols, data=rows),
-                "compare/chart": wandb.Image(str(out / "compare.png")),
-            }
-        )
+        run.log(logged)
     finally:
         run.finish()

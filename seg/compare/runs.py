@@ -32,7 +32,8 @@ def _gflops(model: Any, crop: Sequence[int], device: Any) -> float:
 def evaluate_run(run_dir: str | Path, ckpt: str = "last.ckpt", device: Optional[str] = None) -> dict[str, Any]:
     """The evaluation pass of one run (see the package docstring): ``seg.evaluate``'s
     :func:`~seg.evaluate.evaluate_checkpoint` on ``<run>/checkpoints/<ckpt>`` with the checkpoint's data and
-    inference settings; writes ``per_image.npz`` and ``eval.json`` (what :func:`load_run` reads)."""
+    inference settings; writes ``per_image.npz`` and ``eval.json`` (what :func:`load_run` reads) and the run's
+    ``report/`` (:mod:`seg.report`: report.html, confusion, per-class intervals, worst images, calibration)."""
     import torch
 
     from seg.evaluate import evaluate_checkpoint
@@ -45,7 +46,9 @@ def evaluate_run(run_dir: str | Path, ckpt: str = "last.ckpt", device: Optional[
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     trainer = {"accelerator": "gpu" if dev.type == "cuda" else "cpu", "devices": 1, "enable_progress_bar": False}
     model, info = load_model(ckpt_path)
-    result, scores = evaluate_checkpoint(ckpt_path, data={**info.data, "num_workers": 0}, trainer=trainer)
+    result, scores = evaluate_checkpoint(
+        ckpt_path, data={**info.data, "num_workers": 0}, trainer=trainer, report=run_dir / "report"
+    )
     np.savez_compressed(
         run_dir / "per_image.npz",
         counts=scores.counts,
@@ -60,6 +63,8 @@ def evaluate_run(run_dir: str | Path, ckpt: str = "last.ckpt", device: Optional[
         "head": info.head,
         "backbone": info.backbone,
         "mIoU": result["mIoU"],
+        "ECE": result["ECE"],
+        "report": result["report"],
         "num_images": result["num_images"],
         "images_per_s": result["images_per_s"],
         "eval_device": dev.type,
@@ -126,6 +131,8 @@ def load_run(run_dir: str | Path, evaluate: bool = True) -> dict[str, Any]:
         "eval_img_s": ev.get("images_per_s"),
         "peak_mem_mb": peak,
         "peak_mem_kind": "cuda" if summary.get("peak_cuda_memory_mb") else ("rss" if peak else None),
+        "ECE": ev.get("ECE"),  # eval.json of runs evaluated before seg.report have none
+        "report": ev.get("report"),
         "num_images": len(paths),
         "_counts": counts,
         "_paths": paths,
