@@ -183,3 +183,23 @@ def test_report_renders_in_headless_chromium(report_run, tmp_path):
     assert pixels.shape == (3000, 1200)
     assert pixels.std() > 10  # not a blank page
     assert (pixels[:1500] < 128).mean() > 0.01  # text and charts drawn in the upper half
+
+
+def test_class_iou_interval_equals_literal_resampling():
+    from seg.evaluation import class_iou_interval
+
+    rng = np.random.default_rng(3)
+    gt_px = rng.integers(0, 50, (9, 4))
+    gt_px[:, 3] = 0  # a class never in the ground truth ...
+    counts = np.stack([rng.integers(0, gt_px + 1), gt_px, gt_px + rng.integers(0, 20, (9, 4))], axis=1)  # (N, 3, C)
+    counts[:, 2, 3] = 0  # ... nor predicted: no IoU, no interval
+    low, high = class_iou_interval(counts, samples=40, confidence=0.9, seed=7)
+    draws = np.random.default_rng(7).integers(0, 9, (40, 9))  # the same draws, each resample summed image by image
+    reps = []
+    for d in draws:
+        tp, gt, pred = sum(counts[i] for i in d)[:, :3]
+        reps.append(tp / (gt + pred - tp))
+    reps = np.array(reps)
+    np.testing.assert_allclose(low[:3], np.quantile(reps, 0.05, axis=0), atol=1e-12)
+    np.testing.assert_allclose(high[:3], np.quantile(reps, 0.95, axis=0), atol=1e-12)
+    assert np.isnan(low[3]) and np.isnan(high[3])

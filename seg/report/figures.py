@@ -92,7 +92,7 @@ def confusion_figure(confmat: np.ndarray, names: Sequence[str]) -> tuple[Figure,
     y = np.arange(len(top))
     ax.barh(y, [100 * t["fraction"] for t in top], color="#c0504d")
     ax.set_yticks(y, [f"{t['gt']} → {t['pred']}" for t in top], fontsize=FONT)
-    ax.invert_yaxis()  # largest on top
+    ax.set_ylim(len(top) - 0.5, -0.5)  # largest on top, no empty margin
     for yi, t in zip(y, top):
         ax.text(100 * t["fraction"], yi, f" {t['pixels']:,} px", va="center", fontsize=MIN_FONT)
     ax.set_xlim(0, max([100 * t["fraction"] for t in top] + [1]) * 1.25)
@@ -114,7 +114,7 @@ def iou_figure(names: Sequence[str], iou: np.ndarray, low: np.ndarray, high: np.
     err = np.stack([np.nan_to_num(v - lo), np.nan_to_num(hi - v)])  # no interval: no bar
     ax.barh(y, v, xerr=np.clip(err, 0, None), color="#4f81bd", ecolor="#222222", capsize=2, error_kw={"lw": 0.8})
     ax.set_yticks(y, [names[i] for i in order], fontsize=FONT)
-    ax.invert_yaxis()
+    ax.set_ylim(len(order) - 0.5, -0.5)  # best on top, no empty margin
     ax.set_xlim(0, 100)
     ax.tick_params(axis="x", labelsize=FONT)
     ax.set_xlabel(f"IoU (%), error bars: {100 * level:.0f} % bootstrap interval over images", fontsize=FONT)

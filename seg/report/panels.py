@@ -15,16 +15,17 @@ from seg.report.figures import FONT, plt, save
 
 __all__ = ["colourise", "error_map", "worst_panel"]
 
-IGNORE_GREY = (128, 128, 128)
+IGNORE_BLACK = (0, 0, 0)  # in the label maps: grey is a class colour in many palettes
+IGNORE_GREY = (200, 200, 200)  # in the error map, which has no class colours
 WRONG_RED = (255, 32, 32)
 
 
 def colourise(labels: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
-    """(H, W) labels -> (H, W, 3) uint8 RGB with the class colours; ignore (and unknown labels) grey."""
-    lut = np.tile(np.array(IGNORE_GREY, np.uint8), (max(int(labels.max()) + 1, len(palette), 256), 1))
+    """(H, W) labels -> (H, W, 3) uint8 RGB with the class colours; ignore (and unknown labels) black."""
+    lut = np.tile(np.array(IGNORE_BLACK, np.uint8), (max(int(labels.max()) + 1, len(palette), 256), 1))
     lut[: len(palette)] = np.asarray(palette, np.uint8)
     if ignore_index < len(lut):
-        lut[ignore_index] = IGNORE_GREY
+        lut[ignore_index] = IGNORE_BLACK
     return lut[labels.astype(np.int64)]
 
 
@@ -81,7 +82,7 @@ def worst_panel(
     present = sorted(set(np.unique(mask).tolist()) | set(np.unique(pred).tolist()))
     present = [c for c in present if c != ignore_index and c < len(names)]
     ncol = 8
-    legend_h = 0.25 * ((len(present) + ncol - 1) // ncol) + 0.3
+    legend_h = 0.25 * ((len(present) + 1 + ncol - 1) // ncol) + 0.3  # + 1: the ignore entry
     fig, axes = plt.subplots(1, 4, figsize=(width, tile_h + legend_h + 0.6))
     for ax, (title, tile) in zip(axes, tiles):
         ax.imshow(tile, interpolation="nearest")
@@ -89,6 +90,8 @@ def worst_panel(
         ax.set_axis_off()
     fig.suptitle(f"#{rank}  mIoU {100 * item.mIoU:.1f} %   {Path(item.path).name}", fontsize=FONT + 2)
     handles = [Patch(facecolor=np.asarray(palette[c]) / 255, edgecolor="#444444", label=names[c]) for c in present]
+    if (mask == ignore_index).any():
+        handles.append(Patch(facecolor="black", edgecolor="#444444", label="ignore (error map: light grey)"))
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=FONT, frameon=False)
     fig.subplots_adjust(
