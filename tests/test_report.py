@@ -203,3 +203,25 @@ def test_class_iou_interval_equals_literal_resampling():
     np.testing.assert_allclose(low[:3], np.quantile(reps, 0.05, axis=0), atol=1e-12)
     np.testing.assert_allclose(high[:3], np.quantile(reps, 0.95, axis=0), atol=1e-12)
     assert np.isnan(low[3]) and np.isnan(high[3])
+
+
+def test_confidence_is_the_top_probability_and_labels_do_not_change():
+    """predict_labels(confidence=True): the same labels, and the largest of predict_probs' (averaged with TTA)
+    probabilities; single pass and slide + scales + flip."""
+    import torch
+
+    from seg.models.inference import EvalSettings, predict_labels, predict_probs
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(2, 3, 21, 27)
+    for s in (
+        EvalSettings(4),
+        EvalSettings(4, mode="slide", crop_size=(16, 16), stride=(8, 8), scales=(0.75, 1.0), flip=True),
+    ):
+        with torch.no_grad():
+            labels, conf = predict_labels(conv, x, s, (25, 31), confidence=True)
+            probs = predict_probs(conv, x, 4, s.mode, s.crop_size, s.stride, s.scales, s.flip, (25, 31))
+            assert torch.equal(labels, predict_labels(conv, x, s, (25, 31)))
+        assert torch.equal(labels, probs.argmax(1))
+        torch.testing.assert_close(conf, probs.amax(1), atol=1e-6, rtol=1e-6)
