@@ -43,7 +43,7 @@ from seg.command_line import (
     usage_exit,
 )
 from seg.deploy.images import MAX_PIXELS, MAX_PIXELS_HELP, list_images
-from seg.deploy.outputs import SkippedImages, predict_images
+from seg.deploy.outputs import CONFIDENCE_HELP, SAVE_PROBS_HELP, SkippedImages, predict_images
 
 __all__ = ["main"]
 
@@ -54,7 +54,16 @@ DESCRIPTION = (
 PROG = "python -m seg.predict"
 USAGE = f"{PROG} --ckpt CKPT INPUT --out DIR [--mode slide] [--device cuda|cpu]   (or --onnx FILE instead of --ckpt)"
 EXAMPLE = f"{PROG} --ckpt runs/quickstart/checkpoints/best.ckpt path/to/images --out predictions/"
-HELP = ["input", "--out DIR", "--ckpt CKPT", "--onnx FILE", "--device cuda|cpu", "--alpha A"]  # + inference
+HELP = [
+    "input",
+    "--out DIR",
+    "--ckpt CKPT",
+    "--onnx FILE",
+    "--device cuda|cpu",
+    "--alpha A",
+    "--confidence",
+    "--save_probs",
+]
 HELP_DATA = ["# classes, palette, normalisation (default: the checkpoint's)", "--config FILE", "--data.classes=[...]"]
 
 
@@ -64,6 +73,8 @@ def _own_arguments(parser) -> None:
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     parser.add_argument("--device", type=Optional[str], default=None, help="cuda/cpu (default: cuda if any)")
     parser.add_argument("--max_pixels", type=int, default=MAX_PIXELS, help=MAX_PIXELS_HELP)
+    parser.add_argument("--confidence", action="store_true", help=CONFIDENCE_HELP)
+    parser.add_argument("--save_probs", action="store_true", help=SAVE_PROBS_HELP)
     parser.add_argument(
         "--onnx",
         type=Optional[str],
@@ -108,10 +119,23 @@ def _main_torch(args: list[str], command_line: bool) -> list[Path]:
     module.to(device).eval()
     optimize_for(module, device, ns.optimize, ns.bf16)  # CPU: BN folded, channels_last (--optimize), bf16
 
-    def predict(rgb: np.ndarray) -> np.ndarray:  # the Python API's prediction too (seg.load(...).predict)
-        return predict_rgb(module.logits, [rgb], transform, settings, device)[0].byte().cpu().numpy()
+    output = "probs" if ns.confidence or ns.save_probs else "labels"  # probabilities: the mask is their argmax
 
-    return predict_images(images, Path(ns.out), predict, palette, ns.alpha, ns.max_pixels, classes=classes)
+    def predict(rgb: np.ndarray) -> np.ndarray:  # the Python API's prediction too (seg.load(...).predict)
+        pred = predict_rgb(module.logits, [rgb], transform, settings, device, output)[0]
+        return (pred.float() if output == "probs" else pred.byte()).cpu().numpy()
+
+    return predict_images(
+        images,
+        Path(ns.out),
+        predict,
+        palette,
+        ns.alpha,
+        ns.max_pixels,
+        classes=classes,
+        confidence=ns.confidence,
+        save_probs=ns.save_probs,
+    )
 
 
 def check_inputs(argv: list[str]) -> None:
