@@ -2,6 +2,7 @@
 
 PyTorch:      ``python -m seg.predict --ckpt K INPUT --out DIR [--mode slide] [--scales=[...]] [--flip true]``
 ONNX Runtime: ``python -m seg.predict --onnx FILE INPUT --out DIR [--mode slide] [--crop_size=[H,W]] [--stride=[H,W]]``
+Both:         ``[--confidence] [--save_probs]`` (how sure the model is, per pixel; below)
 
 For every image ``name.ext`` in INPUT (``seg.deploy.images.IMAGE_EXTENSIONS``: png, jpg, jpeg, tif, tiff, bmp,
 webp, the list training reads), writes ``DIR/name.png`` (class-index mask as a palette PNG: indices in PIL and
@@ -10,6 +11,16 @@ seg, the class colours in a viewer), ``DIR/name_color.png`` (palette colours) an
 ``x.png``) would overwrite each other: both are then named after their whole file name, ``x.jpg.png``,
 ``x.jpg_color.png``, ``x.jpg_overlay.jpg`` and ``x.png.png``, ... (the name still says which input it is, and
 stripping the last ``.png`` gives the input's name).
+
+How sure the model is: ``--confidence`` adds ``DIR/name_confidence.png`` (each pixel's highest class probability)
+and ``DIR/name_entropy.png`` (the entropy of its class probabilities divided by log C, C classes), heat maps on a
+fixed 0..1 scale (viridis and magma: 1/C is a uniform guess's confidence; entropy 0 is certain, 1 all classes
+equal), and once ``confidence_legend.png`` and ``entropy_legend.png`` (colour bars). ``--save_probs`` adds
+``DIR/name_probs.npy``: the (C, H, W) float32 probabilities at the image's size (``np.load``; 4·C·H·W bytes, e.g.
+160 MB for 19 classes at 1024x2048). Both come from the final probabilities (slide windows, scales and flip
+averaged; the mask is their argmax), computed by :func:`seg.deploy.outputs.confidence_maps`, as
+``seg.confidence_maps(model.predict(image, output="probs"))`` gives them in Python. Their names follow the rule
+above (``x.jpg_confidence.png``); without the flags nothing else is written.
 
 Images are decoded as training decodes them (``seg.deploy.images``: EXIF orientation applied, the layout a photo
 is displayed and annotated in), so a mask has the size of the image as displayed. They go through the checkpoint's
