@@ -191,3 +191,20 @@ def test_confidence_maps_of_certain_uniform_and_bad_inputs():
         np.testing.assert_allclose(got_entropy, entropy, atol=1e-6)
     with pytest.raises(ValueError, match=r"expected probabilities .* not logits"):
         confidence_maps(np.array([[3.0, -2.0]]))
+
+
+def test_an_onnx_file_of_labels_refuses_confidence_in_two_lines(files, tmp_path, capsys):
+    """A file exported with --argmax has no probabilities (its metadata says so: rewritten here, not re-exported)."""
+    model = onnx.load(str(files["whole_onnx"]))
+    for prop in model.metadata_props:
+        if prop.key == "seg.output":
+            prop.value = json.dumps("labels")
+    onnx.save(model, str(tmp_path / "labels.onnx"))
+    for flag in ("--confidence", "--save_probs"):
+        with pytest.raises(SystemExit) as exit_info:
+            predict_cmd.main(
+                ["--onnx", str(tmp_path / "labels.onnx"), str(files["images"]), "--out", str(tmp_path / "x"), flag]
+            )
+        err = capsys.readouterr().err.splitlines()
+        assert exit_info.value.code == 2 and len(err) == 2 and flag in err[0] and "without --argmax" in err[0], err
+    assert not (tmp_path / "x").exists()

@@ -135,7 +135,8 @@ def write_confidence(out_dir: Path, stem: str, probs: np.ndarray) -> None:
     for suffix, values, cmap in zip(
         CONFIDENCE_OUTPUTS, confidence_maps(probs), (CONFIDENCE_COLORMAP, ENTROPY_COLORMAP)
     ):
-        Image.fromarray(apply_colormap(values, cmap)).save(out_dir / f"{stem}{suffix}")  # (H, W, 3) RGB
+        heat = apply_colormap(values, cmap)  # (H, W, 3) RGB
+        cv2.imwrite(str(out_dir / f"{stem}{suffix}"), cv2.cvtColor(heat, cv2.COLOR_RGB2BGR))  # as name_color.png
 
 
 def write_colorbar(path: Path, cmap: str, title: str, width: int = 256) -> Path:
