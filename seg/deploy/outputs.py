@@ -144,10 +144,8 @@ def write_colorbar(path: Path, cmap: str, title: str, width: int = 256) -> Path:
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     pad, bar_h, text_h = 8, 20, 12
-    image = Image.new(
-        "RGB", (max(width, int(probe.textlength(title, font=font))) + 2 * pad, bar_h + 2 * text_h + 4 * pad)
-    )
-    image.paste((255, 255, 255), (0, 0, *image.size))
+    size = (max(width, int(probe.textlength(title, font=font))) + 2 * pad, bar_h + 2 * text_h + 4 * pad)  # (W, H)
+    image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     draw.text((pad, pad), title, fill="black", font=font)
     top = pad + text_h + pad
