@@ -2,6 +2,7 @@
 
 PyTorch:      ``python -m seg.predict --ckpt K INPUT --out DIR [--mode slide] [--scales=[...]] [--flip true]``
 ONNX Runtime: ``python -m seg.predict --onnx FILE INPUT --out DIR [--mode slide] [--crop_size=[H,W]] [--stride=[H,W]]``
+Both:         ``[--confidence] [--save_probs]`` (how sure the model is, per pixel; below)
 
 For every image ``name.ext`` in INPUT (``seg.deploy.images.IMAGE_EXTENSIONS``: png, jpg, jpeg, tif, tiff, bmp,
 webp, the list training reads), writes ``DIR/name.png`` (class-index mask as a palette PNG: indices in PIL and
@@ -10,6 +11,16 @@ seg, the class colours in a viewer), ``DIR/name_color.png`` (palette colours) an
 ``x.png``) would overwrite each other: both are then named after their whole file name, ``x.jpg.png``,
 ``x.jpg_color.png``, ``x.jpg_overlay.jpg`` and ``x.png.png``, ... (the name still says which input it is, and
 stripping the last ``.png`` gives the input's name).
+
+How sure the model is: ``--confidence`` adds ``DIR/name_confidence.png`` (each pixel's highest class probability)
+and ``DIR/name_entropy.png`` (the entropy of its class probabilities divided by log C, C classes), heat maps on a
+fixed 0..1 scale (viridis and magma: 1/C is a uniform guess's confidence; entropy 0 is certain, 1 all classes
+equal), and once ``confidence_legend.png`` and ``entropy_legend.png`` (colour bars). ``--save_probs`` adds
+``DIR/name_probs.npy``: the (C, H, W) float32 probabilities at the image's size (``np.load``; 4·C·H·W bytes, e.g.
+160 MB for 19 classes at 1024x2048). Both come from the final probabilities (slide windows, scales and flip
+averaged; the mask is their argmax), computed by :func:`seg.deploy.outputs.confidence_maps`, as
+``seg.confidence_maps(model.predict(image, output="probs"))`` gives them in Python. Their names follow the rule
+above (``x.jpg_confidence.png``); without the flags nothing else is written.
 
 Images are decoded as training decodes them (``seg.deploy.images``: EXIF orientation applied, the layout a photo
 is displayed and annotated in), so a mask has the size of the image as displayed. They go through the checkpoint's
@@ -43,7 +54,7 @@ from seg.command_line import (
     usage_exit,
 )
 from seg.deploy.images import MAX_PIXELS, MAX_PIXELS_HELP, list_images
-from seg.deploy.outputs import SkippedImages, predict_images
+from seg.deploy.outputs import CONFIDENCE_HELP, SAVE_PROBS_HELP, SkippedImages, predict_images
 
 __all__ = ["main"]
 
@@ -54,7 +65,16 @@ DESCRIPTION = (
 PROG = "python -m seg.predict"
 USAGE = f"{PROG} --ckpt CKPT INPUT --out DIR [--mode slide] [--device cuda|cpu]   (or --onnx FILE instead of --ckpt)"
 EXAMPLE = f"{PROG} --ckpt runs/quickstart/checkpoints/best.ckpt path/to/images --out predictions/"
-HELP = ["input", "--out DIR", "--ckpt CKPT", "--onnx FILE", "--device cuda|cpu", "--alpha A"]  # + inference
+HELP = [
+    "input",
+    "--out DIR",
+    "--ckpt CKPT",
+    "--onnx FILE",
+    "--device cuda|cpu",
+    "--alpha A",
+    "--confidence",
+    "--save_probs",
+]
 HELP_DATA = ["# classes, palette, normalisation (default: the checkpoint's)", "--config FILE", "--data.classes=[...]"]
 
 
@@ -64,6 +84,8 @@ def _own_arguments(parser) -> None:
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     parser.add_argument("--device", type=Optional[str], default=None, help="cuda/cpu (default: cuda if any)")
     parser.add_argument("--max_pixels", type=int, default=MAX_PIXELS, help=MAX_PIXELS_HELP)
+    parser.add_argument("--confidence", action="store_true", help=CONFIDENCE_HELP)
+    parser.add_argument("--save_probs", action="store_true", help=SAVE_PROBS_HELP)
     parser.add_argument(
         "--onnx",
         type=Optional[str],
@@ -108,10 +130,23 @@ def _main_torch(args: list[str], command_line: bool) -> list[Path]:
     module.to(device).eval()
     optimize_for(module, device, ns.optimize, ns.bf16)  # CPU: BN folded, channels_last (--optimize), bf16
 
-    def predict(rgb: np.ndarray) -> np.ndarray:  # the Python API's prediction too (seg.load(...).predict)
-        return predict_rgb(module.logits, [rgb], transform, settings, device)[0].byte().cpu().numpy()
+    output = "probs" if ns.confidence or ns.save_probs else "labels"  # probabilities: the mask is their argmax
 
-    return predict_images(images, Path(ns.out), predict, palette, ns.alpha, ns.max_pixels, classes=classes)
+    def predict(rgb: np.ndarray) -> np.ndarray:  # the Python API's prediction too (seg.load(...).predict)
+        pred = predict_rgb(module.logits, [rgb], transform, settings, device, output)[0]
+        return (pred.float() if output == "probs" else pred.byte()).cpu().numpy()
+
+    return predict_images(
+        images,
+        Path(ns.out),
+        predict,
+        palette,
+        ns.alpha,
+        ns.max_pixels,
+        classes=classes,
+        confidence=ns.confidence,
+        save_probs=ns.save_probs,
+    )
 
 
 def check_inputs(argv: list[str]) -> None:

@@ -1,14 +1,15 @@
 """Segmentation with an exported ONNX model on numpy + ONNX Runtime: ``python -m seg.predict --onnx``.
 
     python -m seg.predict --onnx model.onnx IMAGES --out DIR [--mode whole|slide] [--crop_size=[H,W]]
-        [--stride=[H,W]] [--alpha 0.5] [--threads N] [--max_pixels N]
+        [--stride=[H,W]] [--alpha 0.5] [--threads N] [--max_pixels N] [--confidence] [--save_probs]
 
 No torch import anywhere on this path. Every setting (normalisation, evaluation resize, whole / slide,
 crop, stride, scales, flip, palette) comes from the file's metadata (``seg.deploy.metadata``), so the
 masks are those ``python -m seg.predict --ckpt`` writes for the same checkpoint and config: the same
 pipeline step by step (``seg.models.inference.predict_probs``), with the shared window arithmetic of
 ``seg.deploy.geometry``. Resizes use OpenCV's bilinear (the same half-pixel rule as
-``F.interpolate(align_corners=False)``), so probabilities agree to float rounding, not bit for bit.
+``F.interpolate(align_corners=False)``), so probabilities agree to float rounding, not bit for bit. As there,
+logits are resized to the image's own size before the softmax.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from seg.command_line import ArgParser, hw
 from .geometry import is_tta, rescale_size, slide_windows, tta_size
 from .images import MAX_PIXELS, MAX_PIXELS_HELP, list_images
 from .metadata import decode
-from .outputs import predict_images
+from .outputs import CONFIDENCE_HELP, SAVE_PROBS_HELP, predict_images
 
 __all__ = ["OnnxSegmenter", "main"]
 
@@ -136,17 +137,19 @@ class OnnxSegmenter:
             count[y1:y2, x1:x2] += 1
         return logits / count
 
-    def probs(self, image: np.ndarray) -> np.ndarray:
-        """Class probabilities (C, H, W) of a prepared image, averaged over scales x flips
-        (``seg.models.inference.predict_probs``)."""
-        h, w = image.shape[:2]
+    def probs(self, image: np.ndarray, out_size: tuple[int, int] | None = None) -> np.ndarray:
+        """Class probabilities (C, *out_size) of a prepared image, averaged over scales x flips; each pass's logits
+        are resized to ``out_size`` (default: the image's) before the softmax (``seg.models.inference.predict_probs``).
+        """
+        ih, iw = image.shape[:2]
+        h, w = out_size if out_size is not None else (ih, iw)
         probs = np.zeros((self.meta["num_classes"], h, w), dtype=np.float32)
         n = 0
         tta = is_tta(self.meta["scales"], self.meta["flip"])
         for scale in self.meta["scales"]:
             x = image
-            sh, sw = tta_size((h, w), scale) if tta else (h, w)  # as seg.models.inference.predict_probs
-            if (sh, sw) != (h, w):
+            sh, sw = tta_size((h, w), scale) if tta else (ih, iw)  # as seg.models.inference.predict_probs
+            if (sh, sw) != (ih, iw):
                 x = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_LINEAR)
             for flipped in (False, True) if self.meta["flip"] else (False,):
                 xi = np.ascontiguousarray(x[:, ::-1]) if flipped else x
@@ -160,12 +163,19 @@ class OnnxSegmenter:
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """Class index (H, W) for an (H, W, 3) uint8 RGB image, at its own size."""
         h, w = rgb.shape[:2]
-        image = self.prepare(rgb)
         if self.meta["output"] == "labels":
-            label = self.run(image).astype(np.uint8)  # (H', W')
+            label = self.run(self.prepare(rgb)).astype(np.uint8)  # (H', W')
             return cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST) if label.shape != (h, w) else label
-        probs = _resize_chw(self.probs(image), (h, w))  # (C, H, W)
-        return probs.argmax(axis=0)
+        return self.predict_probs(rgb).argmax(axis=0)
+
+    def predict_probs(self, rgb: np.ndarray) -> np.ndarray:
+        """Class probabilities (C, H, W) float32 for an (H, W, 3) uint8 RGB image, at its own size."""
+        if self.meta["output"] == "labels":
+            raise ValueError(
+                "the model outputs class labels (exported with --argmax): no probabilities for --confidence / "
+                "--save_probs; export without --argmax for them"
+            )
+        return self.probs(self.prepare(rgb), rgb.shape[:2])
 
 
 def build_parser() -> ArgParser:
@@ -184,6 +194,8 @@ def build_parser() -> ArgParser:
     p.add_argument("--stride", type=hw, metavar="[H,W]", default=None, help="slide stride (default: the file's)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--max_pixels", type=int, default=MAX_PIXELS, help=MAX_PIXELS_HELP)
+    p.add_argument("--confidence", action="store_true", help=CONFIDENCE_HELP)
+    p.add_argument("--save_probs", action="store_true", help=SAVE_PROBS_HELP)
     return p
 
 
@@ -202,14 +214,20 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         )
     except (ValueError, OSError) as err:  # not an ONNX file, no seg metadata, a bad setting: two lines
         parser.error(str(err))
+    uncertainty = args.confidence or args.save_probs
+    if uncertainty and seg.meta["output"] == "labels":
+        flag = "--confidence" if args.confidence else "--save_probs"
+        parser.error(f"{flag}: {args.onnx} outputs class labels (exported with --argmax); export without --argmax")
     images = list_images(Path(args.input))
     return predict_images(
         images,
         Path(args.out),
-        seg.predict,
+        seg.predict_probs if uncertainty else seg.predict,
         seg.palette,
         args.alpha,
         args.max_pixels,
         " (ONNX Runtime, no PyTorch)",
         classes=seg.meta.get("classes"),
+        confidence=args.confidence,
+        save_probs=args.save_probs,
     )
