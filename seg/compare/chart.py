@@ -59,10 +59,9 @@ def _noisy(result: dict[str, Any], key: str) -> bool:
     return devs != {"cuda"}
 
 
-def cost_ratios(result: dict[str, Any]) -> dict[str, dict[str, tuple[Optional[float], float]]]:
-    """Per cost, per head: (mean, seed std) of the cost relative to the baseline's mean (throughputs as time per
+def cost_ratios(result: dict[str, Any], base: str) -> dict[str, dict[str, tuple[Optional[float], float]]]:
+    """Per cost, per head: (mean, seed std) of the cost relative to head ``base``'s mean (throughputs as time per
     image, so every ratio reads "lower is cheaper"); None where the cost is unknown."""
-    base = result["baseline"]
     out = {}
     for key, label, inv in (
         ("params", "params", False),
@@ -73,7 +72,7 @@ def cost_ratios(result: dict[str, Any]) -> dict[str, dict[str, tuple[Optional[fl
     ):
         vals = _by_head(result, key, (lambda v: 1.0 / v if v else None) if inv else None)
         vals = {h: [v for v in vs if v is not None] for h, vs in vals.items()}
-        ref = _mean_std(vals[base])[0] if base else None
+        ref = _mean_std(vals[base])[0]
         out[label] = {
             h: ((m / ref, s / ref) if m is not None and ref else (None, 0.0))
             for h, (m, s) in ((h, _mean_std(vs)) for h, vs in vals.items())
@@ -180,7 +179,7 @@ def figure(result: dict[str, Any]) -> Any:
             ax.text(0.98, rows[h], v, transform=ax.get_yaxis_transform(), ha="right", va="center")
             ax.texts[-1].set(color=VERDICT_COLORS[v], fontweight="bold" if v in ("better", "worse") else "normal")
         head_axis(ax)
-        ax.set_xlabel(f"Δ mIoU vs {base} (points), {conf}% paired-bootstrap interval" if base else "no baseline")
+        ax.set_xlabel(f"Δ mIoU vs {base} (points), {conf}% paired-bootstrap interval" if base else "")
         ax.set_title("difference to the baseline and verdict")
 
         ax = axes["cls"]  # per-class IoU ± seed std, baseline hatched
@@ -222,7 +221,8 @@ def figure(result: dict[str, Any]) -> Any:
         ax.set_title("peak memory of training, mean ± seed std")
 
         ax = axes["cost"]  # every cost relative to the baseline, from 0
-        ratios = cost_ratios(result) if base else {}
+        ref_head = base or order[0]  # without a baseline, costs relative to the first head
+        ratios = cost_ratios(result, ref_head)
         noisy = [label.endswith("s/img") and _noisy(result, f"{label[:5]}_img_s") for label in ratios]
         labels = [lab.replace(" ", "\n") + ("\n(CPU,\nnoisy)" if n else "") for lab, n in zip(ratios, noisy)]
         for i, h in enumerate(order):  # one bar per cost; hollow where the cost is a CPU throughput
@@ -243,8 +243,8 @@ def figure(result: dict[str, Any]) -> Any:
         ax.set_xticks(range(len(labels)), labels)
         top = max([m + s for per in ratios.values() for m, s in per.values() if m is not None], default=1.0)
         ax.set_ylim(0, max(1.25, 1.1 * top))
-        ax.set_ylabel(f"cost ÷ {base} (1 = same; lower is cheaper)")
-        ax.set_title(f"cost relative to {base}, mean ± seed std")
+        ax.set_ylabel(f"cost ÷ {ref_head} (1 = same; lower is cheaper)")
+        ax.set_title(f"cost relative to {ref_head}, mean ± seed std")
 
         ax = axes["pareto"]  # mIoU against GFLOPs (machine-independent), ratio axis from 0
         g = ratios.get("GFLOPs", {})
@@ -263,11 +263,18 @@ def figure(result: dict[str, Any]) -> Any:
             ax.legend(handles=[line], loc="upper left", handlelength=2.2)
         ax.set_xlim(0, max(1.25, 1.1 * max([x for x in xs if x is not None], default=1.0)))
         ax.axvline(1, color="black", ls="--", lw=0.8)
-        ax.set_xlabel(f"GFLOPs per image ÷ {base} (from 0; within {PARETO_TOL:.0%} = same cost)")
+        ax.set_xlabel(f"GFLOPs per image ÷ {ref_head} (from 0; within {PARETO_TOL:.0%} = same cost)")
         ax.set_ylabel("mIoU (%)")
         ax.set_title("mIoU (mean ± seed std) against GFLOPs")
         ax.grid(lw=0.4, alpha=0.5)
 
+        for key, what, empty in (
+            ("delta", "no baseline among the heads", not base),
+            ("mem", "peak memory not recorded", not axes["mem"].containers),
+            ("pareto", "GFLOPs not recorded", not axes["pareto"].containers),
+        ):
+            if empty:
+                axes[key].text(0.5, 0.5, what, transform=axes[key].transAxes, ha="center", va="center")
         handles = [Patch(color=colors[h], label=h) for h in sorted(stats)]
         if base:
             handles.append(Patch(facecolor="white", edgecolor="black", hatch="////", label=f"baseline ({base})"))
