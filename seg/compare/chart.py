@@ -212,8 +212,9 @@ def figure(result: dict[str, Any]) -> Any:
         for h in order:
             m, s = mem[h]
             if m is not None:
-                ax.barh(rows[h], m, 0.6, xerr=s, color=colors[h], edgecolor="black" if h == base else "none", label=h)
-                ax.patches[-1].set(hatch="////" if h == base else None, lw=0.5)
+                edge, hatch = ("black", "////") if h == base else ("none", None)
+                kw = {"error_kw": {"elinewidth": 0.6, "capsize": 1.2}, "label": h, "lw": 0.5}
+                ax.barh(rows[h], m, 0.6, xerr=s, color=colors[h], edgecolor=edge, hatch=hatch, **kw)
         head_axis(ax)
         ax.set_xlim(0, 1.12 * max([m + s for m, s in mem.values() if m is not None], default=1.0))
         what = {"cuda": "CUDA max allocated", "rss": "peak RSS, process + workers"}

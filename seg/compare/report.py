@@ -27,11 +27,11 @@ def provenance_lines(result: dict[str, Any]) -> list[str]:
     """What was compared, on what, when: the title lines of compare.png and the header of compare.md."""
     p = result.get("provenance") or {}
     runs = result["runs"]
-    heads = list(result["heads"])
+    base = result.get("baseline")
+    heads = ([base] if base else []) + [h for h in result["heads"] if h != base]
     seeds = p.get("seeds") or sorted({r["seed"] for r in runs if r.get("seed") is not None})
     n = sorted({s["n"] for s in result["heads"].values()})
     n_txt = f"{n[0]} seed{'s' if n[0] > 1 else ''} each" if len(n) == 1 else f"{'/'.join(map(str, n))} seeds"
-    base = result.get("baseline")
     first = f"{len(heads)} heads × {n_txt}" + (f", baseline {base}" if base else "") + f": {', '.join(heads)}"
     backbone = p.get("backbone") or runs[0].get("backbone") or "backbone unknown"
     os_ = p.get("output_stride")
