@@ -45,7 +45,10 @@ def compare(
 
 
 def _git_commit() -> Optional[str]:
-    """seg's commit (``-dirty`` with uncommitted changes) when it runs from a git checkout, else None."""
+    """seg's commit (``-dirty`` with uncommitted changes) when it runs from a git checkout, else None (an installed
+    seg: no ``.git`` beside the package, so an enclosing repository's commit is never reported as seg's)."""
+    if not (ROOT / ".git").exists():  # a directory, or a file in a git worktree
+        return None
     try:
         git = ["git", "-C", str(ROOT)]
         commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
