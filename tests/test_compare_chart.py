@@ -183,7 +183,7 @@ def test_title_says_what_was_compared_on_what(drawn):
         assert part in title
     assert "12 val images" in title and "AMD EPYC" in title and "2026-12-07" in title and "abc1234" in title
     md = report.markdown(result)
-    for line in chart.provenance_lines(result):
+    for line in report.provenance_lines(result):
         assert line in md
 
 
@@ -222,3 +222,19 @@ def test_memory_panel_and_saved_png(tmp_path, drawn):
     chart.plot(result, tmp_path / "c.png")
     img = plt.imread(tmp_path / "c.png")
     assert img.shape[1] == chart.WIDTH_IN * chart.DPI
+
+
+def test_provenance_unknowns_are_said_not_guessed(tmp_path, monkeypatch):
+    from seg.compare import cli
+
+    result = _result(["fcn", "danet"], seeds=2)
+    del result["provenance"]  # a compare.json from before provenance was recorded
+    for r in result["runs"]:
+        del r["train_device"]
+    lines = report.provenance_lines(result)
+    assert "training steps unknown" in lines[1] and "data unknown" in lines[1]
+    assert lines[2].startswith("training device unknown") and "date unknown" in lines[2] and "seg ?" in lines[2]
+    monkeypatch.setattr(cli, "ROOT", tmp_path)  # seg installed outside a checkout: no commit, not a guessed one
+    assert cli._git_commit() is None
+    p = cli.provenance([{**r, "steps": None} for r in result["runs"]])
+    assert p["steps"] is None and "steps" in p["missing"] and p["backbone"] == "resnet18" and p["seeds"] == [0, 1]

@@ -52,7 +52,11 @@ def provenance_lines(result: dict[str, Any]) -> list[str]:
     else:
         where = "training device unknown"
     third = " · ".join(
-        [where, (p.get("date") or "date unknown")[:10], f"seg {p['seg_commit']}" if p.get("seg_commit") else "seg ?"]
+        [
+            where,
+            p["date"][:10] if p.get("date") else "date unknown",
+            f"seg {p['seg_commit']}" if p.get("seg_commit") else "seg ?",
+        ]
     )
     return [first, second, third]
 
