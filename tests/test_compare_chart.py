@@ -187,8 +187,15 @@ def test_title_says_what_was_compared_on_what(drawn):
         assert line in md
 
 
-def test_nothing_clipped_and_verdicts_inside_their_panel(drawn):
-    result, fig = drawn
+LONG = HEADS + ["smp:DeepLabV3Plus", "smp:UnetPlusPlus", "ocr", "uper", "dnl", "sep_aspp"]  # long names, > 10
+
+
+@pytest.mark.parametrize("heads", [HEADS, LONG], ids=["6heads", "12heads"])
+def test_nothing_clipped_and_verdicts_inside_their_panel(heads, drawn):
+    result, fig = drawn if heads == HEADS else (_result(heads, seeds=2), None)
+    if fig is None:
+        fig = chart.figure(result)
+        fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     fig_box = fig.bbox
     texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
@@ -233,7 +240,11 @@ def test_provenance_unknowns_are_said_not_guessed(tmp_path, monkeypatch):
         del r["train_device"]
     lines = report.provenance_lines(result)
     assert "training steps unknown" in lines[1] and "data unknown" in lines[1]
-    assert lines[2].startswith("training device unknown") and "date unknown" in lines[2] and "seg ?" in lines[2]
+    assert (
+        lines[2].startswith("training device unknown")
+        and "date unknown" in lines[2]
+        and "seg commit unknown" in lines[2]
+    )
     monkeypatch.setattr(cli, "ROOT", tmp_path)  # seg installed outside a checkout: no commit, not a guessed one
     assert cli._git_commit() is None
     p = cli.provenance([{**r, "steps": None} for r in result["runs"]])

@@ -10,6 +10,7 @@ between heads, so they never decide a Pareto front (GFLOPs, which do not depend 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Optional
 
@@ -126,8 +127,8 @@ def figure(result: dict[str, Any]) -> Any:
     with plt.rc_context(style):
         fig = plt.figure(figsize=(WIDTH_IN, 8.6), layout="constrained")
         axes = fig.subplot_mosaic([["miou", "delta"], ["cls", "mem"], ["cost", "pareto"]])
-        lines = provenance_lines(result)
-        fig.suptitle(lines[0] + "\n" + "\n".join(lines[1:]), fontsize=7.5, x=0.01, ha="left", linespacing=1.4)
+        title = "\n".join(textwrap.fill(line, 120, subsequent_indent="  ") for line in provenance_lines(result))
+        fig.suptitle(title, fontsize=7.5, x=0.01, ha="left", linespacing=1.4)  # 120 characters fit 7.2 in
 
         def head_axis(ax: Any) -> None:
             ax.set_yticks([rows[h] for h in order], [h + (" (base)" if h == base else "") for h in order])
@@ -264,7 +265,7 @@ def figure(result: dict[str, Any]) -> Any:
             ax.legend(handles=[line], loc="upper left", handlelength=2.2)
         ax.set_xlim(0, max(1.25, 1.1 * max([x for x in xs if x is not None], default=1.0)))
         ax.axvline(1, color="black", ls="--", lw=0.8)
-        ax.set_xlabel(f"GFLOPs per image ÷ {ref_head} (from 0; within {PARETO_TOL:.0%} = same cost)")
+        ax.set_xlabel(f"GFLOPs ÷ {ref_head} (axis from 0; within {PARETO_TOL:.0%} = same cost)")
         ax.set_ylabel("mIoU (%)")
         ax.set_title("mIoU (mean ± seed std) against GFLOPs")
         ax.grid(lw=0.4, alpha=0.5)

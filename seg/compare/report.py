@@ -55,7 +55,7 @@ def provenance_lines(result: dict[str, Any]) -> list[str]:
         [
             where,
             p["date"][:10] if p.get("date") else "date unknown",
-            f"seg {p['seg_commit']}" if p.get("seg_commit") else "seg ?",
+            f"seg {p['seg_commit']}" if p.get("seg_commit") else "seg commit unknown",
         ]
     )
     return [first, second, third]
