@@ -131,7 +131,15 @@ def test_compare_trains_heads_x_seeds(tiny_data, tmp_path, monkeypatch):
         assert h["mIoU_std"] == pytest.approx(np.std(m, ddof=1))
     d = data["heads"]["danet"]["vs_baseline"]
     assert d["ci_low"] <= d["diff"] <= d["ci_high"] and d["verdict"] in stats.VERDICTS
+    p = data["provenance"]  # what the runs recorded, where it ran, and what nobody recorded
+    cfg_data = yaml.safe_load(cfg.read_text())["data"]
+    assert p["steps"] == 2 and p["seeds"] == [0, 1] and p["backbone"] == data["runs"][0]["backbone"]
+    assert p["data_root"] == str(cfg_data["root"]) and p["num_images"] == data["runs"][0]["num_images"]
+    assert p["output_stride"] == yaml.safe_load(cfg.read_text())["model"].get("output_stride", 8)
+    assert p["train_device"] == ("cuda" if torch.cuda.is_available() else "cpu") and p["machine"]["cpu"]
+    assert p["missing"] == [k for k in sorted(p) if p[k] is None]
     md = (out / "compare.md").read_text()
+    assert md.startswith("2 heads × 2 seeds each, baseline fcn: fcn, danet")
     assert "Δ vs fcn [95% CI]" in md and "| danet | 2 |" in md
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the summary goes to W&B once, into the comparison's group (a stand-in wandb module records the calls)

@@ -9,10 +9,12 @@ or compare finished ``train.py`` run directories (the head and seed are read fro
 
     python -m seg.compare runs/fcn-s0 runs/fcn-s1 runs/danet-s0 runs/danet-s1 --out cmp/
 
-Writes ``compare.md`` (tables), ``compare.png`` (mIoU per head and seed, per-class IoU, mIoU against GFLOPs
-and against training throughput: the Pareto view) and ``compare.json`` (machine-readable: ``runs`` with head,
-seed, mIoU, per-class IoU and costs per run; ``heads`` with ``mIoU_mean``, ``mIoU_std``, ``n``, costs and the
-difference to the baseline with its interval and verdict).
+Writes ``compare.md`` (what was compared on what, then tables), ``compare.png`` (the same header; mIoU per head
+and seed, the difference to the baseline with its interval and verdict, per-class IoU, peak memory, every cost
+relative to the baseline, mIoU against GFLOPs: the Pareto view) and ``compare.json`` (machine-readable: ``runs``
+with head, seed, mIoU, per-class IoU and costs per run; ``heads`` with ``mIoU_mean``, ``mIoU_std``, ``n``, costs
+and the difference to the baseline with its interval and verdict; ``provenance``: backbone, output stride, steps,
+seeds, data, devices, machine, date, seg commit, and ``missing``: what no run recorded).
 
 Evaluation pass. After training, each run's ``checkpoints/last.ckpt`` (the same budget for every head; best.ckpt
 would be selected on the very validation set being compared) is evaluated once by ``seg.evaluate``'s own function

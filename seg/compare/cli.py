@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,8 +16,9 @@ from seg.command_line import ArgParser
 from seg.io import write_json
 from seg.models import all_head_names
 
-from .report import log_wandb_summary, markdown, plot
-from .runs import RunFailed, load_run, train_runs
+from .chart import plot
+from .report import log_wandb_summary, markdown
+from .runs import ROOT, RunFailed, load_run, train_runs
 from .stats import summarize
 
 __all__ = ["build_parser", "compare", "main"]
@@ -30,12 +35,69 @@ def compare(
     """Load (and evaluate where needed) the runs, write compare.md/.png/.json into ``out``; returns the json."""
     runs = [load_run(d, evaluate) for d in run_dirs]
     result = summarize(runs, baseline, samples, confidence)
+    result["provenance"] = provenance(result["runs"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(result, out / "compare.json")
     (out / "compare.md").write_text(markdown(result))
     plot(result, out / "compare.png")
     return result
+
+
+def _git_commit() -> Optional[str]:
+    """seg's commit (``-dirty`` with uncommitted changes) when it runs from a git checkout, else None (an installed
+    seg: no ``.git`` beside the package, so an enclosing repository's commit is never reported as seg's)."""
+    if not (ROOT / ".git").exists():  # a directory, or a file in a git worktree
+        return None
+    try:
+        git = ["git", "-C", str(ROOT)]
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run([*git, "diff", "--quiet", "HEAD"], capture_output=True, timeout=10).returncode != 0
+        return commit.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """compare.json's ``provenance``: what the runs share (a list where they differ, None where unknown), the
+    machine seg.compare ran on (it trained the runs with ``--train`` and ran any evaluation pass), the date and
+    seg's commit; ``missing`` names the fields nobody recorded."""
+    import torch
+
+    def shared(key: str) -> Any:
+        vals = list(dict.fromkeys(r.get(key) for r in runs if r.get(key) is not None))
+        return None if not vals else vals[0] if len(vals) == 1 else vals
+
+    out = {
+        k: shared(k)
+        for k in ("backbone", "output_stride", "steps", "max_steps", "dataset", "data_root", "num_images")
+        + ("train_device", "eval_device")
+    }
+    out["seeds"] = sorted({r["seed"] for r in runs if r.get("seed") is not None})
+    out["machine"] = {
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    out["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    out["seg_commit"] = _git_commit()
+    out["missing"] = sorted(k for k, v in out.items() if v is None or v == [])
+    return out
 
 
 def _wandb_arg(extra: list[str]) -> tuple[str, str]:

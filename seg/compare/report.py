@@ -1,6 +1,5 @@
-"""The report of a comparison: ``compare.md`` (tables), ``compare.png`` (mIoU per head and seed, the difference to
-the baseline with its interval, per-class IoU, mIoU against each cost with the Pareto front) and the W&B summary
-run."""
+"""The report of a comparison: ``compare.md`` (what was compared on what, then the tables) and the W&B summary run;
+``compare.png`` is :mod:`seg.compare.chart`'s."""
 
 from __future__ import annotations
 
@@ -8,15 +7,58 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-__all__ = ["log_wandb_summary", "markdown", "plot"]
+__all__ = ["log_wandb_summary", "markdown", "provenance_lines"]
 
 
 def _fmt(v: Any, scale: float = 1.0, digits: int = 1) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return f"{scale * v:.{digits}f}"
+
+
+def _steps(p: dict[str, Any]) -> str:
+    steps = p.get("steps")
+    if steps is None:
+        return "training steps unknown"
+    return f"{steps} training steps" if not isinstance(steps, list) else f"training steps {steps} (differ!)"
+
+
+def provenance_lines(result: dict[str, Any]) -> list[str]:
+    """What was compared, on what, when: the title lines of compare.png and the header of compare.md."""
+    p = result.get("provenance") or {}
+    runs = result["runs"]
+    base = result.get("baseline")
+    heads = ([base] if base else []) + [h for h in result["heads"] if h != base]
+    seeds = p.get("seeds") or sorted({r["seed"] for r in runs if r.get("seed") is not None})
+    n = sorted({s["n"] for s in result["heads"].values()})
+    n_txt = f"{n[0]} seed{'s' if n[0] > 1 else ''} each" if len(n) == 1 else f"{'/'.join(map(str, n))} seeds"
+    first = f"{len(heads)} heads × {n_txt}" + (f", baseline {base}" if base else "") + f": {', '.join(heads)}"
+    backbone = p.get("backbone") or runs[0].get("backbone") or "backbone unknown"
+    os_ = p.get("output_stride")
+    data = p.get("data_root") or "data unknown"
+    if p.get("dataset"):
+        data += f" ({p['dataset']})"
+    second = (
+        f"{backbone}"
+        + (f", output stride {os_}" if os_ else "")
+        + f" · {_steps(p)} · seeds {', '.join(map(str, seeds))} · {data}, {runs[0]['num_images']} val images"
+    )
+    m = p.get("machine") or {}
+    dev = p.get("train_device")
+    if dev == "cuda":
+        where = f"trained on GPU ({m.get('gpu') or 'name unknown'})"
+    elif dev == "cpu":
+        where = f"trained on CPU ({m.get('cpu') or 'name unknown'}, {m.get('cpu_count') or '?'} cores)"
+    else:
+        where = "training device unknown"
+    third = " · ".join(
+        [
+            where,
+            p["date"][:10] if p.get("date") else "date unknown",
+            f"seg {p['seg_commit']}" if p.get("seg_commit") else "seg commit unknown",
+        ]
+    )
+    return [first, second, third]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -38,7 +80,8 @@ def markdown(result: dict[str, Any]) -> str:
         "eval img/s",
         mem,
     ] + [f"IoU {c}" for c in classes]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = [f"{line}  " for line in provenance_lines(result)]  # two spaces: a Markdown line break
+    lines += ["", "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for h, s in sorted(heads.items(), key=lambda kv: -kv[1]["mIoU_mean"]):
         d = s["vs_baseline"]
         delta = (
@@ -81,97 +124,6 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_fmt(r['peak_mem_mb'], 1, 0)} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _pareto(xs: list[float], ys: list[float], lower_x_better: bool = True) -> list[int]:
-    """Indices of the points no other point beats on both cost and mIoU, sorted by cost."""
-    pts = [(x if lower_x_better else -x, y, i) for i, (x, y) in enumerate(zip(xs, ys)) if x is not None]
-    front = [i for cx, cy, i in pts if not any(ox <= cx and oy >= cy and (ox, oy) != (cx, cy) for ox, oy, _ in pts)]
-    return sorted(front, key=lambda i: xs[i] if lower_x_better else -xs[i])
-
-
-def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    heads = list(result["heads"])
-    stats = result["heads"]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    ax = axes[0, 0]
-    for i, h in enumerate(heads):
-        vals = [100 * r["mIoU"] for r in result["runs"] if r["head"] == h]
-        ax.scatter([i] * len(vals), vals, color="tab:gray", s=14, zorder=3)
-        std = stats[h]["mIoU_std"]
-        ax.errorbar(
-            [i],
-            [100 * stats[h]["mIoU_mean"]],
-            yerr=None if std is None else [100 * std],
-            fmt="o",
-            color="tab:blue",
-            capsize=5,
-            zorder=4,
-        )
-    ax.set_xticks(range(len(heads)), heads)
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("mIoU per seed (grey) and mean ± std")
-    ax = axes[0, 1]
-    base = result["baseline"]
-    conf = int(round(100 * result["bootstrap"]["confidence"]))
-    colors = {"better": "tab:green", "worse": "tab:red", "within noise": "tab:gray", "baseline": "black"}
-    for i, h in enumerate(heads):
-        d = stats[h]["vs_baseline"]
-        if d is None:
-            continue
-        y = 100 * d["diff"]
-        err = [[y - 100 * d["ci_low"]], [100 * d["ci_high"] - y]]
-        ax.errorbar([i], [y], yerr=err, fmt="o", capsize=5, color=colors[d["verdict"]])
-        ax.annotate(
-            d["verdict"],
-            (i, 100 * d["ci_high"]),
-            textcoords="offset points",
-            xytext=(0, 4),
-            ha="center",
-            fontsize="small",
-        )
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(range(len(heads)), heads)
-    ax.set_ylabel(f"Δ mIoU vs {base} (points)")
-    ax.set_title(f"difference to {base}, {conf}% paired-bootstrap interval")
-    ax = axes[0, 2]
-    classes = list(dict.fromkeys(c for h in heads for c in stats[h]["per_class_IoU_mean"]))
-    width = 0.8 / max(1, len(heads))
-    x = np.arange(len(classes))
-    for i, h in enumerate(heads):
-        vals = [100 * (stats[h]["per_class_IoU_mean"].get(c) or 0) for c in classes]
-        ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=h)
-    ax.set_xticks(x, classes, rotation=45, ha="right")
-    ax.set_ylabel("IoU (%)")
-    ax.set_title("per-class IoU (mean over seeds)")
-    ax.legend(fontsize="small")
-    for ax, key, label, lower in (
-        (axes[1, 0], "gflops", "GFLOPs per image at the training crop", True),
-        (axes[1, 1], "train_img_s", "train images/s", False),
-        (axes[1, 2], "eval_img_s", "eval images/s", False),
-    ):
-        xs = [stats[h][key] for h in heads]
-        ys = [100 * stats[h]["mIoU_mean"] for h in heads]
-        es = [100 * (stats[h]["mIoU_std"] or 0) for h in heads]
-        for h, xv, yv, ev in zip(heads, xs, ys, es):
-            if xv is not None:
-                ax.errorbar([xv], [yv], yerr=[ev], fmt="o", capsize=4)
-                ax.annotate(h, (xv, yv), textcoords="offset points", xytext=(5, 5), fontsize="small")
-        front = _pareto(xs, ys, lower)
-        if len(front) > 1:
-            ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="tab:gray", label="Pareto front")
-            ax.legend(fontsize="small")
-        ax.set_xlabel(label + (" (lower is cheaper)" if lower else " (higher is cheaper)"))
-        ax.set_ylabel("mIoU (%)")
-        ax.set_title("mIoU (mean ± std) against cost")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def log_wandb_summary(result: dict[str, Any], out: Path, group: str, project: str, mode: str) -> None:
