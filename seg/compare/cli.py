@@ -132,9 +132,9 @@ def build_parser() -> ArgParser:
         "--heads",
         nargs="+",
         choices=all_head_names(),
-        default=["fcn", "ccnet", "danet", "nonlocal", "axial"],
+        default=["fcn", "psp", "danet", "nonlocal", "ccnet", "axial"],
         metavar="HEAD",
-        help="heads to train with --train (default: fcn ccnet danet nonlocal axial; any of seg's heads and "
+        help="heads to train with --train (default: fcn psp danet nonlocal ccnet axial; any of seg's heads and "
         "smp:<Architecture>, listed by --help_all)",
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds per head with --train: 0 .. N-1 (default 3)")
