@@ -17,7 +17,7 @@ from helpers import folder_tree, write_mask, write_rgb
 from seg.data import FolderDataset, SegDataModule, UnpaddedDistributedSampler, ensure_demo_data
 from seg.data import datamodule as dm_module
 from seg.data.datamodule import upgrade_data_hparams
-from seg.data.synthetic import CLASSES, PALETTE
+from seg.data.synthetic import CLASSES, PALETTE, SIZE
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_batches_follow_the_contract(demo):
     assert set(b["mask"].unique().tolist()) <= {0, 1, 2, 3, 4, 255}
     assert abs(b["image"].mean().item()) < 2  # normalised, not 0-255
     v = next(iter(dm.val_dataloader()))
-    assert v["image"].shape == (1, 3, 96, 96) and v["mask"].dtype == torch.int64  # demo scenes: 96x96
+    assert v["image"].shape == (1, 3, SIZE, SIZE) and v["mask"].dtype == torch.int64  # demo scenes: 64x64
     # de-normalising with mean/std gives the original uint8 image back (val is unaugmented)
     raw = FolderDataset(demo, "val")[0]["image"]
     back = v["image"][0].permute(1, 2, 0) * torch.tensor(dm.std) + torch.tensor(dm.mean)
