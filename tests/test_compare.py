@@ -107,6 +107,8 @@ def test_compare_trains_heads_x_seeds(tiny_data, tmp_path, monkeypatch):
             "danet",
             "--seeds",
             "2",
+            "--first_seed",
+            "3",  # seeds 3 and 4: a replication with other seeds
             "--out",
             str(out),
             "--bootstrap",
@@ -118,7 +120,7 @@ def test_compare_trains_heads_x_seeds(tiny_data, tmp_path, monkeypatch):
     )
     data = json.loads((out / "compare.json").read_text())
     assert data == json.loads(json.dumps(result))
-    assert sorted((r["head"], r["seed"]) for r in data["runs"]) == [("danet", 0), ("danet", 1), ("fcn", 0), ("fcn", 1)]
+    assert sorted((r["head"], r["seed"]) for r in data["runs"]) == [("danet", 3), ("danet", 4), ("fcn", 3), ("fcn", 4)]
     for r in data["runs"]:  # per-run mIoU from the per-image counts == the run's own final validation
         summary = json.loads((out / f"{r['head']}-s{r['seed']}" / "summary.json").read_text())
         assert summary["global_step"] == 2
@@ -133,7 +135,7 @@ def test_compare_trains_heads_x_seeds(tiny_data, tmp_path, monkeypatch):
     assert d["ci_low"] <= d["diff"] <= d["ci_high"] and d["verdict"] in stats.VERDICTS
     p = data["provenance"]  # what the runs recorded, where it ran, and what nobody recorded
     cfg_data = yaml.safe_load(cfg.read_text())["data"]
-    assert p["steps"] == 2 and p["seeds"] == [0, 1] and p["backbone"] == data["runs"][0]["backbone"]
+    assert p["steps"] == 2 and p["seeds"] == [3, 4] and p["backbone"] == data["runs"][0]["backbone"]
     assert p["data_root"] == str(cfg_data["root"]) and p["num_images"] == data["runs"][0]["num_images"]
     assert p["output_stride"] == yaml.safe_load(cfg.read_text())["model"].get("output_stride", 8)
     assert p["train_device"] == ("cuda" if torch.cuda.is_available() else "cpu") and p["machine"]["cpu"]

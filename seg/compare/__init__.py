@@ -3,7 +3,7 @@
 Train every head x seed on the same config and budget, evaluate each run, and compare::
 
     python -m seg.compare --train --config configs/quickstart.yaml --heads fcn psp danet nonlocal ccnet axial \\
-        --seeds 3 [--baseline fcn] [--out runs/compare] [--group NAME] [-- --trainer.max_steps=300 ...]
+        --seeds 3 [--first_seed 0] [--baseline fcn] [--out runs/compare] [--group NAME] [-- --trainer.max_steps=300 ...]
 
 or compare finished ``train.py`` run directories (the head and seed are read from each run)::
 

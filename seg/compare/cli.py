@@ -137,7 +137,14 @@ def build_parser() -> ArgParser:
         help="heads to train with --train (default: fcn psp danet nonlocal ccnet axial; any of seg's heads and "
         "smp:<Architecture>, listed by --help_all)",
     )
-    p.add_argument("--seeds", type=int, default=3, help="seeds per head with --train: 0 .. N-1 (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per head with --train (default 3)")
+    p.add_argument(
+        "--first_seed",
+        type=int,
+        default=0,
+        help="with --train, the seeds are first_seed .. first_seed + seeds - 1 (default 0); another first seed "
+        "gives an independent replication of a comparison",
+    )
     p.add_argument("--baseline", default="fcn", help="head the others are compared to (default fcn)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--confidence", type=float, default=0.95, help="interval coverage (default 0.95)")
@@ -174,7 +181,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         if args.baseline not in args.heads:
             p.error(f"--baseline {args.baseline} is not in --heads {args.heads}")
         try:
-            runs += train_runs(args.config, args.heads, list(range(args.seeds)), out, extra, group)
+            runs += train_runs(
+                args.config, args.heads, list(range(args.first_seed, args.first_seed + args.seeds)), out, extra, group
+            )
         except RunFailed as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(err.code) from None
